@@ -1,0 +1,63 @@
+"""The `smri` command group.
+
+Commands live in their own modules and are imported only when invoked, so `smri --help` is
+instant and torch/matplotlib load only for the commands that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from smri import __version__
+
+# command name -> "module:function"; one line per command, kept in the order `--help` shows.
+COMMANDS: dict[str, str] = {
+    "synth": "smri.cli.synth_cmd:synth",
+    "preprocess": "smri.cli.preprocess_cmd:preprocess",
+    "info": "smri.cli.preprocess_cmd:info",
+    "show": "smri.cli.synth_cmd:show",
+    "models": "smri.cli.train_cmd:models",
+    "train": "smri.cli.train_cmd:train",
+    "evaluate": "smri.cli.train_cmd:evaluate",
+    "predict": "smri.cli.train_cmd:predict",
+    "plot": "smri.cli.train_cmd:plot",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _importable(name)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # command not built yet in this checkout
+                return None
+            raise
+        return getattr(module, attr, None)
+
+
+def _importable(name: str) -> bool:
+    module_name = COMMANDS[name].split(":")[0]
+    return importlib.util.find_spec(module_name) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="smri")
+def main() -> None:
+    """Classify structural MRI (HGG vs LGG glioma by default) with CNN-LSTM models.
+
+    \b
+    smri synth demo/                 # a BraTS-like phantom cohort (no data needed)
+    smri preprocess demo/ demo.h5    # NIfTI folders -> one HDF5 store (parallel)
+    smri train demo.h5 --model cnn2  # CNN-LSTM on the store (GPU if present)
+    """

@@ -1,0 +1,46 @@
+"""Shared CLI plumbing: turning library exceptions into one-line errors with the right exit code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from smri.errors import ConfigError, SmriError
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body; a user-facing problem becomes one line on stderr, never a traceback.
+
+    `SmriError` exits 1 (data problems); `ConfigError` naming an option exits 2 (usage);
+    Ctrl-C exits 130 after the library has cleaned up its temporary files.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            if exc.option:
+                raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+            raise click.UsageError(str(exc)) from None
+        except SmriError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no partial output was left behind.", err=True)
+            sys.exit(130)
+        except OSError as exc:  # disk full, permissions: the user's environment, not a bug
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+
+    return wrapper
+
+
+def path_option_type(**kwargs: Any) -> click.Path:
+    """click.Path returning pathlib.Path."""
+    from pathlib import Path
+
+    return click.Path(path_type=Path, **kwargs)

@@ -1,0 +1,26 @@
+"""Exceptions that carry a user-facing message: the CLI prints them as one line, no traceback."""
+
+
+class SmriError(Exception):
+    """A problem with the user's data or files (the CLI exits 1)."""
+
+
+class DataError(SmriError):
+    """Input data that cannot be used: a broken NIfTI, a bad labels CSV, an invalid store."""
+
+
+class PatientError(DataError):
+    """One patient cannot be used; preprocessing skips it (or stops, with --strict)."""
+
+    def __init__(self, patient_id: str, message: str):
+        super().__init__(f"patient {patient_id}: {message}")
+        self.patient_id = patient_id
+        self.reason = message
+
+
+class ConfigError(SmriError):
+    """Settings that contradict each other or the data (the CLI exits 2 when an option is at fault)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
