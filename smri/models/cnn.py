@@ -1,0 +1,99 @@
+"""The three per-volume CNNs: CNN1 (flatten + FC), CNN2 (global pooling), CNN3 (CNN2 + SE)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from smri.errors import ConfigError
+from smri.models.blocks import ConvBlock
+
+BASE_CHANNELS = (16, 32, 64, 128)
+N_POOL = len(BASE_CHANNELS)
+MIN_SIZE = 2**N_POOL  # each spatial dimension must survive four halvings
+
+
+def channels(width: float) -> tuple[int, ...]:
+    """Block widths 16-32-64-128 scaled by `width` (at least 1 channel each)."""
+    if width <= 0:
+        raise ConfigError(f"width must be positive, got {width}", option="--width")
+    return tuple(max(1, round(c * width)) for c in BASE_CHANNELS)
+
+
+def pooled_shape(volume_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Spatial shape (D, H, W) after the four conv blocks; a clear error if it would vanish."""
+    shape = tuple(int(s) // MIN_SIZE for s in volume_shape)
+    if len(volume_shape) != 3 or min(shape) < 1:
+        raise ConfigError(
+            f"volume shape (S, H, W) = {tuple(volume_shape)} is too small for {N_POOL} pooling "
+            f"stages: every dimension must be at least {MIN_SIZE} (e.g. --slices {MIN_SIZE})"
+        )
+    return shape  # type: ignore[return-value]
+
+
+class _Backbone(nn.Module):
+    """Four conv blocks, optionally with SE after each ReLU."""
+
+    def __init__(self, width: float, se_reduction: int | None):
+        super().__init__()
+        chans = channels(width)
+        ins = (1, *chans[:-1])
+        self.blocks = nn.Sequential(
+            *(ConvBlock(i, o, se_reduction) for i, o in zip(ins, chans, strict=True))
+        )
+        self.out_channels = chans[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, H, W) -> (N, C, S/16, H/16, W/16)."""
+        return self.blocks(x)
+
+
+class CNN1(nn.Module):
+    """Baseline: blocks -> flatten -> Linear(., fc) -> ReLU -> dropout (FC sized by the volume)."""
+
+    def __init__(
+        self,
+        volume_shape: tuple[int, int, int],
+        width: float = 1.0,
+        fc: int = 256,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        self.backbone = _Backbone(width, se_reduction=None)
+        flat = self.backbone.out_channels * math.prod(pooled_shape(volume_shape))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, fc), nn.ReLU(inplace=True), nn.Dropout(dropout)
+        )
+        self.out_features = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, H, W) -> (N, fc)."""
+        return self.head(self.backbone(x))
+
+
+class CNN2(nn.Module):
+    """Conv blocks -> global average pooling -> 128·width embedding."""
+
+    def __init__(
+        self,
+        volume_shape: tuple[int, int, int],
+        width: float = 1.0,
+        se_reduction: int | None = None,
+    ):
+        super().__init__()
+        pooled_shape(volume_shape)
+        self.backbone = _Backbone(width, se_reduction=se_reduction)
+        self.out_features = self.backbone.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, S, H, W) -> (N, C)."""
+        return self.backbone(x).mean(dim=(2, 3, 4))
+
+
+class CNN3(CNN2):
+    """CNN2 with a Squeeze-and-Excitation block after each ReLU, before the pooling (r = 8)."""
+
+    def __init__(self, volume_shape: tuple[int, int, int], width: float = 1.0, reduction: int = 8):
+        super().__init__(volume_shape, width, se_reduction=reduction)

@@ -1,0 +1,110 @@
+"""Models: output shapes, the SE gates, parameter counts, and shape errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smri.errors import ConfigError
+from smri.models import (
+    CNN1,
+    CNN2,
+    CNN3,
+    MODEL_NAMES,
+    ConvBlock,
+    ModelConfig,
+    SEBlock,
+    build_model,
+    count_parameters,
+)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize(("b", "m", "shape"), [(2, 4, (16, 32, 32)), (1, 3, (32, 16, 48))])
+def test_cnn_lstm_gives_one_logit_per_patient(name, b, m, shape):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, volume_shape=shape, width=0.25)).eval()
+    out = model(torch.randn(b, m, *shape))
+    assert out.shape == (b,)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("cls", "features"), [(CNN1, 256), (CNN2, 128), (CNN3, 128)])
+def test_cnn_embedding_sizes(cls, features):
+    cnn = cls((16, 32, 32)).eval()
+    assert cnn(torch.randn(3, 1, 16, 32, 32)).shape == (3, features)
+    assert cnn.out_features == features
+
+
+def test_width_scales_channels():
+    cnn = CNN2((16, 16, 16), width=0.5)
+    assert [b.conv.out_channels for b in cnn.backbone.blocks] == [8, 16, 32, 64]
+    assert cnn.out_features == 64
+
+
+def test_conv_block_halves_every_dimension():
+    block = ConvBlock(1, 16)
+    assert block(torch.randn(2, 1, 8, 10, 12)).shape == (2, 16, 4, 5, 6)
+
+
+def test_se_block_scales_channels_by_gates_in_unit_interval():
+    torch.manual_seed(0)
+    se = SEBlock(16, reduction=8)
+    assert se.fc1.out_features == 4  # 16 // 8 = 2, raised to the minimum of 4 hidden units
+    x = torch.randn(3, 16, 4, 4, 4) * 10
+    gates = se.gates(x)
+    assert gates.shape == (3, 16)
+    assert ((gates > 0) & (gates < 1)).all()
+    torch.testing.assert_close(se(x), x * gates[:, :, None, None, None])
+
+
+def test_se_hidden_units_follow_reduction():
+    assert SEBlock(128, reduction=8).fc1.out_features == 16
+
+
+def test_cnn3_has_se_after_each_relu():
+    cnn = CNN3((16, 16, 16))
+    assert all(isinstance(b.se, SEBlock) for b in cnn.backbone.blocks)
+    assert [b.se.fc1.out_features for b in cnn.backbone.blocks] == [4, 4, 8, 16]
+
+
+def test_parameter_counts_at_brats_geometry():
+    counts = {n: count_parameters(build_model(ModelConfig(name=n))) for n in MODEL_NAMES}
+    # conv blocks 291,456; CNN1 FC 128*2*15*15*256+256; LSTM 4*128*(F+128)+8*128; head 129
+    conv = 291_456
+    assert counts["cnn1"] == conv + 57_600 * 256 + 256 + 4 * 128 * (256 + 128) + 1024 + 129
+    assert counts["cnn2"] == conv + 4 * 128 * (128 + 128) + 1024 + 129
+    assert counts["cnn3"] == counts["cnn2"] + 5_776
+    assert counts == {"cnn1": 15_235_073, "cnn2": 423_681, "cnn3": 429_457}
+
+
+def test_cnn1_fc_follows_volume_shape():
+    small = CNN1((16, 32, 32))
+    assert small.head[1].in_features == 128 * 1 * 2 * 2
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_too_small_volume_is_a_clear_error(name):
+    with pytest.raises(ConfigError, match=r"\(8, 32, 32\) is too small .* at least 16"):
+        build_model(ModelConfig(name=name, volume_shape=(8, 32, 32)))
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ConfigError, match="unknown model 'cnn9'; choose one of cnn1, cnn2, cnn3"):
+        build_model(ModelConfig(name="cnn9"))
+
+
+def test_model_config_round_trips_through_a_plain_dict():
+    from dataclasses import asdict
+
+    cfg = ModelConfig(name="cnn3", volume_shape=(16, 32, 32), width=0.5)
+    d = asdict(cfg)
+    d["volume_shape"] = list(d["volume_shape"])  # as after JSON
+    assert ModelConfig.from_dict(d) == cfg
+
+
+def test_backward_reaches_every_parameter():
+    model = build_model(ModelConfig(name="cnn3", volume_shape=(16, 16, 16), width=0.25))
+    model(torch.randn(2, 2, 16, 16, 16)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
