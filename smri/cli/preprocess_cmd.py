@@ -1,0 +1,109 @@
+"""`smri preprocess` and `smri info`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from smri.cli.common import handle_errors
+from smri.store import COMPRESSIONS, DTYPES
+
+PathArg = click.Path(path_type=Path)
+
+
+@click.command()
+@click.argument("input_dir", metavar="INPUT", type=PathArg)
+@click.argument("output", metavar="OUTPUT", type=PathArg)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Parallel worker processes [default: all cores].")
+@click.option("--modalities", default="flair,t1,t1ce,t2", show_default=True,
+              help="Modality file suffixes to read, comma-separated; also the sequence order.")
+@click.option("--slices", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Central slices kept along the third (depth) axis.")
+@click.option("--labels", "labels_csv", type=PathArg, default=None,
+              help="CSV with patient_id,label columns (or BraTS 2020's name_mapping.csv); "
+                   "INPUT/name_mapping.csv is used automatically when present.")
+@click.option("--classes", default="LGG=0,HGG=1", show_default=True,
+              help="Class names and their labels: class folder names, or names in the labels CSV.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
+              help="Stored voxel type (values are in [0, 1]; float16 keeps 11 bits).")
+@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default="none",
+              show_default=True,
+              help="HDF5 filter for images (built-in filters only; see README's store benchmark).")
+@click.option("--canonical/--no-canonical", default=False, show_default=True,
+              help="Reorient every volume to the closest canonical (RAS+) orientation first.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--strict", is_flag=True,
+              help="Stop (exit 1) at the first unusable patient instead of skipping it.")
+@click.option("--backend", type=click.Choice(["loky", "threading", "multiprocessing"]),
+              default="loky", show_default=True, help="joblib backend for the workers.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar [default: when stderr is a terminal].")
+@handle_errors
+def preprocess(input_dir: Path, output: Path, jobs: int | None, modalities: str, slices: int,
+               labels_csv: Path | None, classes: str, dtype: str, compression: str,
+               canonical: bool, overwrite: bool, strict: bool, backend: str,
+               progress: bool | None) -> None:
+    """Turn patient folders of NIfTI under INPUT into one HDF5 store OUTPUT.
+
+    Each volume is min–max normalised over the whole volume and cropped to its central
+    --slices slices; a patient becomes a (modality, slice, y, x) array. INPUT may be BraTS
+    2018/2019 class folders (HGG/, LGG/), BraTS 2020 flat folders with name_mapping.csv,
+    other class folders (--classes), or flat folders with --labels CSV.
+    """
+    from smri.discovery import parse_classes, parse_modalities
+    from smri.preprocess import PreprocessConfig, run_preprocess
+
+    if labels_csv is not None and not labels_csv.is_file():
+        raise click.BadParameter(f"{labels_csv}: no such file", param_hint="'--labels'")
+    cfg = PreprocessConfig(modalities=parse_modalities(modalities), slices=slices, dtype=dtype,
+                           compression=compression, canonical=canonical,
+                           classes=parse_classes(classes))
+    summary = run_preprocess(input_dir, output, cfg, jobs=jobs or os.cpu_count(),
+                             labels_csv=labels_csv, overwrite=overwrite, strict=strict,
+                             backend=backend, progress=progress,
+                             echo=lambda line: click.echo(line, err=True))
+    click.echo(summary.line())
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@click.command()
+@click.argument("store", type=PathArg)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@handle_errors
+def info(store: Path, as_json: bool) -> None:
+    """Summarise an smri store: patients per class, shape, dtype, config, skipped patients."""
+    from smri.store import read_info
+
+    meta = read_info(store)
+    if as_json:
+        click.echo(json.dumps(meta.as_dict(), indent=2, sort_keys=True))
+        return
+    counts = ", ".join(f"{name} {n}" for name, n in meta.class_counts.items())
+    m, s, h, w = meta.volume_shape
+    cfg = meta.config
+    lines = [
+        f"store       {meta.path}",
+        f"patients    {meta.n_patients} ({counts})",
+        f"volumes     {m} modalities ({', '.join(meta.modalities)}) x {s} slices x {h} x {w} "
+        f"({meta.axis_order})",
+        f"dtype       {meta.dtype}, compression {meta.compression or 'none'}, "
+        f"{_human_bytes(meta.file_bytes)}",
+        f"classes     {', '.join(f'{k}={v}' for k, v in meta.classes.items())}",
+        f"source      {cfg.get('input')} (layout {cfg.get('layout')}), "
+        f"canonical={cfg.get('canonical')}",
+        f"created     {meta.created} by smri {meta.smri_version}, schema v{meta.schema_version}",
+        f"skipped     {len(meta.skipped)}",
+    ]
+    lines += [f"  {row['patient_id']}: {row['reason']}" for row in meta.skipped]
+    click.echo("\n".join(lines))

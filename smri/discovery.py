@@ -1,0 +1,249 @@
+"""Finding patients, their modality files and their labels in every supported input layout.
+
+Layouts (checked in this order):
+
+- a labels CSV given with ``--labels`` (``patient_id,label`` or BraTS 2020's ``name_mapping.csv``)
+- BraTS 2020: ``ROOT/<pid>/<pid>_<modality>.nii[.gz]`` with ``ROOT/name_mapping.csv``
+- class folders: ``ROOT/<CLASS>/<pid>/...`` for the names in ``--classes`` (BraTS 2018/2019:
+  ``HGG``, ``LGG``), matched case-insensitively
+
+A modality file ends exactly in ``_<modality>.nii`` or ``_<modality>.nii.gz`` (case-insensitive),
+so ``_t1`` never matches ``_t1ce``; segmentations and any other files are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smri.errors import ConfigError, DataError, PatientError
+
+DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
+DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}
+NAME_MAPPING = "name_mapping.csv"
+BRATS2020_ID_COLUMN = "BraTS_2020_subject_ID"
+BRATS2020_GRADE_COLUMN = "Grade"
+ID_COLUMNS = ("patient_id", "subject_id", "id", BRATS2020_ID_COLUMN)
+LABEL_COLUMNS = ("label", "class", "grade", BRATS2020_GRADE_COLUMN)
+UNLABELLED = -1
+_NIFTI_SUFFIX = re.compile(r"_([A-Za-z0-9]+)\.nii(\.gz)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Patient:
+    """One patient: id, label (0/1, or -1 when unknown), and a file per modality in order."""
+
+    patient_id: str
+    label: int
+    files: tuple[Path, ...]
+    folder: Path
+
+
+@dataclass
+class Discovery:
+    """What was found under a root: usable patients (sorted by id) and the skipped ones."""
+
+    root: Path
+    layout: str
+    patients: list[Patient] = field(default_factory=list)
+    skipped: list[PatientError] = field(default_factory=list)
+
+
+def parse_classes(text: str) -> dict[str, int]:
+    """Parse ``LGG=0,HGG=1`` into ``{"LGG": 0, "HGG": 1}``; ConfigError on anything else."""
+    classes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or value.strip() not in ("0", "1"):
+            raise ConfigError(f"expected NAME=0,NAME=1 (e.g. LGG=0,HGG=1), got {text!r}",
+                              option="--classes")
+        classes[name.strip()] = int(value)
+    if sorted(classes.values()) != [0, 1]:
+        raise ConfigError(f"expected one class named for 0 and one for 1, got {text!r}",
+                          option="--classes")
+    return classes
+
+
+def parse_modalities(text: str) -> tuple[str, ...]:
+    """Parse ``flair,t1,t1ce,t2`` (the sequence order); ConfigError on empty or repeated names."""
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if not names:
+        raise ConfigError("expected at least one modality name", option="--modalities")
+    bad = [n for n in names if not re.fullmatch(r"[a-z0-9]+", n)]
+    if bad:
+        raise ConfigError(f"modality names are letters and digits only, got {bad[0]!r}",
+                          option="--modalities")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"modality listed twice in {text!r}", option="--modalities")
+    if "seg" in names:
+        raise ConfigError("'seg' is the segmentation, not an image modality",
+                          option="--modalities")
+    return names
+
+
+def modality_of(name: str) -> str | None:
+    """The modality a file name carries (``BraTS_001_T1ce.nii.gz`` -> ``t1ce``), else None."""
+    match = _NIFTI_SUFFIX.search(name)
+    return match.group(1).lower() if match else None
+
+
+def patient_from_folder(folder: Path, modalities: Sequence[str], label: int = UNLABELLED,
+                        patient_id: str | None = None) -> Patient:
+    """The modality files of one patient folder; PatientError when one is missing or doubled."""
+    folder = Path(folder)
+    pid = patient_id or folder.name
+    if not folder.is_dir():
+        raise PatientError(pid, f"{folder} is not a folder")
+    found: dict[str, list[Path]] = {m: [] for m in modalities}
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise PatientError(pid, f"cannot list {folder} ({exc.strerror})") from None
+    for entry in entries:
+        mod = modality_of(entry.name)
+        if mod in found and not entry.name.startswith("."):
+            found[mod].append(Path(entry.path))
+    missing = [m for m, files in found.items() if not files]
+    if missing:
+        raise PatientError(pid, f"no {', '.join(missing)} file in {folder} "
+                                f"(expected names ending _{missing[0]}.nii or .nii.gz)")
+    doubled = {m: files for m, files in found.items() if len(files) > 1}
+    if doubled:
+        m, files = next(iter(doubled.items()))
+        raise PatientError(pid, f"modality {m} present {len(files)} times: "
+                                + ", ".join(f.name for f in files))
+    return Patient(pid, label, tuple(found[m][0] for m in modalities), folder)
+
+
+def _subfolders(path: Path) -> list[Path]:
+    try:
+        return sorted((Path(e.path) for e in os.scandir(path)
+                       if e.is_dir() and not e.name.startswith(".")), key=lambda p: p.name)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot list folder ({exc.strerror})") from None
+
+
+def _read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
+    """Patient id -> label from a CSV (label column: 0/1 or a class name)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read labels CSV ({exc})") from None
+    lower = {c.strip().lower(): c for c in columns if c}
+    id_col = next((lower[c.lower()] for c in ID_COLUMNS if c.lower() in lower), None)
+    label_col = next((lower[c.lower()] for c in LABEL_COLUMNS if c.lower() in lower), None)
+    if id_col is None or label_col is None:
+        raise DataError(f"{path}: labels CSV needs a patient id column ({', '.join(ID_COLUMNS)}) "
+                        f"and a label column ({', '.join(LABEL_COLUMNS)}); found columns "
+                        f"{', '.join(columns) or 'none'}")
+    by_name = {name.lower(): value for name, value in classes.items()}
+    labels: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        pid = (row.get(id_col) or "").strip()
+        raw = (row.get(label_col) or "").strip()
+        if not pid:
+            continue
+        if raw in ("0", "1"):
+            value = int(raw)
+        elif raw.lower() in by_name:
+            value = by_name[raw.lower()]
+        else:
+            raise DataError(f"{path}, line {line}: patient {pid} has label {raw!r}; expected 0, 1 "
+                            f"or a class name ({', '.join(classes)})")
+        if pid in labels and labels[pid] != value:
+            raise DataError(f"{path}, line {line}: patient {pid} listed twice with different "
+                            "labels")
+        labels[pid] = value
+    if not labels:
+        raise DataError(f"{path}: labels CSV has no rows")
+    return labels
+
+
+def _collect(folders: list[tuple[Path, int]], modalities: Sequence[str], result: Discovery
+             ) -> None:
+    seen: dict[str, Path] = {}
+    for folder, label in folders:
+        pid = folder.name
+        if pid in seen:
+            result.skipped.append(PatientError(pid, f"id found twice: {seen[pid]} and {folder}"))
+            continue
+        seen[pid] = folder
+        try:
+            result.patients.append(patient_from_folder(folder, modalities, label))
+        except PatientError as exc:
+            result.skipped.append(exc)
+
+
+def discover(root: Path, *, modalities: Sequence[str] = DEFAULT_MODALITIES,
+             classes: dict[str, int] | None = None, labels_csv: Path | None = None,
+             allow_unlabelled: bool = False) -> Discovery:
+    """Find every patient under `root`, in sorted id order, with the reasons for skipped ones.
+
+    DataError when `root` is unusable or holds no patients at all.
+    """
+    root = Path(root)
+    classes = dict(classes or DEFAULT_CLASSES)
+    if not root.exists():
+        raise DataError(f"{root}: input folder does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: is a file; expected a folder of patient folders")
+    mapping = labels_csv or (root / NAME_MAPPING if (root / NAME_MAPPING).is_file() else None)
+    subfolders = _subfolders(root)
+    class_dirs = {d.name.lower(): d for d in subfolders}
+    if mapping is None and any(name.lower() in class_dirs for name in classes):
+        result = Discovery(root, "class-folders")
+        folders = [(pid_dir, label) for name, label in classes.items()
+                   if name.lower() in class_dirs
+                   for pid_dir in _subfolders(class_dirs[name.lower()])]
+        _collect(folders, modalities, result)
+    elif mapping is not None:
+        labels = _read_labels_csv(mapping, classes)
+        layout = "brats2020" if mapping.name == NAME_MAPPING else "labels-csv"
+        result = Discovery(root, layout)
+        # Patient folders directly under root, or one level down (class folders with a CSV).
+        candidates = {d.name: d for d in subfolders}
+        for d in subfolders:
+            if d.name.lower() in {c.lower() for c in classes}:
+                candidates.update({p.name: p for p in _subfolders(d)})
+        folders = []
+        for pid, folder in sorted(candidates.items()):
+            if pid in labels:
+                folders.append((folder, labels[pid]))
+            elif allow_unlabelled and modality_of_any(folder, modalities):
+                folders.append((folder, UNLABELLED))
+            elif modality_of_any(folder, modalities):
+                result.skipped.append(PatientError(pid, f"no label for this patient in {mapping}"))
+        _collect(folders, modalities, result)
+        absent = sorted(set(labels) - set(candidates))
+        for pid in absent:
+            result.skipped.append(PatientError(pid, f"listed in {mapping.name} but no folder "
+                                                    f"{root / pid}"))
+    else:
+        result = Discovery(root, "unlabelled")
+        if allow_unlabelled:
+            _collect([(d, UNLABELLED) for d in subfolders], modalities, result)
+        else:
+            names = ", ".join(f"{n}/" for n in classes)
+            raise DataError(f"{root}: no class folders ({names}) and no {NAME_MAPPING}; give "
+                            "labels with --labels CSV or class folders with --classes")
+    result.patients.sort(key=lambda p: p.patient_id)
+    result.skipped.sort(key=lambda e: e.patient_id)
+    if not result.patients and not result.skipped:
+        raise DataError(f"{root}: no patient folders with {', '.join(modalities)} NIfTI files "
+                        f"found (layout: {result.layout})")
+    return result
+
+
+def modality_of_any(folder: Path, modalities: Sequence[str]) -> bool:
+    """Whether `folder` holds at least one file of the given modalities."""
+    try:
+        return any(modality_of(e.name) in modalities for e in os.scandir(folder))
+    except OSError:
+        return False

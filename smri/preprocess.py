@@ -1,0 +1,283 @@
+"""NIfTI patient folders -> one HDF5 store, in parallel, with the parent as the only writer.
+
+`load_patient` turns one patient into its ``(M, S, H, W)`` array (a picklable top-level
+function, also used by `smri predict`); `run_preprocess` fans it out with joblib and streams the
+results, in sorted patient order, into a `StoreWriter`. Memory stays bounded by joblib's
+pre-dispatch window whatever the cohort size.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
+from smri.errors import ConfigError, DataError, PatientError
+from smri.store import COMPRESSIONS, DTYPES, StoreWriter
+from smri.volume import load_volume, normalized_slab
+
+DEFAULT_SLICES = 32
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How volumes become store rows; saved in the store and in every checkpoint."""
+
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    slices: int = DEFAULT_SLICES
+    dtype: str = "float16"
+    compression: str = "none"
+    canonical: bool = False
+    classes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+
+    def __post_init__(self) -> None:
+        if self.slices < 1:
+            raise ConfigError(f"must be at least 1, got {self.slices}", option="--slices")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"expected one of {', '.join(DTYPES)}, got {self.dtype!r}",
+                              option="--dtype")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"expected one of {', '.join(COMPRESSIONS)}, got "
+                              f"{self.compression!r}", option="--compression")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Rebuild from `to_dict` output (a store's or checkpoint's config); extra keys ignored."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "modalities" in known:
+            known["modalities"] = tuple(known["modalities"])
+        return cls(**known)
+
+
+@dataclass
+class PatientResult:
+    """One preprocessed patient: images ``(M, S, H, W)`` in the store dtype, plus metadata."""
+
+    patient_id: str
+    label: int
+    images: np.ndarray
+    meta: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_patient(patient: Patient, cfg: PreprocessConfig,
+                 expect_inplane: tuple[int, int] | None = None,
+                 relative_to: Path | None = None) -> PatientResult:
+    """Load, min–max normalise and crop every modality of `patient` (the seed's method).
+
+    Raises PatientError naming the patient, the file and the problem.
+    """
+    pid = patient.patient_id
+    images: np.ndarray | None = None
+    meta: dict[str, Any] = {"original_shape": [], "spacing": [], "intensity_min": [],
+                            "intensity_max": [], "source_files": []}
+    warnings: list[str] = []
+    first_file: Path | None = None
+    for m, path in enumerate(patient.files):
+        try:
+            vol = load_volume(path, canonical=cfg.canonical)
+        except DataError as exc:
+            raise PatientError(pid, str(exc)) from None
+        x, y, z = vol.data.shape
+        if z < cfg.slices:
+            raise PatientError(pid, f"{path}: {z} slices along the third axis, fewer than the "
+                                    f"{cfg.slices} asked for (--slices)")
+        if images is None:
+            first_file = path
+            inplane = (y, x)
+            if expect_inplane is not None and inplane != tuple(expect_inplane):
+                raise PatientError(pid, f"{path}: in-plane shape {x}x{y} differs from the store's "
+                                        f"{expect_inplane[1]}x{expect_inplane[0]} (the most "
+                                        "common shape in this cohort)")
+            images = np.empty((len(patient.files), cfg.slices, y, x), dtype=cfg.dtype)
+        elif (y, x) != images.shape[2:]:
+            raise PatientError(pid, f"{path}: shape {vol.data.shape} disagrees with "
+                                    f"{first_file.name} ({images.shape[3]}, {images.shape[2]}, ...)")
+        slab, lo, hi = normalized_slab(vol.data, cfg.slices)
+        if hi == lo:
+            warnings.append(f"patient {pid}: {path.name} is constant ({lo:g}); "
+                            "normalised to zeros")
+        images[m] = slab
+        meta["original_shape"].append([x, y, z])
+        meta["spacing"].append(list(vol.spacing))
+        meta["intensity_min"].append(lo)
+        meta["intensity_max"].append(hi)
+        meta["source_files"].append(_relative(path, relative_to))
+    assert images is not None  # a Patient always has at least one modality file
+    return PatientResult(pid, patient.label, images, meta, warnings)
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is None:
+        return str(path)
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _work(patient: Patient, cfg: PreprocessConfig, inplane: tuple[int, int] | None,
+          root: Path) -> PatientResult | PatientError:
+    """Worker entry point: a result, or the patient's error as a value (never a lost traceback)."""
+    try:
+        return load_patient(patient, cfg, inplane, root)
+    except PatientError as exc:
+        return exc
+    except MemoryError:
+        return PatientError(patient.patient_id, "out of memory while loading")
+
+
+def _inplane_of(patient: Patient) -> tuple[int, int] | None:
+    """The (y, x) shape of a patient's first volume from its header alone (no voxel data)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(patient.files[0]).shape
+    except Exception:  # unreadable headers are reported by the worker that loads them
+        return None
+    return (int(shape[1]), int(shape[0])) if len(shape) >= 3 else None
+
+
+def common_inplane(patients: list[Patient]) -> tuple[int, int] | None:
+    """The most common in-plane shape among the patients' first volumes (header reads only)."""
+    shapes = Counter(s for s in map(_inplane_of, patients) if s is not None)
+    return shapes.most_common(1)[0][0] if shapes else None
+
+
+@dataclass
+class PreprocessSummary:
+    """What a run did, for the summary line and `smri info`."""
+
+    output: Path
+    written: dict[str, int]
+    skipped: list[dict[str, str]]
+    seconds: float
+    warnings: list[str]
+
+    @property
+    def n_written(self) -> int:
+        return sum(self.written.values())
+
+    def line(self) -> str:
+        """The one-line summary printed at the end of `smri preprocess`."""
+        per_class = ", ".join(f"{name} {n}" for name, n in self.written.items())
+        rate = self.n_written / self.seconds if self.seconds > 0 else float("inf")
+        return (f"wrote {self.n_written} patients ({per_class}) to {self.output}; skipped "
+                f"{len(self.skipped)}; {self.seconds:.1f} s ({rate:.2f} patients/s)")
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an OUTPUT that exists (without --overwrite) or whose folder is missing/read-only."""
+    output = Path(output)
+    if output.is_dir():
+        raise ConfigError(f"{output} is a folder; expected a file name such as out.h5",
+                          option="OUTPUT")
+    if output.exists() and not overwrite:
+        raise ConfigError(f"{output} exists; pass --overwrite to replace it")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise DataError(f"{output}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{output}: folder {parent} is not writable")
+
+
+def run_preprocess(
+    input_dir: Path,
+    output: Path,
+    cfg: PreprocessConfig,
+    *,
+    jobs: int | None = None,
+    labels_csv: Path | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    backend: str = "loky",
+    progress: bool | None = None,
+    echo: Callable[[str], None] = print,
+) -> PreprocessSummary:
+    """Preprocess every patient under `input_dir` into the store `output`.
+
+    Broken patients are skipped with a reason (or, with `strict`, stop the run). The store
+    appears at `output` only when complete.
+    """
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    check_output(output, overwrite)
+    found: Discovery = discover(input_dir, modalities=cfg.modalities, classes=cfg.classes,
+                                labels_csv=labels_csv)
+    skipped: list[PatientError] = list(found.skipped)
+    if strict and skipped:
+        raise DataError(f"{skipped[0]} (--strict: {len(skipped)} patient(s) unusable)")
+    if not found.patients:
+        raise DataError(f"{input_dir}: none of the {len(skipped)} patient folders is usable; "
+                        f"first problem: {skipped[0]}")
+    for exc in skipped:
+        echo(f"skipping {exc}")
+    patients = found.patients
+    # The store's in-plane shape: the cohort's most common one (header reads only).
+    inplane = common_inplane(patients)
+    jobs = jobs or os.cpu_count() or 1
+    root = Path(input_dir)
+    config = {**cfg.to_dict(), "input": str(root.resolve()), "layout": found.layout,
+              "labels_csv": str(labels_csv) if labels_csv else None}
+    results: Iterator[PatientResult | PatientError] = Parallel(
+        n_jobs=jobs, backend=backend, return_as="generator", pre_dispatch="2*n_jobs",
+    )(delayed(_work)(p, cfg, inplane, root) for p in patients)
+    bar = tqdm(total=len(patients), unit="patient", desc="preprocess",
+               disable=not (sys.stderr.isatty() if progress is None else progress))
+    written: Counter[int] = Counter()
+    warnings: list[str] = []
+    writer: StoreWriter | None = None
+    try:
+        for res in results:
+            bar.update(1)
+            if isinstance(res, PatientError):
+                if strict:
+                    raise DataError(f"{res} (--strict)")
+                echo(f"skipping {res}")
+                skipped.append(res)
+                continue
+            if writer is None:
+                writer = StoreWriter(
+                    output, n_patients=len(patients), volume_shape=res.images.shape,
+                    dtype=cfg.dtype, compression=cfg.compression, modalities=cfg.modalities,
+                    classes=cfg.classes, config=config, overwrite=overwrite,
+                )
+            for w in res.warnings:
+                echo(f"warning: {w}")
+            warnings.extend(res.warnings)
+            writer.append(images=res.images, label=res.label, patient_id=res.patient_id,
+                          meta=res.meta)
+            written[res.label] += 1
+        if writer is None:
+            raise DataError(f"{input_dir}: all {len(skipped)} patients are unusable; first "
+                            f"problem: {skipped[0]}")
+        skipped.sort(key=lambda e: e.patient_id)
+        skipped_rows = [{"patient_id": e.patient_id, "reason": e.reason} for e in skipped]
+        writer.set_skipped(skipped_rows)
+        writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    names = {v: k for k, v in cfg.classes.items()}
+    per_class = {names[v]: written[v] for v in sorted(names, reverse=True)}
+    return PreprocessSummary(Path(output), per_class, skipped_rows,
+                             time.perf_counter() - t0, warnings)

@@ -1,0 +1,371 @@
+"""The HDF5 store: the one file contract between `smri preprocess` and everything after it.
+
+Every key name, the schema version and the validation live here; no other module spells a key.
+
+Schema version 1
+----------------
+- ``images``     float16/float32 ``(N, M, S, H, W)``, chunk ``(1, 1, S, H, W)``
+- ``labels``     int8 ``(N,)``: 0/1, -1 where unlabelled
+- ``patient_id`` UTF-8 strings ``(N,)``, sorted
+- ``meta/*``     per patient: original shape, voxel spacing, min and max used, source files
+- root attrs     ``format``, ``schema_version``, ``smri_version``, ``created``, ``modalities``,
+  ``slices``, ``axis_order``, ``classes`` (JSON), ``config`` (JSON), ``skipped`` (JSON)
+
+Attributes are plain HDF5 strings and numbers (JSON text for structures): nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from smri import __version__
+from smri.errors import DataError
+
+FORMAT = "smri-store"
+SCHEMA_VERSION = 1
+AXIS_ORDER = "modality,slice,y,x"  # (M, S, H, W): NIfTI axes (k, j, i) after the central crop
+
+IMAGES = "images"
+LABELS = "labels"
+PATIENT_ID = "patient_id"
+META = "meta"
+META_FIELDS = {  # name -> (dtype, per-patient shape given M)
+    "original_shape": ("int32", lambda m: (m, 3)),
+    "spacing": ("float32", lambda m: (m, 3)),
+    "intensity_min": ("float64", lambda m: (m,)),
+    "intensity_max": ("float64", lambda m: (m,)),
+    "source_files": (h5py.string_dtype("utf-8"), lambda m: (m,)),
+}
+
+# Compression names accepted by `--compression`, mapped to h5py's create_dataset arguments.
+# Only filters built into every HDF5 library: any h5py can read the store without plugins.
+COMPRESSIONS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "lzf": {"compression": "lzf", "shuffle": True},
+    **{f"gzip-{level}": {"compression": "gzip", "compression_opts": level, "shuffle": True}
+       for level in range(1, 10)},
+}
+DTYPES = ("float16", "float32")
+# A chunk is one volume (S*H*W values); the default 1 MiB chunk cache cannot hold even one at
+# BraTS geometry (32*240*240*2 bytes = 3.5 MiB), so each read would decode a chunk repeatedly.
+READ_CACHE_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a store holds, read from its attributes and dataset headers."""
+
+    path: Path
+    n_patients: int
+    modalities: tuple[str, ...]
+    slices: int
+    volume_shape: tuple[int, int, int, int]
+    dtype: str
+    compression: str | None
+    classes: dict[str, int]
+    config: dict[str, Any]
+    skipped: list[dict[str, str]]
+    schema_version: int
+    smri_version: str
+    created: str
+    axis_order: str
+    class_counts: dict[str, int] = field(default_factory=dict)
+    file_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for `smri info --json`, run configs and checkpoints)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["path"] = str(self.path)
+        d["modalities"] = list(self.modalities)
+        d["volume_shape"] = list(self.volume_shape)
+        return d
+
+
+def _compression_name(ds: h5py.Dataset) -> str | None:
+    if ds.compression is None:
+        return None
+    if ds.compression == "gzip":
+        return f"gzip-{ds.compression_opts}"
+    return str(ds.compression)
+
+
+def _validate(f: h5py.File, path: Path) -> None:
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT:
+        raise DataError(f"{path}: not an smri store (no format='{FORMAT}' attribute); "
+                        "make one with `smri preprocess`")
+    version = int(f.attrs.get("schema_version", -1))
+    if version > SCHEMA_VERSION:
+        raise DataError(f"{path}: store schema version {version} is newer than this smri "
+                        f"({__version__}) reads (version {SCHEMA_VERSION}); upgrade smri")
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{path}: unsupported store schema version {version} "
+                        f"(expected {SCHEMA_VERSION}); re-run `smri preprocess`")
+    for key in (IMAGES, LABELS, PATIENT_ID):
+        if key not in f:
+            raise DataError(f"{path}: store is missing the '{key}' dataset; re-run `smri preprocess`")
+    n = f[IMAGES].shape[0]
+    if f[IMAGES].ndim != 5 or f[LABELS].shape != (n,) or f[PATIENT_ID].shape != (n,):
+        raise DataError(f"{path}: store datasets disagree: images {f[IMAGES].shape}, "
+                        f"labels {f[LABELS].shape}, patient_id {f[PATIENT_ID].shape}")
+
+
+def _open_h5(path: Path) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such store")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected an .h5 store written by `smri preprocess`")
+    try:
+        return h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({_h5_reason(exc)})") from None
+
+
+def _h5_reason(exc: OSError) -> str:
+    text = str(exc)
+    if "truncated" in text:
+        return "file is truncated"
+    if "signature" in text or "file signature" in text:
+        return "no HDF5 signature"
+    return text.split("(")[0].strip() or type(exc).__name__
+
+
+def _info_from_file(f: h5py.File, path: Path) -> StoreInfo:
+    images = f[IMAGES]
+    labels = f[LABELS][:]
+    classes = json.loads(f.attrs["classes"])
+    counts = {name: int(np.sum(labels == value)) for name, value in classes.items()}
+    unlabelled = int(np.sum(labels < 0))
+    if unlabelled:
+        counts["unlabelled"] = unlabelled
+    return StoreInfo(
+        path=path,
+        n_patients=int(images.shape[0]),
+        modalities=tuple(json.loads(f.attrs["modalities"])),
+        slices=int(f.attrs["slices"]),
+        volume_shape=tuple(int(s) for s in images.shape[1:]),
+        dtype=str(images.dtype),
+        compression=_compression_name(images),
+        classes=classes,
+        config=json.loads(f.attrs["config"]),
+        skipped=json.loads(f.attrs["skipped"]),
+        schema_version=int(f.attrs["schema_version"]),
+        smri_version=str(f.attrs["smri_version"]),
+        created=str(f.attrs["created"]),
+        axis_order=str(f.attrs["axis_order"]),
+        class_counts=counts,
+        file_bytes=path.stat().st_size,
+    )
+
+
+def read_info(path: Path) -> StoreInfo:
+    """Validate the store at `path` and return its description (the file is closed again)."""
+    with StoreReader(path) as reader:
+        return reader.info
+
+
+class StoreReader:
+    """Read-only access to a validated store. Open one per process (never across a fork)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = _open_h5(self.path)
+        try:
+            _validate(self._file, self.path)
+            self.info = _info_from_file(self._file, self.path)
+            self.labels: np.ndarray = self._file[LABELS][:].astype(np.int8)
+            self.patient_ids: list[str] = [
+                s.decode("utf-8") if isinstance(s, bytes) else str(s)
+                for s in self._file[PATIENT_ID][:]
+            ]
+        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+            self._file.close()
+            raise DataError(f"{self.path}: damaged smri store ({exc})") from None
+        except BaseException:
+            self._file.close()
+            raise
+        self._images = self._file[IMAGES]
+
+    def __len__(self) -> int:
+        return self.info.n_patients
+
+    def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One patient's volumes, ``(M, S, H, W)`` in the store's dtype."""
+        if out is None:
+            return self._images[i]
+        self._images.read_direct(out, np.s_[i])
+        return out
+
+    def read_many(self, indices: Sequence[int]) -> np.ndarray:
+        """Several patients, ``(K, M, S, H, W)``, in the order given."""
+        out = np.empty((len(indices), *self.info.volume_shape), dtype=self._images.dtype)
+        for k, i in enumerate(indices):
+            self._images.read_direct(out, np.s_[int(i)], np.s_[k])
+        return out
+
+    def meta(self, i: int) -> dict[str, Any]:
+        """Per-patient metadata (original shape, spacing, min/max, source files)."""
+        group = self._file[META]
+        out: dict[str, Any] = {}
+        for name in META_FIELDS:
+            value = group[name][i]
+            if name == "source_files":
+                out[name] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+            else:
+                out[name] = value.tolist()
+        return out
+
+    def index_of(self, patient_id: str) -> int:
+        """Row of `patient_id`; DataError naming the id when absent."""
+        try:
+            return self.patient_ids.index(patient_id)
+        except ValueError:
+            raise DataError(f"{self.path}: no patient '{patient_id}' in the store "
+                            f"({len(self.patient_ids)} patients)") from None
+
+    def close(self) -> None:
+        """Close the file handle."""
+        self._file.close()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def temporary_path(path: Path) -> Path:
+    """A unique name beside `path` for writing before the final rename (same filesystem)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+class StoreWriter:
+    """Writes a store to a temporary file beside `path`; renames it into place on success.
+
+    Rows are written by index, so the parent can write results in any arrival order while the
+    final row order stays the sorted patient order. On an exception (or Ctrl-C) the temporary
+    file is removed and `path` is untouched.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_patients: int,
+        volume_shape: tuple[int, int, int, int],
+        dtype: str,
+        compression: str | None,
+        modalities: Sequence[str],
+        classes: dict[str, int],
+        config: dict[str, Any],
+        overwrite: bool = True,
+    ):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        comp = COMPRESSIONS[compression or "none"]
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.tmp_path = temporary_path(self.path)
+        self.n_patients = n_patients
+        self._written = np.zeros(n_patients, dtype=bool)
+        m, s, h, w = volume_shape
+        self._file = h5py.File(self.tmp_path, "w")
+        try:
+            f = self._file
+            f.attrs["format"] = FORMAT
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["smri_version"] = __version__
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["modalities"] = json.dumps(list(modalities))
+            f.attrs["slices"] = s
+            f.attrs["axis_order"] = AXIS_ORDER
+            f.attrs["classes"] = json.dumps(classes)
+            f.attrs["config"] = json.dumps(config, sort_keys=True)
+            f.attrs["skipped"] = "[]"
+            # Resizable along patients: rows that preprocessing skips are trimmed at commit.
+            self.images = f.create_dataset(
+                IMAGES, shape=(n_patients, m, s, h, w), maxshape=(None, m, s, h, w),
+                dtype=dtype, chunks=(1, 1, s, h, w), **comp,
+            )
+            self.labels = f.create_dataset(LABELS, shape=(n_patients,), maxshape=(None,),
+                                           dtype="int8", fillvalue=-1)
+            self.ids = f.create_dataset(PATIENT_ID, shape=(n_patients,), maxshape=(None,),
+                                        dtype=h5py.string_dtype("utf-8"))
+            meta = f.create_group(META)
+            self.meta = {
+                name: meta.create_dataset(name, shape=(n_patients, *shape(m)),
+                                          maxshape=(None, *shape(m)), dtype=dt)
+                for name, (dt, shape) in META_FIELDS.items()
+            }
+            self._datasets = [self.images, self.labels, self.ids, *self.meta.values()]
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, i: int, *, images: np.ndarray, label: int, patient_id: str,
+              meta: dict[str, Any] | None = None) -> None:
+        """Write row `i`: images ``(M, S, H, W)`` (cast to the store dtype), label and id."""
+        self.images[i] = images
+        self.labels[i] = label
+        self.ids[i] = patient_id
+        for name, value in (meta or {}).items():
+            self.meta[name][i] = value
+        self._written[i] = True
+
+    def append(self, **row: Any) -> int:
+        """Write the next row (rows 0..k-1 in order); returns its index."""
+        i = int(self._written.sum())
+        self.write(i, **row)
+        return i
+
+    def set_skipped(self, skipped: list[dict[str, str]]) -> None:
+        """Record patients that were skipped, each ``{"patient_id", "reason"}``."""
+        self._file.attrs["skipped"] = json.dumps(skipped)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; `path` is untouched."""
+        try:
+            self._file.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Trim unwritten trailing rows, close, and rename to `path` (atomic on one filesystem)."""
+        n = int(self._written.sum())
+        if not self._written[:n].all():
+            missing = np.flatnonzero(~self._written[:n])
+            raise RuntimeError(f"store rows {missing[:5].tolist()} were never written")
+        if n < self.n_patients:
+            for ds in self._datasets:
+                ds.resize(n, axis=0)
+        self._file.close()
+        if not self.overwrite and self.path.exists():
+            self.tmp_path.unlink(missing_ok=True)
+            raise DataError(f"{self.path} appeared while writing; not replaced "
+                            "(use --overwrite)")
+        os.replace(self.tmp_path, self.path)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
