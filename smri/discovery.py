@@ -59,12 +59,14 @@ def parse_classes(text: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep or not name.strip() or value.strip() not in ("0", "1"):
-            raise ConfigError(f"expected NAME=0,NAME=1 (e.g. LGG=0,HGG=1), got {text!r}",
-                              option="--classes")
+            raise ConfigError(
+                f"expected NAME=0,NAME=1 (e.g. LGG=0,HGG=1), got {text!r}", option="--classes"
+            )
         classes[name.strip()] = int(value)
     if sorted(classes.values()) != [0, 1]:
-        raise ConfigError(f"expected one class named for 0 and one for 1, got {text!r}",
-                          option="--classes")
+        raise ConfigError(
+            f"expected one class named for 0 and one for 1, got {text!r}", option="--classes"
+        )
     return classes
 
 
@@ -75,13 +77,13 @@ def parse_modalities(text: str) -> tuple[str, ...]:
         raise ConfigError("expected at least one modality name", option="--modalities")
     bad = [n for n in names if not re.fullmatch(r"[a-z0-9]+", n)]
     if bad:
-        raise ConfigError(f"modality names are letters and digits only, got {bad[0]!r}",
-                          option="--modalities")
+        raise ConfigError(
+            f"modality names are letters and digits only, got {bad[0]!r}", option="--modalities"
+        )
     if len(set(names)) != len(names):
         raise ConfigError(f"modality listed twice in {text!r}", option="--modalities")
     if "seg" in names:
-        raise ConfigError("'seg' is the segmentation, not an image modality",
-                          option="--modalities")
+        raise ConfigError("'seg' is the segmentation, not an image modality", option="--modalities")
     return names
 
 
@@ -91,8 +93,9 @@ def modality_of(name: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def patient_from_folder(folder: Path, modalities: Sequence[str], label: int = UNLABELLED,
-                        patient_id: str | None = None) -> Patient:
+def patient_from_folder(
+    folder: Path, modalities: Sequence[str], label: int = UNLABELLED, patient_id: str | None = None
+) -> Patient:
     """The modality files of one patient folder; PatientError when one is missing or doubled."""
     folder = Path(folder)
     pid = patient_id or folder.name
@@ -109,20 +112,26 @@ def patient_from_folder(folder: Path, modalities: Sequence[str], label: int = UN
             found[mod].append(Path(entry.path))
     missing = [m for m, files in found.items() if not files]
     if missing:
-        raise PatientError(pid, f"no {', '.join(missing)} file in {folder} "
-                                f"(expected names ending _{missing[0]}.nii or .nii.gz)")
+        raise PatientError(
+            pid,
+            f"no {', '.join(missing)} file in {folder} "
+            f"(expected names ending _{missing[0]}.nii or .nii.gz)",
+        )
     doubled = {m: files for m, files in found.items() if len(files) > 1}
     if doubled:
         m, files = next(iter(doubled.items()))
-        raise PatientError(pid, f"modality {m} present {len(files)} times: "
-                                + ", ".join(f.name for f in files))
+        raise PatientError(
+            pid, f"modality {m} present {len(files)} times: " + ", ".join(f.name for f in files)
+        )
     return Patient(pid, label, tuple(found[m][0] for m in modalities), folder)
 
 
 def _subfolders(path: Path) -> list[Path]:
     try:
-        return sorted((Path(e.path) for e in os.scandir(path)
-                       if e.is_dir() and not e.name.startswith(".")), key=lambda p: p.name)
+        return sorted(
+            (Path(e.path) for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")),
+            key=lambda p: p.name,
+        )
     except OSError as exc:
         raise DataError(f"{path}: cannot list folder ({exc.strerror})") from None
 
@@ -140,9 +149,11 @@ def _read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
     id_col = next((lower[c.lower()] for c in ID_COLUMNS if c.lower() in lower), None)
     label_col = next((lower[c.lower()] for c in LABEL_COLUMNS if c.lower() in lower), None)
     if id_col is None or label_col is None:
-        raise DataError(f"{path}: labels CSV needs a patient id column ({', '.join(ID_COLUMNS)}) "
-                        f"and a label column ({', '.join(LABEL_COLUMNS)}); found columns "
-                        f"{', '.join(columns) or 'none'}")
+        raise DataError(
+            f"{path}: labels CSV needs a patient id column ({', '.join(ID_COLUMNS)}) "
+            f"and a label column ({', '.join(LABEL_COLUMNS)}); found columns "
+            f"{', '.join(columns) or 'none'}"
+        )
     by_name = {name.lower(): value for name, value in classes.items()}
     labels: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
@@ -155,19 +166,21 @@ def _read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
         elif raw.lower() in by_name:
             value = by_name[raw.lower()]
         else:
-            raise DataError(f"{path}, line {line}: patient {pid} has label {raw!r}; expected 0, 1 "
-                            f"or a class name ({', '.join(classes)})")
+            raise DataError(
+                f"{path}, line {line}: patient {pid} has label {raw!r}; expected 0, 1 "
+                f"or a class name ({', '.join(classes)})"
+            )
         if pid in labels and labels[pid] != value:
-            raise DataError(f"{path}, line {line}: patient {pid} listed twice with different "
-                            "labels")
+            raise DataError(
+                f"{path}, line {line}: patient {pid} listed twice with different labels"
+            )
         labels[pid] = value
     if not labels:
         raise DataError(f"{path}: labels CSV has no rows")
     return labels
 
 
-def _collect(folders: list[tuple[Path, int]], modalities: Sequence[str], result: Discovery
-             ) -> None:
+def _collect(folders: list[tuple[Path, int]], modalities: Sequence[str], result: Discovery) -> None:
     seen: dict[str, Path] = {}
     for folder, label in folders:
         pid = folder.name
@@ -181,9 +194,14 @@ def _collect(folders: list[tuple[Path, int]], modalities: Sequence[str], result:
             result.skipped.append(exc)
 
 
-def discover(root: Path, *, modalities: Sequence[str] = DEFAULT_MODALITIES,
-             classes: dict[str, int] | None = None, labels_csv: Path | None = None,
-             allow_unlabelled: bool = False) -> Discovery:
+def discover(
+    root: Path,
+    *,
+    modalities: Sequence[str] = DEFAULT_MODALITIES,
+    classes: dict[str, int] | None = None,
+    labels_csv: Path | None = None,
+    allow_unlabelled: bool = False,
+) -> Discovery:
     """Find every patient under `root`, in sorted id order, with the reasons for skipped ones.
 
     DataError when `root` is unusable or holds no patients at all.
@@ -199,9 +217,12 @@ def discover(root: Path, *, modalities: Sequence[str] = DEFAULT_MODALITIES,
     class_dirs = {d.name.lower(): d for d in subfolders}
     if mapping is None and any(name.lower() in class_dirs for name in classes):
         result = Discovery(root, "class-folders")
-        folders = [(pid_dir, label) for name, label in classes.items()
-                   if name.lower() in class_dirs
-                   for pid_dir in _subfolders(class_dirs[name.lower()])]
+        folders = [
+            (pid_dir, label)
+            for name, label in classes.items()
+            if name.lower() in class_dirs
+            for pid_dir in _subfolders(class_dirs[name.lower()])
+        ]
         _collect(folders, modalities, result)
     elif mapping is not None:
         labels = _read_labels_csv(mapping, classes)
@@ -223,21 +244,26 @@ def discover(root: Path, *, modalities: Sequence[str] = DEFAULT_MODALITIES,
         _collect(folders, modalities, result)
         absent = sorted(set(labels) - set(candidates))
         for pid in absent:
-            result.skipped.append(PatientError(pid, f"listed in {mapping.name} but no folder "
-                                                    f"{root / pid}"))
+            result.skipped.append(
+                PatientError(pid, f"listed in {mapping.name} but no folder {root / pid}")
+            )
     else:
         result = Discovery(root, "unlabelled")
         if allow_unlabelled:
             _collect([(d, UNLABELLED) for d in subfolders], modalities, result)
         else:
             names = ", ".join(f"{n}/" for n in classes)
-            raise DataError(f"{root}: no class folders ({names}) and no {NAME_MAPPING}; give "
-                            "labels with --labels CSV or class folders with --classes")
+            raise DataError(
+                f"{root}: no class folders ({names}) and no {NAME_MAPPING}; give "
+                "labels with --labels CSV or class folders with --classes"
+            )
     result.patients.sort(key=lambda p: p.patient_id)
     result.skipped.sort(key=lambda e: e.patient_id)
     if not result.patients and not result.skipped:
-        raise DataError(f"{root}: no patient folders with {', '.join(modalities)} NIfTI files "
-                        f"found (layout: {result.layout})")
+        raise DataError(
+            f"{root}: no patient folders with {', '.join(modalities)} NIfTI files "
+            f"found (layout: {result.layout})"
+        )
     return result
 
 

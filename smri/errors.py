@@ -17,6 +17,9 @@ class PatientError(DataError):
         self.patient_id = patient_id
         self.reason = message
 
+    def __reduce__(self):  # picklable: workers return it to the parent as a value
+        return (type(self), (self.patient_id, self.reason))
+
 
 class ConfigError(SmriError):
     """Settings that contradict each other or the data (the CLI exits 2 when an option is at fault)."""
@@ -24,3 +27,6 @@ class ConfigError(SmriError):
     def __init__(self, message: str, option: str | None = None):
         super().__init__(message)
         self.option = option
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.option))

@@ -42,11 +42,14 @@ class PreprocessConfig:
         if self.slices < 1:
             raise ConfigError(f"must be at least 1, got {self.slices}", option="--slices")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"expected one of {', '.join(DTYPES)}, got {self.dtype!r}",
-                              option="--dtype")
+            raise ConfigError(
+                f"expected one of {', '.join(DTYPES)}, got {self.dtype!r}", option="--dtype"
+            )
         if self.compression not in COMPRESSIONS:
-            raise ConfigError(f"expected one of {', '.join(COMPRESSIONS)}, got "
-                              f"{self.compression!r}", option="--compression")
+            raise ConfigError(
+                f"expected one of {', '.join(COMPRESSIONS)}, got {self.compression!r}",
+                option="--compression",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -74,17 +77,25 @@ class PatientResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_patient(patient: Patient, cfg: PreprocessConfig,
-                 expect_inplane: tuple[int, int] | None = None,
-                 relative_to: Path | None = None) -> PatientResult:
+def load_patient(
+    patient: Patient,
+    cfg: PreprocessConfig,
+    expect_inplane: tuple[int, int] | None = None,
+    relative_to: Path | None = None,
+) -> PatientResult:
     """Load, min–max normalise and crop every modality of `patient` (the seed's method).
 
     Raises PatientError naming the patient, the file and the problem.
     """
     pid = patient.patient_id
     images: np.ndarray | None = None
-    meta: dict[str, Any] = {"original_shape": [], "spacing": [], "intensity_min": [],
-                            "intensity_max": [], "source_files": []}
+    meta: dict[str, Any] = {
+        "original_shape": [],
+        "spacing": [],
+        "intensity_min": [],
+        "intensity_max": [],
+        "source_files": [],
+    }
     warnings: list[str] = []
     first_file: Path | None = None
     for m, path in enumerate(patient.files):
@@ -94,23 +105,31 @@ def load_patient(patient: Patient, cfg: PreprocessConfig,
             raise PatientError(pid, str(exc)) from None
         x, y, z = vol.data.shape
         if z < cfg.slices:
-            raise PatientError(pid, f"{path}: {z} slices along the third axis, fewer than the "
-                                    f"{cfg.slices} asked for (--slices)")
+            raise PatientError(
+                pid,
+                f"{path}: {z} slices along the third axis, fewer than the "
+                f"{cfg.slices} asked for (--slices)",
+            )
         if images is None:
             first_file = path
             inplane = (y, x)
             if expect_inplane is not None and inplane != tuple(expect_inplane):
-                raise PatientError(pid, f"{path}: in-plane shape {x}x{y} differs from the store's "
-                                        f"{expect_inplane[1]}x{expect_inplane[0]} (the most "
-                                        "common shape in this cohort)")
+                raise PatientError(
+                    pid,
+                    f"{path}: in-plane shape {x}x{y} differs from the store's "
+                    f"{expect_inplane[1]}x{expect_inplane[0]} (the most "
+                    "common shape in this cohort)",
+                )
             images = np.empty((len(patient.files), cfg.slices, y, x), dtype=cfg.dtype)
         elif (y, x) != images.shape[2:]:
-            raise PatientError(pid, f"{path}: shape {vol.data.shape} disagrees with "
-                                    f"{first_file.name} ({images.shape[3]}, {images.shape[2]}, ...)")
+            raise PatientError(
+                pid,
+                f"{path}: shape {vol.data.shape} disagrees with "
+                f"{first_file.name} ({images.shape[3]}, {images.shape[2]}, ...)",
+            )
         slab, lo, hi = normalized_slab(vol.data, cfg.slices)
         if hi == lo:
-            warnings.append(f"patient {pid}: {path.name} is constant ({lo:g}); "
-                            "normalised to zeros")
+            warnings.append(f"patient {pid}: {path.name} is constant ({lo:g}); normalised to zeros")
         images[m] = slab
         meta["original_shape"].append([x, y, z])
         meta["spacing"].append(list(vol.spacing))
@@ -130,8 +149,9 @@ def _relative(path: Path, root: Path | None) -> str:
         return str(path)
 
 
-def _work(patient: Patient, cfg: PreprocessConfig, inplane: tuple[int, int] | None,
-          root: Path) -> PatientResult | PatientError:
+def _work(
+    patient: Patient, cfg: PreprocessConfig, inplane: tuple[int, int] | None, root: Path
+) -> PatientResult | PatientError:
     """Worker entry point: a result, or the patient's error as a value (never a lost traceback)."""
     try:
         return load_patient(patient, cfg, inplane, root)
@@ -176,16 +196,19 @@ class PreprocessSummary:
         """The one-line summary printed at the end of `smri preprocess`."""
         per_class = ", ".join(f"{name} {n}" for name, n in self.written.items())
         rate = self.n_written / self.seconds if self.seconds > 0 else float("inf")
-        return (f"wrote {self.n_written} patients ({per_class}) to {self.output}; skipped "
-                f"{len(self.skipped)}; {self.seconds:.1f} s ({rate:.2f} patients/s)")
+        return (
+            f"wrote {self.n_written} patients ({per_class}) to {self.output}; skipped "
+            f"{len(self.skipped)}; {self.seconds:.1f} s ({rate:.2f} patients/s)"
+        )
 
 
 def check_output(output: Path, overwrite: bool) -> None:
     """Refuse an OUTPUT that exists (without --overwrite) or whose folder is missing/read-only."""
     output = Path(output)
     if output.is_dir():
-        raise ConfigError(f"{output} is a folder; expected a file name such as out.h5",
-                          option="OUTPUT")
+        raise ConfigError(
+            f"{output} is a folder; expected a file name such as out.h5", option="OUTPUT"
+        )
     if output.exists() and not overwrite:
         raise ConfigError(f"{output} exists; pass --overwrite to replace it")
     parent = output.parent if str(output.parent) else Path(".")
@@ -218,14 +241,17 @@ def run_preprocess(
 
     t0 = time.perf_counter()
     check_output(output, overwrite)
-    found: Discovery = discover(input_dir, modalities=cfg.modalities, classes=cfg.classes,
-                                labels_csv=labels_csv)
+    found: Discovery = discover(
+        input_dir, modalities=cfg.modalities, classes=cfg.classes, labels_csv=labels_csv
+    )
     skipped: list[PatientError] = list(found.skipped)
     if strict and skipped:
         raise DataError(f"{skipped[0]} (--strict: {len(skipped)} patient(s) unusable)")
     if not found.patients:
-        raise DataError(f"{input_dir}: none of the {len(skipped)} patient folders is usable; "
-                        f"first problem: {skipped[0]}")
+        raise DataError(
+            f"{input_dir}: none of the {len(skipped)} patient folders is usable; "
+            f"first problem: {skipped[0]}"
+        )
     for exc in skipped:
         echo(f"skipping {exc}")
     patients = found.patients
@@ -233,13 +259,24 @@ def run_preprocess(
     inplane = common_inplane(patients)
     jobs = jobs or os.cpu_count() or 1
     root = Path(input_dir)
-    config = {**cfg.to_dict(), "input": str(root.resolve()), "layout": found.layout,
-              "labels_csv": str(labels_csv) if labels_csv else None}
+    config = {
+        **cfg.to_dict(),
+        "input": str(root.resolve()),
+        "layout": found.layout,
+        "labels_csv": str(labels_csv) if labels_csv else None,
+    }
     results: Iterator[PatientResult | PatientError] = Parallel(
-        n_jobs=jobs, backend=backend, return_as="generator", pre_dispatch="2*n_jobs",
+        n_jobs=jobs,
+        backend=backend,
+        return_as="generator",
+        pre_dispatch="2*n_jobs",
     )(delayed(_work)(p, cfg, inplane, root) for p in patients)
-    bar = tqdm(total=len(patients), unit="patient", desc="preprocess",
-               disable=not (sys.stderr.isatty() if progress is None else progress))
+    bar = tqdm(
+        total=len(patients),
+        unit="patient",
+        desc="preprocess",
+        disable=not (sys.stderr.isatty() if progress is None else progress),
+    )
     written: Counter[int] = Counter()
     warnings: list[str] = []
     writer: StoreWriter | None = None
@@ -254,19 +291,28 @@ def run_preprocess(
                 continue
             if writer is None:
                 writer = StoreWriter(
-                    output, n_patients=len(patients), volume_shape=res.images.shape,
-                    dtype=cfg.dtype, compression=cfg.compression, modalities=cfg.modalities,
-                    classes=cfg.classes, config=config, overwrite=overwrite,
+                    output,
+                    n_patients=len(patients),
+                    volume_shape=res.images.shape,
+                    dtype=cfg.dtype,
+                    compression=cfg.compression,
+                    modalities=cfg.modalities,
+                    classes=cfg.classes,
+                    config=config,
+                    overwrite=overwrite,
                 )
             for w in res.warnings:
                 echo(f"warning: {w}")
             warnings.extend(res.warnings)
-            writer.append(images=res.images, label=res.label, patient_id=res.patient_id,
-                          meta=res.meta)
+            writer.append(
+                images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
+            )
             written[res.label] += 1
         if writer is None:
-            raise DataError(f"{input_dir}: all {len(skipped)} patients are unusable; first "
-                            f"problem: {skipped[0]}")
+            raise DataError(
+                f"{input_dir}: all {len(skipped)} patients are unusable; first "
+                f"problem: {skipped[0]}"
+            )
         skipped.sort(key=lambda e: e.patient_id)
         skipped_rows = [{"patient_id": e.patient_id, "reason": e.reason} for e in skipped]
         writer.set_skipped(skipped_rows)
@@ -279,5 +325,6 @@ def run_preprocess(
         bar.close()
     names = {v: k for k, v in cfg.classes.items()}
     per_class = {names[v]: written[v] for v in sorted(names, reverse=True)}
-    return PreprocessSummary(Path(output), per_class, skipped_rows,
-                             time.perf_counter() - t0, warnings)
+    return PreprocessSummary(
+        Path(output), per_class, skipped_rows, time.perf_counter() - t0, warnings
+    )

@@ -52,8 +52,10 @@ META_FIELDS = {  # name -> (dtype, per-patient shape given M)
 COMPRESSIONS: dict[str, dict[str, Any]] = {
     "none": {},
     "lzf": {"compression": "lzf", "shuffle": True},
-    **{f"gzip-{level}": {"compression": "gzip", "compression_opts": level, "shuffle": True}
-       for level in range(1, 10)},
+    **{
+        f"gzip-{level}": {"compression": "gzip", "compression_opts": level, "shuffle": True}
+        for level in range(1, 10)
+    },
 }
 DTYPES = ("float16", "float32")
 # A chunk is one volume (S*H*W values); the default 1 MiB chunk cache cannot hold even one at
@@ -102,22 +104,32 @@ def _compression_name(ds: h5py.Dataset) -> str | None:
 def _validate(f: h5py.File, path: Path) -> None:
     fmt = f.attrs.get("format")
     if fmt != FORMAT:
-        raise DataError(f"{path}: not an smri store (no format='{FORMAT}' attribute); "
-                        "make one with `smri preprocess`")
+        raise DataError(
+            f"{path}: not an smri store (no format='{FORMAT}' attribute); "
+            "make one with `smri preprocess`"
+        )
     version = int(f.attrs.get("schema_version", -1))
     if version > SCHEMA_VERSION:
-        raise DataError(f"{path}: store schema version {version} is newer than this smri "
-                        f"({__version__}) reads (version {SCHEMA_VERSION}); upgrade smri")
+        raise DataError(
+            f"{path}: store schema version {version} is newer than this smri "
+            f"({__version__}) reads (version {SCHEMA_VERSION}); upgrade smri"
+        )
     if version != SCHEMA_VERSION:
-        raise DataError(f"{path}: unsupported store schema version {version} "
-                        f"(expected {SCHEMA_VERSION}); re-run `smri preprocess`")
+        raise DataError(
+            f"{path}: unsupported store schema version {version} "
+            f"(expected {SCHEMA_VERSION}); re-run `smri preprocess`"
+        )
     for key in (IMAGES, LABELS, PATIENT_ID):
         if key not in f:
-            raise DataError(f"{path}: store is missing the '{key}' dataset; re-run `smri preprocess`")
+            raise DataError(
+                f"{path}: store is missing the '{key}' dataset; re-run `smri preprocess`"
+            )
     n = f[IMAGES].shape[0]
     if f[IMAGES].ndim != 5 or f[LABELS].shape != (n,) or f[PATIENT_ID].shape != (n,):
-        raise DataError(f"{path}: store datasets disagree: images {f[IMAGES].shape}, "
-                        f"labels {f[LABELS].shape}, patient_id {f[PATIENT_ID].shape}")
+        raise DataError(
+            f"{path}: store datasets disagree: images {f[IMAGES].shape}, "
+            f"labels {f[LABELS].shape}, patient_id {f[PATIENT_ID].shape}"
+        )
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -231,8 +243,10 @@ class StoreReader:
         try:
             return self.patient_ids.index(patient_id)
         except ValueError:
-            raise DataError(f"{self.path}: no patient '{patient_id}' in the store "
-                            f"({len(self.patient_ids)} patients)") from None
+            raise DataError(
+                f"{self.path}: no patient '{patient_id}' in the store "
+                f"({len(self.patient_ids)} patients)"
+            ) from None
 
     def close(self) -> None:
         """Close the file handle."""
@@ -296,17 +310,24 @@ class StoreWriter:
             f.attrs["skipped"] = "[]"
             # Resizable along patients: rows that preprocessing skips are trimmed at commit.
             self.images = f.create_dataset(
-                IMAGES, shape=(n_patients, m, s, h, w), maxshape=(None, m, s, h, w),
-                dtype=dtype, chunks=(1, 1, s, h, w), **comp,
+                IMAGES,
+                shape=(n_patients, m, s, h, w),
+                maxshape=(None, m, s, h, w),
+                dtype=dtype,
+                chunks=(1, 1, s, h, w),
+                **comp,
             )
-            self.labels = f.create_dataset(LABELS, shape=(n_patients,), maxshape=(None,),
-                                           dtype="int8", fillvalue=-1)
-            self.ids = f.create_dataset(PATIENT_ID, shape=(n_patients,), maxshape=(None,),
-                                        dtype=h5py.string_dtype("utf-8"))
+            self.labels = f.create_dataset(
+                LABELS, shape=(n_patients,), maxshape=(None,), dtype="int8", fillvalue=-1
+            )
+            self.ids = f.create_dataset(
+                PATIENT_ID, shape=(n_patients,), maxshape=(None,), dtype=h5py.string_dtype("utf-8")
+            )
             meta = f.create_group(META)
             self.meta = {
-                name: meta.create_dataset(name, shape=(n_patients, *shape(m)),
-                                          maxshape=(None, *shape(m)), dtype=dt)
+                name: meta.create_dataset(
+                    name, shape=(n_patients, *shape(m)), maxshape=(None, *shape(m)), dtype=dt
+                )
                 for name, (dt, shape) in META_FIELDS.items()
             }
             self._datasets = [self.images, self.labels, self.ids, *self.meta.values()]
@@ -314,8 +335,15 @@ class StoreWriter:
             self.abort()
             raise
 
-    def write(self, i: int, *, images: np.ndarray, label: int, patient_id: str,
-              meta: dict[str, Any] | None = None) -> None:
+    def write(
+        self,
+        i: int,
+        *,
+        images: np.ndarray,
+        label: int,
+        patient_id: str,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         """Write row `i`: images ``(M, S, H, W)`` (cast to the store dtype), label and id."""
         self.images[i] = images
         self.labels[i] = label
@@ -353,8 +381,7 @@ class StoreWriter:
         self._file.close()
         if not self.overwrite and self.path.exists():
             self.tmp_path.unlink(missing_ok=True)
-            raise DataError(f"{self.path} appeared while writing; not replaced "
-                            "(use --overwrite)")
+            raise DataError(f"{self.path} appeared while writing; not replaced (use --overwrite)")
         os.replace(self.tmp_path, self.path)
 
     def __enter__(self) -> StoreWriter:

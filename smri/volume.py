@@ -77,8 +77,6 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
         if canonical:
             img = nib.as_closest_canonical(img)
         data = np.asanyarray(img.dataobj)
-    except DataError:
-        raise
     except Exception as exc:  # nibabel raises many types for malformed headers and data
         raise DataError(f"{path}: not a readable NIfTI volume ({_reason(exc)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -96,14 +94,14 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
 
 def _image_from_bytes(raw: bytes) -> nib.Nifti1Image:
     if len(raw) < 348:
-        raise DataError(f"too short for a NIfTI header ({len(raw)} bytes, need at least 348)")
+        raise ValueError(f"too short for a NIfTI header: {len(raw)} bytes, need at least 348")
     header_size = int.from_bytes(raw[:4], "little")
     if header_size not in (348, 540):
         header_size = int.from_bytes(raw[:4], "big")
     if header_size == 540:
         return nib.Nifti2Image.from_bytes(raw)
     if header_size != 348:
-        raise DataError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
+        raise ValueError("no NIfTI header: sizeof_hdr is neither 348 nor 540")
     return nib.Nifti1Image.from_bytes(raw)
 
 
@@ -126,11 +124,12 @@ def central_slab(vol: np.ndarray, slices: int) -> np.ndarray:
     if depth < slices:
         raise ValueError(f"volume has {depth} slices, fewer than the {slices} asked for")
     start = slab_start(depth, slices)
-    return vol[:, :, start:start + slices].T
+    return vol[:, :, start : start + slices].T
 
 
-def normalized_slab(vol: np.ndarray, slices: int, out: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, float, float]:
+def normalized_slab(
+    vol: np.ndarray, slices: int, out: np.ndarray | None = None
+) -> tuple[np.ndarray, float, float]:
     """`central_slab(minmax_normalize(vol), slices)` bit for bit, with float maths on the slab only.
 
     Returns the ``(S, Y, X)`` float32 slab (written into `out` when given) and the min and max

@@ -17,36 +17,95 @@ PathArg = click.Path(path_type=Path)
 @click.command()
 @click.argument("input_dir", metavar="INPUT", type=PathArg)
 @click.argument("output", metavar="OUTPUT", type=PathArg)
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Parallel worker processes [default: all cores].")
-@click.option("--modalities", default="flair,t1,t1ce,t2", show_default=True,
-              help="Modality file suffixes to read, comma-separated; also the sequence order.")
-@click.option("--slices", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Central slices kept along the third (depth) axis.")
-@click.option("--labels", "labels_csv", type=PathArg, default=None,
-              help="CSV with patient_id,label columns (or BraTS 2020's name_mapping.csv); "
-                   "INPUT/name_mapping.csv is used automatically when present.")
-@click.option("--classes", default="LGG=0,HGG=1", show_default=True,
-              help="Class names and their labels: class folder names, or names in the labels CSV.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True,
-              help="Stored voxel type (values are in [0, 1]; float16 keeps 11 bits).")
-@click.option("--compression", type=click.Choice(list(COMPRESSIONS)), default="none",
-              show_default=True,
-              help="HDF5 filter for images (built-in filters only; see README's store benchmark).")
-@click.option("--canonical/--no-canonical", default=False, show_default=True,
-              help="Reorient every volume to the closest canonical (RAS+) orientation first.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel worker processes [default: all cores].",
+)
+@click.option(
+    "--modalities",
+    default="flair,t1,t1ce,t2",
+    show_default=True,
+    help="Modality file suffixes to read, comma-separated; also the sequence order.",
+)
+@click.option(
+    "--slices",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Central slices kept along the third (depth) axis.",
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=PathArg,
+    default=None,
+    help="CSV with patient_id,label columns (or BraTS 2020's name_mapping.csv); "
+    "INPUT/name_mapping.csv is used automatically when present.",
+)
+@click.option(
+    "--classes",
+    default="LGG=0,HGG=1",
+    show_default=True,
+    help="Class names and their labels: class folder names, or names in the labels CSV.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default="float16",
+    show_default=True,
+    help="Stored voxel type (values are in [0, 1]; float16 keeps 11 bits).",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(list(COMPRESSIONS)),
+    default="none",
+    show_default=True,
+    help="HDF5 filter for images (built-in filters only; see README's store benchmark).",
+)
+@click.option(
+    "--canonical/--no-canonical",
+    default=False,
+    show_default=True,
+    help="Reorient every volume to the closest canonical (RAS+) orientation first.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--strict", is_flag=True,
-              help="Stop (exit 1) at the first unusable patient instead of skipping it.")
-@click.option("--backend", type=click.Choice(["loky", "threading", "multiprocessing"]),
-              default="loky", show_default=True, help="joblib backend for the workers.")
-@click.option("--progress/--no-progress", default=None,
-              help="Show a progress bar [default: when stderr is a terminal].")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Stop (exit 1) at the first unusable patient instead of skipping it.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["loky", "threading", "multiprocessing"]),
+    default="loky",
+    show_default=True,
+    help="joblib backend for the workers.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar [default: when stderr is a terminal].",
+)
 @handle_errors
-def preprocess(input_dir: Path, output: Path, jobs: int | None, modalities: str, slices: int,
-               labels_csv: Path | None, classes: str, dtype: str, compression: str,
-               canonical: bool, overwrite: bool, strict: bool, backend: str,
-               progress: bool | None) -> None:
+def preprocess(
+    input_dir: Path,
+    output: Path,
+    jobs: int | None,
+    modalities: str,
+    slices: int,
+    labels_csv: Path | None,
+    classes: str,
+    dtype: str,
+    compression: str,
+    canonical: bool,
+    overwrite: bool,
+    strict: bool,
+    backend: str,
+    progress: bool | None,
+) -> None:
     """Turn patient folders of NIfTI under INPUT into one HDF5 store OUTPUT.
 
     Each volume is min–max normalised over the whole volume and cropped to its central
@@ -59,13 +118,26 @@ def preprocess(input_dir: Path, output: Path, jobs: int | None, modalities: str,
 
     if labels_csv is not None and not labels_csv.is_file():
         raise click.BadParameter(f"{labels_csv}: no such file", param_hint="'--labels'")
-    cfg = PreprocessConfig(modalities=parse_modalities(modalities), slices=slices, dtype=dtype,
-                           compression=compression, canonical=canonical,
-                           classes=parse_classes(classes))
-    summary = run_preprocess(input_dir, output, cfg, jobs=jobs or os.cpu_count(),
-                             labels_csv=labels_csv, overwrite=overwrite, strict=strict,
-                             backend=backend, progress=progress,
-                             echo=lambda line: click.echo(line, err=True))
+    cfg = PreprocessConfig(
+        modalities=parse_modalities(modalities),
+        slices=slices,
+        dtype=dtype,
+        compression=compression,
+        canonical=canonical,
+        classes=parse_classes(classes),
+    )
+    summary = run_preprocess(
+        input_dir,
+        output,
+        cfg,
+        jobs=jobs or os.cpu_count(),
+        labels_csv=labels_csv,
+        overwrite=overwrite,
+        strict=strict,
+        backend=backend,
+        progress=progress,
+        echo=lambda line: click.echo(line, err=True),
+    )
     click.echo(summary.line())
 
 

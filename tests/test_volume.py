@@ -1,0 +1,140 @@
+"""volume.py: the seed's method against direct numpy, and loading errors naming the file."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from smri.errors import DataError
+from smri.volume import (
+    central_slab,
+    load_volume,
+    minmax_normalize,
+    normalized_slab,
+    slab_start,
+)
+from tests.conftest import write_nifti
+
+
+def direct(vol: np.ndarray, slices: int) -> np.ndarray:
+    v = vol.astype(np.float32)
+    v = (v - v.min()) / (v.max() - v.min() + 1e-8)
+    start = (v.shape[2] - slices) // 2
+    return v[:, :, start : start + slices].T
+
+
+def test_slab_start_matches_brats_slices_61_to_92():
+    assert slab_start(155, 32) == 61
+    vol = np.broadcast_to(np.arange(155), (3, 4, 155))
+    slab = central_slab(vol, 32)
+    assert slab.shape == (32, 4, 3)
+    assert slab[:, 0, 0].tolist() == list(range(61, 93))
+
+
+def test_central_slab_axis_order_is_z_y_x():
+    vol = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    slab = central_slab(vol, 2)
+    assert slab.shape == (2, 3, 2)
+    assert slab[1, 2, 0] == vol[0, 2, 2]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_normalized_slab_is_bitwise_the_seed_method(dtype, order):
+    rng = np.random.default_rng(3)
+    vol = np.asarray(rng.uniform(-300, 2000, (21, 17, 45)), order=order).astype(dtype)
+    got, lo, hi = normalized_slab(vol, 32)
+    want = direct(vol, 32)
+    assert got.dtype == np.float32 and got.shape == (32, 17, 21)
+    np.testing.assert_array_equal(got, want)
+    assert (lo, hi) == (float(vol.min()), float(vol.max()))
+    np.testing.assert_array_equal(got, central_slab(minmax_normalize(vol), 32))
+
+
+def test_constant_volume_normalises_to_zeros():
+    got, lo, hi = normalized_slab(np.full((4, 4, 40), 7, np.int16), 32)
+    assert lo == hi == 7
+    assert not got.any()
+
+
+def test_fewer_slices_than_asked_is_an_error():
+    with pytest.raises(ValueError, match="10 slices, fewer than the 32"):
+        central_slab(np.zeros((4, 4, 10)), 32)
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_load_volume_reads_both_formats(tmp_path, ext):
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    affine = np.diag([0.9, 1.1, 2.0, 1.0])
+    vol = load_volume(write_nifti(tmp_path / f"a_t1{ext}", data, affine))
+    np.testing.assert_array_equal(vol.data, data)
+    assert vol.data.dtype == np.int16
+    assert vol.spacing == pytest.approx((0.9, 1.1, 2.0))
+
+
+def test_load_volume_applies_scaling_and_drops_trailing_singleton(tmp_path):
+    img = nib.Nifti1Image(np.ones((3, 4, 5, 1), np.int16), np.eye(4))
+    img.header.set_slope_inter(2.0, 1.0)
+    path = tmp_path / "s.nii"
+    nib.save(img, path)
+    vol = load_volume(path)
+    assert vol.data.shape == (3, 4, 5)
+    assert np.all(vol.data == 3.0)
+
+
+def test_canonical_reorients_to_ras(tmp_path):
+    data = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    path = write_nifti(tmp_path / "lps.nii", data, np.diag([-1.0, -1.0, 1.0, 1.0]))
+    vol = load_volume(path, canonical=True)
+    np.testing.assert_array_equal(vol.data, data[::-1, ::-1, :])
+    assert np.all(np.diag(vol.affine)[:3] > 0)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_bytes(np.random.default_rng(0).bytes(2000)), "NIfTI"),
+        (lambda p: p.write_bytes(gzip.compress(b"hello world" * 100)), "NIfTI"),
+    ],
+    ids=["zero-bytes", "random-bytes", "gzip-of-text"],
+)
+def test_unreadable_files_name_the_file(tmp_path, make, message):
+    path = tmp_path / "x_t1.nii.gz"
+    make(path)
+    with pytest.raises(DataError, match=message) as info:
+        load_volume(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    path = write_nifti(tmp_path / "x_t1.nii.gz", np.ones((30, 30, 30), np.int16))
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"x_t1\.nii\.gz: corrupt gzip stream"):
+        load_volume(path)
+
+
+def test_truncated_nii_names_the_file(tmp_path):
+    path = write_nifti(tmp_path / "x_t1.nii", np.ones((30, 30, 30), np.int16))
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataError, match=r"x_t1\.nii: not a readable NIfTI volume"):
+        load_volume(path)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (5, 6, 7, 2)])
+def test_non_3d_volumes_are_errors(tmp_path, shape):
+    path = write_nifti(tmp_path / "v.nii", np.ones(shape, np.int16))
+    with pytest.raises(DataError, match=rf"expected a 3D volume, got {len(shape)}D"):
+        load_volume(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_inf_are_errors(tmp_path, bad):
+    data = np.ones((4, 4, 4), np.float32)
+    data[1, 2, 3] = bad
+    path = write_nifti(tmp_path / "v.nii", data)
+    with pytest.raises(DataError, match="1 voxels are NaN or Inf"):
+        load_volume(path)
