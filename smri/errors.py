@@ -22,7 +22,7 @@ class PatientError(DataError):
 
 
 class ConfigError(SmriError):
-    """Settings that contradict each other or the data (the CLI exits 2 when an option is at fault)."""
+    """Settings that contradict each other or the data (exit 2 when an option is at fault)."""
 
     def __init__(self, message: str, option: str | None = None):
         super().__init__(message)
