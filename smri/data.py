@@ -1,0 +1,313 @@
+"""Training input: a torch Dataset over the store, whole-store caches, batches and splits.
+
+Every epoch's batches are a pure function of (seed, epoch): the streaming path (DataLoader workers
+reading the store) and the cached paths (the store in RAM or on the GPU) yield identical batches,
+and a resumed run sees the same batches as an uninterrupted one without saving sampler state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from smri.errors import ConfigError, DataError
+from smri.store import StoreReader
+
+CACHE_MODES = ("auto", "device", "ram", "none")
+SAFE_SHARE = 0.5  # `auto` caches when the data take at most this share of free memory
+LOAD_CHUNK = 16  # patients per read when filling a cache
+
+
+# ----------------------------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class Split:
+    """Store rows used for training and validation (sorted), and where they came from."""
+
+    train: np.ndarray
+    val: np.ndarray
+    seed: int
+    val_fraction: float | None = None
+    folds: int | None = None
+    fold: int | None = None
+
+
+def _class_rows(labels: np.ndarray, classes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Rows of each class; DataError unless both classes have patients."""
+    rows = {name: np.flatnonzero(labels == value) for name, value in classes.items()}
+    counts = ", ".join(f"{name}={len(r)}" for name, r in rows.items())
+    if len(rows) != 2 or min(len(r) for r in rows.values()) == 0:
+        raise DataError(f"training needs labelled patients of both classes; the store has {counts}")
+    return rows
+
+
+def stratified_split(
+    labels: np.ndarray, classes: dict[str, int], val_fraction: float, seed: int
+) -> Split:
+    """Patient-level split keeping each class's share: round(n_c * val_fraction) rows of class c,
+    at least one, go to validation."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"must be between 0 and 1, got {val_fraction}", option="--val-fraction")
+    rng = np.random.default_rng([seed, 0x5917])
+    train, val = [], []
+    for name, rows in _class_rows(labels, classes).items():
+        if len(rows) < 2:
+            raise DataError(
+                f"class {name} has {len(rows)} labelled patient; a split needs at least 2 "
+                "(one for training, one for validation)"
+            )
+        n_val = min(max(1, round(len(rows) * val_fraction)), len(rows) - 1)
+        perm = rng.permutation(rows)
+        val.append(perm[:n_val])
+        train.append(perm[n_val:])
+    return Split(
+        np.sort(np.concatenate(train)),
+        np.sort(np.concatenate(val)),
+        seed,
+        val_fraction=val_fraction,
+    )
+
+
+def stratified_folds(
+    labels: np.ndarray, classes: dict[str, int], folds: int, seed: int
+) -> list[Split]:
+    """K stratified folds: every labelled patient is validated exactly once."""
+    if folds < 2:
+        raise ConfigError(f"needs at least 2 folds, got {folds}", option="--folds")
+    rows_by_class = _class_rows(labels, classes)
+    for name, rows in rows_by_class.items():
+        if len(rows) < folds:
+            raise ConfigError(
+                f"{folds} folds need at least {folds} patients of every class; "
+                f"class {name} has {len(rows)}",
+                option="--folds",
+            )
+    rng = np.random.default_rng([seed, 0xF01D])
+    assignment: dict[int, int] = {}
+    offset = 0
+    for rows in rows_by_class.values():
+        for j, row in enumerate(rng.permutation(rows)):
+            assignment[int(row)] = (offset + j) % folds
+        offset += len(rows)  # continue the rotation so fold sizes stay balanced overall
+    all_rows = np.array(sorted(assignment))
+    fold_of = np.array([assignment[r] for r in all_rows])
+    return [
+        Split(all_rows[fold_of != k], all_rows[fold_of == k], seed, folds=folds, fold=k)
+        for k in range(folds)
+    ]
+
+
+# --------------------------------------------------------------------------------------- batches
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+) -> list[np.ndarray]:
+    """Positions 0..n-1 cut into batches; shuffled by np.random.default_rng([seed, epoch])."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def random_flips(x: torch.Tensor, seed: int, epoch: int, step: int) -> torch.Tensor:
+    """Flip each patient of (B, M, S, H, W) along each spatial axis with probability 1/2.
+
+    All modalities of a patient flip together; the flips depend only on (seed, epoch, step).
+    """
+    flags = np.random.default_rng([seed, epoch, step, 0xF119]).random((x.shape[0], 3)) < 0.5
+    out = x.clone()
+    for axis in range(3):
+        rows = np.flatnonzero(flags[:, axis])
+        if rows.size:
+            sel = torch.from_numpy(rows).to(x.device)
+            out[sel] = out[sel].flip(2 + axis)
+    return out
+
+
+class StoreDataset(Dataset):
+    """Rows of a store; the file is opened on first access in each process, never across fork.
+
+    Indexed by a list of positions (into `rows`), it returns one batch:
+    images (K, M, S, H, W) in the store's dtype and labels (K,) float32.
+    """
+
+    def __init__(self, path: Path, rows: np.ndarray):
+        self.path = Path(path)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self._reader: StoreReader | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def reader(self) -> StoreReader:
+        """This process's reader, opened on first use."""
+        if self._reader is None:
+            self._reader = StoreReader(self.path)
+        return self._reader
+
+    def __getitem__(self, positions: list[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[np.asarray(positions)]
+        images = torch.from_numpy(self.reader.read_many(rows))
+        labels = torch.from_numpy(self.reader.labels[rows].astype(np.float32))
+        return images, labels
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # a handle never travels to another process
+        return state
+
+    def close(self) -> None:
+        """Close this process's file handle, if open."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+class _EpochSampler(Sampler):
+    """Yields the current epoch's batches (lists of positions); set `epoch` before iterating."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle):
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+
+class Batches:
+    """Batches of (images float32 (B, M, S, H, W), labels float32 (B,)) on `device`.
+
+    `cache` is 'device' (whole split resident on the device: an epoch is pure compute), 'ram'
+    (resident in host memory, pinned for CUDA) or 'none' (DataLoader workers stream from the
+    store). All three yield identical batches for the same seed and epoch.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        rows: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        cache: str,
+        device: torch.device,
+        workers: int = 0,
+    ):
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.cache, self.device = cache, device
+        self._cuda = device.type == "cuda"
+        if cache == "none":
+            self._sampler = _EpochSampler(len(self.rows), batch_size, seed, shuffle)
+            self._loader = DataLoader(
+                StoreDataset(path, self.rows),
+                batch_size=None,
+                sampler=self._sampler,
+                num_workers=workers,
+                pin_memory=self._cuda,
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+                generator=torch.Generator(),  # keeps the global RNG untouched (same as caches)
+            )
+        elif cache in ("ram", "device"):
+            target = device if cache == "device" else torch.device("cpu")
+            self.images, self.labels = load_rows(path, self.rows, target, pin=self._cuda)
+        else:
+            raise ValueError(f"cache must be 'device', 'ram' or 'none', got {cache!r}")
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches, on the device, images as float32."""
+        if self.cache == "none":
+            self._sampler.epoch = epoch
+            for images, labels in self._loader:
+                yield self._to_device(images, labels)
+            return
+        for pos in epoch_batches(len(self.rows), self.batch_size, self.seed, epoch, self.shuffle):
+            idx = torch.from_numpy(pos).to(self.images.device)
+            images, labels = self.images[idx], self.labels[idx]
+            if self.cache == "ram" and self._cuda:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield self._to_device(images, labels)
+
+    def close(self) -> None:
+        """Stop streaming workers (if any) and drop cached tensors."""
+        self._loader = None
+        self.images = self.labels = None
+
+    def _to_device(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True).float()
+        return images, labels.to(self.device, non_blocking=True)
+
+
+def load_rows(
+    path: Path, rows: np.ndarray, device: torch.device, pin: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read `rows` of the store into one tensor on `device` (store dtype) plus float32 labels."""
+    with StoreReader(path) as reader:
+        shape = (len(rows), *reader.info.volume_shape)
+        dtype = getattr(torch, reader.info.dtype)
+        images = torch.empty(shape, dtype=dtype, device=device)
+        staging = torch.empty((min(LOAD_CHUNK, len(rows)), *shape[1:]), dtype=dtype, pin_memory=pin)
+        for start in range(0, len(rows), LOAD_CHUNK):
+            chunk = rows[start : start + LOAD_CHUNK]
+            buf = staging[: len(chunk)]
+            for k, row in enumerate(chunk):
+                reader.read(int(row), out=buf[k].numpy())
+            images[start : start + len(chunk)].copy_(buf, non_blocking=False)
+        labels = torch.from_numpy(reader.labels[rows].astype(np.float32)).to(device)
+    return images, labels
+
+
+# ------------------------------------------------------------------------------ cache decisions
+def available_host_bytes() -> int:
+    """Memory the OS could give us now (MemAvailable), or total physical memory as a fallback."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resolve_cache(cache: str, device: torch.device, nbytes: int) -> str:
+    """Turn --cache into 'device', 'ram' or 'none' for data of `nbytes`.
+
+    auto: on CUDA the whole split goes on the GPU when it takes at most half its free memory,
+    otherwise it streams; on CPU it is held in RAM when it takes at most half the available memory.
+    """
+    if cache not in CACHE_MODES:
+        raise ConfigError(
+            f"must be one of {', '.join(CACHE_MODES)}, got {cache!r}", option="--cache"
+        )
+    if device.type != "cuda" and cache == "device":
+        return "ram"  # the device is the host
+    if cache != "auto":
+        if cache == "device":
+            free, _ = torch.cuda.mem_get_info(device)
+            if nbytes > 0.9 * free:
+                raise ConfigError(
+                    f"the data need {nbytes / 2**30:.1f} GiB but the GPU has "
+                    f"{free / 2**30:.1f} GiB free; use --cache none (stream) or --cache auto",
+                    option="--cache",
+                )
+        return cache
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return "device" if nbytes <= SAFE_SHARE * free else "none"
+    return "ram" if nbytes <= SAFE_SHARE * available_host_bytes() else "none"

@@ -1,0 +1,689 @@
+"""Training: one epoch, evaluation, fit (one run folder), K-fold runs, checkpoints, resume.
+
+A run folder holds config.json, split.json, metrics.csv, last.pt, best.pt (best validation AUC),
+predictions.csv, summary.json and loss_curve.png. Checkpoints carry the model config and the
+store's preprocessing config, so `evaluate` and `predict` need nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from smri import __version__
+from smri.data import (
+    Batches,
+    Split,
+    random_flips,
+    resolve_cache,
+    stratified_folds,
+    stratified_split,
+)
+from smri.errors import ConfigError, DataError
+from smri.metrics import binary_metrics
+from smri.models import ModelConfig, build_model, count_parameters
+from smri.store import StoreInfo, StoreReader
+
+CHECKPOINT_FORMAT = "smri-checkpoint"
+CHECKPOINT_VERSION = 1
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_auc",
+    "val_sensitivity",
+    "val_specificity",
+    "lr",
+    "seconds",
+    "patients_per_s",
+)
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting; saved in config.json and in every checkpoint."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.2
+    folds: int | None = None
+    fold: int | None = None
+    class_weight: str = "auto"
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    cache: str = "auto"
+    workers: int = 4
+    augment: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of asdict; unknown keys ignored."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+# ------------------------------------------------------------------------------------- devices
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False); "
+            "use --device cpu or auto",
+            option="--device",
+        )
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"expected auto, cuda or cpu, got {name!r}", option="--device")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch, 0x70C4]).integers(2**62))
+
+
+# -------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by smri, loaded with weights_only=True (tensors and plain data only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a readable torch checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not an smri checkpoint (written by `smri train`)")
+    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
+        raise DataError(f"{path}: checkpoint version {ckpt['version']} is newer than this smri")
+    return ckpt
+
+
+def store_fields(info: StoreInfo) -> dict[str, Any]:
+    """The store facts a checkpoint must match: modalities, slices, volume shape, classes."""
+    return {
+        "modalities": list(info.modalities),
+        "slices": info.slices,
+        "volume_shape": list(info.volume_shape),
+        "classes": dict(info.classes),
+        "dtype": info.dtype,
+        "path": str(info.path),
+    }
+
+
+def check_compatible(expected: dict[str, Any], info: StoreInfo, source: str) -> None:
+    """DataError naming every difference between a checkpoint's store and `info`."""
+    got = store_fields(info)
+    diffs = [
+        f"{key} {got[key]} (checkpoint: {expected[key]})"
+        for key in ("modalities", "slices", "volume_shape")
+        if got[key] != expected[key]
+    ]
+    if diffs:
+        raise DataError(f"{info.path} does not match {source}: " + "; ".join(diffs))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------ the loop
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    epoch: int,
+    *,
+    amp: bool,
+    augment: bool,
+    seed: int,
+) -> dict[str, float]:
+    """One pass over the training batches; returns mean loss, accuracy, seconds, patients/s."""
+    from tqdm import tqdm
+
+    model.train()
+    device = batches.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not _tty())
+    for step, (images, labels) in enumerate(batches.epoch(epoch)):
+        if augment:
+            images = random_flips(images, seed, epoch, step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(images)
+        loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += ((logits.detach() >= 0) == (labels >= 0.5)).sum()
+        n += len(labels)
+        bar.update()
+    bar.close()
+    mean_loss, acc = loss_sum.item() / n, correct.item() / n  # .item() waits for the GPU
+    seconds = time.perf_counter() - start
+    return {"loss": mean_loss, "accuracy": acc, "seconds": seconds, "patients_per_s": n / seconds}
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Batches, amp: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels for every patient of `batches`, in order (eval mode)."""
+    model.eval()
+    logits, labels = [], []
+    for images, y in batches.epoch(0):
+        with torch.autocast(batches.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits.append(model(images).float())
+        labels.append(y)
+    return torch.cat(logits).cpu().numpy(), torch.cat(labels).cpu().numpy()
+
+
+def evaluate(
+    model: nn.Module, batches: Batches, criterion: nn.Module, amp: bool
+) -> tuple[dict[str, float], np.ndarray]:
+    """Validation loss and metrics; also returns the probabilities of class 1."""
+    logits, labels = predict_batches(model, batches, amp)
+    loss = criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return {"loss": loss, **binary_metrics(labels, probs)}, probs
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty()
+
+
+# ------------------------------------------------------------------------------------ one run
+@dataclass
+class _Setup:
+    """What `fit` builds before the first epoch."""
+
+    info: StoreInfo
+    patient_ids: list[str]
+    labels: np.ndarray
+    device: torch.device
+    cache: str
+    amp: bool
+
+
+def _prepare(store: Path, cfg: TrainConfig) -> _Setup:
+    with StoreReader(store) as reader:
+        info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
+    device = resolve_device(cfg.device)
+    nbytes = int(np.sum(labels >= 0)) * math.prod(info.volume_shape) * np.dtype(info.dtype).itemsize
+    cache = resolve_cache(cfg.cache, device, nbytes)
+    return _Setup(info, ids, labels, device, cache, amp=cfg.amp and device.type == "cuda")
+
+
+def make_splits(setup: _Setup, cfg: TrainConfig) -> list[Split]:
+    """The run's split, or its K folds (each checked against the batch size)."""
+    if cfg.fold is not None and cfg.folds is None:
+        raise ConfigError("--fold needs --folds K", option="--fold")
+    if cfg.folds is None:
+        splits = [stratified_split(setup.labels, setup.info.classes, cfg.val_fraction, cfg.seed)]
+    else:
+        splits = stratified_folds(setup.labels, setup.info.classes, cfg.folds, cfg.seed)
+        if cfg.fold is not None:
+            if not 0 <= cfg.fold < cfg.folds:
+                raise ConfigError(f"must be in 0..{cfg.folds - 1}, got {cfg.fold}", option="--fold")
+            splits = [splits[cfg.fold]]
+    n_train = min(len(s.train) for s in splits)
+    if cfg.batch_size > n_train:
+        raise ConfigError(
+            f"batch size {cfg.batch_size} is larger than the training split ({n_train} patients)",
+            option="--batch-size",
+        )
+    return splits
+
+
+def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
+    """split.json content: patient ids of each side, and how the split was made."""
+    return {
+        "seed": split.seed,
+        "val_fraction": split.val_fraction,
+        "folds": split.folds,
+        "fold": split.fold,
+        "train": [ids[i] for i in split.train],
+        "val": [ids[i] for i in split.val],
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _versions() -> dict[str, str | None]:
+    import h5py
+
+    return {
+        "smri": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_config(model_cfg: ModelConfig, cfg: TrainConfig, setup: _Setup) -> dict[str, Any]:
+    """config.json content."""
+    return {
+        "model": asdict(model_cfg),
+        "train": asdict(cfg),
+        "resolved": {"device": str(setup.device), "cache": setup.cache, "amp_bf16": setup.amp},
+        "store": setup.info.as_dict(),
+        "versions": _versions(),
+    }
+
+
+def _read_metrics(path: Path, upto: int | None = None) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return [r for r in rows if upto is None or r["epoch"] <= upto]
+
+
+def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+
+
+def fit(
+    store: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: Path,
+    split: Split,
+    setup: _Setup,
+    *,
+    resume: bool = False,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train one split into run folder `out` (resuming from out/last.pt); returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = setup.device
+    torch.manual_seed(cfg.seed)
+    net = build_model(model_cfg)
+    memory_format = torch.channels_last_3d if device.type == "cuda" else torch.preserve_format
+    net = net.to(device, memory_format=memory_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = torch.compile(net) if cfg.compile else net
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+
+    y_train = setup.labels[split.train]
+    n_pos, n_neg = int((y_train == 1).sum()), int((y_train == 0).sum())
+    pos_weight = torch.tensor(n_neg / n_pos) if cfg.class_weight == "auto" else None
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    criterion_dev = nn.BCEWithLogitsLoss(
+        pos_weight=None if pos_weight is None else pos_weight.to(device)
+    )
+    common = {"seed": cfg.seed, "cache": setup.cache, "device": device}
+    train_batches = Batches(
+        store, split.train, batch_size=cfg.batch_size, shuffle=True, workers=cfg.workers, **common
+    )
+    val_batches = Batches(
+        store, split.val, batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers, **common
+    )
+
+    base = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_config": asdict(model_cfg),
+        "train_config": asdict(cfg),
+        "preprocess_config": setup.info.config,
+        "store": store_fields(setup.info),
+        "smri_version": __version__,
+    }
+    start_epoch, best = 0, {"epoch": 0, "auc": -math.inf}
+    last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
+        log(f"resuming {out} after epoch {start_epoch}")
+    rows = _read_metrics(metrics_path, upto=start_epoch)
+    _write_metrics(metrics_path, rows)
+
+    params = count_parameters(net)
+    log(
+        f"{model_cfg.name}: {params:,} parameters | {device} | cache {setup.cache} | "
+        f"bf16 {'on' if setup.amp else 'off'} | {len(split.train)} train / {len(split.val)} val"
+    )
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            tr = train_one_epoch(
+                model,
+                train_batches,
+                optimizer,
+                criterion_dev,
+                epoch,
+                amp=setup.amp,
+                augment=cfg.augment,
+                seed=cfg.seed,
+            )
+            va, _ = evaluate(model, val_batches, criterion, setup.amp)
+            scheduler.step()
+            row = {
+                "epoch": epoch,
+                "train_loss": tr["loss"],
+                "train_accuracy": tr["accuracy"],
+                **{f"val_{k}": v for k, v in va.items()},
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+                "patients_per_s": tr["patients_per_s"],
+            }
+            rows.append(row)
+            score = va["auc"] if math.isfinite(va["auc"]) else -1.0
+            improved = score > best["auc"]
+            if improved:
+                best = {"epoch": epoch, "auc": score}
+                save_checkpoint(best_path, {**base, "epoch": epoch, "model": net.state_dict()})
+            save_checkpoint(
+                last_path,
+                {
+                    **base,
+                    "epoch": epoch,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "best": best,
+                },
+            )
+            _write_metrics(metrics_path, rows)
+            log(_epoch_line(row, cfg.epochs, improved))
+        return _finish(out, split, setup, net, model_cfg, rows, params, val_batches, criterion)
+    finally:
+        train_batches.close()
+        val_batches.close()
+
+
+def _epoch_line(row: dict[str, float], epochs: int, improved: bool) -> str:
+    return (
+        f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.3f} | val loss {row['val_loss']:.4f} "
+        f"acc {row['val_accuracy']:.3f} bacc {row['val_balanced_accuracy']:.3f} "
+        f"auc {row['val_auc']:.3f} | lr {row['lr']:.2e} | {row['seconds']:.1f} s "
+        f"{row['patients_per_s']:.1f} patients/s" + ("  *best" if improved else "")
+    )
+
+
+def _finish(
+    out: Path,
+    split: Split,
+    setup: _Setup,
+    net: nn.Module,
+    model_cfg: ModelConfig,
+    rows: list[dict[str, float]],
+    params: int,
+    val_batches: Batches,
+    criterion: nn.Module,
+) -> dict[str, Any]:
+    """Predictions of best.pt on the validation split, summary.json and loss_curve.png."""
+    ckpt = load_checkpoint(out / "best.pt")
+    net.load_state_dict(ckpt["model"])
+    metrics, probs = evaluate(net, val_batches, criterion, setup.amp)
+    write_predictions(
+        out / "predictions.csv",
+        [setup.patient_ids[i] for i in split.val],
+        setup.labels[split.val],
+        probs,
+        setup.info.classes,
+        fold=split.fold,
+    )
+    best_row = next(r for r in rows if r["epoch"] == ckpt["epoch"])
+    summary = {
+        "model": model_cfg.name,
+        "parameters": params,
+        "device": str(setup.device),
+        "device_name": _device_name(setup.device),
+        "cache": setup.cache,
+        "amp_bf16": setup.amp,
+        "fold": split.fold,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "epochs": len(rows),
+        "best_epoch": int(ckpt["epoch"]),
+        "best": {k: v for k, v in metrics.items()},
+        "best_row": best_row,
+        "final": rows[-1],
+        "epoch_seconds_mean": float(np.mean([r["seconds"] for r in rows])),
+        "patients_per_s_mean": float(np.mean([r["patients_per_s"] for r in rows])),
+    }
+    _write_json(out / "summary.json", summary)
+    from smri.plots import loss_curve_figure, save_figure
+
+    save_figure(
+        loss_curve_figure(rows, title=f"{model_cfg.name.upper()} loss"), out / "loss_curve.png"
+    )
+    return summary
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def write_predictions(
+    path: Path,
+    ids: list[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: dict[str, int],
+    fold: int | None = None,
+) -> None:
+    """predictions.csv: patient_id, label, probability of class 1, predicted class (and fold)."""
+    names = {v: k for k, v in classes.items()}
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patient_id", "label", "probability", "predicted", "fold"])
+        for pid, y, p in zip(ids, labels, probs, strict=True):
+            pred = names.get(int(p >= 0.5), str(int(p >= 0.5)))
+            writer.writerow([pid, int(y), f"{p:.6f}", pred, "" if fold is None else fold])
+
+
+# --------------------------------------------------------------------------- run folders, folds
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty `out` unless --overwrite (and then only an smri run folder)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder", option="--out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"{out} exists and is not empty; choose another --out, add --overwrite, "
+                f"or continue it with --resume {out}",
+                option="--out",
+            )
+        if not (out / "config.json").exists():
+            raise ConfigError(
+                f"{out} is not an smri run folder (no config.json); not deleting it",
+                option="--out",
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    store: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train one split or every fold into `out`; for K folds, summary.json holds mean ± std."""
+    setup = _prepare(store, cfg)
+    model_cfg = replace(model_cfg, volume_shape=tuple(setup.info.volume_shape[1:]))
+    build_model(model_cfg)  # shape errors before anything is written
+    splits = make_splits(setup, cfg)
+    if resume:
+        _check_resume(out, setup)
+    else:
+        prepare_out(out, overwrite)
+    _write_json(out / "config.json", run_config(model_cfg, cfg, setup))
+    if cfg.folds is None or cfg.fold is not None:
+        _write_json(out / "split.json", split_json(splits[0], setup.patient_ids))
+        return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, log=log)
+    _write_json(out / "split.json", [split_json(s, setup.patient_ids) for s in splits])
+    summaries = []
+    for split in splits:
+        fold_dir = out / f"fold{split.fold}"
+        done = fold_dir / "summary.json"
+        if resume and done.exists():
+            log(f"fold {split.fold}/{cfg.folds}: already finished")
+            summaries.append(json.loads(done.read_text()))
+            continue
+        log(f"fold {split.fold}/{cfg.folds}")
+        fold_dir.mkdir(exist_ok=True)
+        _write_json(
+            fold_dir / "config.json", run_config(model_cfg, replace(cfg, fold=split.fold), setup)
+        )
+        _write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
+        summaries.append(fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, log=log))
+    summary = fold_summary(summaries)
+    _write_json(out / "summary.json", summary)
+    _merge_predictions(out, len(splits))
+    from smri.plots import fold_loss_figure, save_figure
+
+    rows = [_read_metrics(out / f"fold{k}" / "metrics.csv") for k in range(len(splits))]
+    save_figure(
+        fold_loss_figure(rows, title=f"{model_cfg.name.upper()} loss, {cfg.folds} folds"),
+        out / "loss_curve.png",
+    )
+    log(summary_line(summary))
+    return summary
+
+
+def fold_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std (population, ddof=0) over folds of each best-epoch validation metric."""
+    keys = summaries[0]["best"].keys()
+    return {
+        "model": summaries[0]["model"],
+        "parameters": summaries[0]["parameters"],
+        "device": summaries[0]["device"],
+        "folds": len(summaries),
+        "mean": {k: float(np.mean([s["best"][k] for s in summaries])) for k in keys},
+        "std": {k: float(np.std([s["best"][k] for s in summaries])) for k in keys},
+        "per_fold": [s["best"] for s in summaries],
+        "epoch_seconds_mean": float(np.mean([s["epoch_seconds_mean"] for s in summaries])),
+        "patients_per_s_mean": float(np.mean([s["patients_per_s_mean"] for s in summaries])),
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line: the K-fold mean ± std of accuracy, balanced accuracy and AUC."""
+    parts = [
+        f"{k} {summary['mean'][k]:.3f} ± {summary['std'][k]:.3f}"
+        for k in ("accuracy", "balanced_accuracy", "auc")
+    ]
+    return f"{summary['folds']}-fold cross-validation: " + ", ".join(parts)
+
+
+def _merge_predictions(out: Path, folds: int) -> None:
+    """Out-of-fold predictions of every fold in one predictions.csv."""
+    lines: list[str] = []
+    for k in range(folds):
+        text = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()
+        lines.extend(text if not lines else text[1:])
+    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+
+def _check_resume(out: Path, setup: _Setup) -> None:
+    if not (out / "config.json").exists():
+        raise ConfigError(f"{out} is not an smri run folder (no config.json)", option="--resume")
+    saved = json.loads((out / "config.json").read_text())["store"]
+    diffs = [
+        f"{k} {getattr(setup.info, k)} vs {saved[k]}"
+        for k in ("modalities", "volume_shape")
+        if list(getattr(setup.info, k)) != list(saved[k])
+    ]
+    if diffs:
+        raise DataError(f"the store differs from the one {out} was trained on: " + "; ".join(diffs))
+
+
+def load_run_config(run: Path) -> tuple[Path, ModelConfig, TrainConfig]:
+    """Store path, model and training settings of an existing run folder (for --resume)."""
+    path = Path(run) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{run} is not an smri run folder (no config.json)", option="--resume")
+    config = json.loads(path.read_text())
+    return (
+        Path(config["store"]["path"]),
+        ModelConfig.from_dict(config["model"]),
+        TrainConfig.from_dict(config["train"]),
+    )
