@@ -227,7 +227,7 @@ def run_preprocess(
     labels_csv: Path | None = None,
     overwrite: bool = False,
     strict: bool = False,
-    backend: str = "loky",
+    backend: str = "threading",
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
 ) -> PreprocessSummary:

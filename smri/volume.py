@@ -15,6 +15,7 @@ max are taken on the raw array: rounding to float32 is monotonic, so they agree)
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,9 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
         img = _image_from_bytes(raw)
         if canonical:
             img = nib.as_closest_canonical(img)
-        data = np.asanyarray(img.dataobj)
+            data = np.asanyarray(img.dataobj)
+        else:
+            data = _voxels(img, raw)
     except Exception as exc:  # nibabel raises many types for malformed headers and data
         raise DataError(f"{path}: not a readable NIfTI volume ({_reason(exc)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -103,6 +106,28 @@ def _image_from_bytes(raw: bytes) -> nib.Nifti1Image:
     if header_size != 348:
         raise ValueError("no NIfTI header: sizeof_hdr is neither 348 nor 540")
     return nib.Nifti1Image.from_bytes(raw)
+
+
+def _voxels(img: nib.Nifti1Image, raw: bytes) -> np.ndarray:
+    """The voxel array; a zero-copy view of `raw` when no intensity scaling applies.
+
+    nibabel's array proxy copies the whole buffer (about 3.5 ms per BraTS volume); unscaled
+    data (the usual case) can be read in place with the same dtype, shape and Fortran order.
+    """
+    header = type(img.header).from_fileobj(io.BytesIO(raw))  # as in the file: vox_offset kept
+    slope, inter = header.get_slope_inter()
+    if slope not in (None, 1.0) or inter not in (None, 0.0):
+        return np.asanyarray(img.dataobj)
+    shape = header.get_data_shape()
+    dtype = header.get_data_dtype()
+    offset = int(header.get_data_offset())
+    count = int(np.prod(shape, dtype=np.int64))
+    if offset + count * dtype.itemsize > len(raw):
+        raise ValueError(
+            f"expected {count * dtype.itemsize} bytes of voxel data after the "
+            f"header, the file holds {max(len(raw) - offset, 0)}"
+        )
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
 
 
 def slab_start(depth: int, slices: int) -> int:

@@ -138,3 +138,12 @@ def test_nan_and_inf_are_errors(tmp_path, bad):
     path = write_nifti(tmp_path / "v.nii", data)
     with pytest.raises(DataError, match="1 voxels are NaN or Inf"):
         load_volume(path)
+
+
+def test_big_endian_and_float_files_match_nibabel(tmp_path):
+    data = np.random.default_rng(1).normal(size=(5, 6, 7)).astype(">f4")
+    header = nib.Nifti1Header(endianness=">")
+    path = tmp_path / "be.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4), header), path)
+    vol = load_volume(path)
+    np.testing.assert_array_equal(vol.data, nib.load(path).get_fdata(dtype=np.float32))

@@ -79,10 +79,11 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option(
     "--backend",
-    type=click.Choice(["loky", "threading", "multiprocessing"]),
-    default="loky",
+    type=click.Choice(["threading", "loky", "multiprocessing"]),
+    default="threading",
     show_default=True,
-    help="joblib backend for the workers.",
+    help="joblib backend: threads share memory and ISA-L gzip and numpy release the GIL, so "
+    "no array is pickled back to the writer (see README, Performance); loky uses processes.",
 )
 @click.option(
     "--progress/--no-progress",
