@@ -32,3 +32,78 @@ lint: $(STAMP)  ## ruff
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# ---------------------------------------------------------------------------------------------
+# make experiments: the seed's three-model comparison (CNN1, CNN2, CNN3, each + LSTM).
+#   make experiments                      demo cohort (smri synth), sized for the machine
+#   make experiments DATA=/path/to/BraTS  a real copy, either BraTS layout
+#   make experiments QUICK=1              a tiny smoke run (what CI runs)
+# Every step is a file target: re-running skips what is finished; a failed step stops the run.
+# ---------------------------------------------------------------------------------------------
+QUICK   ?= 0
+DATA    ?=
+OUT     ?= results
+SEED    ?= 0
+DEVICE  ?= auto
+FOLDS   ?= 1
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
+MODELS  ?= cnn1 cnn2 cnn3
+HAS_GPU := $(shell $(BIN)/python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+
+ifeq ($(QUICK),1)
+  PATIENTS ?= 24
+  SHAPE    ?= 48 48 36
+  EPOCHS   ?= 2
+  BATCH    ?= 4
+  WIDTH    ?= 0.5
+  SIZE_NOTE := QUICK=1 smoke run: tiny phantoms, 2 epochs; the numbers mean nothing
+else ifeq ($(HAS_GPU),1)
+  PATIENTS ?= 200
+  SHAPE    ?= 240 240 155
+  EPOCHS   ?= 30
+  BATCH    ?= 8
+  WIDTH    ?= 1
+  SIZE_NOTE := GPU found: BraTS geometry (240x240x155)
+else
+  PATIENTS ?= 120
+  SHAPE    ?= 96 96 48
+  EPOCHS   ?= 12
+  BATCH    ?= 8
+  WIDTH    ?= 1
+  SIZE_NOTE := no GPU: reduced demo geometry 96x96x48 so the CPU run ends in minutes (BraTS is 240x240x155)
+endif
+
+ifeq ($(strip $(DATA)),)
+  INPUT := $(OUT)/demo
+else
+  INPUT := $(DATA)
+endif
+STORE := $(OUT)/store.h5
+RUNS  := $(foreach m,$(MODELS),$(OUT)/runs/$(m)/summary.json)
+SMRI  := $(BIN)/smri
+
+.PHONY: experiments settings
+experiments: $(STAMP) settings $(OUT)/summary.md  ## the three-model comparison with its figures
+	@echo "Done: $(OUT)/summary.md and figures in $(OUT)/"
+
+settings:
+	@echo "smri experiments: DATA=$(if $(DATA),$(DATA),<demo cohort from smri synth>) OUT=$(OUT)"
+	@echo "  models=$(MODELS) epochs=$(EPOCHS) batch=$(BATCH) width=$(WIDTH) folds=$(FOLDS) seed=$(SEED) device=$(DEVICE) jobs=$(JOBS)"
+	@$(if $(DATA),,echo "  demo cohort: $(PATIENTS) phantoms of $(SHAPE) voxels -- $(SIZE_NOTE)")
+
+$(OUT)/demo/truth.csv: | $(STAMP)
+	$(SMRI) synth $(OUT)/demo --patients $(PATIENTS) --shape $(SHAPE) --seed $(SEED) --jobs $(JOBS) --overwrite
+
+$(STORE): $(if $(DATA),,$(OUT)/demo/truth.csv) | $(STAMP)
+	$(SMRI) preprocess $(INPUT) $@ --jobs $(JOBS) --overwrite
+
+$(OUT)/runs/%/summary.json: $(STORE)
+	if [ -f $(OUT)/runs/$*/config.json ]; then \
+	  $(SMRI) train --resume $(OUT)/runs/$*; \
+	else \
+	  $(SMRI) train $(STORE) --model $* --epochs $(EPOCHS) --batch-size $(BATCH) --width $(WIDTH) \
+	    --folds $(FOLDS) --seed $(SEED) --device $(DEVICE) --out $(OUT)/runs/$*; \
+	fi
+
+$(OUT)/summary.md: $(RUNS)
+	$(SMRI) plot $(addprefix $(OUT)/runs/,$(MODELS)) --out $(OUT)
