@@ -121,11 +121,12 @@ def main(argv: list[str]) -> None:
             rows[row_i] = (name, jobs, r, f"{vs_gzip:.2f} x gzip floor, {vs_isal:.2f} x isal floor")
     print(table(("what", "workers", "patients/s", "vs floor (same workers)"), rows))
     if CORES > 1:
+        iso_scale = rate[("floor", "isal", "loky", CORES)] / rate[("floor", "isal", "loky", 1)]
         print(
             f"\nscaling 1 -> {CORES} workers: smri preprocess (threading) "
             f"{rate[('smri', 'threading', CORES)] / rate[('smri', 'threading', 1)]:.2f}x, "
             f"(loky) {rate[('smri', 'loky', CORES)] / rate[('smri', 'loky', 1)]:.2f}x; "
-            f"isal floor {rate[('floor', 'isal', 'loky', CORES)] / rate[('floor', 'isal', 'loky', 1)]:.2f}x"
+            f"isal floor {iso_scale:.2f}x"
         )
     peaks = [(b, j, peak_rss_mib(root, j, b)) for b in ("threading", "loky") for j in (CORES,)]
     print("\n" + table(("backend", "workers", "peak RSS of the largest process (MiB)"), peaks))

@@ -1,4 +1,4 @@
-"""Store format: float16/float32 x compression -> size, write MB/s, read patients/s (1 and N readers).
+"""Store format: float16/float32 x compression -> size, write MB/s, read patients/s.
 
 Rows come from one preprocessed cohort held in memory; each variant is written with the real
 `StoreWriter` and read back with `StoreReader`, whole patients at a time as training does.
@@ -81,7 +81,9 @@ def main(argv: list[str]) -> None:
             for comp in VARIANTS:
                 path = Path(tmp) / f"{dtype}_{comp}.h5"
 
-                def write(path: Path = path, data: np.ndarray = data, comp: str = comp) -> None:
+                def write(
+                    path: Path = path, data: np.ndarray = data, comp: str = comp, dtype: str = dtype
+                ) -> None:
                     with StoreWriter(
                         path,
                         n_patients=len(data),
