@@ -8,6 +8,8 @@ pre-dispatch window whatever the cohort size.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -21,7 +23,7 @@ import numpy as np
 
 from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
 from smri.errors import ConfigError, DataError, PatientError
-from smri.store import COMPRESSIONS, DTYPES, StoreWriter
+from smri.store import COMPRESSIONS, DTYPES, StoreWriter, resumable_path
 from smri.volume import load_volume, normalized_slab
 
 DEFAULT_SLICES = 32
@@ -218,6 +220,36 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise DataError(f"{output}: folder {parent} is not writable")
 
 
+def _fingerprint(config: dict[str, Any], patients: list[Patient]) -> str:
+    """What a resumed run must share with the interrupted one: settings and the patient list."""
+    items = [(p.patient_id, p.label, [str(f) for f in p.files]) for p in patients]
+    blob = json.dumps({"config": config, "patients": items}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _resume(
+    output: Path, partial: Path, fingerprint: str, overwrite: bool, echo: Callable[[str], None]
+) -> tuple[StoreWriter | None, dict[str, Any]]:
+    """Reopen an unfinished store left by an interrupted run, if it matches this one."""
+    if not partial.exists():
+        return None, {}
+    try:
+        writer, state = StoreWriter.reopen(output, partial, overwrite=overwrite)
+    except DataError as exc:
+        if "locked" in str(exc):
+            raise
+        echo(f"not resuming: {exc}; starting over")
+        partial.unlink()
+        return None, {}
+    if state.get("fingerprint") != fingerprint:
+        writer.close_partial()
+        echo(f"not resuming: {partial} was made with other settings or patients; starting over")
+        partial.unlink()
+        return None, {}
+    echo(f"resuming after {state['done']} patients ({state['rows']} written) from {partial}")
+    return writer, state
+
+
 def run_preprocess(
     input_dir: Path,
     output: Path,
@@ -227,14 +259,16 @@ def run_preprocess(
     labels_csv: Path | None = None,
     overwrite: bool = False,
     strict: bool = False,
+    resume: bool = False,
     backend: str = "threading",
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
 ) -> PreprocessSummary:
     """Preprocess every patient under `input_dir` into the store `output`.
 
-    Broken patients are skipped with a reason (or, with `strict`, stop the run). The store
-    appears at `output` only when complete.
+    Broken patients are skipped with a reason (or, with `strict`, stop the run). The store is
+    written to a hidden file beside `output` (checkpointed after every patient) and renamed
+    into place only when complete. Ctrl-C keeps that file; `resume` continues from it.
     """
     from joblib import Parallel, delayed
     from tqdm import tqdm
@@ -255,9 +289,6 @@ def run_preprocess(
     for exc in skipped:
         echo(f"skipping {exc}")
     patients = found.patients
-    # The store's in-plane shape: the cohort's most common one (header reads only).
-    inplane = common_inplane(patients)
-    jobs = jobs or os.cpu_count() or 1
     root = Path(input_dir)
     config = {
         **cfg.to_dict(),
@@ -265,58 +296,84 @@ def run_preprocess(
         "layout": found.layout,
         "labels_csv": str(labels_csv) if labels_csv else None,
     }
+    fingerprint = _fingerprint(config, patients)
+    partial = resumable_path(output)
+    writer, state = _resume(output, partial, fingerprint, overwrite, echo) if resume else (None, {})
+    if writer is None and partial.exists():  # a stale leftover of an earlier interrupted run
+        _remove_stale(partial)
+    done = int(state.get("done", 0))
+    skipped += [PatientError(r["patient_id"], r["reason"]) for r in state.get("skipped", [])]
+    # The store's in-plane shape: the cohort's most common one (header reads only).
+    inplane = common_inplane(patients)
     results: Iterator[PatientResult | PatientError] = Parallel(
-        n_jobs=jobs,
+        n_jobs=jobs or os.cpu_count() or 1,
         backend=backend,
         return_as="generator",
         pre_dispatch="2*n_jobs",
-    )(delayed(_work)(p, cfg, inplane, root) for p in patients)
+    )(delayed(_work)(p, cfg, inplane, root) for p in patients[done:])
     bar = tqdm(
         total=len(patients),
+        initial=done,
         unit="patient",
         desc="preprocess",
         disable=not (sys.stderr.isatty() if progress is None else progress),
     )
-    written: Counter[int] = Counter()
     warnings: list[str] = []
-    writer: StoreWriter | None = None
+    run_skipped = len(found.skipped)  # reported by discovery, not part of the resume state
     try:
         for res in results:
+            done += 1
             bar.update(1)
             if isinstance(res, PatientError):
                 if strict:
                     raise DataError(f"{res} (--strict)")
                 echo(f"skipping {res}")
                 skipped.append(res)
-                continue
-            if writer is None:
-                writer = StoreWriter(
-                    output,
-                    n_patients=len(patients),
-                    volume_shape=res.images.shape,
-                    dtype=cfg.dtype,
-                    compression=cfg.compression,
-                    modalities=cfg.modalities,
-                    classes=cfg.classes,
-                    config=config,
-                    overwrite=overwrite,
+            else:
+                if writer is None:
+                    writer = StoreWriter(
+                        output,
+                        n_patients=len(patients),
+                        volume_shape=res.images.shape,
+                        dtype=cfg.dtype,
+                        compression=cfg.compression,
+                        modalities=cfg.modalities,
+                        classes=cfg.classes,
+                        config=config,
+                        overwrite=overwrite,
+                        tmp_path=partial,
+                    )
+                for w in res.warnings:
+                    echo(f"warning: {w}")
+                warnings.extend(res.warnings)
+                writer.append(
+                    images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
                 )
-            for w in res.warnings:
-                echo(f"warning: {w}")
-            warnings.extend(res.warnings)
-            writer.append(
-                images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
-            )
-            written[res.label] += 1
+            if writer is not None:
+                writer.checkpoint(
+                    {
+                        "fingerprint": fingerprint,
+                        "done": done,
+                        "skipped": _rows(skipped[run_skipped:]),
+                    }
+                )
         if writer is None:
             raise DataError(
                 f"{input_dir}: all {len(skipped)} patients are unusable; first "
                 f"problem: {skipped[0]}"
             )
         skipped.sort(key=lambda e: e.patient_id)
-        skipped_rows = [{"patient_id": e.patient_id, "reason": e.reason} for e in skipped]
-        writer.set_skipped(skipped_rows)
+        writer.set_skipped(_rows(skipped))
+        labels = writer.labels[: int(writer.rows)]
         writer.commit()
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.close_partial()
+            echo(
+                f"interrupted after {done} of {len(patients)} patients; {output} was not "
+                f"written; `--resume` continues from {partial}"
+            )
+        raise
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -324,7 +381,26 @@ def run_preprocess(
     finally:
         bar.close()
     names = {v: k for k, v in cfg.classes.items()}
-    per_class = {names[v]: written[v] for v in sorted(names, reverse=True)}
+    per_class = {names[v]: int(np.sum(labels == v)) for v in sorted(names, reverse=True)}
     return PreprocessSummary(
-        Path(output), per_class, skipped_rows, time.perf_counter() - t0, warnings
+        Path(output), per_class, _rows(skipped), time.perf_counter() - t0, warnings
     )
+
+
+def _rows(errors: list[PatientError]) -> list[dict[str, str]]:
+    return [{"patient_id": e.patient_id, "reason": e.reason} for e in errors]
+
+
+def _remove_stale(partial: Path) -> None:
+    """Delete an unfinished store of an earlier run, unless another process is writing it."""
+    import h5py
+
+    try:
+        with h5py.File(partial, "r+"):
+            pass
+    except OSError as exc:
+        if "lock" in str(exc):
+            raise DataError(
+                f"{partial}: another smri preprocess is writing this output; wait for it or stop it"
+            ) from None
+    partial.unlink(missing_ok=True)

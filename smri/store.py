@@ -259,10 +259,35 @@ class StoreReader:
         self.close()
 
 
+PARTIAL_STATE = "partial_state"  # attr of an unfinished store: JSON resume state
+
+
 def temporary_path(path: Path) -> Path:
     """A unique name beside `path` for writing before the final rename (same filesystem)."""
     path = Path(path)
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+
+
+def resumable_path(path: Path) -> Path:
+    """The fixed name beside `path` where an unfinished, resumable store is kept."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def _lock_or_damage(exc: OSError) -> str:
+    text = str(exc)
+    if "lock" in text:
+        return "another process is writing this file (it is locked); wait for it or stop it"
+    return f"damaged ({_h5_reason(exc)})"
+
+
+def _create_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "w")
+    except OSError as exc:
+        if "lock" in str(exc):
+            raise DataError(f"{path}: {_lock_or_damage(exc)}") from None
+        raise
 
 
 class StoreWriter:
@@ -285,17 +310,18 @@ class StoreWriter:
         classes: dict[str, int],
         config: dict[str, Any],
         overwrite: bool = True,
+        tmp_path: Path | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         comp = COMPRESSIONS[compression or "none"]
         self.path = Path(path)
         self.overwrite = overwrite
-        self.tmp_path = temporary_path(self.path)
+        self.tmp_path = Path(tmp_path) if tmp_path else temporary_path(self.path)
         self.n_patients = n_patients
         self._written = np.zeros(n_patients, dtype=bool)
         m, s, h, w = volume_shape
-        self._file = h5py.File(self.tmp_path, "w")
+        self._file = _create_h5(self.tmp_path)
         try:
             f = self._file
             f.attrs["format"] = FORMAT
@@ -352,11 +378,56 @@ class StoreWriter:
             self.meta[name][i] = value
         self._written[i] = True
 
+    @property
+    def rows(self) -> int:
+        """How many rows have been written."""
+        return int(self._written.sum())
+
     def append(self, **row: Any) -> int:
         """Write the next row (rows 0..k-1 in order); returns its index."""
         i = int(self._written.sum())
         self.write(i, **row)
         return i
+
+    @classmethod
+    def reopen(
+        cls, path: Path, tmp_path: Path, overwrite: bool = True
+    ) -> tuple[StoreWriter, dict[str, Any]]:
+        """Reopen an unfinished store at `tmp_path`; returns the writer and its saved state.
+
+        DataError when the file is locked by another writer, damaged, or was never
+        checkpointed (the caller then starts over).
+        """
+        self = cls.__new__(cls)
+        self.path, self.overwrite, self.tmp_path = Path(path), overwrite, Path(tmp_path)
+        try:
+            self._file = h5py.File(self.tmp_path, "r+")
+        except OSError as exc:
+            raise DataError(f"{tmp_path}: {_lock_or_damage(exc)}") from None
+        try:
+            f = self._file
+            state = json.loads(f.attrs[PARTIAL_STATE])
+            self.images, self.labels, self.ids = f[IMAGES], f[LABELS], f[PATIENT_ID]
+            self.meta = {name: f[META][name] for name in META_FIELDS}
+            self._datasets = [self.images, self.labels, self.ids, *self.meta.values()]
+            self.n_patients = self.images.shape[0]
+            self._written = np.zeros(self.n_patients, dtype=bool)
+            self._written[: int(state["rows"])] = True
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            self._file.close()
+            raise DataError(
+                f"{tmp_path}: unfinished store without a usable resume state ({type(exc).__name__})"
+            ) from None
+        return self, state
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Save a resume state (plus the row count) and flush everything to disk."""
+        self._file.attrs[PARTIAL_STATE] = json.dumps({**state, "rows": int(self._written.sum())})
+        self._file.flush()
+
+    def close_partial(self) -> None:
+        """Close, keeping the unfinished file for a later `reopen`."""
+        self._file.close()
 
     def set_skipped(self, skipped: list[dict[str, str]]) -> None:
         """Record patients that were skipped, each ``{"patient_id", "reason"}``."""
@@ -378,6 +449,8 @@ class StoreWriter:
         if n < self.n_patients:
             for ds in self._datasets:
                 ds.resize(n, axis=0)
+        if PARTIAL_STATE in self._file.attrs:
+            del self._file.attrs[PARTIAL_STATE]
         self._file.close()
         if not self.overwrite and self.path.exists():
             self.tmp_path.unlink(missing_ok=True)

@@ -131,7 +131,8 @@ def test_interrupted_run_leaves_previous_output(brats2019, tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run(root, out, overwrite=True)
     assert out.read_bytes() == b"previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "s.h5"]
+    # Only a hidden, resumable partial beside it, never a half-written OUTPUT.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.h5.partial", "brats19", "s.h5"]
 
 
 def test_cli_preprocess_and_info(brats2019, tmp_path):
@@ -176,3 +177,65 @@ def test_cli_output_folder_missing(brats2019, tmp_path):
     assert f"Error: {tmp_path / 'no' / 'o.h5'}: folder {tmp_path / 'no'} does not exist" in (
         res.output
     )
+
+
+def _interrupt_after(monkeypatch, n_rows):
+    import smri.store
+
+    original = smri.store.StoreWriter.append
+
+    def append(self, **row):
+        if self.rows == n_rows:
+            raise KeyboardInterrupt
+        return original(self, **row)
+
+    monkeypatch.setattr(smri.store.StoreWriter, "append", append)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkeypatch):
+    root, truth = brats2019(n_hgg=3, n_lgg=3)
+    pid = sorted(truth)[1]
+    (root / "HGG" / pid / f"{pid}_t1.nii.gz").write_bytes(b"")  # a skip before the interrupt
+    run(root, tmp_path / "ref.h5")
+    out = tmp_path / "s.h5"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run(root, out, jobs=2)
+    assert not out.exists() and (tmp_path / ".s.h5.partial").exists()
+    lines = []
+    summary = run_preprocess(root, out, CFG, jobs=2, resume=True, progress=False, echo=lines.append)
+    assert lines[0].startswith("resuming after 3 patients (2 written)")
+    assert summary.written == {"HGG": 2, "LGG": 3}
+    assert [r["patient_id"] for r in summary.skipped] == [pid]
+    assert not (tmp_path / ".s.h5.partial").exists()
+    with h5py.File(tmp_path / "ref.h5") as a, h5py.File(out) as b:
+        for key in ("images", "labels"):
+            assert a[key][:].tobytes() == b[key][:].tobytes(), key
+        assert list(a["patient_id"].asstr()[:]) == list(b["patient_id"].asstr()[:])
+        assert a.attrs["skipped"] == b.attrs["skipped"]
+        assert "partial_state" not in b.attrs
+
+
+def test_stale_partial_is_replaced_and_other_settings_start_over(brats2019, tmp_path, monkeypatch):
+    root, _ = brats2019(n_hgg=2, n_lgg=2)
+    out = tmp_path / "s.h5"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            run(root, out)
+    lines = []
+    run_preprocess(
+        root,
+        out,
+        PreprocessConfig(slices=8),
+        jobs=1,
+        resume=True,
+        progress=False,
+        echo=lines.append,
+    )
+    assert lines[0].startswith("not resuming: ") and "other settings" in lines[0]
+    assert StoreReader(out).info.slices == 8
+    (tmp_path / ".s.h5.partial").write_bytes(b"garbage")
+    run(root, out, overwrite=True)  # without --resume a leftover is simply removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "s.h5"]

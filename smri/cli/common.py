@@ -30,7 +30,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except SmriError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
-            click.echo("Interrupted; no partial output was left behind.", err=True)
+            click.echo("Interrupted.", err=True)
             sys.exit(130)
         except OSError as exc:  # disk full, permissions: the user's environment, not a bug
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""

@@ -73,6 +73,11 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from the patients it already wrote (same settings).",
+)
+@click.option(
     "--strict",
     is_flag=True,
     help="Stop (exit 1) at the first unusable patient instead of skipping it.",
@@ -104,6 +109,7 @@ def preprocess(
     canonical: bool,
     overwrite: bool,
     strict: bool,
+    resume: bool,
     backend: str,
     progress: bool | None,
 ) -> None:
@@ -135,6 +141,7 @@ def preprocess(
         labels_csv=labels_csv,
         overwrite=overwrite,
         strict=strict,
+        resume=resume,
         backend=backend,
         progress=progress,
         echo=lambda line: click.echo(line, err=True),
