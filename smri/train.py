@@ -25,6 +25,15 @@ import torch
 from torch import nn
 
 from smri import __version__
+from smri.checkpoint import (
+    checkpoint_header,
+    load_checkpoint,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    store_fields,
+)
 from smri.data import (
     Batches,
     Split,
@@ -38,8 +47,6 @@ from smri.metrics import binary_metrics
 from smri.models import ModelConfig, build_model, count_parameters
 from smri.store import StoreInfo, StoreReader
 
-CHECKPOINT_FORMAT = "smri-checkpoint"
-CHECKPOINT_VERSION = 1
 METRIC_COLUMNS = (
     "epoch",
     "train_loss",
@@ -83,89 +90,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-# ------------------------------------------------------------------------------------- devices
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a usage error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "CUDA was asked for but torch sees no GPU (torch.cuda.is_available() is False); "
-            "use --device cpu or auto",
-            option="--device",
-        )
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"expected auto, cuda or cpu, got {name!r}", option="--device")
-    return torch.device(name)
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 0x70C4]).integers(2**62))
-
-
-# -------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by smri, loaded with weights_only=True (tensors and plain data only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not a readable torch checkpoint ({reason})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path}: not an smri checkpoint (written by `smri train`)")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise DataError(f"{path}: checkpoint version {ckpt['version']} is newer than this smri")
-    return ckpt
-
-
-def store_fields(info: StoreInfo) -> dict[str, Any]:
-    """The store facts a checkpoint must match: modalities, slices, volume shape, classes."""
-    return {
-        "modalities": list(info.modalities),
-        "slices": info.slices,
-        "volume_shape": list(info.volume_shape),
-        "classes": dict(info.classes),
-        "dtype": info.dtype,
-        "path": str(info.path),
-    }
-
-
-def check_compatible(expected: dict[str, Any], info: StoreInfo, source: str) -> None:
-    """DataError naming every difference between a checkpoint's store and `info`."""
-    got = store_fields(info)
-    diffs = [
-        f"{key} {got[key]} (checkpoint: {expected[key]})"
-        for key in ("modalities", "slices", "volume_shape")
-        if got[key] != expected[key]
-    ]
-    if diffs:
-        raise DataError(f"{info.path} does not match {source}: " + "; ".join(diffs))
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -392,13 +318,11 @@ def fit(
     )
 
     base = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
+        **checkpoint_header(),
         "model_config": asdict(model_cfg),
         "train_config": asdict(cfg),
         "preprocess_config": setup.info.config,
         "store": store_fields(setup.info),
-        "smri_version": __version__,
     }
     start_epoch, best = 0, {"epoch": 0, "auc": -math.inf}
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
@@ -407,7 +331,7 @@ def fit(
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
         log(f"resuming {out} after epoch {start_epoch}")
     rows = _read_metrics(metrics_path, upto=start_epoch)
@@ -458,7 +382,7 @@ def fit(
                     "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                     "best": best,
                 },
             )

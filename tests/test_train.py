@@ -10,14 +10,12 @@ import pytest
 import torch
 from train_helpers import make_store
 
+from smri.checkpoint import check_compatible, load_checkpoint, resolve_device
 from smri.errors import ConfigError, DataError
 from smri.models import MODEL_NAMES, ModelConfig, build_model
 from smri.train import (
     METRIC_COLUMNS,
     TrainConfig,
-    check_compatible,
-    load_checkpoint,
-    resolve_device,
     train,
 )
 

@@ -1,0 +1,127 @@
+"""Using a checkpoint: metrics on a store (`smri evaluate`), raw folders (`smri predict`)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smri.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint, resolve_device
+from smri.data import Batches, resolve_cache
+from smri.errors import DataError, PatientError
+from smri.metrics import binary_metrics
+from smri.store import StoreReader
+
+
+@dataclass
+class Evaluation:
+    """Per-patient probabilities of class 1 on a store, and metrics over its labelled patients."""
+
+    patient_ids: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    metrics: dict[str, float]
+    classes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One patient folder's result."""
+
+    patient_id: str
+    probability: float
+    predicted: str
+
+
+@torch.no_grad()
+def _probabilities(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> np.ndarray:
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(images)
+    return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+
+
+def evaluate_store(
+    checkpoint: Path,
+    store: Path,
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    cache: str = "auto",
+    workers: int = 0,
+    amp: bool = True,
+) -> Evaluation:
+    """Run the checkpoint on every patient of `store` (which must match its training store)."""
+    ckpt = load_checkpoint(checkpoint)
+    with StoreReader(store) as reader:
+        info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
+    check_compatible(ckpt["store"], info, str(checkpoint))
+    dev = resolve_device(device)
+    rows = np.arange(len(ids))
+    nbytes = len(ids) * int(np.prod(info.volume_shape)) * np.dtype(info.dtype).itemsize
+    batches = Batches(
+        store, rows, batch_size=batch_size, seed=0, shuffle=False, device=dev, workers=workers,
+        cache=resolve_cache(cache, dev, nbytes),
+    )  # fmt: skip
+    model = model_from_checkpoint(ckpt, dev)
+    use_amp = amp and dev.type == "cuda"
+    probs = np.concatenate([_probabilities(model, x, use_amp) for x, _ in batches.epoch(0)])
+    batches.close()
+    known = labels >= 0
+    metrics = binary_metrics(labels[known], probs[known]) if known.any() else {}
+    return Evaluation(ids, labels, probs, {"n": int(known.sum()), **metrics}, dict(info.classes))
+
+
+def predict_folders(
+    checkpoint: Path,
+    folders: Sequence[Path],
+    *,
+    device: str = "auto",
+    batch_size: int = 4,
+    amp: bool = True,
+    warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> list[Prediction]:
+    """Preprocess each raw patient folder exactly as the training store was made, then predict.
+
+    A folder that cannot be used is reported through `warn` and skipped; none usable is an error.
+    """
+    from smri.discovery import patient_from_folder
+    from smri.preprocess import PreprocessConfig, load_patient
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = PreprocessConfig.from_dict(ckpt["preprocess_config"])
+    expected = tuple(ckpt["store"]["volume_shape"])
+    modalities = tuple(ckpt["store"]["modalities"])
+    names = {v: k for k, v in ckpt["store"]["classes"].items()}
+    ids, arrays = [], []
+    for folder in folders:
+        try:
+            patient = patient_from_folder(Path(folder), modalities)
+            images = load_patient(patient, cfg).images
+            if images.shape != expected:
+                raise PatientError(
+                    patient.patient_id,
+                    f"preprocessed shape {images.shape} differs from the model's {expected}",
+                )
+        except PatientError as exc:
+            warn(f"skipped: {exc}")
+            continue
+        ids.append(patient.patient_id)
+        arrays.append(images)
+    if not ids:
+        raise DataError("no patient folder could be used (see the messages above)")
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt, dev)
+    use_amp = amp and dev.type == "cuda"
+    probs = []
+    for start in range(0, len(arrays), batch_size):
+        batch = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(dev).float()
+        probs.append(_probabilities(model, batch, use_amp))
+    p = np.concatenate(probs)
+    return [
+        Prediction(pid, float(prob), names.get(int(prob >= 0.5), str(int(prob >= 0.5))))
+        for pid, prob in zip(ids, p, strict=True)
+    ]
