@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -98,7 +100,7 @@ def load_patient(
         "intensity_max": [],
         "source_files": [],
     }
-    warnings: list[str] = []
+    notes: list[str] = []
     first_file: Path | None = None
     for m, path in enumerate(patient.files):
         try:
@@ -131,7 +133,7 @@ def load_patient(
             )
         slab, lo, hi = normalized_slab(vol.data, cfg.slices)
         if hi == lo:
-            warnings.append(f"patient {pid}: {path.name} is constant ({lo:g}); normalised to zeros")
+            notes.append(f"patient {pid}: {path.name} is constant ({lo:g}); normalised to zeros")
         images[m] = slab
         meta["original_shape"].append([x, y, z])
         meta["spacing"].append(list(vol.spacing))
@@ -139,7 +141,7 @@ def load_patient(
         meta["intensity_max"].append(hi)
         meta["source_files"].append(_relative(path, relative_to))
     assert images is not None  # a Patient always has at least one modality file
-    return PatientResult(pid, patient.label, images, meta, warnings)
+    return PatientResult(pid, patient.label, images, meta, notes)
 
 
 def _relative(path: Path, root: Path | None) -> str:
@@ -216,8 +218,11 @@ def check_output(output: Path, overwrite: bool) -> None:
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise DataError(f"{output}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(f"{output}: folder {parent} is not writable")
+    try:  # a real probe: permissions, read-only mounts and special file systems alike
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{output.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise DataError(f"{output}: folder {parent} is not writable ({exc.strerror})") from None
 
 
 def _fingerprint(config: dict[str, Any], patients: list[Patient]) -> str:
@@ -318,72 +323,76 @@ def run_preprocess(
         desc="preprocess",
         disable=not (sys.stderr.isatty() if progress is None else progress),
     )
-    warnings: list[str] = []
+    notes: list[str] = []
     run_skipped = len(found.skipped)  # reported by discovery, not part of the resume state
-    try:
-        for res in results:
-            done += 1
-            bar.update(1)
-            if isinstance(res, PatientError):
-                if strict:
-                    raise DataError(f"{res} (--strict)")
-                echo(f"skipping {res}")
-                skipped.append(res)
-            else:
-                if writer is None:
-                    writer = StoreWriter(
-                        output,
-                        n_patients=len(patients),
-                        volume_shape=res.images.shape,
-                        dtype=cfg.dtype,
-                        compression=cfg.compression,
-                        modalities=cfg.modalities,
-                        classes=cfg.classes,
-                        config=config,
-                        overwrite=overwrite,
-                        tmp_path=partial,
+    with warnings.catch_warnings():
+        # joblib warns about tasks it cancels when the run stops early; the error says why.
+        warnings.filterwarnings("ignore", message=".*tasks have been successfully executed")
+        try:
+            for res in results:
+                done += 1
+                bar.update(1)
+                if isinstance(res, PatientError):
+                    if strict:
+                        raise DataError(f"{res} (--strict)")
+                    echo(f"skipping {res}")
+                    skipped.append(res)
+                else:
+                    if writer is None:
+                        writer = StoreWriter(
+                            output,
+                            n_patients=len(patients),
+                            volume_shape=res.images.shape,
+                            dtype=cfg.dtype,
+                            compression=cfg.compression,
+                            modalities=cfg.modalities,
+                            classes=cfg.classes,
+                            config=config,
+                            overwrite=overwrite,
+                            tmp_path=partial,
+                        )
+                    for w in res.warnings:
+                        echo(f"warning: {w}")
+                    notes.extend(res.warnings)
+                    writer.append(
+                        images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
                     )
-                for w in res.warnings:
-                    echo(f"warning: {w}")
-                warnings.extend(res.warnings)
-                writer.append(
-                    images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
+                if writer is not None:
+                    writer.checkpoint(
+                        {
+                            "fingerprint": fingerprint,
+                            "done": done,
+                            "skipped": _rows(skipped[run_skipped:]),
+                        }
+                    )
+            if writer is None:
+                raise DataError(
+                    f"{input_dir}: all {len(skipped)} patients are unusable; first "
+                    f"problem: {skipped[0]}"
                 )
+            skipped.sort(key=lambda e: e.patient_id)
+            writer.set_skipped(_rows(skipped))
+            labels = writer.labels[: int(writer.rows)]
+            writer.commit()
+        except KeyboardInterrupt:
             if writer is not None:
-                writer.checkpoint(
-                    {
-                        "fingerprint": fingerprint,
-                        "done": done,
-                        "skipped": _rows(skipped[run_skipped:]),
-                    }
+                writer.close_partial()
+                echo(
+                    f"interrupted after {done} of {len(patients)} patients; {output} was not "
+                    f"written; `--resume` continues from {partial}"
                 )
-        if writer is None:
-            raise DataError(
-                f"{input_dir}: all {len(skipped)} patients are unusable; first "
-                f"problem: {skipped[0]}"
-            )
-        skipped.sort(key=lambda e: e.patient_id)
-        writer.set_skipped(_rows(skipped))
-        labels = writer.labels[: int(writer.rows)]
-        writer.commit()
-    except KeyboardInterrupt:
-        if writer is not None:
-            writer.close_partial()
-            echo(
-                f"interrupted after {done} of {len(patients)} patients; {output} was not "
-                f"written; `--resume` continues from {partial}"
-            )
-        raise
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        bar.close()
+            raise
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            bar.close()
+            results.close()  # stops queued work when the run ends early
     names = {v: k for k, v in cfg.classes.items()}
     per_class = {names[v]: int(np.sum(labels == v)) for v in sorted(names, reverse=True)}
     return PreprocessSummary(
-        Path(output), per_class, _rows(skipped), time.perf_counter() - t0, warnings
+        Path(output), per_class, _rows(skipped), time.perf_counter() - t0, notes
     )
 
 
