@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from smri.errors import DataError
 from smri.metrics import roc_auc, roc_curve
@@ -66,6 +67,7 @@ def fold_loss_figure(runs: Sequence[Rows], title: str, color: str = "tab:blue") 
         x, mean, std = mean_std_by_epoch(runs, key)
         _band(ax, x, mean, std, color, f"{name}{suffix}", style)
     ax.set(title=title, xlabel="epoch", ylabel="BCE loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -98,6 +100,7 @@ def compare_figure(
                 style,
             )
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig

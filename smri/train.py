@@ -500,6 +500,35 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def plan(
+    store: Path, model_cfg: ModelConfig, cfg: TrainConfig
+) -> tuple[_Setup, ModelConfig, list[Split]]:
+    """Check the store and settings; the resolved setup, model config and splits (no files)."""
+    setup = _prepare(store, cfg)
+    model_cfg = replace(model_cfg, volume_shape=tuple(setup.info.volume_shape[1:]))
+    build_model(model_cfg)  # shape errors before anything is written
+    return setup, model_cfg, make_splits(setup, cfg)
+
+
+def describe(store: Path, model_cfg: ModelConfig, cfg: TrainConfig) -> list[str]:
+    """What `smri train --dry-run` prints: model size, data, device, cache and split sizes."""
+    setup, model_cfg, splits = plan(store, model_cfg, cfg)
+    model = build_model(model_cfg)
+    cnn = count_parameters(model.cnn)
+    m, s, h, w = setup.info.volume_shape
+    lines = [
+        f"model     {model_cfg.name} width {model_cfg.width:g}: {count_parameters(model):,} "
+        f"parameters ({cnn:,} CNN, {count_parameters(model) - cnn:,} LSTM + head)",
+        f"store     {store}: {setup.info.n_patients} patients, {m} modalities x {s}x{h}x{w} "
+        f"{setup.info.dtype}",
+        f"device    {setup.device} | cache {setup.cache} | bf16 {'on' if setup.amp else 'off'}",
+    ]
+    for split in splits:
+        where = "" if split.fold is None else f"fold {split.fold}: "
+        lines.append(f"split     {where}{len(split.train)} train / {len(split.val)} val patients")
+    return lines
+
+
 def train(
     store: Path,
     model_cfg: ModelConfig,
@@ -511,10 +540,7 @@ def train(
     log: Log = print,
 ) -> dict[str, Any]:
     """Train one split or every fold into `out`; for K folds, summary.json holds mean ± std."""
-    setup = _prepare(store, cfg)
-    model_cfg = replace(model_cfg, volume_shape=tuple(setup.info.volume_shape[1:]))
-    build_model(model_cfg)  # shape errors before anything is written
-    splits = make_splits(setup, cfg)
+    setup, model_cfg, splits = plan(store, model_cfg, cfg)
     if resume:
         _check_resume(out, setup)
     else:

@@ -1,0 +1,359 @@
+"""`smri models`, `smri train`, `smri evaluate`, `smri predict` and `smri plot`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from smri.cli.common import handle_errors, path_option_type
+from smri.errors import ConfigError
+
+MODEL_CHOICES = ("cnn1", "cnn2", "cnn3")
+# Options that define a run: on --resume they come from the run's config.json.
+RUN_OPTIONS = (
+    "model", "width", "epochs", "batch_size", "lr", "weight_decay", "seed", "val_fraction",
+    "folds", "fold", "class_weight", "amp", "compile", "augment",
+)  # fmt: skip
+
+
+def _parse_shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise ConfigError(f"expected M x S x H x W such as 4x32x240x240, got {text!r}", "--shape")
+    return shape  # type: ignore[return-value]
+
+
+@click.command()
+@click.option(
+    "--shape",
+    default="4x32x240x240",
+    show_default=True,
+    help="Input geometry M x S x H x W (modalities x slices x height x width).",
+)
+@click.option(
+    "--width",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Channel multiplier of the conv blocks (16-32-64-128 at 1).",
+)
+@handle_errors
+def models(shape: str, width: float) -> None:
+    """List the models and their parameter counts at a given input geometry."""
+    from smri.models import MODEL_NAMES, ModelConfig, build_model, count_parameters
+
+    m, s, h, w = _parse_shape(shape)
+    about = {
+        "cnn1": "conv blocks -> flatten -> FC 256 (baseline, large)",
+        "cnn2": "conv blocks -> global average pooling",
+        "cnn3": "CNN2 + squeeze-and-excitation (r=8)",
+    }
+    click.echo(
+        f"input {m}x{s}x{h}x{w}, width {width:g}; the CNN is shared across the {m} modalities"
+    )
+    click.echo(f"{'model':<6} {'CNN':>12} {'LSTM+head':>10} {'total':>12} {'embed':>6}  design")
+    for name in MODEL_NAMES:
+        model = build_model(ModelConfig(name=name, volume_shape=(s, h, w), width=width))
+        cnn, total = count_parameters(model.cnn), count_parameters(model)
+        click.echo(
+            f"{name:<6} {cnn:>12,} {total - cnn:>10,} {total:>12,} {model.cnn.out_features:>6}  "
+            f"{about[name]}"
+        )
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+@click.command()
+@click.argument("store", required=False, type=path_option_type(dir_okay=False))
+@click.option(
+    "--model",
+    type=click.Choice(MODEL_CHOICES),
+    default="cnn2",
+    show_default=True,
+    help="CNN that embeds each modality volume.",
+)
+@click.option(
+    "--width",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Channel multiplier of the conv blocks.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Patients per batch.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="AdamW learning rate (cosine decay over the epochs).",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="AdamW weight decay.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the split, the initial weights and every epoch's shuffle.",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Share of each class held out for validation (ignored with --folds).",
+)
+@click.option(
+    "--folds",
+    type=click.IntRange(min=2),
+    default=None,
+    help="K-fold cross-validation: train all K folds, report mean ± std.",
+)
+@click.option(
+    "--fold",
+    type=click.IntRange(min=0),
+    default=None,
+    help="With --folds K, train only fold i (0-based).",
+)
+@click.option(
+    "--class-weight",
+    type=click.Choice(["auto", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto: BCE pos_weight = n_neg / n_pos of the training split.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when present), cuda, cuda:N or cpu.",
+)
+@click.option(
+    "--amp/--no-amp",
+    default=True,
+    show_default=True,
+    help="bf16 autocast on CUDA (ignored on CPU).",
+)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option(
+    "--cache",
+    type=click.Choice(["auto", "device", "ram", "none"]),
+    default="auto",
+    show_default=True,
+    help="Keep the store on the GPU / in RAM, or stream it (none).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="DataLoader workers when streaming (--cache none).",
+)
+@click.option("--augment", is_flag=True, help="Random flips along each spatial axis.")
+@click.option(
+    "--out",
+    type=path_option_type(file_okay=False),
+    default=None,
+    help="Run folder [default: runs/<model>-<date>-<time>].",
+)
+@click.option(
+    "--resume",
+    type=path_option_type(file_okay=False, exists=True),
+    default=None,
+    help="Continue the run in this folder from its last.pt.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder given by --out.")
+@click.option("--dry-run", is_flag=True, help="Check everything, print the plan, train nothing.")
+@click.pass_context
+@handle_errors
+def train(ctx: click.Context, store: Path | None, **opts) -> None:
+    """Train a CNN-LSTM on STORE (written by `smri preprocess`) into a run folder.
+
+    \b
+    smri train demo.h5 --model cnn2 --epochs 30
+    smri train demo.h5 --model cnn3 --folds 5 --out runs/cnn3-cv
+    smri train --resume runs/cnn3-cv          # after an interruption
+    """
+    from smri.models import ModelConfig
+    from smri.train import TrainConfig, describe, load_run_config
+    from smri.train import train as run_training
+
+    resume: Path | None = opts["resume"]
+    if resume is not None:
+        given = [f"--{n.replace('_', '-')}" for n in RUN_OPTIONS if _given(ctx, n)]
+        given += ["--out"] if opts["out"] is not None else []
+        if given:
+            raise ConfigError(f"--resume continues a run with its own settings; drop {given[0]}",
+                              option=given[0])  # fmt: skip
+        saved_store, model_cfg, cfg = load_run_config(resume)
+        cfg = cfg.__class__(**{**cfg.__dict__, "device": opts["device"], "cache": opts["cache"],
+                               "workers": opts["workers"]})  # fmt: skip
+        store, out = store or saved_store, resume
+    else:
+        if store is None:
+            raise click.UsageError("give a STORE to train on, or --resume RUN_DIR")
+        model_cfg = ModelConfig(name=opts["model"], width=opts["width"])
+        cfg = TrainConfig(
+            epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
+            weight_decay=opts["weight_decay"], seed=opts["seed"],
+            val_fraction=opts["val_fraction"], folds=opts["folds"], fold=opts["fold"],
+            class_weight=opts["class_weight"], device=opts["device"], amp=opts["amp"],
+            compile=opts["compile_"], cache=opts["cache"], workers=opts["workers"],
+            augment=opts["augment"],
+        )  # fmt: skip
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = opts["out"] or Path("runs") / f"{model_cfg.name}-{stamp}"
+    if opts["dry_run"]:
+        for line in describe(store, model_cfg, cfg):
+            click.echo(line)
+        return
+    try:
+        run_training(store, model_cfg, cfg, out, resume=resume is not None,
+                     overwrite=opts["overwrite"], log=click.echo)  # fmt: skip
+    except KeyboardInterrupt:
+        last = "last.pt" if (out / "last.pt").exists() else "last.pt of each fold"
+        click.echo(f"\nInterrupted; {out}/{last} holds the last finished epoch. "
+                   f"Continue with: smri train --resume {out}", err=True)  # fmt: skip
+        sys.exit(130)
+    click.echo(f"run folder: {out}")
+
+
+@click.command()
+@click.argument("checkpoint", type=path_option_type(dir_okay=False, exists=True))
+@click.argument("store", type=path_option_type(dir_okay=False))
+@click.option("--out", type=path_option_type(file_okay=False), default=None,
+              help="Folder for metrics.json, predictions.csv, roc.png "
+                   "[default: eval-<store name> beside the checkpoint].")  # fmt: skip
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Patients per batch.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
+@click.option(
+    "--cache",
+    type=click.Choice(["auto", "device", "ram", "none"]),
+    default="auto",
+    show_default=True,
+    help="Load the store whole, or stream it (none).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="DataLoader workers when streaming.",
+)
+@handle_errors
+def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
+             cache: str, workers: int) -> None:  # fmt: skip
+    """Metrics of CHECKPOINT on every labelled patient of STORE (e.g. a held-out cohort).
+
+    Prints the metrics as JSON; writes them with predictions.csv and a ROC curve to --out.
+    """
+    from smri.inference import evaluate_store
+    from smri.plots import roc_figure, save_figure
+    from smri.train import write_predictions
+
+    result = evaluate_store(checkpoint, store, device=device, batch_size=batch_size, cache=cache,
+                            workers=workers)  # fmt: skip
+    out = out or checkpoint.parent / f"eval-{store.stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"checkpoint": str(checkpoint), "store": str(store), **result.metrics}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_predictions(out / "predictions.csv", result.patient_ids, result.labels,
+                      result.probabilities, result.classes)  # fmt: skip
+    known = result.labels >= 0
+    if len(set(result.labels[known].tolist())) == 2:
+        curves = {checkpoint.parent.name or "model": [(result.labels[known],
+                                                       result.probabilities[known])]}  # fmt: skip
+        save_figure(roc_figure(curves, f"ROC on {store.name}"), out / "roc.png")
+    else:
+        click.echo("no ROC curve: the store does not have labelled patients of both classes",
+                   err=True)  # fmt: skip
+    click.echo(json.dumps(report, indent=2))
+    click.echo(f"written to {out}", err=True)
+
+
+@click.command()
+@click.argument("checkpoint", type=path_option_type(dir_okay=False, exists=True))
+@click.argument("patient_dirs", nargs=-1, required=True,
+                type=path_option_type(file_okay=False, exists=True))  # fmt: skip
+@click.option(
+    "--csv",
+    "csv_path",
+    type=path_option_type(dir_okay=False),
+    default=None,
+    help="Also write patient_id,probability,predicted to this CSV file.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Patients per forward pass.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
+@handle_errors
+def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | None,
+            batch_size: int, device: str) -> None:  # fmt: skip
+    """Probability of class 1 for raw NIfTI patient folders, preprocessed as the store was."""
+    import csv
+
+    from smri.inference import predict_folders
+
+    results = predict_folders(checkpoint, patient_dirs, device=device, batch_size=batch_size,
+                              warn=lambda m: click.echo(m, err=True))  # fmt: skip
+    width = max(len("patient_id"), *(len(r.patient_id) for r in results))
+    click.echo(f"{'patient_id':<{width}}  probability  predicted")
+    for r in results:
+        click.echo(f"{r.patient_id:<{width}}  {r.probability:>11.4f}  {r.predicted}")
+    if csv_path is not None:
+        with open(csv_path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["patient_id", "probability", "predicted"])
+            writer.writerows([r.patient_id, f"{r.probability:.6f}", r.predicted] for r in results)
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True,
+                type=path_option_type(file_okay=False, exists=True))  # fmt: skip
+@click.option(
+    "--out",
+    type=path_option_type(file_okay=False),
+    default=Path("figures"),
+    show_default=True,
+    help="Folder for the PNG figures.",
+)
+@handle_errors
+def plot(run_dirs: tuple[Path, ...], out: Path) -> None:
+    """Loss, accuracy and ROC figures comparing runs (K-fold runs as mean ± std bands)."""
+    from smri.plots import plot_runs
+
+    for path in plot_runs(run_dirs, out):
+        click.echo(str(path))
