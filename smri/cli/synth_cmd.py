@@ -1,0 +1,145 @@
+"""`smri synth` (a BraTS-like phantom cohort) and `smri show` (a PNG of one patient's slab)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from smri.cli.common import handle_errors
+
+_SHAPE_HELP = "volume size X Y Z in voxels over a 240x240x155 mm field of view (Z >= 32)"
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--patients", "-n", type=int, default=40, show_default=True, help="number of patients to write"
+)
+@click.option(
+    "--hgg-fraction",
+    type=float,
+    default=0.77,
+    show_default=True,
+    help="share of HGG patients (BraTS 2019: 0.77)",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["2019", "2020"]),
+    default="2019",
+    show_default=True,
+    help="2019: OUT/{HGG,LGG}/<pid>/; 2020: OUT/<pid>/ plus name_mapping.csv",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["nii.gz", "nii"]),
+    default="nii.gz",
+    show_default=True,
+    help="NIfTI file format",
+)
+@click.option(
+    "--shape",
+    type=(int, int, int),
+    default=(240, 240, 155),
+    show_default=True,
+    metavar="X Y Z",
+    help=_SHAPE_HELP,
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="random seed; the same seed writes the same bytes",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=int,
+    default=-1,
+    show_default=True,
+    help="parallel worker processes (-1: all cores)",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="replace a cohort already in OUT (only the files synth writes are removed)",
+)
+@handle_errors
+def synth(out: Path, patients: int, hgg_fraction: float, layout: str, fmt: str,
+          shape: tuple[int, int, int], seed: int, jobs: int, overwrite: bool) -> None:  # fmt: skip
+    """Write a BraTS-like cohort of synthetic phantom brains to OUT (no real patients).
+
+    Each patient has flair, t1, t1ce, t2 and a segmentation (int16/uint8 NIfTI); OUT/truth.csv
+    records every case's class and tumour parameters. HGG: larger, necrotic core, enhancing rim
+    on T1ce; LGG: smaller, non-enhancing, T2/FLAIR bright.
+    """
+    from smri.synth import SynthConfig, synthesize
+
+    cfg = SynthConfig(patients=patients, hgg_fraction=hgg_fraction, shape=tuple(shape),
+                      layout=layout, fmt=fmt, seed=seed)  # fmt: skip
+    cfg.validate()
+    t0 = time.perf_counter()
+    rows = synthesize(cfg, out, jobs=jobs, overwrite=overwrite)
+    n_hgg = sum(r["label"] for r in rows)
+    click.echo(
+        f"wrote {len(rows)} patients ({n_hgg} HGG, {len(rows) - n_hgg} LGG) to {out} "
+        f"in {time.perf_counter() - t0:.1f} s; parameters in {out / 'truth.csv'}"
+    )
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("patient_id", required=False)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="PNG file to write",
+)
+@click.option(
+    "--montage",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="show every slice of the slab, one row per modality",
+)
+@click.option("--modalities", default=None, metavar="LIST",
+              help="comma-separated modalities in display order [default: flair,t1,t1ce,t2, "
+                   "or the store's]")  # fmt: skip
+@click.option(
+    "--slices",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="slab depth kept from a raw folder (a store records its own)",
+)
+@click.option(
+    "--contours/--no-contours",
+    default=False,
+    show_default=True,
+    help="outline the segmentation's regions (raw folders with a *seg* file)",
+)
+@handle_errors
+def show(source: Path, patient_id: str | None, out: Path, montage: bool, modalities: str | None,
+         slices: int, contours: bool) -> None:  # fmt: skip
+    """Draw what preprocessing keeps of one patient as a PNG.
+
+    SOURCE is a patient folder, a cohort folder plus PATIENT_ID, or an .h5 store plus PATIENT_ID.
+    Raw folders get the same min–max normalisation and central slab as `smri preprocess`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from smri.discovery import parse_modalities
+    from smri.show import show_patient
+
+    names = parse_modalities(modalities) if modalities is not None else None
+    patient = show_patient(source, patient_id, out, modalities=names, slices=slices,
+                           montage=montage, contours=contours)  # fmt: skip
+    click.echo(f"wrote {out} ({patient.patient_id}, {patient.label_text})")
