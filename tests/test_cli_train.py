@@ -1,0 +1,182 @@
+"""The training commands end to end through click: outputs, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from train_helpers import make_store
+
+from smri.cli import main
+
+FAST = ["--width", "0.25", "--batch-size", "4", "--epochs", "2", "--cache", "ram", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("cli") / "s.h5", labels=[0, 1] * 8)
+
+
+@pytest.fixture(scope="module")
+def run(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    result = CliRunner().invoke(main, ["train", str(store), *FAST, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_models_lists_parameter_counts():
+    result = invoke("models")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0] == "input 4x32x240x240, width 1; the CNN is shared across the 4 modalities"
+    assert lines[2].split()[:5] == ["cnn1", "15,037,312", "197,761", "15,235,073", "256"]
+    assert lines[3].split()[:5] == ["cnn2", "291,456", "132,225", "423,681", "128"]
+    assert lines[4].split()[:5] == ["cnn3", "297,232", "132,225", "429,457", "128"]
+
+
+def test_models_rejects_a_too_small_shape():
+    result = invoke("models", "--shape", "4x8x240x240")
+    assert result.exit_code == 2
+    assert "(8, 240, 240) is too small for 4 pooling stages" in result.output
+
+
+def test_train_logs_one_line_per_epoch_and_writes_the_run(run):
+    assert (run / "best.pt").exists() and (run / "loss_curve.png").exists()
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+
+
+def test_dry_run_writes_nothing(store, tmp_path):
+    result = invoke("train", store, *FAST, "--folds", "2", "--out", tmp_path / "x", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "model     cnn2 width 0.25: 101,505 parameters (18,432 CNN, 83,073 LSTM + head)"
+    )
+    assert result.output.splitlines()[-1] == "split     fold 1: 8 train / 8 val patients"
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--batch-size", "50"],
+            2,
+            "batch size 50 is larger than the training split (12 patients)",
+        ),
+        (["--folds", "9"], 2, "9 folds need at least 9 patients of every class; class LGG has 8"),
+        (["--device", "cuda"], 2, "CUDA was asked for but torch sees no GPU"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(store, tmp_path, args, code, message):
+    result = invoke("train", store, "--out", tmp_path / "r", *args)
+    assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_not_a_store_is_exit_1(tmp_path):
+    bad = tmp_path / "x.h5"
+    bad.write_text("nope")
+    result = invoke("train", bad, "--out", tmp_path / "r")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and "not a readable HDF5 file" in result.output
+
+
+def test_existing_run_needs_overwrite_or_resume(store, run):
+    result = invoke("train", store, "--out", run)
+    assert result.exit_code == 2
+    assert f"continue it with --resume {run}" in result.output
+
+
+def test_resume_refuses_new_settings(run):
+    result = invoke("train", "--resume", run, "--lr", "0.1")
+    assert result.exit_code == 2
+    assert "--resume continues a run with its own settings; drop --lr" in result.output
+
+
+def test_resume_of_a_finished_run_keeps_its_metrics(run):
+    before = (run / "metrics.csv").read_text()
+    result = invoke("train", "--resume", run, "--cache", "none", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and (run / "metrics.csv").read_text() == before
+
+
+def test_evaluate_prints_json_and_writes_roc(store, run, tmp_path):
+    result = invoke("evaluate", run / "best.pt", store, "--out", tmp_path / "ev", "--cache", "ram")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n"] == 16 and 0 <= report["auc"] <= 1
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == [
+        "metrics.json", "predictions.csv", "roc.png",
+    ]  # fmt: skip
+
+
+def test_evaluate_refuses_a_different_store(run, tmp_path):
+    other = make_store(tmp_path / "o.h5", labels=[0, 1], shape=(4, 16, 32, 48))
+    result = invoke("evaluate", run / "best.pt", other)
+    assert result.exit_code == 1
+    assert "does not match" in result.output
+    assert "volume_shape [4, 16, 32, 48] (checkpoint: [4, 16, 32, 32])" in result.output
+
+
+def test_evaluate_refuses_a_non_checkpoint(store, tmp_path):
+    (tmp_path / "m.pt").write_text("x")
+    result = invoke("evaluate", tmp_path / "m.pt", store)
+    assert result.exit_code == 1 and "not a readable torch checkpoint" in result.output
+
+
+def test_plot_writes_the_comparison_figures(run, tmp_path):
+    result = invoke("plot", run, "--out", tmp_path / "figs")
+    assert result.exit_code == 0, result.output
+    assert [line.split("/")[-1] for line in result.output.splitlines()] == [
+        "CNN2_loss_curve.png", "all_models_loss_curve.png", "all_models_accuracy.png",
+        "all_models_roc.png",
+    ]  # fmt: skip
+
+
+def test_predict_preprocesses_raw_folders_like_the_store(brats2019, tmp_path):
+    from smri.preprocess import PreprocessConfig, run_preprocess
+
+    root, _ = brats2019(n_hgg=4, n_lgg=4)
+    store = tmp_path / "b.h5"
+    run_preprocess(root, store, PreprocessConfig(slices=16), jobs=1, echo=lambda m: None)
+    out = tmp_path / "r"
+    args = ["--width", "0.25", "--batch-size", "2", "--epochs", "1", "--cache", "ram"]
+    result = invoke("train", store, *args, "--workers", "0", "--val-fraction", "0.25", "--out", out)
+    assert result.exit_code == 0, result.output
+    folders = [root / "HGG" / "BraTS19_HGG_000_1", root / "LGG" / "BraTS19_LGG_001_1"]
+    result = invoke("predict", out / "best.pt", *folders, "--csv", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["patient_id", "probability", "predicted"]
+    assert [line.split()[0] for line in lines[1:]] == ["BraTS19_HGG_000_1", "BraTS19_LGG_001_1"]
+    assert all(line.split()[2] in {"HGG", "LGG"} for line in lines[1:])
+    # the same patient through the store and through predict gives the same probability
+    ev = invoke("evaluate", out / "best.pt", store, "--out", tmp_path / "ev", "--cache", "ram")
+    by_id = {
+        r.split(",")[0]: float(r.split(",")[2])
+        for r in (tmp_path / "ev" / "predictions.csv").read_text().splitlines()[1:]
+    }
+    csv_rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert csv_rows[0] == "patient_id,probability,predicted"
+    for row in csv_rows[1:]:
+        pid, prob, _ = row.split(",")
+        assert float(prob) == pytest.approx(by_id[pid], abs=1e-5)
+    assert ev.exit_code == 0
+
+
+def test_predict_skips_an_unusable_folder_with_a_reason(run, tmp_path):
+    empty = tmp_path / "P9"
+    empty.mkdir()
+    result = invoke("predict", run / "best.pt", empty)
+    assert result.exit_code == 1
+    assert "skipped: patient P9: no flair, t1, t1ce, t2 file in" in result.output
+    assert "Error: no patient folder could be used" in result.output
