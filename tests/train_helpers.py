@@ -29,7 +29,7 @@ def make_store(
     """A store of noise volumes; class-1 patients get a bright cube, so the task is learnable."""
     labels = [0, 1] * 8 if labels is None else labels
     rng = np.random.default_rng(seed)
-    m, s, h, w = shape
+    _, s, h, w = shape
     with StoreWriter(
         path,
         n_patients=len(labels),
