@@ -633,8 +633,8 @@ def prepare_output(root: Path, overwrite: bool) -> None:
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
             raise ConfigError(
-                f"output folder {root} is not empty; pass --overwrite to replace a cohort there",
-                option="--overwrite",
+                f"{root} is not empty; pass --overwrite to replace a cohort there",
+                option="OUT",
             )
         for p in own_entries(root):
             if p.is_dir():
@@ -645,9 +645,12 @@ def prepare_output(root: Path, overwrite: bool) -> None:
 
 
 def remove_partials(root: Path) -> None:
-    """Delete the hidden `.partial` files an interrupted run left under `root`."""
+    """Delete the `.partial` files (and emptied folders) an interrupted run left under `root`."""
     for p in root.rglob(f".*{PARTIAL_SUFFIX}"):
         p.unlink(missing_ok=True)
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(d.iterdir()):
+            d.rmdir()
 
 
 def synthesize(

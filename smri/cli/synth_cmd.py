@@ -9,27 +9,25 @@ import click
 
 from smri.cli.common import handle_errors
 
-_SHAPE_HELP = "volume size X Y Z in voxels over a 240x240x155 mm field of view (Z >= 32)"
-
 
 @click.command()
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--patients", "-n", type=int, default=40, show_default=True, help="number of patients to write"
+    "--patients", "-n", type=int, default=40, show_default=True, help="Patients to write."
 )
 @click.option(
     "--hgg-fraction",
     type=float,
     default=0.77,
     show_default=True,
-    help="share of HGG patients (BraTS 2019: 0.77)",
+    help="Share of HGG patients (BraTS 2019's share is 0.77).",
 )
 @click.option(
     "--layout",
     type=click.Choice(["2019", "2020"]),
     default="2019",
     show_default=True,
-    help="2019: OUT/{HGG,LGG}/<pid>/; 2020: OUT/<pid>/ plus name_mapping.csv",
+    help="2019: OUT/{HGG,LGG}/<pid>/; 2020: OUT/<pid>/ plus OUT/name_mapping.csv.",
 )
 @click.option(
     "--format",
@@ -37,7 +35,7 @@ _SHAPE_HELP = "volume size X Y Z in voxels over a 240x240x155 mm field of view (
     type=click.Choice(["nii.gz", "nii"]),
     default="nii.gz",
     show_default=True,
-    help="NIfTI file format",
+    help="NIfTI file format.",
 )
 @click.option(
     "--shape",
@@ -45,93 +43,113 @@ _SHAPE_HELP = "volume size X Y Z in voxels over a 240x240x155 mm field of view (
     default=(240, 240, 155),
     show_default=True,
     metavar="X Y Z",
-    help=_SHAPE_HELP,
+    help="Voxels per axis over a fixed 240x240x155 mm field of view (Z >= 32, X, Y >= 16).",
 )
 @click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="random seed; the same seed writes the same bytes",
+    "--seed", type=int, default=0, show_default=True, help="Random seed: same seed, same bytes."
 )
 @click.option(
     "--jobs",
     "-j",
-    type=int,
-    default=-1,
-    show_default=True,
-    help="parallel worker processes (-1: all cores)",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel worker processes [default: all cores].",
 )
 @click.option(
     "--overwrite",
     is_flag=True,
     default=False,
     show_default=True,
-    help="replace a cohort already in OUT (only the files synth writes are removed)",
+    help="Replace a cohort already in OUT (only what synth writes is removed).",
 )
 @handle_errors
-def synth(out: Path, patients: int, hgg_fraction: float, layout: str, fmt: str,
-          shape: tuple[int, int, int], seed: int, jobs: int, overwrite: bool) -> None:  # fmt: skip
-    """Write a BraTS-like cohort of synthetic phantom brains to OUT (no real patients).
+def synth(
+    out: Path,
+    patients: int,
+    hgg_fraction: float,
+    layout: str,
+    fmt: str,
+    shape: tuple[int, int, int],
+    seed: int,
+    jobs: int | None,
+    overwrite: bool,
+) -> None:
+    """Write a BraTS-like cohort of synthetic phantom brains to OUT (not patients' scans).
 
-    Each patient has flair, t1, t1ce, t2 and a segmentation (int16/uint8 NIfTI); OUT/truth.csv
-    records every case's class and tumour parameters. HGG: larger, necrotic core, enhancing rim
-    on T1ce; LGG: smaller, non-enhancing, T2/FLAIR bright.
+    Each patient gets flair, t1, t1ce, t2 (int16) and seg (labels 1, 2, 4) NIfTI files;
+    OUT/truth.csv records every case's class and tumour parameters. HGG: larger, necrotic core,
+    enhancing rim on T1ce; LGG: smaller, non-enhancing, bright on T2/FLAIR.
     """
     from smri.synth import SynthConfig, synthesize
 
-    cfg = SynthConfig(patients=patients, hgg_fraction=hgg_fraction, shape=tuple(shape),
-                      layout=layout, fmt=fmt, seed=seed)  # fmt: skip
-    cfg.validate()
+    cfg = SynthConfig(
+        patients=patients,
+        hgg_fraction=hgg_fraction,
+        shape=tuple(shape),
+        layout=layout,
+        fmt=fmt,
+        seed=seed,
+    )
     t0 = time.perf_counter()
-    rows = synthesize(cfg, out, jobs=jobs, overwrite=overwrite)
+    rows = synthesize(cfg, out, jobs=jobs or -1, overwrite=overwrite)
     n_hgg = sum(r["label"] for r in rows)
     click.echo(
-        f"wrote {len(rows)} patients ({n_hgg} HGG, {len(rows) - n_hgg} LGG) to {out} "
+        f"wrote {len(rows)} patients (HGG {n_hgg}, LGG {len(rows) - n_hgg}) to {out} "
         f"in {time.perf_counter() - t0:.1f} s; parameters in {out / 'truth.csv'}"
     )
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.argument("patient_id", required=False)
+@click.argument("source", metavar="SOURCE", type=click.Path(exists=True, path_type=Path))
+@click.argument("patient_id", metavar="[PATIENT_ID]", required=False)
 @click.option(
     "--out",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="PNG file to write",
+    help="PNG file to write.",
 )
 @click.option(
     "--montage",
     is_flag=True,
     default=False,
     show_default=True,
-    help="show every slice of the slab, one row per modality",
+    help="Show every slice of the slab, one row per modality.",
 )
-@click.option("--modalities", default=None, metavar="LIST",
-              help="comma-separated modalities in display order [default: flair,t1,t1ce,t2, "
-                   "or the store's]")  # fmt: skip
+@click.option(
+    "--modalities",
+    default=None,
+    help="Modalities to show, comma-separated, in order [default: flair,t1,t1ce,t2; for a "
+    "store, all of its modalities].",
+)
 @click.option(
     "--slices",
     type=click.IntRange(min=1),
     default=32,
     show_default=True,
-    help="slab depth kept from a raw folder (a store records its own)",
+    help="Central slices kept from a raw folder (a store records its own).",
 )
 @click.option(
     "--contours/--no-contours",
     default=False,
     show_default=True,
-    help="outline the segmentation's regions (raw folders with a *seg* file)",
+    help="Outline the tumour regions of the folder's *seg* file (raw folders only).",
 )
 @handle_errors
-def show(source: Path, patient_id: str | None, out: Path, montage: bool, modalities: str | None,
-         slices: int, contours: bool) -> None:  # fmt: skip
-    """Draw what preprocessing keeps of one patient as a PNG.
+def show(
+    source: Path,
+    patient_id: str | None,
+    out: Path,
+    montage: bool,
+    modalities: str | None,
+    slices: int,
+    contours: bool,
+) -> None:
+    """Draw what preprocessing keeps of one patient as a PNG (middle slice of each modality).
 
-    SOURCE is a patient folder, a cohort folder plus PATIENT_ID, or an .h5 store plus PATIENT_ID.
-    Raw folders get the same min–max normalisation and central slab as `smri preprocess`.
+    SOURCE is a patient folder, a cohort folder plus PATIENT_ID, or an .h5 store plus
+    PATIENT_ID. Raw folders get the same min–max normalisation and central slab as
+    `smri preprocess`.
     """
     import matplotlib
 
@@ -140,6 +158,13 @@ def show(source: Path, patient_id: str | None, out: Path, montage: bool, modalit
     from smri.show import show_patient
 
     names = parse_modalities(modalities) if modalities is not None else None
-    patient = show_patient(source, patient_id, out, modalities=names, slices=slices,
-                           montage=montage, contours=contours)  # fmt: skip
-    click.echo(f"wrote {out} ({patient.patient_id}, {patient.label_text})")
+    patient = show_patient(
+        source,
+        patient_id,
+        out,
+        modalities=names,
+        slices=slices,
+        montage=montage,
+        contours=contours,
+    )
+    click.echo(f"wrote {out} ({patient.patient_id}, class {patient.label_text})")
