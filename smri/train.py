@@ -542,7 +542,7 @@ def train(
     """Train one split or every fold into `out`; for K folds, summary.json holds mean ± std."""
     setup, model_cfg, splits = plan(store, model_cfg, cfg)
     if resume:
-        _check_resume(out, setup)
+        _check_resume(out, setup, [split_json(s, setup.patient_ids) for s in splits])
     else:
         prepare_out(out, overwrite)
     _write_json(out / "config.json", run_config(model_cfg, cfg, setup))
@@ -613,7 +613,7 @@ def _merge_predictions(out: Path, folds: int) -> None:
     (out / "predictions.csv").write_text("\n".join(lines) + "\n")
 
 
-def _check_resume(out: Path, setup: _Setup) -> None:
+def _check_resume(out: Path, setup: _Setup, splits: list[dict[str, Any]]) -> None:
     if not (out / "config.json").exists():
         raise ConfigError(f"{out} is not an smri run folder (no config.json)", option="--resume")
     saved = json.loads((out / "config.json").read_text())["store"]
@@ -624,6 +624,16 @@ def _check_resume(out: Path, setup: _Setup) -> None:
     ]
     if diffs:
         raise DataError(f"the store differs from the one {out} was trained on: " + "; ".join(diffs))
+    saved_split = (
+        json.loads((out / "split.json").read_text()) if (out / "split.json").exists() else None
+    )
+    if saved_split is not None:
+        saved_list = saved_split if isinstance(saved_split, list) else [saved_split]
+        if [(d["train"], d["val"]) for d in saved_list] != [(d["train"], d["val"]) for d in splits]:
+            raise DataError(
+                f"the split recomputed from the store differs from {out / 'split.json'}; "
+                "was the store rebuilt with other patients? Start a new run instead"
+            )
 
 
 def load_run_config(run: Path) -> tuple[Path, ModelConfig, TrainConfig]:
