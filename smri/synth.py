@@ -75,8 +75,8 @@ PARTIAL_SUFFIX = ".partial"
 NOISE_OFFSET = 7919  # voxels between the noise windows of one patient's images
 
 # Tissue labels of the phantom (uint8); the segmentation maps the tumour ones to BraTS labels.
-(AIR, SKIN, FAT, SKULL, CSF, GM, WM, VENT, SINUS, PLEXUS, SPOT, OEDEMA, CORE, NECROSIS,
- ENHANCING) = range(15)  # fmt: skip
+AIR, SKIN, FAT, SKULL, CSF, GM, WM, VENT, SINUS, PLEXUS, SPOT = range(11)
+OEDEMA, CORE, NECROSIS, ENHANCING = range(11, 15)  # the tumour: labels >= OEDEMA
 N_LABELS = 15
 SEG_OF_LABEL = np.zeros(N_LABELS, dtype=np.uint8)
 SEG_OF_LABEL[[CORE, NECROSIS]] = 1  # NCR/NET
@@ -213,8 +213,9 @@ def smooth_field(
     return out.reshape(len(coords[0]), len(coords[1]), len(coords[2]))
 
 
-def _box(centre: np.ndarray, half: np.ndarray, lo: np.ndarray, step: np.ndarray,
-         n: np.ndarray) -> tuple[slice, slice, slice] | None:  # fmt: skip
+def _box(
+    centre: np.ndarray, half: np.ndarray, lo: np.ndarray, step: np.ndarray, n: np.ndarray
+) -> tuple[slice, slice, slice] | None:
     """Index slices (z, y, x) of the voxels within `half` mm of `centre` (mm), or None if empty."""
     first = np.floor((centre - half - lo) / step).astype(int)
     last = np.ceil((centre + half - lo) / step).astype(int) + 1
@@ -320,101 +321,118 @@ def _contrast_table(rng: np.random.Generator, enhancement: float) -> dict[str, n
     return {m: values[:, j].astype(np.float32) for j, m in enumerate(MODALITIES)}
 
 
-def make_phantom(seed: int, index: int, grade: str, shape: tuple[int, int, int]) -> Phantom:
-    """Generate one patient from ``default_rng([seed, index])``: volumes, segmentation, truth."""
-    rng = np.random.default_rng([seed, index])
+@dataclass
+class _Head:
+    """One phantom head inside its bounding box: mm coordinates, tissue labels, surface distance."""
+
+    box: tuple[slice, slice, slice]  # the head's (z, y, x) box in the full grid
+    local: tuple[np.ndarray, np.ndarray, np.ndarray]  # mm from the brain centre, per axis
+    centre: tuple[float, float, float]  # brain centre (x, y, z) in mm of the field of view
+    semi_axes: tuple[float, float, float]  # brain semi-axes (x, y, z) in mm
+    yaw: float  # in-plane rotation of the brain frame, radians
+    lab: np.ndarray  # uint8 tissue labels, (z, y, x) over the box
+    outside: np.ndarray  # float32 ~ mm outside the brain surface (negative inside)
+
+    def to_local(self, bx: float, by: float, bz: float) -> np.ndarray:
+        """Brain-frame mm (x, y, z) -> local box coordinates (z, y, x)."""
+        cos, sin = math.cos(self.yaw), math.sin(self.yaw)
+        return np.array([bz, sin * bx + cos * by, cos * bx - sin * by])
+
+
+def _make_head(rng: np.random.Generator, shape: tuple[int, int, int]) -> _Head:
+    """A head of random size, position and yaw: scalp, skull, CSF, cortex, WM, ventricles."""
     nx, ny, nz = shape
     sx, sy, sz = spacing_of(shape)
-    # Voxel-centre coordinates in mm, (z, y, x) order as the arrays are laid out.
-    axes_mm = (
-        (np.arange(nz) + 0.5) * sz,
-        (np.arange(ny) + 0.5) * sy,
-        (np.arange(nx) + 0.5) * sx,
-    )
-
-    # --- anatomy parameters
     scale = rng.uniform(0.86, 1.06)
     ax, ay, az = scale * np.array([66.0, 84.0, 64.0]) * rng.uniform(0.96, 1.04, size=3)
     cx = FOV_MM[0] / 2 + rng.normal(0, 4)
     cy = FOV_MM[1] / 2 + rng.normal(0, 5)
     cz = min(FOV_MM[2] / 2 + rng.normal(0, 3), FOV_MM[2] - az - 2)
     yaw = rng.normal(0, 0.06)
-    cos, sin = math.cos(yaw), math.sin(yaw)
-    t_csf, t_skull, t_fat, t_skin = (rng.uniform(1.5, 3), rng.uniform(4, 7), rng.uniform(2.5, 6),
-                                     rng.uniform(1.5, 2.5))  # fmt: skip
-    shell = t_csf + t_skull + t_fat + t_skin
+    cos, sin = np.float32(math.cos(yaw)), np.float32(math.sin(yaw))
+    layers = np.array(
+        [rng.uniform(1.5, 3), rng.uniform(4, 7), rng.uniform(2.5, 6), rng.uniform(1.5, 2.5)]
+    )  # CSF, skull, fat, skin thickness in mm
     r_mean = (ax + ay + az) / 3
 
-    # Head bounding box (everything outside is air = 0).
-    reach = np.array([az, max(ax, ay), max(ax, ay)]) * (1 + (shell + 4) / min(ax, ay, az))
-    head = _box(np.array([cz, cy, cx]), reach, np.array([a[0] for a in axes_mm]),
-                np.array([sz, sy, sx]), np.array([nz, ny, nx]))  # fmt: skip
-    assert head is not None  # the brain centre is always inside the field of view
-    z = (axes_mm[0][head[0]] - cz).astype(np.float32)
-    y = (axes_mm[1][head[1]] - cy).astype(np.float32)
-    x = (axes_mm[2][head[2]] - cx).astype(np.float32)
+    # Everything outside the head's box is air (0), so the work scales with the head.
+    reach = np.array([az, max(ax, ay), max(ax, ay)]) * (1 + (layers.sum() + 4) / min(ax, ay, az))
+    step = np.array([sz, sy, sx])
+    box = _box(np.array([cz, cy, cx]), reach, step / 2, step, np.array([nz, ny, nx]))
+    assert box is not None  # the brain centre always lies inside the field of view
+    z, y, x = (
+        ((np.arange(n)[b] + 0.5) * s - c).astype(np.float32)
+        for n, b, s, c in zip((nz, ny, nx), box, (sz, sy, sx), (cz, cy, cx), strict=True)
+    )
     local = (z, y, x)
-    xr = np.float32(cos) * x[None, :] + np.float32(sin) * y[:, None]  # brain frame, (ny, nx)
-    yr = np.float32(-sin) * x[None, :] + np.float32(cos) * y[:, None]
+    xr = cos * x[None, :] + sin * y[:, None]  # brain frame, (ny, nx)
+    yr = -sin * x[None, :] + cos * y[:, None]
     q = (xr / np.float32(ax)) ** 2 + (yr / np.float32(ay)) ** 2
     r = np.sqrt(q[None, :, :] + ((z / np.float32(az)) ** 2)[:, None, None])
     r *= 1 + 0.035 * smooth_field(rng, local, 40.0)
-    e = (r - 1) * np.float32(r_mean)  # ~ mm outside the brain surface (negative inside)
+    e = (r - 1) * np.float32(r_mean)
     del r
 
-    # --- tissue labels: shells outside the brain, cortex / white matter / CSF inside
+    # Shells outside the brain; inside, a cortical ribbon of varying thickness over white matter,
+    # sulci (thin sheets where a smooth field crosses zero) and the interhemispheric fissure.
     k = (e >= 0).astype(np.uint8)
-    for bound in np.cumsum([t_csf, t_skull, t_fat, t_skin]):
+    for bound in np.cumsum(layers):
         k += e >= bound
     lab = np.array([GM, CSF, SKULL, FAT, SKIN, AIR], dtype=np.uint8)[k]
     del k
     brain = e < 0
     cortex = 5.0 + 3.0 * smooth_field(rng, local, 10.0)
     np.maximum(cortex, 1.5, out=cortex)
-    cortex += e  # > 0 within the cortical ribbon (depth below the surface < its thickness)
+    cortex += e  # > 0 within the ribbon: depth below the surface < the ribbon's thickness
     lab[brain & (cortex <= 0)] = WM
     sulci = np.abs(smooth_field(rng, local, 8.0)) < 0.09
     sulci &= cortex > 0.5
     sulci &= brain
     lab[sulci] = CSF
     del cortex, sulci
-    fissure_xy = np.abs(xr) < rng.uniform(0.8, 1.6)
-    fissure = fissure_xy[None] & ((z > 0.2 * az)[:, None, None] | (np.abs(yr) > 0.45 * ay)[None])
+    fissure = (np.abs(xr) < rng.uniform(0.8, 1.6))[None] & (
+        (z > 0.2 * az)[:, None, None] | (np.abs(yr) > 0.45 * ay)[None]
+    )
     lab[fissure & brain] = CSF
     del fissure
 
-    # Deep grey matter, ventricles (size varies: atrophy), choroid plexus, sagittal sinus.
-    def to_local(bx: float, by: float, bz: float) -> tuple[float, float, float]:
-        return (bz, sin * bx + cos * by, cos * bx - sin * by)  # brain frame -> local (z, y, x)
-
+    head = _Head(box, local, (cx, cy, cz), (ax, ay, az), yaw, lab, e)
+    # Deep grey matter; ventricles whose width varies (atrophy); choroid plexus; sagittal sinus.
     for side in (-1, 1):
-        _paint_ellipsoid(lab, local, to_local(side * 0.3 * ax, 0.0, -0.05 * az),
-                         (0.15 * az, 0.2 * ay, 0.14 * ax), GM, brain)  # fmt: skip
+        centre = head.to_local(side * 0.3 * ax, 0.0, -0.05 * az)
+        _paint_ellipsoid(lab, local, centre, (0.15 * az, 0.2 * ay, 0.14 * ax), GM, brain)
     vent_w = rng.uniform(2.5, 9.0)
     for side in (-1, 1):
         off = side * (vent_w + 1.5)
-        _paint_ellipsoid(lab, local, to_local(off, 0.05 * ay, 0.12 * az),
-                         (0.13 * az, 0.33 * ay, vent_w), VENT, brain)  # fmt: skip
-        _paint_ellipsoid(lab, local, to_local(off, -0.2 * ay, 0.1 * az),
-                         (3.0, 5.0, min(2.5, vent_w)), PLEXUS, brain)  # fmt: skip
-    _paint_ellipsoid(lab, local, to_local(0.0, 0.0, -0.02 * az), (8.0, 12.0, 1.5), VENT, brain)
-    sinus = (np.abs(xr) < 3.0)[None] & (e > -1.5) & (e < t_csf + 1.0)
+        centre = head.to_local(off, 0.05 * ay, 0.12 * az)
+        _paint_ellipsoid(lab, local, centre, (0.13 * az, 0.33 * ay, vent_w), VENT, brain)
+        centre = head.to_local(off, -0.2 * ay, 0.1 * az)
+        _paint_ellipsoid(lab, local, centre, (3.0, 5.0, min(2.5, vent_w)), PLEXUS, brain)
+    centre = head.to_local(0.0, 0.0, -0.02 * az)
+    _paint_ellipsoid(lab, local, centre, (8.0, 12.0, 1.5), VENT, brain)
+    sinus = (np.abs(xr) < 3.0)[None] & (e > -1.5) & (e < layers[0] + 1.0)
     sinus &= (z > 0.15 * az)[:, None, None]
     lab[sinus] = SINUS
     del sinus
     in_fat = lab == FAT
-    for _ in range(int(rng.integers(2, 7))):  # bright scalp spots: vary the volume max
+    for _ in range(int(rng.integers(2, 7))):  # bright scalp spots: the volume max varies
         ez, ey, ex = rng.uniform(-1, 1, size=3) * np.array([az, ay, ax]) * 1.05
-        _paint_ellipsoid(lab, local, to_local(ex, ey, ez), tuple(rng.uniform(2, 5, size=3)),
-                         SPOT, in_fat)  # fmt: skip
-    del in_fat
+        radii = tuple(rng.uniform(2, 5, size=3))
+        _paint_ellipsoid(lab, local, head.to_local(ex, ey, ez), radii, SPOT, in_fat)
+    return head
 
-    # --- tumour
-    tp = _tumour_params(rng, grade)
+
+def _tumour_centre(
+    rng: np.random.Generator, head: _Head, shape: tuple[int, int, int]
+) -> np.ndarray:
+    """A tumour centre (local z, y, x mm) in one hemisphere, mostly inside the central slab."""
+    nz = shape[2]
+    sz = spacing_of(shape)[2]
+    ax, ay, az = head.semi_axes
+    cz = head.centre[2]
     slab0 = (nz - SLAB) // 2
     in_slab = bool(rng.random() < P_IN_SLAB)
     side = 1.0 if rng.random() < 0.5 else -1.0
-    centre_local = None
     for _ in range(200):
         if in_slab:
             zi = rng.uniform(slab0 + 1.5, slab0 + SLAB - 1.5)
@@ -426,87 +444,115 @@ def make_phantom(seed: int, index: int, grade: str, shape: tuple[int, int, int])
         bx = side * rng.uniform(0.15, 0.55) * ax
         by = rng.uniform(-0.55, 0.55) * ay
         if (bx / ax) ** 2 + (by / ay) ** 2 + (tz / az) ** 2 < 0.6**2:
-            centre_local = np.array(to_local(bx, by, tz))
-            break
-    if centre_local is None:  # tiny Z: fall back to a central position in the slab
-        tz = (slab0 + SLAB / 2) * sz - cz
-        centre_local = np.array(to_local(side * 0.35 * ax, 0.0, tz))
+            return head.to_local(bx, by, tz)
+    tz = (slab0 + SLAB / 2) * sz - cz  # few slices: fall back to the middle of the slab
+    return head.to_local(side * 0.35 * ax, 0.0, tz)
+
+
+def _paint_tumour(
+    rng: np.random.Generator, head: _Head, grade: str, tp: dict[str, Any], centre: np.ndarray
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+    """Paint oedema, core, necrosis and enhancement into `head.lab`; return (box, texture)."""
     radii = tp["radii"]
     ef = tp["oedema_factor"]
-    half = radii.max() * ef * 1.35 + 2.0
-    lo = np.array([a[0] for a in local])
-    step = np.array([sz, sy, sx])
-    tbox = _box(centre_local, np.full(3, half), lo, step, np.array(lab.shape))
-    tex = None
-    if tbox is not None:
-        tz_, ty_, tx_ = (a[b] - c for a, b, c in zip(local, tbox, centre_local, strict=True))
-        cphi, sphi = math.cos(tp["yaw"]), math.sin(tp["yaw"])
-        ux = cphi * tx_[None, :] + sphi * ty_[:, None]
-        uy = -sphi * tx_[None, :] + cphi * ty_[:, None]
-        qxy = (ux / radii[2]) ** 2 + (uy / radii[1]) ** 2
-        rho = np.sqrt(qxy[None] + ((tz_ / radii[0]) ** 2)[:, None, None]).astype(np.float32)
-        tcoords = (tz_, ty_, tx_)
-        rho_core = rho * (1 + 0.10 * smooth_field(rng, tcoords, 8.0))
-        rho_oed = rho * np.clip(1 - 0.2 * smooth_field(rng, tcoords, 10.0), 0.5, None)
-        patch = smooth_field(rng, tcoords, 6.0)
-        tex = 1 + 0.06 * smooth_field(rng, tcoords, 5.0)
-        inside = e[tbox] < 0
-        sub = lab[tbox]
-        sub[inside & (rho_oed < ef)] = OEDEMA
-        core = inside & (rho_core < 1)
-        if grade == "HGG":
-            sub[core] = ENHANCING
-            sub[core & (rho_core < tp["necrosis_fraction"])] = NECROSIS
-        else:
-            sub[core] = CORE
-            if tp["enhancement"] > 0:
-                sub[core & (patch > 0.6)] = ENHANCING
+    half = np.full(3, radii.max() * ef * 1.35 + 2.0)
+    lo = np.array([a[0] for a in head.local])
+    step = np.array([a[1] - a[0] if len(a) > 1 else 1.0 for a in head.local])
+    box = _box(centre, half, lo, step, np.array(head.lab.shape))
+    if box is None:
+        return None
+    tz, ty, tx = (a[b] - c for a, b, c in zip(head.local, box, centre, strict=True))
+    cphi, sphi = math.cos(tp["yaw"]), math.sin(tp["yaw"])
+    ux = cphi * tx[None, :] + sphi * ty[:, None]
+    uy = -sphi * tx[None, :] + cphi * ty[:, None]
+    qxy = (ux / radii[2]) ** 2 + (uy / radii[1]) ** 2
+    rho = np.sqrt(qxy[None] + ((tz / radii[0]) ** 2)[:, None, None]).astype(np.float32)
+    coords = (tz, ty, tx)
+    rho_core = rho * (1 + 0.10 * smooth_field(rng, coords, 8.0))  # lobulated core
+    rho_oed = rho * np.clip(1 - 0.2 * smooth_field(rng, coords, 10.0), 0.5, None)  # fingers
+    patch = smooth_field(rng, coords, 6.0)
+    texture = 1 + 0.06 * smooth_field(rng, coords, 5.0)
+    inside = head.outside[box] < 0
+    sub = head.lab[box]
+    sub[inside & (rho_oed < ef)] = OEDEMA
+    core = inside & (rho_core < 1)
+    if grade == "HGG":
+        sub[core] = ENHANCING
+        sub[core & (rho_core < tp["necrosis_fraction"])] = NECROSIS
+    else:
+        sub[core] = CORE
+        if tp["enhancement"] > 0:  # atypical LGG: faint, patchy enhancement
+            sub[core & (patch > 0.6)] = ENHANCING
+    return box, texture
 
-    # --- intensities per modality: contrast table, bias field, Rician-like noise, gain
-    contrast = _contrast_table(rng, tp["enhancement"])
+
+def _render(
+    rng: np.random.Generator,
+    lab: np.ndarray,
+    contrast: dict[str, np.ndarray],
+    local: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tumour: tuple[tuple[slice, slice, slice], np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """Per-modality float32 images over the box: contrast, tumour texture, bias, noise, gain."""
     head_mask = lab != AIR
-    tumour_sel = None
-    if tbox is not None and tex is not None:
-        tumour_sel = lab[tbox] >= OEDEMA
-    volumes = {}
-    buf = np.empty(lab.shape, dtype=np.float32)
-    noise = np.empty(lab.shape, dtype=np.float32)
-    # One pool of normal noise; each modality's two channels read it at distinct offsets
-    # (i.i.d. within every image, independent across images at a voxel; 8x cheaper to draw).
+    selected = lab[tumour[0]] >= OEDEMA if tumour is not None else None
+    # One pool of normal noise; each image's two channels read it at distinct offsets
+    # (i.i.d. within every image, independent across images at a voxel, 8x cheaper to draw).
     n_vox = lab.size
     pool = rng.standard_normal(n_vox + 8 * NOISE_OFFSET, dtype=np.float32)
     windows = iter(range(8))
+    noise = np.empty(lab.shape, dtype=np.float32)
+    images = {}
     for name in MODALITIES:
-        gain = rng.uniform(250, 1100)
+        gain = np.float32(rng.uniform(250, 1100))
         sigma = np.float32(rng.uniform(0.015, 0.04))
-        np.take(contrast[name], lab, out=buf)
-        if tumour_sel is not None:
-            sub = buf[tbox]
-            sub[tumour_sel] *= tex[tumour_sel]
-        buf *= np.exp(0.12 * smooth_field(rng, local, 80.0))
-        buf += _window(pool, next(windows), n_vox, lab.shape, sigma, noise)
-        np.square(buf, out=buf)
+        img = np.take(contrast[name], lab)
+        if tumour is not None:
+            sub = img[tumour[0]]
+            sub[selected] *= tumour[1][selected]
+        img *= np.exp(0.12 * smooth_field(rng, local, 80.0))  # smooth multiplicative bias
+        img += _window(pool, next(windows), n_vox, lab.shape, sigma, noise)  # Rician-like:
+        np.square(img, out=img)  # |signal + n1 + i n2|
         np.square(_window(pool, next(windows), n_vox, lab.shape, sigma, noise), out=noise)
-        buf += noise
-        np.sqrt(buf, out=buf)
-        buf *= np.float32(gain)
-        buf *= head_mask
-        np.rint(buf, out=buf)
-        np.clip(buf, 0, 32767, out=buf)
+        img += noise
+        np.sqrt(img, out=img)
+        img *= gain
+        img *= head_mask  # air stays exactly 0, as in BraTS
+        np.rint(img, out=img)
+        np.clip(img, 0, 32767, out=img)
+        images[name] = img
+    return images
+
+
+def make_phantom(seed: int, index: int, grade: str, shape: tuple[int, int, int]) -> Phantom:
+    """Generate one patient from ``default_rng([seed, index])``: volumes, segmentation, truth."""
+    rng = np.random.default_rng([seed, index])
+    nx, ny, nz = shape
+    head = _make_head(rng, shape)
+    tp = _tumour_params(rng, grade)
+    centre = _tumour_centre(rng, head, shape)
+    tumour = _paint_tumour(rng, head, grade, tp, centre)
+    contrast = _contrast_table(rng, tp["enhancement"])
+    images = _render(rng, head.lab, contrast, head.local, tumour)
+
+    volumes = {}
+    for name, img in images.items():
         vol = np.zeros((nz, ny, nx), dtype=np.int16)
-        vol[head] = buf
+        vol[head.box] = img
         volumes[name] = vol.T  # (X, Y, Z), Fortran-ordered: written without a copy
     tissue = np.zeros((nz, ny, nx), dtype=np.uint8)
-    tissue[head] = lab
+    tissue[head.box] = head.lab
     seg = SEG_OF_LABEL[tissue]
 
+    spacing = spacing_of(shape)
+    centre_mm = centre[::-1] + np.array(head.centre)  # (x, y, z) in the field of view
     centre_vox = [
-        int(np.clip(np.floor((c + off) / s), 0, n - 1))
-        for c, off, s, n in zip(
-            centre_local[::-1], (cx, cy, cz), (sx, sy, sz), (nx, ny, nz), strict=True
-        )
+        int(np.clip(np.floor(c / s), 0, n - 1))
+        for c, s, n in zip(centre_mm, spacing, shape, strict=True)
     ]
+    slab0 = (nz - SLAB) // 2
     counts = np.bincount(seg.ravel(), minlength=5)
+    radii = tp["radii"]
     truth = {
         "grade": grade,
         "label": int(grade == "HGG"),
@@ -517,7 +563,7 @@ def make_phantom(seed: int, index: int, grade: str, shape: tuple[int, int, int])
         "radius_x_mm": round(float(radii[2]), 2),
         "radius_y_mm": round(float(radii[1]), 2),
         "radius_z_mm": round(float(radii[0]), 2),
-        "oedema_factor": round(float(ef), 3),
+        "oedema_factor": round(float(tp["oedema_factor"]), 3),
         "necrosis_fraction": round(float(tp["necrosis_fraction"]), 3),
         "enhancement": round(float(tp["enhancement"]), 3),
         "atypical": int(tp["atypical"]),
@@ -598,18 +644,17 @@ def _csv_bytes(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> bytes:
 
 def name_mapping_rows(specs: list[PatientSpec]) -> list[dict[str, str]]:
     """BraTS 2020 `name_mapping.csv` rows for the cohort (earlier-year ids made up alike)."""
-    rows = []
-    for s in specs:
-        tag = f"SYN_{s.index:04d}_1"
-        rows.append({
+    return [
+        {
             "Grade": s.grade,
-            "BraTS_2017_subject_ID": f"Brats17_{tag}",
-            "BraTS_2018_subject_ID": f"Brats18_{tag}",
+            "BraTS_2017_subject_ID": f"Brats17_SYN_{s.index:04d}_1",
+            "BraTS_2018_subject_ID": f"Brats18_SYN_{s.index:04d}_1",
             "TCGA_TCIA_subject_ID": "NA",
-            "BraTS_2019_subject_ID": f"BraTS19_{tag}",
+            "BraTS_2019_subject_ID": f"BraTS19_SYN_{s.index:04d}_1",
             "BraTS_2020_subject_ID": s.patient_id,
-        })  # fmt: skip
-    return rows
+        }
+        for s in specs
+    ]
 
 
 def own_entries(root: Path) -> list[Path]:
@@ -654,9 +699,13 @@ def remove_partials(root: Path) -> None:
 
 
 def synthesize(
-    cfg: SynthConfig, root: Path, *, jobs: int = -1, overwrite: bool = False,
+    cfg: SynthConfig,
+    root: Path,
+    *,
+    jobs: int = -1,
+    overwrite: bool = False,
     progress: bool | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Write the cohort `cfg` under `root` (parallel over patients); return the truth rows."""
     cfg.validate()
     root = Path(root)

@@ -113,8 +113,20 @@ def test_truth_matches_segmentation(cohort2019: Path) -> None:
 
 
 def test_layout_2020_and_uncompressed_format(tmp_path: Path) -> None:
-    result = run("synth", tmp_path / "c", "-n", 3, "--layout", "2020", "--format", "nii",
-                 "--shape", *SHAPE, "--jobs", 1)  # fmt: skip
+    result = run(
+        "synth",
+        tmp_path / "c",
+        "-n",
+        3,
+        "--layout",
+        "2020",
+        "--format",
+        "nii",
+        "--shape",
+        *SHAPE,
+        "--jobs",
+        1,
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 3 patients (HGG 2, LGG 1)" in result.output
     root = tmp_path / "c"
