@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import Counter
@@ -325,11 +327,12 @@ def run_preprocess(
     )
     notes: list[str] = []
     run_skipped = len(found.skipped)  # reported by discovery, not part of the resume state
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _DeferredInterrupt() as interrupt:
         # joblib warns about tasks it cancels when the run stops early; the error says why.
         warnings.filterwarnings("ignore", message=".*tasks have been successfully executed")
         try:
             for res in results:
+                interrupt.check()
                 done += 1
                 bar.update(1)
                 if isinstance(res, PatientError):
@@ -394,6 +397,37 @@ def run_preprocess(
     return PreprocessSummary(
         Path(output), per_class, _rows(skipped), time.perf_counter() - t0, notes
     )
+
+
+class _DeferredInterrupt:
+    """Turn Ctrl-C into a flag checked between patients, so the store is checkpointed cleanly.
+
+    A KeyboardInterrupt raised at an arbitrary bytecode can land in a finaliser and be
+    swallowed; here the first Ctrl-C only sets `requested` (a second one interrupts at once).
+    Signal handlers can only be set from the main thread; elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _rows(errors: list[PatientError]) -> list[dict[str, str]]:

@@ -7,6 +7,7 @@ instant and torch/matplotlib load only for the commands that need them.
 from __future__ import annotations
 
 import importlib
+import signal
 
 import click
 
@@ -61,3 +62,12 @@ def main() -> None:
     smri preprocess demo/ demo.h5    # NIfTI folders -> one HDF5 store (parallel)
     smri train demo.h5 --model cnn2  # CNN-LSTM on the store (GPU if present)
     """
+
+
+def entry() -> None:
+    """The console script: run `main`; a Ctrl-C during interpreter teardown (after the command
+    has finished and its outputs are in place) is ignored instead of printing a traceback."""
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,83 @@
+"""Killing `smri preprocess` at random points loses nothing; `--resume` finishes the job."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from smri.preprocess import PreprocessConfig, run_preprocess
+
+
+def _cmd(root, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "smri",
+        "preprocess",
+        str(root),
+        str(out),
+        "--slices",
+        "16",
+        "-j",
+        "1",
+        *extra,
+    ]
+
+
+def _same_store(a, b):
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert fa["images"][:].tobytes() == fb["images"][:].tobytes()
+        assert fa["labels"][:].tobytes() == fb["labels"][:].tobytes()
+        assert list(fa["patient_id"].asstr()[:]) == list(fb["patient_id"].asstr()[:])
+
+
+def _written_since(path, t_ns):
+    try:
+        return path.stat().st_mtime_ns >= t_ns
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_preprocess_resumes_to_the_same_store(brats2019, tmp_path, sig):
+    root, _ = brats2019(n_hgg=14, n_lgg=10, shape=(40, 48, 60))
+    ref = tmp_path / "ref.h5"
+    run_preprocess(
+        root, ref, PreprocessConfig(slices=16), jobs=1, progress=False, echo=lambda _: None
+    )
+    out = tmp_path / "s.h5"
+    out.write_bytes(b"previous complete file")
+    partial = tmp_path / ".s.h5.partial"
+    rng = np.random.default_rng(int(sig))
+    interrupted = 0
+    for _attempt in range(3):
+        started = time.time_ns()
+        proc = subprocess.Popen(
+            _cmd(root, out, "--overwrite", "--resume"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        while proc.poll() is None and not _written_since(partial, started):  # wait until it writes
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))  # then a random point of the run
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert b"Traceback" not in err
+        if proc.returncode == 0:  # finished before the signal: the new store is complete
+            break
+        interrupted += 1
+        assert out.read_bytes() == b"previous complete file"
+    assert interrupted > 0
+    res = subprocess.run(
+        _cmd(root, out, "--overwrite", "--resume"), capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    _same_store(ref, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "ref.h5", "s.h5"]
