@@ -3,7 +3,11 @@
 Generates phantoms in memory (no files), applies the preprocessing (min–max over the volume,
 central 32-slice slab), computes per-modality mean/std/max/percentiles and reports the
 cross-validated AUC of a logistic regression on them. Target: <= 0.75 (the CNNs must have to
-look at spatial structure). Usage: python benchmarks/bench_synth_difficulty.py [N] [X Y Z] [seed]
+look at spatial structure).
+
+    python benchmarks/bench_synth_difficulty.py [N [X Y Z [SEED [HGG_FRACTION]]]]
+
+Defaults: 80 patients, 96x96x155 (BraTS depth, so the slab spans the same 32 mm), seed 0, 0.5.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from joblib import Parallel, delayed
 from smri.synth import SynthConfig, cohort, phantom_features, stats_only_auc
 
 
-def measure(n: int, shape: tuple[int, int, int], seed: int, jobs: int = -1) -> dict[str, float]:
+def measure(
+    n: int, shape: tuple[int, int, int], seed: int, fraction: float = 0.5, jobs: int = -1
+) -> dict[str, float]:
     """Stats-only AUC and timing for an `n`-patient cohort of `shape`."""
-    cfg = SynthConfig(patients=n, shape=shape, seed=seed)
+    cfg = SynthConfig(patients=n, shape=shape, seed=seed, hgg_fraction=fraction)
     specs = cohort(cfg)
     t0 = time.perf_counter()
     feats = Parallel(n_jobs=jobs)(
@@ -39,7 +45,8 @@ def main(argv: list[str]) -> None:
     n = int(argv[0]) if argv else 80
     shape = tuple(int(v) for v in argv[1:4]) if len(argv) >= 4 else (96, 96, 155)
     seed = int(argv[4]) if len(argv) >= 5 else 0
-    r = measure(n, shape, seed)
+    fraction = float(argv[5]) if len(argv) >= 6 else 0.5
+    r = measure(n, shape, seed, fraction)
     print("| cohort | shape | seed | stats-only LR AUC (5-fold x4) | generation s |")
     print("|---|---|---|---|---|")
     print(

@@ -166,3 +166,13 @@ def test_slab_figure_titles() -> None:
     assert [ax.get_title() for ax in fig.axes] == ["flair · slab slice 5/8", "t1 · slab slice 5/8"]
     assert fig._suptitle.get_text() == "P1 · class LGG (0)"
     assert len(slab_figure(patient, montage=True).axes) == 2
+
+
+def test_class_from_name_mapping_in_2020_layout(tmp_path: Path) -> None:
+    root = tmp_path / "c20"
+    synthesize(SynthConfig(patients=2, hgg_fraction=0.0, shape=SHAPE, layout="2020"), root, jobs=1)
+    out = tmp_path / "p.png"
+    result = run("show", root, "BraTS20_Training_002", "--out", out, "--modalities", "t1")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"wrote {out} (BraTS20_Training_002, class LGG (0))\n"
+    assert png_size(out)[0] == round(3.2 * 150)
