@@ -7,12 +7,9 @@ store's preprocessing config, so `evaluate` and `predict` need nothing else.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from smri import __version__
 from smri.checkpoint import (
     checkpoint_header,
     load_checkpoint,
@@ -45,22 +41,20 @@ from smri.data import (
 from smri.errors import ConfigError, DataError
 from smri.metrics import binary_metrics
 from smri.models import ModelConfig, build_model, count_parameters
+from smri.runs import (
+    fold_summary,
+    merge_predictions,
+    prepare_out,
+    read_metrics,
+    split_json,
+    summary_line,
+    versions,
+    write_json,
+    write_metrics,
+    write_predictions,
+)
 from smri.store import StoreInfo, StoreReader
 
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "val_balanced_accuracy",
-    "val_auc",
-    "val_sensitivity",
-    "val_specificity",
-    "lr",
-    "seconds",
-    "patients_per_s",
-)
 Log = Callable[[str], None]
 
 
@@ -204,45 +198,6 @@ def make_splits(setup: _Setup, cfg: TrainConfig) -> list[Split]:
     return splits
 
 
-def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
-    """split.json content: patient ids of each side, and how the split was made."""
-    return {
-        "seed": split.seed,
-        "val_fraction": split.val_fraction,
-        "folds": split.folds,
-        "fold": split.fold,
-        "train": [ids[i] for i in split.train],
-        "val": [ids[i] for i in split.val],
-    }
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _versions() -> dict[str, str | None]:
-    import h5py
-
-    return {
-        "smri": __version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def run_config(model_cfg: ModelConfig, cfg: TrainConfig, setup: _Setup) -> dict[str, Any]:
     """config.json content."""
     return {
@@ -250,30 +205,8 @@ def run_config(model_cfg: ModelConfig, cfg: TrainConfig, setup: _Setup) -> dict[
         "train": asdict(cfg),
         "resolved": {"device": str(setup.device), "cache": setup.cache, "amp_bf16": setup.amp},
         "store": setup.info.as_dict(),
-        "versions": _versions(),
+        "versions": versions(),
     }
-
-
-def _read_metrics(path: Path, upto: int | None = None) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    return [r for r in rows if upto is None or r["epoch"] <= upto]
-
-
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
 
 
 def fit(
@@ -334,8 +267,8 @@ def fit(
         set_rng_state(ckpt["rng"])
         start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
         log(f"resuming {out} after epoch {start_epoch}")
-    rows = _read_metrics(metrics_path, upto=start_epoch)
-    _write_metrics(metrics_path, rows)
+    rows = read_metrics(metrics_path, upto=start_epoch)
+    write_metrics(metrics_path, rows)
 
     params = count_parameters(net)
     log(
@@ -386,7 +319,7 @@ def fit(
                     "best": best,
                 },
             )
-            _write_metrics(metrics_path, rows)
+            write_metrics(metrics_path, rows)
             log(_epoch_line(row, cfg.epochs, improved))
         return _finish(out, split, setup, net, model_cfg, rows, params, val_batches, criterion)
     finally:
@@ -446,7 +379,7 @@ def _finish(
         "epoch_seconds_mean": float(np.mean([r["seconds"] for r in rows])),
         "patients_per_s_mean": float(np.mean([r["patients_per_s"] for r in rows])),
     }
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     from smri.plots import loss_curve_figure, save_figure
 
     save_figure(
@@ -459,45 +392,6 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
-
-
-def write_predictions(
-    path: Path,
-    ids: list[str],
-    labels: np.ndarray,
-    probs: np.ndarray,
-    classes: dict[str, int],
-    fold: int | None = None,
-) -> None:
-    """predictions.csv: patient_id, label, probability of class 1, predicted class (and fold)."""
-    names = {v: k for k, v in classes.items()}
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["patient_id", "label", "probability", "predicted", "fold"])
-        for pid, y, p in zip(ids, labels, probs, strict=True):
-            pred = names.get(int(p >= 0.5), str(int(p >= 0.5)))
-            writer.writerow([pid, int(y), f"{p:.6f}", pred, "" if fold is None else fold])
-
-
-# --------------------------------------------------------------------------- run folders, folds
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse a non-empty `out` unless --overwrite (and then only an smri run folder)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder", option="--out")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"{out} exists and is not empty; choose another --out, add --overwrite, "
-                f"or continue it with --resume {out}",
-                option="--out",
-            )
-        if not (out / "config.json").exists():
-            raise ConfigError(
-                f"{out} is not an smri run folder (no config.json); not deleting it",
-                option="--out",
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def plan(
@@ -545,11 +439,11 @@ def train(
         _check_resume(out, setup, [split_json(s, setup.patient_ids) for s in splits])
     else:
         prepare_out(out, overwrite)
-    _write_json(out / "config.json", run_config(model_cfg, cfg, setup))
+    write_json(out / "config.json", run_config(model_cfg, cfg, setup))
     if cfg.folds is None or cfg.fold is not None:
-        _write_json(out / "split.json", split_json(splits[0], setup.patient_ids))
+        write_json(out / "split.json", split_json(splits[0], setup.patient_ids))
         return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, log=log)
-    _write_json(out / "split.json", [split_json(s, setup.patient_ids) for s in splits])
+    write_json(out / "split.json", [split_json(s, setup.patient_ids) for s in splits])
     summaries = []
     for split in splits:
         fold_dir = out / f"fold{split.fold}"
@@ -560,57 +454,23 @@ def train(
             continue
         log(f"fold {split.fold}/{cfg.folds}")
         fold_dir.mkdir(exist_ok=True)
-        _write_json(
+        write_json(
             fold_dir / "config.json", run_config(model_cfg, replace(cfg, fold=split.fold), setup)
         )
-        _write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
+        write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
         summaries.append(fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, log=log))
     summary = fold_summary(summaries)
-    _write_json(out / "summary.json", summary)
-    _merge_predictions(out, len(splits))
+    write_json(out / "summary.json", summary)
+    merge_predictions(out, len(splits))
     from smri.plots import fold_loss_figure, save_figure
 
-    rows = [_read_metrics(out / f"fold{k}" / "metrics.csv") for k in range(len(splits))]
+    rows = [read_metrics(out / f"fold{k}" / "metrics.csv") for k in range(len(splits))]
     save_figure(
         fold_loss_figure(rows, title=f"{model_cfg.name.upper()} loss, {cfg.folds} folds"),
         out / "loss_curve.png",
     )
     log(summary_line(summary))
     return summary
-
-
-def fold_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (population, ddof=0) over folds of each best-epoch validation metric."""
-    keys = summaries[0]["best"].keys()
-    return {
-        "model": summaries[0]["model"],
-        "parameters": summaries[0]["parameters"],
-        "device": summaries[0]["device"],
-        "folds": len(summaries),
-        "mean": {k: float(np.mean([s["best"][k] for s in summaries])) for k in keys},
-        "std": {k: float(np.std([s["best"][k] for s in summaries])) for k in keys},
-        "per_fold": [s["best"] for s in summaries],
-        "epoch_seconds_mean": float(np.mean([s["epoch_seconds_mean"] for s in summaries])),
-        "patients_per_s_mean": float(np.mean([s["patients_per_s_mean"] for s in summaries])),
-    }
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    """One line: the K-fold mean ± std of accuracy, balanced accuracy and AUC."""
-    parts = [
-        f"{k} {summary['mean'][k]:.3f} ± {summary['std'][k]:.3f}"
-        for k in ("accuracy", "balanced_accuracy", "auc")
-    ]
-    return f"{summary['folds']}-fold cross-validation: " + ", ".join(parts)
-
-
-def _merge_predictions(out: Path, folds: int) -> None:
-    """Out-of-fold predictions of every fold in one predictions.csv."""
-    lines: list[str] = []
-    for k in range(folds):
-        text = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()
-        lines.extend(text if not lines else text[1:])
-    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
 
 
 def _check_resume(out: Path, setup: _Setup, splits: list[dict[str, Any]]) -> None:

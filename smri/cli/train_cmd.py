@@ -278,7 +278,7 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
     """
     from smri.inference import evaluate_store
     from smri.plots import roc_figure, save_figure
-    from smri.train import write_predictions
+    from smri.runs import write_predictions
 
     result = evaluate_store(checkpoint, store, device=device, batch_size=batch_size, cache=cache,
                             workers=workers)  # fmt: skip

@@ -1,0 +1,167 @@
+"""Run-folder files: config/split/summary JSON, metrics.csv, predictions.csv, K-fold merges."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smri import __version__
+from smri.data import Split
+from smri.errors import ConfigError
+
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+    "val_auc",
+    "val_sensitivity",
+    "val_specificity",
+    "lr",
+    "seconds",
+    "patients_per_s",
+)
+
+
+def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
+    """split.json content: patient ids of each side, and how the split was made."""
+    return {
+        "seed": split.seed,
+        "val_fraction": split.val_fraction,
+        "folds": split.folds,
+        "fold": split.fold,
+        "train": [ids[i] for i in split.train],
+        "val": [ids[i] for i in split.val],
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def versions() -> dict[str, str | None]:
+    import h5py
+
+    return {
+        "smri": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def read_metrics(path: Path, upto: int | None = None) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    return [r for r in rows if upto is None or r["epoch"] <= upto]
+
+
+def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+
+
+def write_predictions(
+    path: Path,
+    ids: list[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: dict[str, int],
+    fold: int | None = None,
+) -> None:
+    """predictions.csv: patient_id, label, probability of class 1, predicted class (and fold)."""
+    names = {v: k for k, v in classes.items()}
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patient_id", "label", "probability", "predicted", "fold"])
+        for pid, y, p in zip(ids, labels, probs, strict=True):
+            pred = names.get(int(p >= 0.5), str(int(p >= 0.5)))
+            writer.writerow([pid, int(y), f"{p:.6f}", pred, "" if fold is None else fold])
+
+
+# --------------------------------------------------------------------------- run folders, folds
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty `out` unless --overwrite (and then only an smri run folder)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder", option="--out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"{out} exists and is not empty; choose another --out, add --overwrite, "
+                f"or continue it with --resume {out}",
+                option="--out",
+            )
+        if not (out / "config.json").exists():
+            raise ConfigError(
+                f"{out} is not an smri run folder (no config.json); not deleting it",
+                option="--out",
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def fold_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std (population, ddof=0) over folds of each best-epoch validation metric."""
+    keys = summaries[0]["best"].keys()
+    return {
+        "model": summaries[0]["model"],
+        "parameters": summaries[0]["parameters"],
+        "device": summaries[0]["device"],
+        "folds": len(summaries),
+        "mean": {k: float(np.mean([s["best"][k] for s in summaries])) for k in keys},
+        "std": {k: float(np.std([s["best"][k] for s in summaries])) for k in keys},
+        "per_fold": [s["best"] for s in summaries],
+        "epoch_seconds_mean": float(np.mean([s["epoch_seconds_mean"] for s in summaries])),
+        "patients_per_s_mean": float(np.mean([s["patients_per_s_mean"] for s in summaries])),
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line: the K-fold mean ± std of accuracy, balanced accuracy and AUC."""
+    parts = [
+        f"{k} {summary['mean'][k]:.3f} ± {summary['std'][k]:.3f}"
+        for k in ("accuracy", "balanced_accuracy", "auc")
+    ]
+    return f"{summary['folds']}-fold cross-validation: " + ", ".join(parts)
+
+
+def merge_predictions(out: Path, folds: int) -> None:
+    """Out-of-fold predictions of every fold in one predictions.csv."""
+    lines: list[str] = []
+    for k in range(folds):
+        text = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()
+        lines.extend(text if not lines else text[1:])
+    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
