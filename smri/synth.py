@@ -72,6 +72,7 @@ TRUTH_COLUMNS = (
 P_IN_SLAB = 0.88
 P_ATYPICAL = 0.06
 PARTIAL_SUFFIX = ".partial"
+MARKER = ".smri-synth"  # hidden file that marks a folder as a synth cohort (for --overwrite)
 NOISE_OFFSET = 7919  # voxels between the noise windows of one patient's images
 
 # Tissue labels of the phantom (uint8); the segmentation maps the tumour ones to BraTS labels.
@@ -658,42 +659,54 @@ def name_mapping_rows(specs: list[PatientSpec]) -> list[dict[str, str]]:
 
 
 def own_entries(root: Path) -> list[Path]:
-    """Entries of `root` that `smri synth` writes (any layout): what --overwrite removes."""
-    names = {"HGG", "LGG", "truth.csv", "name_mapping.csv"}
-    out = []
-    for p in sorted(root.iterdir()):
-        if (
-            p.name in names
-            or p.name.startswith("BraTS20_Training_")
-            or p.name.endswith(PARTIAL_SUFFIX)
-        ):
-            out.append(p)
-    return out
+    """Entries of `root` named as `smri synth` names them (any layout): what --overwrite removes."""
+    return [p for p in sorted(root.iterdir()) if _is_own(p.name) and p.name != MARKER]
+
+
+def _is_own(name: str) -> bool:
+    return (
+        name in {"HGG", "LGG", "truth.csv", "name_mapping.csv"}
+        or name.startswith(("BraTS19_SYN_", "BraTS20_Training_"))
+        or name.endswith(PARTIAL_SUFFIX)
+    )
 
 
 def prepare_output(root: Path, overwrite: bool) -> None:
-    """Create `root`, or clear a previous cohort there with `overwrite`; refuse otherwise."""
+    """Create `root`, or clear a previous synth cohort there with `overwrite`; refuse otherwise.
+
+    Only a folder that carries synth's marker file has entries removed, so `--overwrite` never
+    deletes a real BraTS copy that happens to use the same names.
+    """
     if root.exists() and not root.is_dir():
-        raise ConfigError(f"output {root} exists and is not a folder", option="OUT")
+        raise ConfigError(f"{root} exists and is not a folder", option="OUT")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
             raise ConfigError(
-                f"{root} is not empty; pass --overwrite to replace a cohort there",
-                option="OUT",
+                f"{root} is not empty; pass --overwrite to replace a cohort there", option="OUT"
             )
-        for p in own_entries(root):
+        entries = own_entries(root)
+        if entries and not (root / MARKER).is_file():
+            names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise ConfigError(
+                f"{root} holds {names}, which smri synth did not write (no {MARKER} file); "
+                "refusing to delete them: choose an empty folder",
+                option="--overwrite",
+            )
+        for p in entries:
             if p.is_dir():
                 shutil.rmtree(p)
             else:
                 p.unlink()
     root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("written by smri synth; `smri synth --overwrite` may replace it\n")
 
 
 def remove_partials(root: Path) -> None:
-    """Delete the `.partial` files (and emptied folders) an interrupted run left under `root`."""
+    """Delete the `.partial` files (and emptied patient folders) an interrupted run left."""
     for p in root.rglob(f".*{PARTIAL_SUFFIX}"):
         p.unlink(missing_ok=True)
-    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    folders = [p for p in root.rglob("*") if p.is_dir() and _is_own(p.name)]
+    for d in sorted(folders, key=lambda p: -len(p.parts)):
         if not any(d.iterdir()):
             d.rmdir()
 
@@ -743,7 +756,7 @@ def _run(
             return
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(write_patient)(cfg.seed, spec, cfg.shape, root, cfg.fmt) for spec in specs
         )
         for row in results:

@@ -70,7 +70,12 @@ def test_layout_2019_tree_and_truth(cohort2019: Path) -> None:
         names = sorted(p.name for p in folder.iterdir())
         assert names == sorted(f"{r['patient_id']}_{f}.nii.gz" for f in FILES)
         assert r["label"] == ("1" if r["grade"] == "HGG" else "0")
-    assert sorted(p.name for p in cohort2019.iterdir()) == ["HGG", "LGG", "truth.csv"]
+    assert sorted(p.name for p in cohort2019.iterdir()) == [
+        ".smri-synth",
+        "HGG",
+        "LGG",
+        "truth.csv",
+    ]
     assert not list(cohort2019.rglob("*.partial"))
 
 
@@ -131,7 +136,8 @@ def test_layout_2020_and_uncompressed_format(tmp_path: Path) -> None:
     assert "wrote 3 patients (HGG 2, LGG 1)" in result.output
     root = tmp_path / "c"
     pids = [f"BraTS20_Training_{i:03d}" for i in (1, 2, 3)]
-    assert sorted(p.name for p in root.iterdir()) == [*pids, "name_mapping.csv", "truth.csv"]
+    names = sorted(p.name for p in root.iterdir())
+    assert names == [".smri-synth", *pids, "name_mapping.csv", "truth.csv"]
     mapping = read_csv(root / "name_mapping.csv")
     assert tuple(mapping[0]) == NAME_MAPPING_COLUMNS
     assert [m["BraTS_2020_subject_ID"] for m in mapping] == pids
@@ -148,7 +154,7 @@ def test_same_seed_same_bytes_for_any_jobs(tmp_path: Path) -> None:
     synthesize(cfg, tmp_path / "a", jobs=1)
     synthesize(cfg, tmp_path / "b", jobs=2)
     a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
-    assert len(a) == 4 * 5 + 1
+    assert len(a) == 4 * 5 + 2  # + truth.csv and the marker
     assert a == b
     synthesize(SynthConfig(patients=4, shape=SHAPE, seed=12), tmp_path / "c", jobs=1)
     flair_a = {Path(k).name: v for k, v in a.items() if k.endswith("flair.nii.gz")}
@@ -251,6 +257,16 @@ def test_non_empty_out_needs_overwrite(tmp_path: Path) -> None:
     assert (out / "notes.txt").read_text() == "mine"  # what synth did not write stays
 
 
+def test_overwrite_never_deletes_what_synth_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "brats"
+    (out / "HGG" / "BraTS19_2013_10_1").mkdir(parents=True)
+    result = run("synth", out, "-n", 2, "--shape", *SHAPE, "--overwrite")
+    assert result.exit_code == 2
+    assert "Invalid value for '--overwrite'" in result.output
+    assert "holds HGG, which smri synth did not write (no .smri-synth file)" in result.output
+    assert (out / "HGG" / "BraTS19_2013_10_1").is_dir()
+
+
 def test_interrupted_run_leaves_no_partial_or_fake_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -269,7 +285,7 @@ def test_interrupted_run_leaves_no_partial_or_fake_files(
     out = tmp_path / "out"
     assert not list(out.rglob("*.partial"))
     assert not (out / "truth.csv").exists()
-    complete = [p for p in out.rglob("*") if p.is_file()]
+    complete = [p for p in out.rglob("*") if p.is_file() and p.name != ".smri-synth"]
     assert len(complete) == 5  # patient 1 only; patient 2 has no file under a real name
     assert [p.name for p in out.rglob("BraTS19_*") if p.is_dir()] == ["BraTS19_SYN_0001_1"]
     for p in complete:
