@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from train_helpers import make_store
+from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_store
+from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.data import (
     Batches,

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_store
+from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.checkpoint import check_compatible, load_checkpoint, resolve_device
 from smri.errors import ConfigError, DataError

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from smri.store import StoreWriter
 
@@ -47,3 +49,12 @@ def make_store(
                 images[:, z : z + 6, y : y + 10, x : x + 10] += 0.5
             writer.write(i, images=images, label=label, patient_id=f"P{i:03d}")
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
