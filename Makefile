@@ -66,11 +66,11 @@ else ifeq ($(HAS_GPU),1)
   SIZE_NOTE := GPU found: BraTS geometry (240x240x155)
 else
   PATIENTS ?= 120
-  SHAPE    ?= 96 96 48
+  SHAPE    ?= 96 96 155
   EPOCHS   ?= 12
   BATCH    ?= 8
   WIDTH    ?= 1
-  SIZE_NOTE := no GPU: reduced demo geometry 96x96x48 so the CPU run ends in minutes (BraTS is 240x240x155)
+  SIZE_NOTE := no GPU: reduced demo geometry 96x96x155 (2.5 mm in-plane voxels) so the CPU run ends in minutes (BraTS is 240x240x155)
 endif
 
 ifeq ($(strip $(DATA)),)
@@ -102,7 +102,7 @@ $(OUT)/runs/%/summary.json: $(STORE)
 	  $(SMRI) train --resume $(OUT)/runs/$*; \
 	else \
 	  $(SMRI) train $(STORE) --model $* --epochs $(EPOCHS) --batch-size $(BATCH) --width $(WIDTH) \
-	    --folds $(FOLDS) --seed $(SEED) --device $(DEVICE) --out $(OUT)/runs/$*; \
+	    $(if $(filter-out 1,$(FOLDS)),--folds $(FOLDS)) --seed $(SEED) --device $(DEVICE) --out $(OUT)/runs/$*; \
 	fi
 
 $(OUT)/summary.md: $(RUNS)
