@@ -202,4 +202,39 @@ def plot_runs(runs: Sequence[Path], out: Path) -> list[Path]:
     if preds:
         fig = roc_figure(preds, "ROC on validation patients (best epoch)")
         written.append(save_figure(fig, out / "all_models_roc.png"))
+    summary = out / "summary.md"
+    summary.write_text(summary_markdown(runs, [p.name for p in written]))
+    written.append(summary)
     return written
+
+
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
+
+
+def summary_markdown(runs: Sequence[Path], figures: Sequence[str] = ()) -> str:
+    """A markdown table of each run's best-epoch validation metrics (mean ± std over folds)."""
+    header = ["run", "model", "parameters", "folds", *SUMMARY_METRICS, "patients/s", "device"]
+    lines = [
+        "# Validation results",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+    for run in runs:
+        path = Path(run) / "summary.json"
+        if not path.exists():
+            raise DataError(f"{run}: no summary.json (is the run finished?)")
+        s = json.loads(path.read_text())
+        if "mean" in s:  # K folds
+            cells = [f"{s['mean'][k]:.3f} ± {s['std'][k]:.3f}" for k in SUMMARY_METRICS]
+            folds = str(s["folds"])
+        else:
+            cells = [f"{s['best'][k]:.3f}" for k in SUMMARY_METRICS]
+            folds = "1" if s.get("fold") is None else f"fold {s['fold']}"
+        row = [Path(run).name, s["model"].upper(), f"{s['parameters']:,}", folds, *cells,
+               f"{s['patients_per_s_mean']:.1f}", s["device"]]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Best epoch by validation AUC; patients/s is the mean training throughput."]
+    if figures:
+        lines += ["", *(f"![{name}]({name})" for name in figures)]
+    return "\n".join(lines) + "\n"

@@ -79,6 +79,16 @@ def test_save_figure_writes_a_150_dpi_png(tmp_path):
 def _fake_run(folder, model, folds=None):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model": {"name": model}}))
+    metrics = {
+        k: 0.5 for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
+    }
+    common = {"model": model, "parameters": 1234, "patients_per_s_mean": 9.87, "device": "cpu"}
+    summary = (
+        {**common, "folds": folds, "mean": metrics, "std": {k: 0.1 for k in metrics}}
+        if folds
+        else {**common, "fold": None, "best": metrics}
+    )
+    (folder / "summary.json").write_text(json.dumps(summary))
     parts = [folder / f"fold{k}" for k in range(folds)] if folds else [folder]
     for k, part in enumerate(parts):
         part.mkdir(exist_ok=True)
@@ -96,9 +106,15 @@ def test_plot_runs_writes_every_figure(tmp_path):
     written = plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "figs")
     assert [p.name for p in written] == [
         "CNN1_loss_curve.png", "CNN3_loss_curve.png", "all_models_loss_curve.png",
-        "all_models_accuracy.png", "all_models_roc.png",
+        "all_models_accuracy.png", "all_models_roc.png", "summary.md",
     ]  # fmt: skip
-    assert all(p.stat().st_size > 1000 for p in written)
+    assert all(p.stat().st_size > 1000 for p in written[:-1])
+    table = (tmp_path / "figs" / "summary.md").read_text().splitlines()
+    assert (
+        table[4] == "| a | CNN1 | 1,234 | 1 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 9.9 | cpu |"
+    )
+    assert table[5].startswith("| b | CNN3 | 1,234 | 3 | 0.500 ± 0.100 | ")
+    assert "![all_models_roc.png](all_models_roc.png)" in table
 
 
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
