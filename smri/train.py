@@ -257,7 +257,7 @@ def fit(
         "preprocess_config": setup.info.config,
         "store": store_fields(setup.info),
     }
-    start_epoch, best = 0, {"epoch": 0, "auc": -math.inf}
+    start_epoch, best = 0, {"epoch": 0, "auc": -math.inf, "loss": math.inf}
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path)
@@ -265,7 +265,7 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
-        start_epoch, best = int(ckpt["epoch"]), dict(ckpt["best"])
+        start_epoch, best = int(ckpt["epoch"]), {"loss": math.inf, **ckpt["best"]}
         log(f"resuming {out} after epoch {start_epoch}")
     rows = read_metrics(metrics_path, upto=start_epoch)
     write_metrics(metrics_path, rows)
@@ -303,9 +303,10 @@ def fit(
             }
             rows.append(row)
             score = va["auc"] if math.isfinite(va["auc"]) else -1.0
-            improved = score > best["auc"]
+            # best validation AUC; on a tie (small cohorts saturate at 1.0) the lower loss wins
+            improved = score > best["auc"] or (score == best["auc"] and va["loss"] < best["loss"])
             if improved:
-                best = {"epoch": epoch, "auc": score}
+                best = {"epoch": epoch, "auc": score, "loss": va["loss"]}
                 save_checkpoint(best_path, {**base, "epoch": epoch, "model": net.state_dict()})
             save_checkpoint(
                 last_path,

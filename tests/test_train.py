@@ -73,7 +73,8 @@ def test_run_folder_contents(store, tmp_path):
     saved = json.loads((out / "summary.json").read_text())
     assert saved["best_epoch"] == summary["best_epoch"]
     assert saved["parameters"] == summary["parameters"] and saved["n_val"] == 4
-    assert saved["best_row"]["val_auc"] == max(float(r["val_auc"]) for r in metric_rows(out))
+    ranked = sorted(metric_rows(out), key=lambda r: (-float(r["val_auc"]), float(r["val_loss"])))
+    assert saved["best_epoch"] == int(ranked[0]["epoch"])
 
 
 def test_checkpoint_rebuilds_the_model_with_weights_only(store, tmp_path):
