@@ -1,24 +1,23 @@
 """NIfTI patient folders -> one HDF5 store, in parallel, with the parent as the only writer.
 
 `load_patient` turns one patient into its ``(M, S, H, W)`` array (a picklable top-level
-function, also used by `smri predict`); `run_preprocess` fans it out with joblib and streams the
-results, in sorted patient order, into a `StoreWriter`. Memory stays bounded by joblib's
-pre-dispatch window whatever the cohort size.
+function, also used by `smri predict`); `run_preprocess` fans it out (threads, processes or a
+Dask cluster, see `smri.parallel`) and streams the results, in sorted patient order, into a
+`StoreWriter`. At most ``2 * jobs`` patients are in flight, so memory stays bounded whatever the
+cohort size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
 from smri.errors import ConfigError, DataError, PatientError
+from smri.parallel import check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, StoreWriter, resumable_path
 from smri.volume import load_volume, normalized_slab
 
@@ -193,6 +193,8 @@ class PreprocessSummary:
     skipped: list[dict[str, str]]
     seconds: float
     warnings: list[str]
+    total: int | None = None  # rows in the store after an --append run
+    already: int = 0  # patients an --append run found already in the store
 
     @property
     def n_written(self) -> int:
@@ -202,6 +204,12 @@ class PreprocessSummary:
         """The one-line summary printed at the end of `smri preprocess`."""
         per_class = ", ".join(f"{name} {n}" for name, n in self.written.items())
         rate = self.n_written / self.seconds if self.seconds > 0 else float("inf")
+        if self.total is not None:
+            return (
+                f"added {self.n_written} patients ({per_class}) to {self.output}, now "
+                f"{self.total} ({self.already} already there); skipped {len(self.skipped)}; "
+                f"{self.seconds:.1f} s ({rate:.2f} patients/s)"
+            )
         return (
             f"wrote {self.n_written} patients ({per_class}) to {self.output}; skipped "
             f"{len(self.skipped)}; {self.seconds:.1f} s ({rate:.2f} patients/s)"
@@ -225,6 +233,36 @@ def check_output(output: Path, overwrite: bool) -> None:
             pass
     except OSError as exc:
         raise DataError(f"{output}: folder {parent} is not writable ({exc.strerror})") from None
+
+
+def discover_for_store(
+    input_dir: Path,
+    cfg: PreprocessConfig,
+    labels_csv: Path | None,
+    strict: bool,
+    echo: Callable[[str], None],
+) -> tuple[Discovery, list[PatientError], dict[str, Any]]:
+    """Find the patients, report the unusable ones, and build the config the store records."""
+    found = discover(
+        input_dir, modalities=cfg.modalities, classes=cfg.classes, labels_csv=labels_csv
+    )
+    skipped: list[PatientError] = list(found.skipped)
+    if strict and skipped:
+        raise DataError(f"{skipped[0]} (--strict: {len(skipped)} patient(s) unusable)")
+    if not found.patients:
+        raise DataError(
+            f"{input_dir}: none of the {len(skipped)} patient folders is usable; "
+            f"first problem: {skipped[0]}"
+        )
+    for exc in skipped:
+        echo(f"skipping {exc}")
+    config = {
+        **cfg.to_dict(),
+        "input": str(Path(input_dir).resolve()),
+        "layout": found.layout,
+        "labels_csv": str(labels_csv) if labels_csv else None,
+    }
+    return found, skipped, config
 
 
 def _fingerprint(config: dict[str, Any], patients: list[Patient]) -> str:
@@ -268,6 +306,7 @@ def run_preprocess(
     strict: bool = False,
     resume: bool = False,
     backend: str = "threading",
+    scheduler: str | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
 ) -> PreprocessSummary:
@@ -275,34 +314,18 @@ def run_preprocess(
 
     Broken patients are skipped with a reason (or, with `strict`, stop the run). The store is
     written to a hidden file beside `output` (checkpointed after every patient) and renamed
-    into place only when complete. Ctrl-C keeps that file; `resume` continues from it.
+    into place only when complete. Ctrl-C keeps that file; `resume` continues from it. Work runs
+    on `backend` (see `smri.parallel`), at most ``2 * jobs`` patients at a time, so the writer's
+    memory stays bounded whatever the cohort size.
     """
-    from joblib import Parallel, delayed
     from tqdm import tqdm
 
     t0 = time.perf_counter()
+    check_backend(backend, scheduler)
     check_output(output, overwrite)
-    found: Discovery = discover(
-        input_dir, modalities=cfg.modalities, classes=cfg.classes, labels_csv=labels_csv
-    )
-    skipped: list[PatientError] = list(found.skipped)
-    if strict and skipped:
-        raise DataError(f"{skipped[0]} (--strict: {len(skipped)} patient(s) unusable)")
-    if not found.patients:
-        raise DataError(
-            f"{input_dir}: none of the {len(skipped)} patient folders is usable; "
-            f"first problem: {skipped[0]}"
-        )
-    for exc in skipped:
-        echo(f"skipping {exc}")
-    patients = found.patients
+    found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo)
     root = Path(input_dir)
-    config = {
-        **cfg.to_dict(),
-        "input": str(root.resolve()),
-        "layout": found.layout,
-        "labels_csv": str(labels_csv) if labels_csv else None,
-    }
+    patients = found.patients
     fingerprint = _fingerprint(config, patients)
     partial = resumable_path(output)
     writer, state = _resume(output, partial, fingerprint, overwrite, echo) if resume else (None, {})
@@ -312,12 +335,6 @@ def run_preprocess(
     skipped += [PatientError(r["patient_id"], r["reason"]) for r in state.get("skipped", [])]
     # The store's in-plane shape: the cohort's most common one (header reads only).
     inplane = common_inplane(patients)
-    results: Iterator[PatientResult | PatientError] = Parallel(
-        n_jobs=jobs or os.cpu_count() or 1,
-        backend=backend,
-        return_as="generator",
-        pre_dispatch="2*n_jobs",
-    )(delayed(_work)(p, cfg, inplane, root) for p in patients[done:])
     bar = tqdm(
         total=len(patients),
         initial=done,
@@ -327,19 +344,19 @@ def run_preprocess(
     )
     notes: list[str] = []
     run_skipped = len(found.skipped)  # reported by discovery, not part of the resume state
-    with warnings.catch_warnings(), _DeferredInterrupt() as interrupt:
-        # joblib warns about tasks it cancels when the run stops early; the error says why.
-        warnings.filterwarnings("ignore", message=".*tasks have been successfully executed")
+    with (
+        pool(backend, jobs, scheduler, echo) as (submit, slots),
+        DeferredInterrupt() as interrupt,
+    ):
+        calls = ((p, cfg, inplane, root) for p in patients[done:])
+        results = ordered_map(submit, _work, calls, window=2 * slots)
         try:
             for res in results:
                 interrupt.check()
                 done += 1
                 bar.update(1)
                 if isinstance(res, PatientError):
-                    if strict:
-                        raise DataError(f"{res} (--strict)")
-                    echo(f"skipping {res}")
-                    skipped.append(res)
+                    skip(res, strict, skipped, echo)
                 else:
                     if writer is None:
                         writer = StoreWriter(
@@ -354,18 +371,17 @@ def run_preprocess(
                             overwrite=overwrite,
                             tmp_path=partial,
                         )
-                    for w in res.warnings:
-                        echo(f"warning: {w}")
-                    notes.extend(res.warnings)
+                    notes += warn(res, echo)
                     writer.append(
                         images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
                     )
+                del res  # the writer has it; don't hold it while waiting for the next
                 if writer is not None:
                     writer.checkpoint(
                         {
                             "fingerprint": fingerprint,
                             "done": done,
-                            "skipped": _rows(skipped[run_skipped:]),
+                            "skipped": skip_rows(skipped[run_skipped:]),
                         }
                     )
             if writer is None:
@@ -374,7 +390,7 @@ def run_preprocess(
                     f"problem: {skipped[0]}"
                 )
             skipped.sort(key=lambda e: e.patient_id)
-            writer.set_skipped(_rows(skipped))
+            writer.set_skipped(skip_rows(skipped))
             labels = writer.labels[: int(writer.rows)]
             writer.commit()
         except KeyboardInterrupt:
@@ -392,14 +408,13 @@ def run_preprocess(
         finally:
             bar.close()
             results.close()  # stops queued work when the run ends early
-    names = {v: k for k, v in cfg.classes.items()}
-    per_class = {names[v]: int(np.sum(labels == v)) for v in sorted(names, reverse=True)}
+    seconds = time.perf_counter() - t0
     return PreprocessSummary(
-        Path(output), per_class, _rows(skipped), time.perf_counter() - t0, notes
+        Path(output), per_class(labels, cfg.classes), skip_rows(skipped), seconds, notes
     )
 
 
-class _DeferredInterrupt:
+class DeferredInterrupt:
     """Turn Ctrl-C into a flag checked between patients, so the store is checkpointed cleanly.
 
     A KeyboardInterrupt raised at an arbitrary bytecode can land in a finaliser and be
@@ -420,7 +435,7 @@ class _DeferredInterrupt:
         if self.requested:
             raise KeyboardInterrupt
 
-    def __enter__(self) -> _DeferredInterrupt:
+    def __enter__(self) -> DeferredInterrupt:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
@@ -430,7 +445,28 @@ class _DeferredInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _rows(errors: list[PatientError]) -> list[dict[str, str]]:
+def skip(res: PatientError, strict: bool, skipped: list[PatientError], echo: Callable) -> None:
+    """Record a patient a worker could not use (or stop the run, with --strict)."""
+    if strict:
+        raise DataError(f"{res} (--strict)")
+    echo(f"skipping {res}")
+    skipped.append(res)
+
+
+def warn(res: PatientResult, echo: Callable[[str], None]) -> list[str]:
+    """Print a result's warnings; return them for the summary."""
+    for w in res.warnings:
+        echo(f"warning: {w}")
+    return res.warnings
+
+
+def per_class(labels: np.ndarray, classes: dict[str, int]) -> dict[str, int]:
+    """Patients per class name, the positive class first."""
+    names = {v: k for k, v in classes.items()}
+    return {names[v]: int(np.sum(labels == v)) for v in sorted(names, reverse=True)}
+
+
+def skip_rows(errors: list[PatientError]) -> list[dict[str, str]]:
     return [{"patient_id": e.patient_id, "reason": e.reason} for e in errors]
 
 

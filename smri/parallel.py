@@ -1,0 +1,190 @@
+"""Bounded, ordered fan-out of per-patient work to threads, processes or a Dask cluster.
+
+The caller (the single HDF5 writer) takes results in submission order. A new task is submitted
+only when the caller takes a result, so at most ``window`` finished results exist at once,
+whatever the cohort size and however slow the writer. joblib's ordered generator cannot give that:
+it dispatches a new task whenever one *finishes*, not when one is *consumed*, so behind a slow
+writer (compression, a busy disk, a large cluster) every finished result piles up in the parent
+(tests/test_scaling_preprocess.py measured 39 of 40 alive at once). Its pools are used here
+directly instead: Python's thread and process pools, joblib's loky executor, and a Dask
+``distributed.Client`` (the cluster's own futures, so workers keep at most ``window`` results too).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from smri import __version__
+from smri.errors import ConfigError, DataError
+
+BACKENDS = ("threading", "loky", "multiprocessing", "dask")
+SCHEDULER_TIMEOUT_S = 10.0
+INSTALL_HINT = "pip install 'smri[distributed]'"
+
+Submit = Callable[..., Any]  # submit(fn, *args) -> a future with .result() and .cancel()
+
+
+def check_backend(backend: str, scheduler: str | None) -> None:
+    """Refuse an unknown backend, --scheduler without dask, or dask without `distributed`."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"expected one of {', '.join(BACKENDS)}, got {backend!r}", "--backend")
+    if scheduler is not None and backend != "dask":
+        raise ConfigError("--scheduler needs --backend dask", option="--scheduler")
+    if backend == "dask":
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"the dask backend needs the optional package 'distributed': {INSTALL_HINT}",
+                option="--backend",
+            ) from None
+
+
+@contextmanager
+def pool(
+    backend: str,
+    jobs: int | None,
+    scheduler: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> Iterator[tuple[Submit | None, int]]:
+    """A ``submit(fn, *args)`` for `backend` and how many tasks it runs at once.
+
+    ``submit`` is None for one local job: the caller then runs tasks inline, in this process.
+    With ``backend="dask"`` it connects to `scheduler`, or starts a LocalCluster of `jobs`
+    single-threaded worker processes; everything is shut down on exit.
+    """
+    check_backend(backend, scheduler)
+    if backend == "dask":
+        with _dask_client(scheduler, jobs, echo) as (client, slots):
+            yield (lambda fn, *args: client.submit(fn, *args, pure=False)), jobs or slots
+        return
+    jobs = jobs or os.cpu_count() or 1
+    if jobs == 1:
+        yield None, 1
+        return
+    if backend == "loky":
+        from joblib.externals.loky import get_reusable_executor
+
+        executor: Any = get_reusable_executor(max_workers=jobs)
+    elif backend == "multiprocessing":
+        from concurrent.futures import ProcessPoolExecutor
+
+        executor = ProcessPoolExecutor(max_workers=jobs)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="smri-preprocess")
+    try:
+        yield executor.submit, jobs
+    finally:
+        if backend != "loky":  # loky's executor is shared and reused, as joblib does
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def ordered_map(
+    submit: Submit | None, fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]], window: int
+) -> Iterator[Any]:
+    """``fn(*args)`` for each args in `calls`, in order, with at most `window` tasks submitted.
+
+    A task is submitted when the caller takes a result, so finished-but-untaken results never
+    exceed `window`. Closing the iterator cancels the tasks not yet started.
+    """
+    calls = iter(calls)
+    if submit is None:
+        for args in calls:
+            yield fn(*args)
+        return
+    pending: deque[Any] = deque(submit(fn, *args) for args in itertools.islice(calls, window))
+    try:
+        while pending:
+            result = pending.popleft().result()  # the future goes, and with it its reference
+            for args in itertools.islice(calls, 1):
+                pending.append(submit(fn, *args))
+            yield result
+            del result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+@contextmanager
+def _dask_client(
+    scheduler: str | None, jobs: int | None, echo: Callable[[str], None]
+) -> Iterator[tuple[Any, int]]:
+    """A connected ``distributed.Client`` and the cluster's thread count; closed on exit."""
+    from distributed import Client, LocalCluster  # check_backend has made sure it is there
+
+    if scheduler is None:
+        n = jobs or os.cpu_count() or 1
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
+            address = cluster.scheduler_address
+            echo(f"started a local Dask cluster: {n} worker processes at {address}")
+            yield client, n
+        return
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{scheduler!r}: not a scheduler address ({exc})", option="--scheduler"
+        ) from None
+    except (OSError, TimeoutError) as exc:
+        raise DataError(
+            f"cannot reach the Dask scheduler at {scheduler} within {SCHEDULER_TIMEOUT_S:g} s "
+            f"({_first_line(exc)}); start one with `dask scheduler` and pass the address it "
+            "prints (e.g. tcp://HOST:8786)"
+        ) from None
+    with client:
+        slots = _connected_slots(client, scheduler)
+        echo(f"connected to the Dask scheduler at {scheduler}: {slots} worker threads")
+        yield client, slots
+
+
+def _connected_slots(client: Any, scheduler: str) -> int:
+    """Wait briefly for workers; check they run this smri; return their total thread count."""
+    try:
+        client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        raise DataError(
+            f"the Dask scheduler at {scheduler} has no workers after {SCHEDULER_TIMEOUT_S:g} s; "
+            f"start some with `dask worker {scheduler}`"
+        ) from None
+    try:
+        versions = client.run(_smri_version)
+    except Exception as exc:  # a worker that cannot import smri fails to unpickle the call
+        raise DataError(
+            f"Dask workers at {scheduler} cannot run smri ({_first_line(exc)}); install "
+            f"smri {__version__} in every worker's environment"
+        ) from None
+    other = {addr: v for addr, v in versions.items() if v != __version__}
+    if other:
+        addr, version = next(iter(other.items()))
+        raise DataError(
+            f"Dask worker {addr} runs smri {version}, this client {__version__}; "
+            "install the same version everywhere"
+        )
+    return max(1, sum(client.nthreads().values()))
+
+
+def _smri_version() -> str:
+    """Run on each Dask worker: the smri version it imports."""
+    return __version__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
