@@ -389,6 +389,28 @@ class StoreWriter:
         self.write(i, **row)
         return i
 
+    def copy_row(self, reader: StoreReader, i: int) -> int:
+        """Append row `i` of another store as the next row; returns its index.
+
+        Image chunks are copied as stored bytes (no decode, no re-compression) when both stores
+        share chunk layout, dtype and filters; otherwise they are read and written.
+        """
+        src, dst = reader._images, self.images
+        j = int(self._written.sum())
+        a, b = ((d.chunks, d.dtype, d.compression, d.compression_opts) for d in (src, dst))
+        if a == b and src.shuffle == dst.shuffle:  # chunks: whole volumes (1, 1, S, H, W)
+            for m in range(src.shape[1]):
+                mask, chunk = src.id.read_direct_chunk((i, m, 0, 0, 0))
+                dst.id.write_direct_chunk((j, m, 0, 0, 0), chunk, mask)
+        else:
+            dst[j] = src[i]
+        self.labels[j] = reader.labels[i]
+        self.ids[j] = reader.patient_ids[i]
+        for name, value in reader.meta(i).items():
+            self.meta[name][j] = value
+        self._written[j] = True
+        return j
+
     @classmethod
     def reopen(
         cls, path: Path, tmp_path: Path, overwrite: bool = True
@@ -428,6 +450,10 @@ class StoreWriter:
     def close_partial(self) -> None:
         """Close, keeping the unfinished file for a later `reopen`."""
         self._file.close()
+
+    def set_config(self, config: dict[str, Any]) -> None:
+        """Replace the recorded preprocessing config (JSON)."""
+        self._file.attrs["config"] = json.dumps(config, sort_keys=True)
 
     def set_skipped(self, skipped: list[dict[str, str]]) -> None:
         """Record patients that were skipped, each ``{"patient_id", "reason"}``."""

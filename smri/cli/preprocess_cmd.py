@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -22,7 +21,8 @@ PathArg = click.Path(path_type=Path)
     "-j",
     type=click.IntRange(min=1),
     default=None,
-    help="Parallel worker processes [default: all cores].",
+    help="Parallel workers (threads, processes, or local Dask workers); with --scheduler, "
+    "patients in flight at once [default: all cores, or the cluster's worker threads].",
 )
 @click.option(
     "--modalities",
@@ -73,6 +73,12 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
+    "--append",
+    is_flag=True,
+    help="Add INPUT's patients that the existing store OUTPUT lacks (same settings needed); "
+    "patients already in it are skipped. OUTPUT is replaced only when the new store is complete.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue an interrupted run from the patients it already wrote (same settings).",
@@ -84,11 +90,21 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option(
     "--backend",
-    type=click.Choice(["threading", "loky", "multiprocessing"]),
+    type=click.Choice(["threading", "loky", "multiprocessing", "dask"]),
     default="threading",
     show_default=True,
-    help="joblib backend: threads share memory and ISA-L gzip and numpy release the GIL, so "
-    "no array is pickled back to the writer (see README, Performance); loky uses processes.",
+    help="Where patients are processed: threads share memory and ISA-L gzip and numpy release "
+    "the GIL, so no array is pickled back to the writer (see README, Performance); loky and "
+    "multiprocessing use local processes; dask a Dask cluster (--scheduler, or a local one with "
+    "--jobs worker processes; needs pip install 'smri[distributed]'). This process is always "
+    "the only writer.",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Address of a running Dask scheduler (e.g. tcp://host:8786) for --backend dask; its "
+    "workers must see INPUT at the same path [default: start a local cluster].",
 )
 @click.option(
     "--progress/--no-progress",
@@ -108,9 +124,11 @@ def preprocess(
     compression: str,
     canonical: bool,
     overwrite: bool,
+    append: bool,
     strict: bool,
     resume: bool,
     backend: str,
+    scheduler: str | None,
     progress: bool | None,
 ) -> None:
     """Turn patient folders of NIfTI under INPUT into one HDF5 store OUTPUT.
@@ -123,6 +141,13 @@ def preprocess(
     from smri.discovery import parse_classes, parse_modalities
     from smri.preprocess import PreprocessConfig, run_preprocess
 
+    if append and (overwrite or resume):
+        raise click.UsageError(
+            f"--append cannot be combined with {'--overwrite' if overwrite else '--resume'}: "
+            "an append adds to OUTPUT (and an interrupted one leaves it unchanged)"
+        )
+    if scheduler is not None and backend != "dask":
+        raise click.UsageError("--scheduler needs --backend dask")
     if labels_csv is not None and not labels_csv.is_file():
         raise click.BadParameter(f"{labels_csv}: no such file", param_hint="'--labels'")
     cfg = PreprocessConfig(
@@ -133,19 +158,23 @@ def preprocess(
         canonical=canonical,
         classes=parse_classes(classes),
     )
-    summary = run_preprocess(
-        input_dir,
-        output,
-        cfg,
-        jobs=jobs or os.cpu_count(),
-        labels_csv=labels_csv,
-        overwrite=overwrite,
-        strict=strict,
-        resume=resume,
-        backend=backend,
-        progress=progress,
-        echo=lambda line: click.echo(line, err=True),
-    )
+    common = {
+        "jobs": jobs,
+        "labels_csv": labels_csv,
+        "strict": strict,
+        "backend": backend,
+        "scheduler": scheduler,
+        "progress": progress,
+        "echo": lambda line: click.echo(line, err=True),
+    }
+    if append:
+        from smri.append import append_preprocess
+
+        summary = append_preprocess(input_dir, output, cfg, **common)
+    else:
+        summary = run_preprocess(
+            input_dir, output, cfg, overwrite=overwrite, resume=resume, **common
+        )
     click.echo(summary.line())
 
 

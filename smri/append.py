@@ -1,0 +1,245 @@
+"""`smri preprocess --append`: add a cohort's new patients to an existing store.
+
+The existing store is never modified in place. A new complete store is written beside it — old
+rows copied chunk by chunk as stored bytes, new results merged in, all in sorted patient order —
+and renamed over it at the end, so an interrupted or failed append leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smri import __version__
+from smri.errors import ConfigError, DataError, PatientError
+from smri.parallel import check_backend, ordered_map, pool
+from smri.preprocess import (
+    DeferredInterrupt,
+    PreprocessConfig,
+    PreprocessSummary,
+    _work,
+    common_inplane,
+    discover_for_store,
+    per_class,
+    skip,
+    skip_rows,
+    warn,
+)
+from smri.store import StoreInfo, StoreReader, StoreWriter
+
+# Settings a store and an --append run must share: (PreprocessConfig field, CLI option).
+SETTINGS = (
+    ("modalities", "--modalities"),
+    ("slices", "--slices"),
+    ("dtype", "--dtype"),
+    ("compression", "--compression"),
+    ("canonical", "--canonical"),
+    ("classes", "--classes"),
+)
+
+
+def store_settings(info: StoreInfo) -> dict[str, Any]:
+    """The settings of an existing store, read from its datasets where they say it."""
+    return {
+        "modalities": tuple(info.modalities),
+        "slices": info.slices,
+        "dtype": info.dtype,
+        "compression": info.compression or "none",
+        "canonical": bool(info.config.get("canonical", False)),
+        "classes": dict(info.classes),
+    }
+
+
+def check_settings(info: StoreInfo, cfg: PreprocessConfig) -> None:
+    """ConfigError naming the first setting where `cfg` differs from the store, with both values."""
+    have = store_settings(info)
+    for name, option in SETTINGS:
+        if have[name] != getattr(cfg, name):
+            raise ConfigError(
+                f"{info.path} was made with {_flag(option, have[name])}; this run has "
+                f"{_flag(option, getattr(cfg, name))} (--append needs the store's settings)",
+                option=option,
+            )
+
+
+def _flag(option: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return option if value else f"--no-{option[2:]}"
+    if isinstance(value, tuple):
+        value = ",".join(value)
+    elif isinstance(value, dict):
+        value = ",".join(f"{k}={v}" for k, v in value.items())
+    return f"{option} {value}"
+
+
+def append_preprocess(
+    input_dir: Path,
+    output: Path,
+    cfg: PreprocessConfig,
+    *,
+    jobs: int | None = None,
+    labels_csv: Path | None = None,
+    strict: bool = False,
+    backend: str = "threading",
+    scheduler: str | None = None,
+    progress: bool | None = None,
+    echo: Callable[[str], None] = print,
+) -> PreprocessSummary:
+    """Add the patients of `input_dir` that the store `output` lacks; keep rows sorted by id.
+
+    Patients already in the store are skipped with a line saying so (never rewritten). The
+    store's root attrs record the run: skipped lists merged, an ``appended`` entry in the config.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    check_backend(backend, scheduler)
+    output = Path(output)
+    if not output.is_file():
+        raise DataError(f"{output}: no such store; --append adds to an existing smri store")
+    base = StoreReader(output)
+    writer: StoreWriter | None = None
+    bar = None
+    try:
+        check_settings(base.info, cfg)
+        found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo)
+        present = set(base.patient_ids)
+        already = [p.patient_id for p in found.patients if p.patient_id in present]
+        for pid in already:
+            echo(f"skipping patient {pid}: already in {output}")
+        patients = [p for p in found.patients if p.patient_id not in present]
+        if not patients:
+            echo(f"nothing to append: every usable patient of {input_dir} is already in {output}")
+            return _summary(output, [], skipped, t0, [], cfg, len(base), len(already))
+        h, w = base.info.volume_shape[2:]
+        inplane = common_inplane(patients)
+        if inplane is not None and inplane != (h, w):
+            raise DataError(
+                f"{input_dir}: in-plane shape {inplane[1]}x{inplane[0]} (the most common in this "
+                f"cohort) differs from the store's {w}x{h}; --append needs volumes of that shape"
+            )
+        writer = StoreWriter(
+            output,
+            n_patients=len(base) + len(patients),
+            volume_shape=base.info.volume_shape,
+            dtype=base.info.dtype,
+            compression=cfg.compression,
+            modalities=cfg.modalities,
+            classes=cfg.classes,
+            config=base.info.config,
+            overwrite=True,
+        )
+        bar = tqdm(
+            total=len(patients),
+            unit="patient",
+            desc="append",
+            disable=not (sys.stderr.isatty() if progress is None else progress),
+        )
+        added: list[tuple[str, int]] = []
+        notes: list[str] = []
+        old = 0  # next row of the old store to copy
+        n_found = len(skipped)
+        with pool(backend, jobs, scheduler, echo) as (submit, slots), DeferredInterrupt() as stop:
+            calls = ((p, cfg, (h, w), Path(input_dir)) for p in patients)
+            results = ordered_map(submit, _work, calls, window=2 * slots)
+            try:
+                for res in results:
+                    stop.check()
+                    bar.update(1)
+                    if isinstance(res, PatientError):
+                        skip(res, strict, skipped, echo)
+                    else:
+                        old = _copy_old_rows(writer, base, old, res.patient_id)
+                        notes += warn(res, echo)
+                        writer.append(
+                            images=res.images,
+                            label=res.label,
+                            patient_id=res.patient_id,
+                            meta=res.meta,
+                        )
+                        added.append((res.patient_id, res.label))
+                    del res  # the writer has it; don't hold it while waiting for the next
+            finally:
+                results.close()  # cancels queued work when the run ends early
+        if not added:
+            raise DataError(
+                f"{input_dir}: all {len(patients)} new patients are unusable; first problem: "
+                f"{skipped[n_found]}; {output} is unchanged"
+            )
+        _copy_old_rows(writer, base, old, None)
+        skipped.sort(key=lambda e: e.patient_id)
+        writer.set_skipped(_merged_skipped(base, skipped, [pid for pid, _ in added]))
+        entry = {
+            "input": config["input"],
+            "layout": config["layout"],
+            "labels_csv": config["labels_csv"],
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "smri_version": __version__,
+            "added": len(added),
+            "already_in_store": len(already),
+            "skipped": len(skipped),
+        }
+        history = [*base.info.config.get("appended", []), entry]
+        writer.set_config({**base.info.config, "appended": history})
+        total = int(writer.rows)
+        base.close()
+        writer.commit()
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.abort()
+            echo(f"interrupted; {output} is unchanged")
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        base.close()
+        if bar is not None:
+            bar.close()
+    return _summary(output, [lab for _, lab in added], skipped, t0, notes, cfg, total, len(already))
+
+
+def _copy_old_rows(writer: StoreWriter, base: StoreReader, start: int, before: str | None) -> int:
+    """Copy old rows from `start` whose id sorts before `before` (all, if None); next row."""
+    i = start
+    while i < len(base) and (before is None or base.patient_ids[i] < before):
+        writer.copy_row(base, i)
+        i += 1
+    return i
+
+
+def _merged_skipped(
+    base: StoreReader, skipped: list[PatientError], added: list[str]
+) -> list[dict[str, str]]:
+    """The store's skipped list, less patients now added or skipped again, plus this run's."""
+    drop = set(added) | {e.patient_id for e in skipped}
+    rows = [r for r in base.info.skipped if r["patient_id"] not in drop] + skip_rows(skipped)
+    return sorted(rows, key=lambda r: r["patient_id"])
+
+
+def _summary(
+    output: Path,
+    labels: list[int],
+    skipped: list[PatientError],
+    t0: float,
+    notes: list[str],
+    cfg: PreprocessConfig,
+    total: int,
+    already: int,
+) -> PreprocessSummary:
+    return PreprocessSummary(
+        output,
+        per_class(np.asarray(labels, dtype=np.int8), cfg.classes),
+        skip_rows(skipped),
+        time.perf_counter() - t0,
+        notes,
+        total=total,
+        already=already,
+    )
