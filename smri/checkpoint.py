@@ -6,7 +6,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,30 +45,98 @@ def resolve_device(name: str) -> torch.device:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
+    """Write `state` to a temporary file beside `path`, fsync, then rename: never a half-written
+    `path`, even when the process is killed or the disk fills up midway.
+
+    The checkpoint is serialised in memory first: torch's zip writer reports a full disk as an
+    opaque RuntimeError (and can crash the interpreter at exit), while a plain file write raises
+    OSError, re-raised here with `path` as its filename so the CLI prints one line naming it.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
+# Keys every smri checkpoint holds (best.pt and last.pt), and the type each must have.
+REQUIRED_KEYS: dict[str, type] = {
+    "model_config": dict,
+    "model": dict,
+    "store": dict,
+    "preprocess_config": dict,
+    "epoch": int,
+}
+STORE_KEYS = ("modalities", "slices", "volume_shape", "classes")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by smri, loaded with weights_only=True (tensors and plain data only)."""
+    """A checkpoint written by smri, loaded with weights_only=True (tensors and plain data only).
+
+    DataError naming the file when it is empty, truncated, not a torch file, not written by smri,
+    missing a key, or holding Python objects that unpickling would run (refused, never loaded).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes), expected an smri checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: {_unpickling_reason(exc)}") from None
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not a readable torch checkpoint ({reason})") from None
+        raise DataError(f"{path}: not a readable torch checkpoint ({_load_reason(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not an smri checkpoint (written by `smri train`)")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise DataError(f"{path}: checkpoint version {ckpt['version']} is newer than this smri")
+    version = ckpt.get("version", 0)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise DataError(
+            f"{path}: checkpoint version {version} is newer than this smri reads "
+            f"(version {CHECKPOINT_VERSION}); upgrade smri"
+        )
+    for key, kind in REQUIRED_KEYS.items():
+        if not isinstance(ckpt.get(key), kind):
+            raise DataError(
+                f"{path}: damaged smri checkpoint: '{key}' is missing or not a {kind.__name__}"
+            )
+    missing = [k for k in STORE_KEYS if k not in ckpt["store"]]
+    if missing:
+        raise DataError(f"{path}: damaged smri checkpoint: store facts lack {', '.join(missing)}")
     return ckpt
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused, in one line (never "reload with
+    weights_only=False", torch's own advice, which would run the file's code)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"refused: the file holds a Python object ({found.group(1)}) that loading would "
+            "run; smri checkpoints hold only tensors and plain data, so it was not written by "
+            "smri and may be malicious. Not loaded"
+        )
+    found = re.search(r"Unsupported operand \d+|Unsupported class [\w.]+", text)
+    detail = found.group(0) if found else "unsupported pickle content"
+    return f"not a readable torch checkpoint (not a torch zip file or corrupt: {detail})"
+
+
+def _load_reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "central directory" in text or isinstance(exc, EOFError):
+        return "truncated or corrupt: the zip archive is incomplete"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.split(". ")[0][:200]
 
 
 def store_fields(info: StoreInfo) -> dict[str, Any]:
@@ -105,10 +176,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> CNNLSTM:
-    """The checkpoint's model with its weights, in eval mode on `device`."""
-    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device, source: str = "") -> CNNLSTM:
+    """The checkpoint's model with its weights, in eval mode on `device`.
+
+    DataError naming `source` when the weights do not fit the model the checkpoint describes
+    (weights of another model, another width or input shape, or an unknown model name).
+    """
+    where = f"{source}: " if source else ""
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+        model = build_model(cfg)
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{where}damaged smri checkpoint: bad model_config ({exc})") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        raise DataError(
+            f"{where}the weights do not fit the {cfg.name} model (width {cfg.width:g}, input "
+            f"{'x'.join(map(str, cfg.volume_shape))}) the checkpoint describes: {detail[:300]}"
+        ) from None
     if device.type == "cuda":
         model = model.to(device, memory_format=torch.channels_last_3d)
     return model.to(device).eval()

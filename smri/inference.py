@@ -60,16 +60,18 @@ def evaluate_store(
         info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
     check_compatible(ckpt["store"], info, str(checkpoint))
     dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt, dev, str(checkpoint))  # before any data is loaded
     rows = np.arange(len(ids))
     nbytes = len(ids) * int(np.prod(info.volume_shape)) * np.dtype(info.dtype).itemsize
     batches = Batches(
         store, rows, batch_size=batch_size, seed=0, shuffle=False, device=dev, workers=workers,
         cache=resolve_cache(cache, dev, nbytes),
     )  # fmt: skip
-    model = model_from_checkpoint(ckpt, dev)
     use_amp = amp and dev.type == "cuda"
-    probs = np.concatenate([_probabilities(model, x, use_amp) for x, _ in batches.epoch(0)])
-    batches.close()
+    try:
+        probs = np.concatenate([_probabilities(model, x, use_amp) for x, _ in batches.epoch(0)])
+    finally:
+        batches.close()
     known = labels >= 0
     metrics = binary_metrics(labels[known], probs[known]) if known.any() else {}
     return Evaluation(ids, labels, probs, {"n": int(known.sum()), **metrics}, dict(info.classes))
@@ -92,7 +94,12 @@ def predict_folders(
     from smri.preprocess import PreprocessConfig, load_patient
 
     ckpt = load_checkpoint(checkpoint)
-    cfg = PreprocessConfig.from_dict(ckpt["preprocess_config"])
+    try:
+        cfg = PreprocessConfig.from_dict(ckpt["preprocess_config"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"{checkpoint}: damaged smri checkpoint: bad preprocess_config ({exc})"
+        ) from None
     expected = tuple(ckpt["store"]["volume_shape"])
     modalities = tuple(ckpt["store"]["modalities"])
     names = {v: k for k, v in ckpt["store"]["classes"].items()}
@@ -114,7 +121,7 @@ def predict_folders(
     if not ids:
         raise DataError("no patient folder could be used (see the messages above)")
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt, dev)
+    model = model_from_checkpoint(ckpt, dev, str(checkpoint))
     use_amp = amp and dev.type == "cuda"
     probs = []
     for start in range(0, len(arrays), batch_size):
