@@ -18,9 +18,8 @@ import numpy as np
 
 from smri import __version__
 from smri.errors import ConfigError, DataError, PatientError
-from smri.parallel import check_backend, ordered_map, pool
+from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
 from smri.preprocess import (
-    DeferredInterrupt,
     PreprocessConfig,
     PreprocessSummary,
     _work,

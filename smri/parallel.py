@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -113,6 +115,37 @@ def ordered_map(
             future.cancel()
 
 
+class DeferredInterrupt:
+    """Turn Ctrl-C into a flag checked between patients, so the store is checkpointed cleanly.
+
+    A KeyboardInterrupt raised at an arbitrary bytecode can land in a finaliser and be
+    swallowed; here the first Ctrl-C only sets `requested` (a second one interrupts at once).
+    Signal handlers can only be set from the main thread; elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 @contextmanager
 def _dask_client(
     scheduler: str | None, jobs: int | None, echo: Callable[[str], None]
@@ -122,26 +155,31 @@ def _dask_client(
 
     if scheduler is None:
         n = jobs or os.cpu_count() or 1
-        with (
-            LocalCluster(
+        with _workers_ignore_sigint():
+            cluster = LocalCluster(
                 n_workers=n,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
                 silence_logs=logging.ERROR,
-            ) as cluster,
-            Client(cluster, set_as_default=False) as client,
-        ):
+            )
+        with cluster, Client(cluster, set_as_default=False) as client:
             address = cluster.scheduler_address
             echo(f"started a local Dask cluster: {n} worker processes at {address}")
             yield client, n
         return
-    try:
-        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
+    from distributed.comm import resolve_address
+
+    try:  # before Client(): one that fails to start hangs in its finaliser at exit
+        resolve_address(scheduler)
     except ValueError as exc:
         raise ConfigError(
             f"{scheduler!r}: not a scheduler address ({exc})", option="--scheduler"
         ) from None
+    except OSError as exc:
+        raise DataError(f"Dask scheduler {scheduler}: cannot resolve its host ({exc})") from None
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise DataError(
             f"cannot reach the Dask scheduler at {scheduler} within {SCHEDULER_TIMEOUT_S:g} s "
@@ -152,6 +190,24 @@ def _dask_client(
         slots = _connected_slots(client, scheduler)
         echo(f"connected to the Dask scheduler at {scheduler}: {slots} worker threads")
         yield client, slots
+
+
+@contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start worker processes with Ctrl-C ignored (inherited through spawn's exec).
+
+    A terminal's Ctrl-C reaches the whole process group; local Dask workers would each die
+    with a traceback. This process stops them when it handles the Ctrl-C itself. During the
+    start-up of the cluster (seconds) Ctrl-C is ignored here too; it applies again afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _connected_slots(client: Any, scheduler: str) -> int:

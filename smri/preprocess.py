@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +24,7 @@ import numpy as np
 
 from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
 from smri.errors import ConfigError, DataError, PatientError
-from smri.parallel import check_backend, ordered_map, pool
+from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, StoreWriter, resumable_path
 from smri.volume import load_volume, normalized_slab
 
@@ -412,37 +410,6 @@ def run_preprocess(
     return PreprocessSummary(
         Path(output), per_class(labels, cfg.classes), skip_rows(skipped), seconds, notes
     )
-
-
-class DeferredInterrupt:
-    """Turn Ctrl-C into a flag checked between patients, so the store is checkpointed cleanly.
-
-    A KeyboardInterrupt raised at an arbitrary bytecode can land in a finaliser and be
-    swallowed; here the first Ctrl-C only sets `requested` (a second one interrupts at once).
-    Signal handlers can only be set from the main thread; elsewhere this does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt if Ctrl-C was pressed."""
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None and not self.requested:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def skip(res: PatientError, strict: bool, skipped: list[PatientError], echo: Callable) -> None:

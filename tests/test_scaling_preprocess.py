@@ -11,7 +11,6 @@ import weakref
 
 import h5py
 import numpy as np
-import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -100,17 +99,18 @@ def slow_writer(monkeypatch, seconds=0.02):
     monkeypatch.setattr(smri.store.StoreWriter, "append", slow)
 
 
-def _helper(p: psutil.Process) -> bool:
+def _helper(p) -> bool:
     """multiprocessing's resource tracker: one per interpreter, it exits with it."""
     try:
         return "multiprocessing.resource_tracker" in " ".join(p.cmdline())
-    except psutil.Error:
+    except Exception:  # gone already
         return True
 
 
 @pytest.fixture
 def no_leftover_processes():
     """Fail if a test leaves child processes (cluster workers, pools) behind."""
+    psutil = pytest.importorskip("psutil")
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     yield
@@ -167,6 +167,7 @@ def test_ordered_map_submits_only_as_results_are_taken():
 def test_dask_local_cluster_equals_jobs_1_and_stays_bounded(
     brats2019, tmp_path, monkeypatch, no_leftover_processes
 ):
+    pytest.importorskip("distributed")
     root, _ = brats2019(n_hgg=20, n_lgg=20, shape=TINY)
     run(root, tmp_path / "ref.h5")
     live = LiveResults(monkeypatch)
@@ -197,7 +198,40 @@ def test_dask_missing_says_how_to_install(brats2019, tmp_path, monkeypatch):
     assert "Traceback" not in res.output and not out.exists()
 
 
+def test_dask_scheduler_address(brats2019, tmp_path, no_leftover_processes):
+    distributed = pytest.importorskip("distributed")
+    root, _ = brats2019(n_hgg=3, n_lgg=2, shape=TINY)
+    run(root, tmp_path / "ref.h5")
+    out = tmp_path / "dask.h5"
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        args = ["preprocess", str(root), str(out), "--slices", "8", "--backend", "dask"]
+        res = CliRunner().invoke(main, [*args, "--scheduler", address])
+    assert res.exit_code == 0, res.output
+    assert f"connected to the Dask scheduler at {address}: 2 worker threads" in res.stderr
+    same_rows(tmp_path / "ref.h5", out)
+
+
+@pytest.mark.parametrize(
+    ("address", "code", "message"),
+    [
+        ("tcp://x", 2, "Invalid value for '--scheduler': 'tcp://x': not a scheduler address ("),
+        ("nohost.invalid:8786", 1, "Error: Dask scheduler nohost.invalid:8786: cannot resolve"),
+    ],
+)
+def test_bad_scheduler_address(brats2019, tmp_path, address, code, message):
+    pytest.importorskip("distributed")
+    root, _ = brats2019(n_hgg=1, n_lgg=1, shape=TINY)
+    args = ["preprocess", str(root), str(tmp_path / "o.h5"), "--backend", "dask"]
+    res = CliRunner().invoke(main, [*args, "--scheduler", address])
+    assert res.exit_code == code, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
 def test_unreachable_scheduler_is_one_line_exit_1(brats2019, tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
     root, _ = brats2019(n_hgg=1, n_lgg=1, shape=TINY)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
