@@ -217,9 +217,14 @@ def _copy_old_rows(writer: StoreWriter, base: StoreReader, start: int, before: s
 def _merged_skipped(
     base: StoreReader, skipped: list[PatientError], added: list[str]
 ) -> list[dict[str, str]]:
-    """The store's skipped list, less patients now added or skipped again, plus this run's."""
-    drop = set(added) | {e.patient_id for e in skipped}
-    rows = [r for r in base.info.skipped if r["patient_id"] not in drop] + skip_rows(skipped)
+    """The store's skipped list, less patients now added or skipped again, plus this run's.
+
+    A patient this run could not use but the store already holds is not listed: it is there.
+    """
+    present = set(base.patient_ids)
+    new = [e for e in skipped if e.patient_id not in present]
+    drop = set(added) | {e.patient_id for e in new}
+    rows = [r for r in base.info.skipped if r["patient_id"] not in drop] + skip_rows(new)
     return sorted(rows, key=lambda r: r["patient_id"])
 
 

@@ -320,6 +320,8 @@ def test_append_twice_records_history_and_merges_skipped(cohorts):
     write_nifti(  # fixed: the next append adds it and drops it from the skipped list
         full / "HGG" / broken / f"{broken}_t1.nii.gz", np.ones(TINY, np.int16)
     )
+    old = "BraTS19_HGG_000_1"  # broken in this copy, but the store has it: not "skipped"
+    (full / "HGG" / old / f"{old}_t2.nii.gz").write_bytes(b"")
     summary = append(full, store, echo=quiet)
     assert summary.written == {"HGG": 1, "LGG": 0} and summary.total == 6
     with StoreReader(store) as r:
