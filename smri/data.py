@@ -104,20 +104,55 @@ def stratified_folds(
 
 
 # --------------------------------------------------------------------------------------- batches
+def strided_shard(order: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Rank `rank`'s share of `order`, as torch's DistributedSampler deals it out.
+
+    `order` is padded by wrapping around to a multiple of `world` (every rank gets the same
+    number of items, so the same number of steps), then rank r takes order[r::world].
+    """
+    if world == 1:
+        return order
+    total = math.ceil(len(order) / world) * world
+    padded = np.resize(order, total) if len(order) else order  # np.resize repeats from the start
+    return padded[rank:total:world]
+
+
+def contiguous_shard(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Rank `rank`'s contiguous block of `rows`, unpadded: the blocks in rank order are `rows`."""
+    return np.array_split(np.asarray(rows), world)[rank]
+
+
 def epoch_batches(
-    n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> list[np.ndarray]:
-    """Positions 0..n-1 cut into batches; shuffled by np.random.default_rng([seed, epoch])."""
+    """Positions 0..n-1 cut into batches; shuffled by np.random.default_rng([seed, epoch]).
+
+    With world > 1, rank `rank` batches its `strided_shard` of that order; batch k of the
+    ranks together is then batch k of a single process with batch_size * world (the last one
+    topped up by the wrap-around padding).
+    """
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    order = strided_shard(order, rank, world)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def random_flips(x: torch.Tensor, seed: int, epoch: int, step: int) -> torch.Tensor:
+def random_flips(
+    x: torch.Tensor, seed: int, epoch: int, step: int, rank: int = 0, world: int = 1
+) -> torch.Tensor:
     """Flip each patient of (B, M, S, H, W) along each spatial axis with probability 1/2.
 
     All modalities of a patient flip together; the flips depend only on (seed, epoch, step).
+    With world > 1 the flags are drawn for the global batch and rank r takes rows r::world,
+    matching `epoch_batches`: patient for patient, the flips of a single process.
     """
-    flags = np.random.default_rng([seed, epoch, step, 0xF119]).random((x.shape[0], 3)) < 0.5
+    rng = np.random.default_rng([seed, epoch, step, 0xF119])
+    flags = rng.random((x.shape[0] * world, 3))[rank::world] < 0.5
     out = x.clone()
     for axis in range(3):
         rows = np.flatnonzero(flags[:, axis])
@@ -167,19 +202,30 @@ class StoreDataset(Dataset):
             self._reader = None
 
 
+def n_batches(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches per epoch (per rank) of `epoch_batches`."""
+    return math.ceil(math.ceil(n / world) / batch_size)
+
+
 class _EpochSampler(Sampler):
     """Yields the current epoch's batches (lists of positions); set `epoch` before iterating."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1
+    ):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def __iter__(self) -> Iterator[list[int]]:
-        for b in epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.shuffle):
+        batches = epoch_batches(
+            self.n, self.batch_size, self.seed, self.epoch, self.shuffle, self.rank, self.world
+        )
+        for b in batches:
             yield b.tolist()
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return n_batches(self.n, self.batch_size, self.world)
 
 
 class Batches:
@@ -188,6 +234,10 @@ class Batches:
     `cache` is 'device' (whole split resident on the device: an epoch is pure compute), 'ram'
     (resident in host memory, pinned for CUDA) or 'none' (DataLoader workers stream from the
     store). All three yield identical batches for the same seed and epoch.
+
+    With world > 1 this rank gets its `strided_shard` of each epoch's order (torchrun/DDP):
+    streaming reads only those patients; a cache holds all `rows`, since the shard changes
+    every epoch.
     """
 
     def __init__(
@@ -201,13 +251,16 @@ class Batches:
         cache: str,
         device: torch.device,
         workers: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.cache, self.device = cache, device
+        self.rank, self.world = rank, world
         self._cuda = device.type == "cuda"
         if cache == "none":
-            self._sampler = _EpochSampler(len(self.rows), batch_size, seed, shuffle)
+            self._sampler = _EpochSampler(len(self.rows), batch_size, seed, shuffle, rank, world)
             self._loader = DataLoader(
                 StoreDataset(path, self.rows),
                 batch_size=None,
@@ -225,7 +278,7 @@ class Batches:
             raise ValueError(f"cache must be 'device', 'ram' or 'none', got {cache!r}")
 
     def __len__(self) -> int:
-        return math.ceil(len(self.rows) / self.batch_size)
+        return n_batches(len(self.rows), self.batch_size, self.world)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches, on the device, images as float32."""
@@ -234,7 +287,8 @@ class Batches:
             for images, labels in self._loader:
                 yield self._to_device(images, labels)
             return
-        for pos in epoch_batches(len(self.rows), self.batch_size, self.seed, epoch, self.shuffle):
+        n, size = len(self.rows), self.batch_size
+        for pos in epoch_batches(n, size, self.seed, epoch, self.shuffle, self.rank, self.world):
             idx = torch.from_numpy(pos).to(self.images.device)
             images, labels = self.images[idx], self.labels[idx]
             if self.cache == "ram" and self._cuda:
