@@ -3,6 +3,11 @@
 A run folder holds config.json, split.json, metrics.csv, last.pt, best.pt (best validation AUC),
 predictions.csv, summary.json and loss_curve.png. Checkpoints carry the model config and the
 store's preprocessing config, so `evaluate` and `predict` need nothing else.
+
+Under torchrun (a `Dist` with world_size > 1, see smri.distributed) the same loop runs on every
+rank with DistributedDataParallel: `--batch-size` is the global batch, each rank trains on its
+strided shard of every epoch's order, validation is sharded and gathered so its metrics equal a
+single-process evaluation, and rank 0 alone logs and writes the run folder.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ from smri.checkpoint import (
 from smri.data import (
     Batches,
     Split,
+    contiguous_shard,
     random_flips,
     resolve_cache,
     stratified_folds,
     stratified_split,
 )
+from smri.distributed import SINGLE, Dist
+from smri.distributed import describe as describe_dist
 from smri.errors import ConfigError, DataError
 from smri.metrics import binary_metrics
 from smri.models import ModelConfig, build_model, count_parameters
@@ -84,8 +92,14 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.default_rng([seed, epoch, 0x70C4]).integers(2**62))
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Torch seed of an epoch (dropout); other ranks draw their own masks."""
+    key = [seed, epoch, 0x70C4] if rank == 0 else [seed, epoch, 0x70C4, rank]
+    return int(np.random.default_rng(key).integers(2**62))
+
+
+def _silent(_line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -99,8 +113,12 @@ def train_one_epoch(
     amp: bool,
     augment: bool,
     seed: int,
+    dist: Dist = SINGLE,
 ) -> dict[str, float]:
-    """One pass over the training batches; returns mean loss, accuracy, seconds, patients/s."""
+    """One pass over the training batches; returns mean loss, accuracy, seconds, patients/s.
+
+    With several ranks the loss, accuracy and patient count are summed over all of them.
+    """
     from tqdm import tqdm
 
     model.train()
@@ -109,10 +127,11 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not _tty())
+    show = _tty() and dist.is_main
+    bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not show)
     for step, (images, labels) in enumerate(batches.epoch(epoch)):
         if augment:
-            images = random_flips(images, seed, epoch, step)
+            images = random_flips(images, seed, epoch, step, dist.rank, dist.world_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(images)
         loss = criterion(logits.float(), labels)
@@ -124,7 +143,8 @@ def train_one_epoch(
         n += len(labels)
         bar.update()
     bar.close()
-    mean_loss, acc = loss_sum.item() / n, correct.item() / n  # .item() waits for the GPU
+    loss_total, n_correct, n = dist.sum([loss_sum.item(), correct.item(), n])  # waits for the GPU
+    mean_loss, acc = loss_total / n, n_correct / n
     seconds = time.perf_counter() - start
     return {"loss": mean_loss, "accuracy": acc, "seconds": seconds, "patients_per_s": n / seconds}
 
@@ -138,14 +158,21 @@ def predict_batches(model: nn.Module, batches: Batches, amp: bool) -> tuple[np.n
         with torch.autocast(batches.device.type, dtype=torch.bfloat16, enabled=amp):
             logits.append(model(images).float())
         labels.append(y)
+    if not logits:  # a rank whose validation shard is empty
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
     return torch.cat(logits).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
 def evaluate(
-    model: nn.Module, batches: Batches, criterion: nn.Module, amp: bool
+    model: nn.Module, batches: Batches, criterion: nn.Module, amp: bool, dist: Dist = SINGLE
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Validation loss and metrics; also returns the probabilities of class 1."""
+    """Validation loss and metrics; also returns the probabilities of class 1.
+
+    With several ranks, `batches` is this rank's contiguous shard; the logits and labels of
+    all shards are gathered in order, so every rank computes the metrics of the whole split.
+    """
     logits, labels = predict_batches(model, batches, amp)
+    logits, labels = dist.gather(logits), dist.gather(labels)
     loss = criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     return {"loss": loss, **binary_metrics(labels, probs)}, probs
@@ -168,17 +195,30 @@ class _Setup:
     amp: bool
 
 
-def _prepare(store: Path, cfg: TrainConfig) -> _Setup:
+def _prepare(store: Path, cfg: TrainConfig, dist: Dist = SINGLE) -> _Setup:
     with StoreReader(store) as reader:
         info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
-    device = resolve_device(cfg.device)
+    device = dist.device if dist.enabled else resolve_device(cfg.device)
     nbytes = int(np.sum(labels >= 0)) * math.prod(info.volume_shape) * np.dtype(info.dtype).itemsize
+    if device.type == "cpu":  # every rank on this host holds its own copy in host memory
+        nbytes *= dist.local_world_size
     cache = resolve_cache(cfg.cache, device, nbytes)
     return _Setup(info, ids, labels, device, cache, amp=cfg.amp and device.type == "cuda")
 
 
-def make_splits(setup: _Setup, cfg: TrainConfig) -> list[Split]:
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """ConfigError unless the global batch splits evenly over the ranks."""
+    if batch_size % world_size:
+        raise ConfigError(
+            f"{batch_size} is the global batch and must be divisible by the {world_size} "
+            f"processes (WORLD_SIZE); use a multiple of {world_size}",
+            option="--batch-size",
+        )
+
+
+def make_splits(setup: _Setup, cfg: TrainConfig, world_size: int = 1) -> list[Split]:
     """The run's split, or its K folds (each checked against the batch size)."""
+    check_global_batch(cfg.batch_size, world_size)
     if cfg.fold is not None and cfg.folds is None:
         raise ConfigError("--fold needs --folds K", option="--fold")
     if cfg.folds is None:
@@ -198,15 +238,43 @@ def make_splits(setup: _Setup, cfg: TrainConfig) -> list[Split]:
     return splits
 
 
-def run_config(model_cfg: ModelConfig, cfg: TrainConfig, setup: _Setup) -> dict[str, Any]:
-    """config.json content."""
-    return {
+def run_config(
+    model_cfg: ModelConfig, cfg: TrainConfig, setup: _Setup, dist: Dist = SINGLE
+) -> dict[str, Any]:
+    """config.json content (a "distributed" block only for multi-process runs)."""
+    config = {
         "model": asdict(model_cfg),
         "train": asdict(cfg),
         "resolved": {"device": str(setup.device), "cache": setup.cache, "amp_bf16": setup.amp},
         "store": setup.info.as_dict(),
         "versions": versions(),
     }
+    if dist.enabled:
+        config["distributed"] = describe_dist(dist, cfg.batch_size)
+    return config
+
+
+def _build(
+    model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device, dist: Dist, log: Log
+) -> tuple[nn.Module, nn.Module]:
+    """The network on `device` (the module checkpoints save) and what the loop calls (DDP and
+    torch.compile around it, where used)."""
+    torch.manual_seed(cfg.seed)
+    net, synced = dist.prepare_model(build_model(model_cfg))
+    if dist.enabled and not synced:
+        log(
+            f"note: {dist.world_size} processes on {device.type}: SyncBatchNorm needs CUDA, so "
+            f"each rank normalises its own {cfg.batch_size // dist.world_size} patients "
+            "(running statistics are rank 0's)"
+        )
+    memory_format = torch.channels_last_3d if device.type == "cuda" else torch.preserve_format
+    net = net.to(device, memory_format=memory_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = dist.wrap(net)
+    return net, torch.compile(model) if cfg.compile else model
 
 
 def fit(
@@ -219,19 +287,12 @@ def fit(
     *,
     resume: bool = False,
     log: Log = print,
+    dist: Dist = SINGLE,
 ) -> dict[str, Any]:
     """Train one split into run folder `out` (resuming from out/last.pt); returns the summary."""
-    out.mkdir(parents=True, exist_ok=True)
+    dist.on_main(lambda: out.mkdir(parents=True, exist_ok=True))
     device = setup.device
-    torch.manual_seed(cfg.seed)
-    net = build_model(model_cfg)
-    memory_format = torch.channels_last_3d if device.type == "cuda" else torch.preserve_format
-    net = net.to(device, memory_format=memory_format)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model = torch.compile(net) if cfg.compile else net
+    net, model = _build(model_cfg, cfg, device, dist, log)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
@@ -242,13 +303,14 @@ def fit(
     criterion_dev = nn.BCEWithLogitsLoss(
         pos_weight=None if pos_weight is None else pos_weight.to(device)
     )
-    common = {"seed": cfg.seed, "cache": setup.cache, "device": device}
+    common = {"seed": cfg.seed, "cache": setup.cache, "device": device, "workers": cfg.workers}
+    per_rank = cfg.batch_size // dist.world_size
     train_batches = Batches(
-        store, split.train, batch_size=cfg.batch_size, shuffle=True, workers=cfg.workers, **common
-    )
-    val_batches = Batches(
-        store, split.val, batch_size=cfg.batch_size, shuffle=False, workers=cfg.workers, **common
-    )
+        store, split.train, batch_size=per_rank, shuffle=True, rank=dist.rank,
+        world=dist.world_size, **common,
+    )  # fmt: skip
+    val_rows = contiguous_shard(split.val, dist.rank, dist.world_size)
+    val_batches = Batches(store, val_rows, batch_size=cfg.batch_size, shuffle=False, **common)
 
     base = {
         **checkpoint_header(),
@@ -259,25 +321,29 @@ def fit(
     }
     start_epoch, best = 0, {"epoch": 0, "auc": -math.inf, "loss": math.inf}
     last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.csv"
-    if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
+    resumable = resume and last_path.exists()
+    ckpt = dist.on_main(lambda: load_checkpoint(last_path) if resumable else None)
+    if ckpt is not None:  # every rank resumes from rank 0's last.pt
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         start_epoch, best = int(ckpt["epoch"]), {"loss": math.inf, **ckpt["best"]}
         log(f"resuming {out} after epoch {start_epoch}")
-    rows = read_metrics(metrics_path, upto=start_epoch)
-    write_metrics(metrics_path, rows)
+    rows = dist.on_main(lambda: read_metrics(metrics_path, upto=start_epoch)) or []
+    if dist.is_main:
+        write_metrics(metrics_path, rows)
 
     params = count_parameters(net)
+    ranks = f" | {dist.world_size} ranks x {per_rank} patients/step" if dist.enabled else ""
     log(
         f"{model_cfg.name}: {params:,} parameters | {device} | cache {setup.cache} | "
         f"bf16 {'on' if setup.amp else 'off'} | {len(split.train)} train / {len(split.val)} val"
+        + ranks
     )
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch, dist.rank))
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             tr = train_one_epoch(
@@ -289,8 +355,10 @@ def fit(
                 amp=setup.amp,
                 augment=cfg.augment,
                 seed=cfg.seed,
+                dist=dist,
             )
-            va, _ = evaluate(model, val_batches, criterion, setup.amp)
+            dist.sync_buffers(net)  # evaluate and save rank 0's BatchNorm statistics everywhere
+            va, _ = evaluate(model, val_batches, criterion, setup.amp, dist)
             scheduler.step()
             row = {
                 "epoch": epoch,
@@ -307,22 +375,26 @@ def fit(
             improved = score > best["auc"] or (score == best["auc"] and va["loss"] < best["loss"])
             if improved:
                 best = {"epoch": epoch, "auc": score, "loss": va["loss"]}
-                save_checkpoint(best_path, {**base, "epoch": epoch, "model": net.state_dict()})
-            save_checkpoint(
-                last_path,
-                {
-                    **base,
-                    "epoch": epoch,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "best": best,
-                },
-            )
-            write_metrics(metrics_path, rows)
+            if dist.is_main:  # every rank holds the same weights and metrics; one writes them
+                if improved:
+                    save_checkpoint(best_path, {**base, "epoch": epoch, "model": net.state_dict()})
+                save_checkpoint(
+                    last_path,
+                    {
+                        **base,
+                        "epoch": epoch,
+                        "model": net.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(),
+                        "best": best,
+                    },
+                )
+                write_metrics(metrics_path, rows)
             log(_epoch_line(row, cfg.epochs, improved))
-        return _finish(out, split, setup, net, model_cfg, rows, params, val_batches, criterion)
+        return _finish(
+            out, split, setup, net, model_cfg, rows, params, val_batches, criterion, dist
+        )
     finally:
         train_batches.close()
         val_batches.close()
@@ -348,11 +420,29 @@ def _finish(
     params: int,
     val_batches: Batches,
     criterion: nn.Module,
+    dist: Dist = SINGLE,
 ) -> dict[str, Any]:
     """Predictions of best.pt on the validation split, summary.json and loss_curve.png."""
-    ckpt = load_checkpoint(out / "best.pt")
+    ckpt = dist.on_main(lambda: load_checkpoint(out / "best.pt"))
     net.load_state_dict(ckpt["model"])
-    metrics, probs = evaluate(net, val_batches, criterion, setup.amp)
+    metrics, probs = evaluate(net, val_batches, criterion, setup.amp, dist)
+    return dist.on_main(
+        lambda: _write_results(out, split, setup, model_cfg, rows, params, ckpt, metrics, probs)
+    )
+
+
+def _write_results(
+    out: Path,
+    split: Split,
+    setup: _Setup,
+    model_cfg: ModelConfig,
+    rows: list[dict[str, float]],
+    params: int,
+    ckpt: dict[str, Any],
+    metrics: dict[str, float],
+    probs: np.ndarray,
+) -> dict[str, Any]:
+    """predictions.csv, summary.json and loss_curve.png of a finished run; returns the summary."""
     write_predictions(
         out / "predictions.csv",
         [setup.patient_ids[i] for i in split.val],
@@ -396,18 +486,20 @@ def _device_name(device: torch.device) -> str:
 
 
 def plan(
-    store: Path, model_cfg: ModelConfig, cfg: TrainConfig
+    store: Path, model_cfg: ModelConfig, cfg: TrainConfig, dist: Dist = SINGLE
 ) -> tuple[_Setup, ModelConfig, list[Split]]:
     """Check the store and settings; the resolved setup, model config and splits (no files)."""
-    setup = _prepare(store, cfg)
+    setup = _prepare(store, cfg, dist)
     model_cfg = replace(model_cfg, volume_shape=tuple(setup.info.volume_shape[1:]))
     build_model(model_cfg)  # shape errors before anything is written
-    return setup, model_cfg, make_splits(setup, cfg)
+    return setup, model_cfg, make_splits(setup, cfg, dist.world_size)
 
 
-def describe(store: Path, model_cfg: ModelConfig, cfg: TrainConfig) -> list[str]:
+def describe(
+    store: Path, model_cfg: ModelConfig, cfg: TrainConfig, dist: Dist = SINGLE
+) -> list[str]:
     """What `smri train --dry-run` prints: model size, data, device, cache and split sizes."""
-    setup, model_cfg, splits = plan(store, model_cfg, cfg)
+    setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
     model = build_model(model_cfg)
     cnn = count_parameters(model.cnn)
     m, s, h, w = setup.info.volume_shape
@@ -418,6 +510,11 @@ def describe(store: Path, model_cfg: ModelConfig, cfg: TrainConfig) -> list[str]
         f"{setup.info.dtype}",
         f"device    {setup.device} | cache {setup.cache} | bf16 {'on' if setup.amp else 'off'}",
     ]
+    if dist.enabled:
+        lines.append(
+            f"ranks     {dist.world_size} ({dist.backend}): global batch {cfg.batch_size} = "
+            f"{cfg.batch_size // dist.world_size} patients per rank per step"
+        )
     for split in splits:
         where = "" if split.fold is None else f"fold {split.fold}: "
         lines.append(f"split     {where}{len(split.train)} train / {len(split.val)} val patients")
@@ -433,44 +530,71 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     log: Log = print,
+    dist: Dist = SINGLE,
 ) -> dict[str, Any]:
-    """Train one split or every fold into `out`; for K folds, summary.json holds mean ± std."""
-    setup, model_cfg, splits = plan(store, model_cfg, cfg)
-    if resume:
-        _check_resume(out, setup, [split_json(s, setup.patient_ids) for s in splits])
-    else:
-        prepare_out(out, overwrite)
-    write_json(out / "config.json", run_config(model_cfg, cfg, setup))
+    """Train one split or every fold into `out`; for K folds, summary.json holds mean ± std.
+
+    With a started `dist` every rank calls this; rank 0 alone logs and touches `out`, and
+    every rank returns the same summary.
+    """
+    log = log if dist.is_main else _silent
+    setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
+    split_dicts = [split_json(s, setup.patient_ids) for s in splits]
+
+    def start_run() -> None:
+        if resume:
+            _check_resume(out, setup, split_dicts)
+        else:
+            prepare_out(out, overwrite)
+        write_json(out / "config.json", run_config(model_cfg, cfg, setup, dist))
+        single = cfg.folds is None or cfg.fold is not None
+        write_json(out / "split.json", split_dicts[0] if single else split_dicts)
+
+    dist.on_main(start_run)
     if cfg.folds is None or cfg.fold is not None:
-        write_json(out / "split.json", split_json(splits[0], setup.patient_ids))
-        return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, log=log)
-    write_json(out / "split.json", [split_json(s, setup.patient_ids) for s in splits])
+        return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, log=log, dist=dist)
     summaries = []
     for split in splits:
         fold_dir = out / f"fold{split.fold}"
         done = fold_dir / "summary.json"
-        if resume and done.exists():
+        finished = dist.on_main(
+            lambda done=done: json.loads(done.read_text()) if resume and done.exists() else None
+        )
+        if finished is not None:
             log(f"fold {split.fold}/{cfg.folds}: already finished")
-            summaries.append(json.loads(done.read_text()))
+            summaries.append(finished)
             continue
         log(f"fold {split.fold}/{cfg.folds}")
-        fold_dir.mkdir(exist_ok=True)
-        write_json(
-            fold_dir / "config.json", run_config(model_cfg, replace(cfg, fold=split.fold), setup)
+
+        def start_fold(fold_dir: Path = fold_dir, split: Split = split) -> None:
+            fold_dir.mkdir(exist_ok=True)
+            fold_cfg = replace(cfg, fold=split.fold)
+            write_json(fold_dir / "config.json", run_config(model_cfg, fold_cfg, setup, dist))
+            write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
+
+        dist.on_main(start_fold)
+        summaries.append(
+            fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, log=log, dist=dist)
         )
-        write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
-        summaries.append(fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, log=log))
+    summary = dist.on_main(lambda: _finish_folds(out, model_cfg, cfg, summaries))
+    log(summary_line(summary))
+    return summary
+
+
+def _finish_folds(
+    out: Path, model_cfg: ModelConfig, cfg: TrainConfig, summaries: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The K-fold summary.json, out-of-fold predictions.csv and loss_curve.png."""
     summary = fold_summary(summaries)
     write_json(out / "summary.json", summary)
-    merge_predictions(out, len(splits))
+    merge_predictions(out, len(summaries))
     from smri.plots import fold_loss_figure, save_figure
 
-    rows = [read_metrics(out / f"fold{k}" / "metrics.csv") for k in range(len(splits))]
+    rows = [read_metrics(out / f"fold{k}" / "metrics.csv") for k in range(len(summaries))]
     save_figure(
         fold_loss_figure(rows, title=f"{model_cfg.name.upper()} loss, {cfg.folds} folds"),
         out / "loss_curve.png",
     )
-    log(summary_line(summary))
     return summary
 
 

@@ -96,7 +96,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     type=click.IntRange(min=1),
     default=8,
     show_default=True,
-    help="Patients per batch.",
+    help="Patients per batch (under torchrun: the global batch, split evenly over the ranks).",
 )
 @click.option(
     "--lr",
@@ -196,11 +196,16 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
     smri train demo.h5 --model cnn2 --epochs 30
     smri train demo.h5 --model cnn3 --folds 5 --out runs/cnn3-cv
     smri train --resume runs/cnn3-cv          # after an interruption
+    torchrun --nproc_per_node 4 -m smri train demo.h5   # 4 GPUs (DDP); --batch-size is global
     """
+    import os
+
+    from smri import distributed
     from smri.models import ModelConfig
-    from smri.train import TrainConfig, describe, load_run_config
+    from smri.train import TrainConfig, check_global_batch, describe, load_run_config
     from smri.train import train as run_training
 
+    spec = distributed.from_env(os.environ)  # torchrun's variables; one process without them
     resume: Path | None = opts["resume"]
     if resume is not None:
         given = [f"--{n.replace('_', '-')}" for n in RUN_OPTIONS if _given(ctx, n)]
@@ -208,37 +213,43 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
         if given:
             raise ConfigError(f"--resume continues a run with its own settings; drop {given[0]}",
                               option=given[0])  # fmt: skip
-        saved_store, model_cfg, cfg = load_run_config(resume)
-        cfg = cfg.__class__(**{**cfg.__dict__, "device": opts["device"], "cache": opts["cache"],
-                               "workers": opts["workers"]})  # fmt: skip
-        store, out = store or saved_store, resume
+    elif store is None:
+        raise click.UsageError("give a STORE to train on, or --resume RUN_DIR")
     else:
-        if store is None:
-            raise click.UsageError("give a STORE to train on, or --resume RUN_DIR")
-        model_cfg = ModelConfig(name=opts["model"], width=opts["width"])
-        cfg = TrainConfig(
-            epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
-            weight_decay=opts["weight_decay"], seed=opts["seed"],
-            val_fraction=opts["val_fraction"], folds=opts["folds"], fold=opts["fold"],
-            class_weight=opts["class_weight"], device=opts["device"], amp=opts["amp"],
-            compile=opts["compile_"], cache=opts["cache"], workers=opts["workers"],
-            augment=opts["augment"],
-        )  # fmt: skip
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = opts["out"] or Path("runs") / f"{model_cfg.name}-{stamp}"
-    if opts["dry_run"]:
-        for line in describe(store, model_cfg, cfg):
-            click.echo(line)
-        return
-    try:
-        run_training(store, model_cfg, cfg, out, resume=resume is not None,
-                     overwrite=opts["overwrite"], log=click.echo)  # fmt: skip
-    except KeyboardInterrupt:
-        last = "last.pt" if (out / "last.pt").exists() else "last.pt of each fold"
-        click.echo(f"\nInterrupted; {out}/{last} holds the last finished epoch. "
-                   f"Continue with: smri train --resume {out}", err=True)  # fmt: skip
-        sys.exit(130)
-    click.echo(f"run folder: {out}")
+        check_global_batch(opts["batch_size"], spec.world_size)  # before joining the group
+    with distributed.process_group(spec, opts["device"]) as dist:
+        echo = click.echo if dist.is_main else lambda *a, **k: None
+        if resume is not None:
+            saved_store, model_cfg, cfg = dist.on_main(lambda: load_run_config(resume))
+            cfg = cfg.__class__(**{**cfg.__dict__, "device": opts["device"],
+                                   "cache": opts["cache"], "workers": opts["workers"]})  # fmt: skip
+            store, out = store or saved_store, resume
+        else:
+            model_cfg = ModelConfig(name=opts["model"], width=opts["width"])
+            cfg = TrainConfig(
+                epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
+                weight_decay=opts["weight_decay"], seed=opts["seed"],
+                val_fraction=opts["val_fraction"], folds=opts["folds"], fold=opts["fold"],
+                class_weight=opts["class_weight"], device=opts["device"], amp=opts["amp"],
+                compile=opts["compile_"], cache=opts["cache"], workers=opts["workers"],
+                augment=opts["augment"],
+            )  # fmt: skip
+            # every rank needs the same folder name: rank 0's clock decides
+            stamp = dist.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
+            out = opts["out"] or Path("runs") / f"{model_cfg.name}-{stamp}"
+        if opts["dry_run"]:
+            for line in describe(store, model_cfg, cfg, dist):
+                echo(line)
+            return
+        try:
+            run_training(store, model_cfg, cfg, out, resume=resume is not None,
+                         overwrite=opts["overwrite"], log=click.echo, dist=dist)  # fmt: skip
+        except KeyboardInterrupt:
+            last = "last.pt" if (out / "last.pt").exists() else "last.pt of each fold"
+            echo(f"\nInterrupted; {out}/{last} holds the last finished epoch. "
+                 f"Continue with: smri train --resume {out}", err=True)  # fmt: skip
+            sys.exit(130)
+        echo(f"run folder: {out}")
 
 
 @click.command()
