@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,10 @@ BRATS2020_GRADE_COLUMN = "Grade"
 ID_COLUMNS = ("patient_id", "subject_id", "id", BRATS2020_ID_COLUMN)
 LABEL_COLUMNS = ("label", "class", "grade", BRATS2020_GRADE_COLUMN)
 UNLABELLED = -1
-_NIFTI_SUFFIX = re.compile(r"_([A-Za-z0-9]+)\.nii(\.gz)?$", re.IGNORECASE)
+_NIFTI_SUFFIX = re.compile(r"_([A-Za-z0-9]+)\.nii(\.gz)?\Z", re.IGNORECASE)  # \Z: not before \n
+# Characters that break a one-line message (and can forge lines of output): controls such as
+# newline, carriage return and escape, and the Unicode line and paragraph separators.
+_LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 
 @dataclass(frozen=True)
@@ -93,12 +97,30 @@ def modality_of(name: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def has_control_characters(name: str) -> bool:
+    """Whether `name` holds a newline, another control character or a line separator."""
+    return any(unicodedata.category(c) in _LINE_BREAKING for c in name)
+
+
+def printable(name: str) -> str:
+    """`name` with control characters escaped (as repr shows them), for one-line messages."""
+    return repr(name)[1:-1] if has_control_characters(name) else name
+
+
 def patient_from_folder(
     folder: Path, modalities: Sequence[str], label: int = UNLABELLED, patient_id: str | None = None
 ) -> Patient:
-    """The modality files of one patient folder; PatientError when one is missing or doubled."""
+    """The modality files of one patient folder; PatientError when one is missing or doubled.
+
+    A folder or modality file whose name holds control characters (a newline, say) is refused:
+    the id would break every one-line message and CSV row it appears in.
+    """
     folder = Path(folder)
     pid = patient_id or folder.name
+    if has_control_characters(pid):
+        raise PatientError(
+            printable(pid), f"folder name {pid!r} holds control characters; rename the folder"
+        )
     if not folder.is_dir():
         raise PatientError(pid, f"{folder} is not a folder")
     found: dict[str, list[Path]] = {m: [] for m in modalities}
@@ -109,6 +131,10 @@ def patient_from_folder(
     for entry in entries:
         mod = modality_of(entry.name)
         if mod in found and not entry.name.startswith("."):
+            if has_control_characters(entry.name):
+                raise PatientError(
+                    pid, f"file name {entry.name!r} holds control characters; rename the file"
+                )
             found[mod].append(Path(entry.path))
     missing = [m for m, files in found.items() if not files]
     if missing:
@@ -184,6 +210,13 @@ def _collect(folders: list[tuple[Path, int]], modalities: Sequence[str], result:
     seen: dict[str, Path] = {}
     for folder, label in folders:
         pid = folder.name
+        if has_control_characters(pid):
+            result.skipped.append(
+                PatientError(
+                    printable(pid), f"folder name {pid!r} holds control characters; rename it"
+                )
+            )
+            continue
         if pid in seen:
             result.skipped.append(PatientError(pid, f"id found twice: {seen[pid]} and {folder}"))
             continue
@@ -240,12 +273,17 @@ def discover(
             elif allow_unlabelled and modality_of_any(folder, modalities):
                 folders.append((folder, UNLABELLED))
             elif modality_of_any(folder, modalities):
-                result.skipped.append(PatientError(pid, f"no label for this patient in {mapping}"))
+                result.skipped.append(
+                    PatientError(printable(pid), f"no label for this patient in {mapping}")
+                )
         _collect(folders, modalities, result)
         absent = sorted(set(labels) - set(candidates))
         for pid in absent:
             result.skipped.append(
-                PatientError(pid, f"listed in {mapping.name} but no folder {root / pid}")
+                PatientError(
+                    printable(pid),
+                    f"listed in {mapping.name} but no folder {printable(str(root / pid))}",
+                )
             )
     else:
         result = Discovery(root, "unlabelled")

@@ -86,6 +86,8 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
         data = data[..., 0]
     if data.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got {data.ndim}D with shape {data.shape}")
+    if data.size == 0:  # a header dim of 0 reads as an empty array, which min-max cannot use
+        raise DataError(f"{path}: empty volume (shape {data.shape}); its header has a 0 dimension")
     if data.dtype.kind not in "iuf":
         raise DataError(f"{path}: unsupported voxel type {data.dtype}, expected integers or floats")
     if data.dtype.kind == "f" and not np.isfinite(data).all():
