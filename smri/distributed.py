@@ -52,12 +52,6 @@ class Dist:
         return self.rank == 0
 
     # ------------------------------------------------------------------------------ collectives
-    def barrier(self) -> None:
-        """Wait until every rank gets here."""
-        if self.enabled:
-            cuda = self.device is not None and self.device.type == "cuda"
-            tdist.barrier(device_ids=[self.device.index] if cuda else None)
-
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of `values` over all ranks (float64; returned as given when alone)."""
         if not self.enabled:

@@ -256,9 +256,13 @@ def run_config(
 
 def _build(
     model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device, dist: Dist, log: Log
-) -> tuple[nn.Module, nn.Module]:
-    """The network on `device` (the module checkpoints save) and what the loop calls (DDP and
-    torch.compile around it, where used)."""
+) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The network on `device` (the module checkpoints save), what training calls (DDP and
+    torch.compile around it, where used) and what validation calls.
+
+    Validation bypasses DDP: the first DDP forward after a training step broadcasts buffers,
+    a collective that would hang waiting for a rank whose validation shard is empty.
+    """
     torch.manual_seed(cfg.seed)
     net, synced = dist.prepare_model(build_model(model_cfg))
     if dist.enabled and not synced:
@@ -273,8 +277,10 @@ def _build(
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = dist.wrap(net)
-    return net, torch.compile(model) if cfg.compile else model
+    if not cfg.compile:
+        return net, dist.wrap(net), net  # dist.wrap(net) is net itself in a single process
+    compiled = torch.compile(net)
+    return net, torch.compile(dist.wrap(net)) if dist.enabled else compiled, compiled
 
 
 def fit(
@@ -292,7 +298,7 @@ def fit(
     """Train one split into run folder `out` (resuming from out/last.pt); returns the summary."""
     dist.on_main(lambda: out.mkdir(parents=True, exist_ok=True))
     device = setup.device
-    net, model = _build(model_cfg, cfg, device, dist, log)
+    net, model, eval_model = _build(model_cfg, cfg, device, dist, log)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
 
@@ -358,7 +364,7 @@ def fit(
                 dist=dist,
             )
             dist.sync_buffers(net)  # evaluate and save rank 0's BatchNorm statistics everywhere
-            va, _ = evaluate(model, val_batches, criterion, setup.amp, dist)
+            va, _ = evaluate(eval_model, val_batches, criterion, setup.amp, dist)
             scheduler.step()
             row = {
                 "epoch": epoch,

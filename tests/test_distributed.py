@@ -176,10 +176,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str | Path) -> list[str]:
-    """The command line of a 2-process `smri` on this machine (gloo, 127.0.0.1)."""
+def torchrun(*args: str | Path, nproc: int = 2) -> list[str]:
+    """The command line of an `nproc`-process `smri` on this machine (gloo, 127.0.0.1)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "smri",
         *map(str, args),
     ]  # fmt: skip
@@ -188,8 +188,9 @@ def torchrun(*args: str | Path) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_torchrun(*args: str | Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(torchrun(*args), capture_output=True, text=True, env=ENV, timeout=300)
+def run_torchrun(*args: str | Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    command = torchrun(*args, nproc=nproc)
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -302,3 +303,17 @@ def test_interrupted_two_process_run_resumes_to_the_uninterrupted_result(run, st
     a = torch.load(full / "last.pt", weights_only=True)["model"]
     b = torch.load(cut / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_rank_without_validation_patients(tmp_path):
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 4)  # 2 validation patients, 3 ranks
+    out = tmp_path / "run"
+    args = ["--width", "0.25", "--batch-size", "3", "--epochs", "1", "--cache", "none"]
+    result = run_torchrun("train", store, *args, "--workers", "0", "--out", out, nproc=3)
+    assert "6 train / 2 val | 3 ranks x 1 patients/step" in result.stdout
+    val_ids = json.loads((out / "split.json").read_text())["val"]
+    _, probs = _evaluate_val(out / "best.pt", store, val_ids)
+    with open(out / "predictions.csv", newline="") as fh:
+        preds = list(csv.DictReader(fh))
+    assert [p["patient_id"] for p in preds] == val_ids
+    assert [float(p["probability"]) for p in preds] == pytest.approx(probs, abs=1e-6)
