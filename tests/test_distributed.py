@@ -157,6 +157,7 @@ def _collectives(rank: int, world: int, port: int, out: str) -> None:
         }))  # fmt: skip
 
 
+@pytest.mark.slow  # the torchrun runs below exercise the same collectives end to end
 def test_collectives_on_two_gloo_processes(tmp_path):
     torch.multiprocessing.spawn(_collectives, args=(2, free_port(), str(tmp_path)), nprocs=2)
     for rank in range(2):
@@ -317,3 +318,14 @@ def test_a_rank_without_validation_patients(tmp_path):
         preds = list(csv.DictReader(fh))
     assert [p["patient_id"] for p in preds] == val_ids
     assert [float(p["probability"]) for p in preds] == pytest.approx(probs, abs=1e-6)
+
+
+def test_rank_0_refusal_is_reported_once_and_every_rank_exits(run, store):
+    out, _ = run
+    command = torchrun("train", store, "--batch-size", "4", "--out", out)
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode != 0
+    message = f"Error: Invalid value for '--out': {out} exists and is not empty"
+    assert result.stderr.count(message) == 1
+    assert "exitcode: 2" in result.stderr  # torchrun's report of the first rank to exit
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES

@@ -6,11 +6,15 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from smri.cli.common import handle_errors, path_option_type
-from smri.errors import ConfigError
+from smri.errors import ConfigError, SmriError
+
+if TYPE_CHECKING:
+    from smri.distributed import Dist
 
 MODEL_CHOICES = ("cnn1", "cnn2", "cnn3")
 # Options that define a run: on --resume they come from the run's config.json.
@@ -201,9 +205,7 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
     import os
 
     from smri import distributed
-    from smri.models import ModelConfig
-    from smri.train import TrainConfig, check_global_batch, describe, load_run_config
-    from smri.train import train as run_training
+    from smri.train import check_global_batch
 
     spec = distributed.from_env(os.environ)  # torchrun's variables; one process without them
     resume: Path | None = opts["resume"]
@@ -218,38 +220,55 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
     else:
         check_global_batch(opts["batch_size"], spec.world_size)  # before joining the group
     with distributed.process_group(spec, opts["device"]) as dist:
-        echo = click.echo if dist.is_main else lambda *a, **k: None
-        if resume is not None:
-            saved_store, model_cfg, cfg = dist.on_main(lambda: load_run_config(resume))
-            cfg = cfg.__class__(**{**cfg.__dict__, "device": opts["device"],
-                                   "cache": opts["cache"], "workers": opts["workers"]})  # fmt: skip
-            store, out = store or saved_store, resume
-        else:
-            model_cfg = ModelConfig(name=opts["model"], width=opts["width"])
-            cfg = TrainConfig(
-                epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
-                weight_decay=opts["weight_decay"], seed=opts["seed"],
-                val_fraction=opts["val_fraction"], folds=opts["folds"], fold=opts["fold"],
-                class_weight=opts["class_weight"], device=opts["device"], amp=opts["amp"],
-                compile=opts["compile_"], cache=opts["cache"], workers=opts["workers"],
-                augment=opts["augment"],
-            )  # fmt: skip
-            # every rank needs the same folder name: rank 0's clock decides
-            stamp = dist.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))
-            out = opts["out"] or Path("runs") / f"{model_cfg.name}-{stamp}"
-        if opts["dry_run"]:
-            for line in describe(store, model_cfg, cfg, dist):
-                echo(line)
-            return
         try:
-            run_training(store, model_cfg, cfg, out, resume=resume is not None,
-                         overwrite=opts["overwrite"], log=click.echo, dist=dist)  # fmt: skip
-        except KeyboardInterrupt:
-            last = "last.pt" if (out / "last.pt").exists() else "last.pt of each fold"
-            echo(f"\nInterrupted; {out}/{last} holds the last finished epoch. "
-                 f"Continue with: smri train --resume {out}", err=True)  # fmt: skip
-            sys.exit(130)
-        echo(f"run folder: {out}")
+            _train(dist, store, resume, opts)
+        except (SmriError, OSError) as exc:
+            if dist.is_main:
+                raise
+            sys.exit(2 if isinstance(exc, ConfigError) else 1)  # rank 0 prints the message
+
+
+def _train(dist: Dist, store: Path | None, resume: Path | None, opts: dict[str, Any]) -> None:
+    """The body of `smri train` on one rank (the only one without torchrun)."""
+    from smri.models import ModelConfig
+    from smri.train import TrainConfig, describe, load_run_config
+    from smri.train import train as run_training
+
+    echo = click.echo if dist.is_main else _silent
+    if resume is not None:
+        saved_store, model_cfg, cfg = dist.on_main(lambda: load_run_config(resume))
+        cfg = cfg.__class__(**{**cfg.__dict__, "device": opts["device"], "cache": opts["cache"],
+                               "workers": opts["workers"]})  # fmt: skip
+        store, out = store or saved_store, resume
+    else:
+        model_cfg = ModelConfig(name=opts["model"], width=opts["width"])
+        cfg = TrainConfig(
+            epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
+            weight_decay=opts["weight_decay"], seed=opts["seed"],
+            val_fraction=opts["val_fraction"], folds=opts["folds"], fold=opts["fold"],
+            class_weight=opts["class_weight"], device=opts["device"], amp=opts["amp"],
+            compile=opts["compile_"], cache=opts["cache"], workers=opts["workers"],
+            augment=opts["augment"],
+        )  # fmt: skip
+        stamp = dist.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))  # one name for all ranks
+        out = opts["out"] or Path("runs") / f"{model_cfg.name}-{stamp}"
+    if opts["dry_run"]:
+        for line in describe(store, model_cfg, cfg, dist):
+            echo(line)
+        return
+    try:
+        run_training(store, model_cfg, cfg, out, resume=resume is not None,
+                     overwrite=opts["overwrite"], log=click.echo, dist=dist)  # fmt: skip
+    except KeyboardInterrupt:
+        last = "last.pt" if (out / "last.pt").exists() else "last.pt of each fold"
+        echo(f"\nInterrupted; {out}/{last} holds the last finished epoch. "
+             f"Continue with: smri train --resume {out}", err=True)  # fmt: skip
+        sys.exit(130)
+    echo(f"run folder: {out}")
+
+
+def _silent(*_args: Any, **_kwargs: Any) -> None:
+    """click.echo of ranks other than 0."""
 
 
 @click.command()
