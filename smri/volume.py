@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; stay usable with
     _gzip = gzip
 
 EPS = 1e-8
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -90,9 +91,16 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
         raise DataError(f"{path}: empty volume (shape {data.shape}); its header has a 0 dimension")
     if data.dtype.kind not in "iuf":
         raise DataError(f"{path}: unsupported voxel type {data.dtype}, expected integers or floats")
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise DataError(f"{path}: {n_bad} voxels are NaN or Inf")
+    if data.dtype.kind == "f":
+        lo, hi = float(data.min()), float(data.max())  # NaN and ±Inf show up here
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+            raise DataError(f"{path}: {n_bad} voxels are NaN or Inf")
+        if hi - lo > FLOAT32_MAX:  # min–max runs in float32: the range would overflow to NaN
+            raise DataError(
+                f"{path}: intensities span {lo:g} to {hi:g}, wider than float32 "
+                f"(±{FLOAT32_MAX:.3g}) in which they are normalised"
+            )
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return Volume(data=data, spacing=zooms, affine=np.asarray(img.affine))
 

@@ -335,3 +335,17 @@ def test_a_trailing_newline_is_not_a_nifti_suffix(tmp_path):
     (tmp_path / "q\n_t1.nii").write_bytes(b"")
     with pytest.raises(PatientError, match=r"file name 'q\\n_t1\.nii' holds control characters"):
         patient_from_folder(tmp_path, DEFAULT_MODALITIES)
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype"), [((-6.8e38, 199.0), "float64"), ((-3e38, 3e38), "float32")]
+)
+def test_intensities_wider_than_float32_are_refused(tmp_path, values, dtype):
+    # Found by the long run: a float64 voxel of -6.8e38 became -inf in float32, so min–max
+    # normalisation gave NaN images (float32 data spanning +-3e38 overflows the same way).
+    data = np.zeros(SHAPE, dtype)
+    data[0, 0, 0], data[1, 1, 1] = values
+    path = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(DataError, match=r"v\.nii: intensities span .* wider than float32"):
+        load_volume(path)
