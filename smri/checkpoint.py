@@ -22,6 +22,7 @@ from smri.store import StoreInfo
 
 CHECKPOINT_FORMAT = "smri-checkpoint"
 CHECKPOINT_VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def checkpoint_header() -> dict[str, Any]:
@@ -92,10 +93,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: empty file (0 bytes), expected an smri checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise DataError(f"{path}: {_unpickling_reason(exc)}") from None
     except Exception as exc:
-        raise DataError(f"{path}: not a readable torch checkpoint ({_load_reason(exc)})") from None
+        raise DataError(f"{path}: {_load_failure(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not an smri checkpoint (written by `smri train`)")
     version = ckpt.get("version", 0)
@@ -115,28 +114,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
-    """What the weights-only unpickler refused, in one line (never "reload with
-    weights_only=False", torch's own advice, which would run the file's code)."""
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """Why torch.load failed, in one line; never torch's advice to reload with
+    weights_only=False, which would run whatever code the file carries."""
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found:
+    if isinstance(exc, pickle.UnpicklingError) and found:
         return (
             f"refused: the file holds a Python object ({found.group(1)}) that loading would "
             "run; smri checkpoints hold only tensors and plain data, so it was not written by "
             "smri and may be malicious. Not loaded"
         )
-    found = re.search(r"Unsupported operand \d+|Unsupported class [\w.]+", text)
-    detail = found.group(0) if found else "unsupported pickle content"
-    return f"not a readable torch checkpoint (not a torch zip file or corrupt: {detail})"
-
-
-def _load_reason(exc: BaseException) -> str:
-    text = str(exc).strip()
+    with open(path, "rb") as fh:
+        if fh.read(4) != ZIP_MAGIC:
+            return "not a readable torch checkpoint (not a torch zip file)"
     if "central directory" in text or isinstance(exc, EOFError):
-        return "truncated or corrupt: the zip archive is incomplete"
-    first = text.splitlines()[0] if text else type(exc).__name__
-    return first.split(". ")[0][:200]
+        return (
+            "not a readable torch checkpoint (truncated or corrupt: the zip archive is incomplete)"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"not a readable torch checkpoint (truncated or corrupt: {first.split('. ')[0][:200]})"
 
 
 def store_fields(info: StoreInfo) -> dict[str, Any]:

@@ -14,11 +14,11 @@ The preprocess/info side is in tests/test_bad_inputs.py.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -77,7 +77,7 @@ def good(run) -> dict:
 
 # ---------------------------------------------------------------------- broken checkpoints
 def _random_bytes(path: Path, good: dict) -> None:
-    path.write_bytes(os.urandom(5000))
+    path.write_bytes(np.random.default_rng(len(str(path))).bytes(5000))
 
 
 def _truncated(path: Path, good: dict) -> None:
@@ -116,7 +116,7 @@ def _plain_torch(path: Path, good: dict) -> None:
 
 
 BROKEN_CHECKPOINTS = [
-    ("random-bytes", _random_bytes, "not a readable torch checkpoint (not a torch zip file"),
+    ("random-bytes", _random_bytes, "not a readable torch checkpoint (not a torch zip file)"),
     ("truncated", _truncated, "not a readable torch checkpoint (truncated or corrupt"),
     ("empty", _empty, "empty file (0 bytes), expected an smri checkpoint"),
     (
