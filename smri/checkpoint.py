@@ -173,6 +173,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_weights(
+    model: torch.nn.Module, ckpt: dict[str, Any], cfg: ModelConfig, source: str = ""
+) -> None:
+    """Load the checkpoint's weights into `model`; DataError naming `source` if they misfit."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        where = f"{source}: " if source else ""
+        raise DataError(
+            f"{where}the weights do not fit the {cfg.name} model (width {cfg.width:g}, input "
+            f"{'x'.join(map(str, cfg.volume_shape))}) the checkpoint describes: {detail[:300]}"
+        ) from None
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device, source: str = "") -> CNNLSTM:
     """The checkpoint's model with its weights, in eval mode on `device`.
 
@@ -185,15 +201,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device, source: st
         model = build_model(cfg)
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{where}damaged smri checkpoint: bad model_config ({exc})") from None
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-        raise DataError(
-            f"{where}the weights do not fit the {cfg.name} model (width {cfg.width:g}, input "
-            f"{'x'.join(map(str, cfg.volume_shape))}) the checkpoint describes: {detail[:300]}"
-        ) from None
+    load_weights(model, ckpt, cfg, source)
     if device.type == "cuda":
         model = model.to(device, memory_format=torch.channels_last_3d)
     return model.to(device).eval()

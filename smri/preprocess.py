@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -399,9 +400,11 @@ def run_preprocess(
                     f"written; `--resume` continues from {partial}"
                 )
             raise
-        except BaseException:
+        except BaseException as exc:
             if writer is not None:
                 writer.abort()
+            if isinstance(exc, OSError) and exc.errno:  # h5py's text names the hidden temp file
+                raise OSError(exc.errno, os.strerror(exc.errno), str(output)) from None
             raise
         finally:
             bar.close()

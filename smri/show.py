@@ -45,6 +45,8 @@ def is_store(path: Path) -> bool:
 
 def find_patient_folder(root: Path, patient_id: str) -> Path:
     """`root/<id>` or `root/<class>/<id>`; DataError naming the id when neither exists."""
+    if patient_id in ("", ".", "..") or Path(patient_id).name != patient_id:
+        raise DataError(f"{patient_id!r} is not a patient id (a folder name, no path)")
     for candidate in [root / patient_id, *(d / patient_id for d in sorted(root.iterdir()))]:
         if candidate.is_dir():
             return candidate

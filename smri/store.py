@@ -201,7 +201,7 @@ class StoreReader:
                 s.decode("utf-8") if isinstance(s, bytes) else str(s)
                 for s in self._file[PATIENT_ID][:]
             ]
-        except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             self._file.close()
             raise DataError(f"{self.path}: damaged smri store ({exc})") from None
         except BaseException:

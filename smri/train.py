@@ -29,6 +29,7 @@ from torch import nn
 from smri.checkpoint import (
     checkpoint_header,
     load_checkpoint,
+    load_weights,
     resolve_device,
     rng_state,
     save_checkpoint,
@@ -330,7 +331,7 @@ def fit(
     resumable = resume and last_path.exists()
     ckpt = dist.on_main(lambda: load_checkpoint(last_path) if resumable else None)
     if ckpt is not None:  # every rank resumes from rank 0's last.pt
-        net.load_state_dict(ckpt["model"])
+        load_weights(net, ckpt, model_cfg, str(last_path))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
@@ -430,7 +431,7 @@ def _finish(
 ) -> dict[str, Any]:
     """Predictions of best.pt on the validation split, summary.json and loss_curve.png."""
     ckpt = dist.on_main(lambda: load_checkpoint(out / "best.pt"))
-    net.load_state_dict(ckpt["model"])
+    load_weights(net, ckpt, model_cfg, str(out / "best.pt"))
     metrics, probs = evaluate(net, val_batches, criterion, setup.amp, dist)
     return dist.on_main(
         lambda: _write_results(out, split, setup, model_cfg, rows, params, ckpt, metrics, probs)
@@ -632,9 +633,14 @@ def load_run_config(run: Path) -> tuple[Path, ModelConfig, TrainConfig]:
     path = Path(run) / "config.json"
     if not path.exists():
         raise ConfigError(f"{run} is not an smri run folder (no config.json)", option="--resume")
-    config = json.loads(path.read_text())
-    return (
-        Path(config["store"]["path"]),
-        ModelConfig.from_dict(config["model"]),
-        TrainConfig.from_dict(config["train"]),
-    )
+    try:
+        config = json.loads(path.read_text())
+        return (
+            Path(config["store"]["path"]),
+            ModelConfig.from_dict(config["model"]),
+            TrainConfig.from_dict(config["train"]),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{path}: damaged run config ({type(exc).__name__}: {exc}); start a new run with --out"
+        ) from None

@@ -373,11 +373,6 @@ def test_resume_when_the_store_is_gone(cut, tmp_path):
     assert _snapshot(cut) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py bug: load_run_config does json.loads(config.json) unguarded, so a damaged "
-    "config.json is a JSONDecodeError traceback instead of a one-line error naming the file",
-)
 def test_resume_with_a_damaged_config_json(cut):
     (cut / "config.json").write_text('{"store": {"path": ')
     result = CliRunner().invoke(main, ["train", "--resume", str(cut)])
@@ -385,12 +380,6 @@ def test_resume_with_a_damaged_config_json(cut):
     assert "config.json" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.py bug: fit() resumes with net.load_state_dict(ckpt['model']) directly (not "
-    "model_from_checkpoint), so a last.pt whose weights do not fit the run's model is a "
-    "RuntimeError traceback instead of a one-line error naming last.pt",
-)
 def test_resume_with_a_last_pt_of_another_model(cut, good):
     other = build_model(ModelConfig(name="cnn2", width=0.5, volume_shape=(16, 32, 32)))
     last = torch.load(cut / "last.pt", weights_only=True)

@@ -279,13 +279,6 @@ def _h5py_enospc(ds) -> OSError:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="preprocess/CLI bug: an h5py OSError (full disk) reaches handle_errors unchanged; it "
-    "prints h5py's two-line strerror naming the hidden temporary file instead of one line "
-    "'No space left on device: OUTPUT' (store.py/preprocess.py should re-raise with the errno, "
-    "os.strerror and the output path, or handle_errors should keep the first line)",
-)
 def test_disk_full_as_h5py_reports_it_is_one_line_naming_the_output(
     brats2019, tmp_path, monkeypatch
 ):

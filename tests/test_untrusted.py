@@ -187,12 +187,6 @@ def test_store_attributes_are_plain_types(store):
 
 
 @pytest.mark.parametrize("key", ["config", "classes", "modalities"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.py bug: StoreReader catches KeyError/ValueError/JSONDecodeError but not the "
-    "TypeError that json.loads/int raise on an opaque (np.void) or array attribute, so "
-    "`smri info` prints a traceback instead of 'damaged smri store'",
-)
 def test_a_known_attribute_holding_a_pickle_is_a_damaged_store(store, tmp_path, key):
     path = tmp_path / "s.h5"
     shutil.copy(store, path)
@@ -263,11 +257,6 @@ def test_show_of_an_unknown_hostile_id_names_it(hostile_store, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="show.py bug: find_patient_folder(root, pid) joins root / pid without checking that "
-    "pid is a plain name, so `smri show COHORT ../outside` reads a folder outside COHORT",
-)
 def test_show_does_not_follow_an_id_out_of_the_cohort(tmp_path):
     write_patient(tmp_path / "cohort" / "HGG" / "P1", "P1", 1, shape=(32, 32, 40))
     write_patient(tmp_path / "outside", "outside", 2, shape=(32, 32, 40))
