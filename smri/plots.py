@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -202,39 +203,85 @@ def plot_runs(runs: Sequence[Path], out: Path) -> list[Path]:
     if preds:
         fig = roc_figure(preds, "ROC on validation patients (best epoch)")
         written.append(save_figure(fig, out / "all_models_roc.png"))
+    table = summarize_runs(runs)
+    (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(runs, [p.name for p in written]))
-    written.append(summary)
+    summary.write_text(summary_markdown(table, [p.name for p in written]))
+    written += [out / "summary.json", summary]
     return written
 
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
 
 
-def summary_markdown(runs: Sequence[Path], figures: Sequence[str] = ()) -> str:
-    """A markdown table of each run's best-epoch validation metrics (mean ± std over folds)."""
-    header = ["run", "model", "parameters", "folds", *SUMMARY_METRICS, "patients/s", "device"]
-    lines = [
-        "# Validation results",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---" * len(header) + "|",
-    ]
+def _majority_share(run: Path) -> float | None:
+    """Accuracy of always predicting the validation split's majority class."""
+    labels = []
+    for part in sorted(Path(run).glob("fold*/predictions.csv")) or [Path(run) / "predictions.csv"]:
+        if part.exists():
+            labels.append(read_predictions_csv(part)[0])
+    if not labels:
+        return None
+    y = np.concatenate(labels)
+    return float(max(y.mean(), 1 - y.mean())) if y.size else None
+
+
+def summarize_runs(runs: Sequence[Path]) -> list[dict[str, Any]]:
+    """One row per run: model, size, device, best-epoch validation metrics (mean and std over
+    folds; std 0 for a single split), epoch time, training throughput, majority baseline."""
+    rows = []
     for run in runs:
         path = Path(run) / "summary.json"
         if not path.exists():
             raise DataError(f"{run}: no summary.json (is the run finished?)")
         s = json.loads(path.read_text())
         if "mean" in s:  # K folds
-            cells = [f"{s['mean'][k]:.3f} ± {s['std'][k]:.3f}" for k in SUMMARY_METRICS]
-            folds = str(s["folds"])
+            mean, std, folds = s["mean"], s["std"], int(s["folds"])
+            parts = [
+                json.loads(p.read_text()) for p in sorted(Path(run).glob("fold*/summary.json"))
+            ]
         else:
-            cells = [f"{s['best'][k]:.3f}" for k in SUMMARY_METRICS]
-            folds = "1" if s.get("fold") is None else f"fold {s['fold']}"
-        row = [Path(run).name, s["model"].upper(), f"{s['parameters']:,}", folds, *cells,
-               f"{s['patients_per_s_mean']:.1f}", s["device"]]  # fmt: skip
+            mean, std, folds, parts = s["best"], dict.fromkeys(s["best"], 0.0), 1, [s]
+        rows.append({
+            "run": str(run),
+            "model": s["model"],
+            "parameters": s["parameters"],
+            "device": s.get("device_name") or s["device"],
+            "folds": folds,
+            "mean": {k: float(mean[k]) for k in SUMMARY_METRICS},
+            "std": {k: float(std[k]) for k in SUMMARY_METRICS},
+            "epoch_seconds": float(np.mean([p["epoch_seconds_mean"] for p in parts])),
+            "train_patients_per_s": float(np.mean([p["patients_per_s_mean"] for p in parts])),
+            "majority_baseline_accuracy": _majority_share(Path(run)),
+        })  # fmt: skip
+    return rows
+
+
+def summary_markdown(table: Sequence[dict[str, Any]], figures: Sequence[str] = ()) -> str:
+    """The rows of `summarize_runs` as a markdown table (mean ± std over folds)."""
+    header = ["model", "parameters", "folds", *SUMMARY_METRICS, "epoch s", "train patients/s",
+              "device"]  # fmt: skip
+    lines = [
+        "# Validation results",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
+    for r in table:
+        cells = [
+            f"{r['mean'][k]:.3f} ± {r['std'][k]:.3f}" if r["folds"] > 1 else f"{r['mean'][k]:.3f}"
+            for k in SUMMARY_METRICS
+        ]
+        speed = [f"{r['epoch_seconds']:.1f}", f"{r['train_patients_per_s']:.1f}", r["device"]]
+        row = [r["model"].upper(), f"{r['parameters']:,}", str(r["folds"]), *cells, *speed]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Best epoch by validation AUC; patients/s is the mean training throughput."]
+    majority = [r["majority_baseline_accuracy"] for r in table if r["majority_baseline_accuracy"]]
+    lines += ["", "Best epoch by validation AUC (ties: lower validation loss); patients/s is the "
+              "mean training throughput."]  # fmt: skip
+    if majority:
+        lines += [f"Majority-class baseline: always predicting the larger class scores accuracy "
+                  f"{max(majority):.3f} on these validation patients — compare accuracy with it, "
+                  "and prefer balanced accuracy and AUC."]  # fmt: skip
     if figures:
         lines += ["", *(f"![{name}]({name})" for name in figures)]
     return "\n".join(lines) + "\n"

@@ -82,7 +82,8 @@ def _fake_run(folder, model, folds=None):
     metrics = {
         k: 0.5 for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
     }
-    common = {"model": model, "parameters": 1234, "patients_per_s_mean": 9.87, "device": "cpu"}
+    common = {"model": model, "parameters": 1234, "patients_per_s_mean": 9.87, "device": "cpu",
+              "epoch_seconds_mean": 2.5}  # fmt: skip
     summary = (
         {**common, "folds": folds, "mean": metrics, "std": {k: 0.1 for k in metrics}}
         if folds
@@ -92,6 +93,8 @@ def _fake_run(folder, model, folds=None):
     parts = [folder / f"fold{k}" for k in range(folds)] if folds else [folder]
     for k, part in enumerate(parts):
         part.mkdir(exist_ok=True)
+        if folds:
+            (part / "summary.json").write_text(json.dumps({**common, "best": metrics}))
         lines = ["epoch,train_loss,val_loss,train_accuracy,val_accuracy"]
         lines += [f"{e},{1 / e + k},{1 / e},{0.6},{0.5 + k / 10}" for e in (1, 2)]
         (part / "metrics.csv").write_text("\n".join(lines) + "\n")
@@ -106,15 +109,22 @@ def test_plot_runs_writes_every_figure(tmp_path):
     written = plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "figs")
     assert [p.name for p in written] == [
         "CNN1_loss_curve.png", "CNN3_loss_curve.png", "all_models_loss_curve.png",
-        "all_models_accuracy.png", "all_models_roc.png", "summary.md",
+        "all_models_accuracy.png", "all_models_roc.png", "summary.json", "summary.md",
     ]  # fmt: skip
-    assert all(p.stat().st_size > 1000 for p in written[:-1])
+    assert all(p.stat().st_size > 1000 for p in written[:-2])
     table = (tmp_path / "figs" / "summary.md").read_text().splitlines()
     assert (
-        table[4] == "| a | CNN1 | 1,234 | 1 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 9.9 | cpu |"
+        table[4] == "| CNN1 | 1,234 | 1 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 2.5 | 9.9 | cpu |"
     )
-    assert table[5].startswith("| b | CNN3 | 1,234 | 3 | 0.500 ± 0.100 | ")
+    assert table[5].startswith("| CNN3 | 1,234 | 3 | 0.500 ± 0.100 | ")
+    # Each fake validation split holds one patient of each class: the majority baseline is 0.5.
+    assert any(
+        line.startswith("Majority-class baseline: ") and "accuracy 0.500" in line for line in table
+    )
     assert "![all_models_roc.png](all_models_roc.png)" in table
+    rows = json.loads((tmp_path / "figs" / "summary.json").read_text())
+    assert [r["model"] for r in rows] == ["cnn1", "cnn3"]
+    assert rows[1]["std"]["auc"] == 0.1 and rows[0]["majority_baseline_accuracy"] == 0.5
 
 
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
