@@ -1,4 +1,6 @@
 # smri — set-up, tests and the experiments. `make test` and `make experiments` need nothing else.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -30,6 +32,17 @@ lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check smri tests benchmarks
 	$(BIN)/ruff format --check smri tests benchmarks
 
+# Reduced sizes fit a 2-core CPU in under 10 minutes; on a GPU machine run the scripts with
+# their defaults (BraTS geometry). Tables are printed and kept in benchmarks/.work/latest.md.
+BENCH_PATIENTS ?= 8
+bench: $(STAMP)  ## the benchmarks (reduced sizes; GPU parts skip without a GPU)
+	mkdir -p benchmarks/.work
+	{ $(BIN)/python -m benchmarks.bench_preprocess $(BENCH_PATIENTS) && echo && \
+	  $(BIN)/python -m benchmarks.bench_store $(BENCH_PATIENTS) && echo && \
+	  $(BIN)/python -m benchmarks.bench_input $(BENCH_PATIENTS) && echo && \
+	  $(BIN)/python -m benchmarks.bench_train 16 32 64 64 && echo && \
+	  $(BIN)/python benchmarks/bench_synth_difficulty.py 80 64 64 155 ; } | tee benchmarks/.work/latest.md
+
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
@@ -52,10 +65,10 @@ HAS_GPU := $(shell $(BIN)/python -c "import torch; print(int(torch.cuda.is_avail
 
 ifeq ($(QUICK),1)
   PATIENTS ?= 24
-  SHAPE    ?= 48 48 36
+  SHAPE    ?= 32 32 155
   EPOCHS   ?= 2
   BATCH    ?= 4
-  WIDTH    ?= 0.5
+  WIDTH    ?= 0.25
   SIZE_NOTE := QUICK=1 smoke run: tiny phantoms, 2 epochs; the numbers mean nothing
 else ifeq ($(HAS_GPU),1)
   PATIENTS ?= 200
@@ -65,12 +78,12 @@ else ifeq ($(HAS_GPU),1)
   WIDTH    ?= 1
   SIZE_NOTE := GPU found: BraTS geometry (240x240x155)
 else
-  PATIENTS ?= 120
-  SHAPE    ?= 96 96 155
-  EPOCHS   ?= 12
+  PATIENTS ?= 240
+  SHAPE    ?= 48 48 155
+  EPOCHS   ?= 20
   BATCH    ?= 8
-  WIDTH    ?= 1
-  SIZE_NOTE := no GPU: reduced demo geometry 96x96x155 (2.5 mm in-plane voxels) so the CPU run ends in minutes (BraTS is 240x240x155)
+  WIDTH    ?= 0.5
+  SIZE_NOTE := no GPU: reduced demo geometry 48x48x155 (5 mm in-plane voxels) and half-width CNNs so the CPU run ends in about 10 minutes (BraTS is 240x240x155, 1 mm)
 endif
 
 ifeq ($(strip $(DATA)),)
