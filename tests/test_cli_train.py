@@ -138,7 +138,7 @@ def test_plot_writes_the_comparison_figures(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert [line.split("/")[-1] for line in result.output.splitlines()] == [
         "CNN2_loss_curve.png", "all_models_loss_curve.png", "all_models_accuracy.png",
-        "all_models_roc.png", "summary.md",
+        "all_models_roc.png", "summary.json", "summary.md",
     ]  # fmt: skip
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -32,6 +33,31 @@ def _parse_shape(text: str) -> tuple[int, int, int, int]:
     if len(shape) != 4 or min(shape) < 1:
         raise ConfigError(f"expected M x S x H x W such as 4x32x240x240, got {text!r}", "--shape")
     return shape  # type: ignore[return-value]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cache_options(workers: int) -> Callable[[F], F]:
+    """--cache and --workers, shared by train, evaluate and predict."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=workers,
+            show_default=True,
+            help="DataLoader workers when streaming (--cache none).",
+        )(func)
+        return click.option(
+            "--cache",
+            type=click.Choice(["auto", "device", "ram", "none"]),
+            default="auto",
+            show_default=True,
+            help="Keep the store on the GPU / in RAM (auto: when it fits), or stream it (none).",
+        )(func)
+
+    return decorate
 
 
 @click.command()
@@ -162,20 +188,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     help="bf16 autocast on CUDA (ignored on CPU).",
 )
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option(
-    "--cache",
-    type=click.Choice(["auto", "device", "ram", "none"]),
-    default="auto",
-    show_default=True,
-    help="Keep the store on the GPU / in RAM, or stream it (none).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=4,
-    show_default=True,
-    help="DataLoader workers when streaming (--cache none).",
-)
+@cache_options(workers=4)
 @click.option("--augment", is_flag=True, help="Random flips along each spatial axis.")
 @click.option(
     "--out",
@@ -285,20 +298,7 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
     help="Patients per batch.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
-@click.option(
-    "--cache",
-    type=click.Choice(["auto", "device", "ram", "none"]),
-    default="auto",
-    show_default=True,
-    help="Load the store whole, or stream it (none).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=2,
-    show_default=True,
-    help="DataLoader workers when streaming.",
-)
+@cache_options(workers=2)
 @handle_errors
 def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
              cache: str, workers: int) -> None:  # fmt: skip
