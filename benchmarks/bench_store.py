@@ -37,6 +37,8 @@ except ImportError:
 
 
 def _read_share(path: Path, indices: list[int]) -> int:
+    if hdf5plugin is not None:  # a worker process registers the plugin filters too
+        import hdf5plugin as _  # noqa: F401
     with StoreReader(path) as r:
         buf = np.empty(r.info.volume_shape, dtype=r.info.dtype)
         for i in indices:
