@@ -162,6 +162,21 @@ def random_flips(
     return out
 
 
+def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in shared memory.
+
+    A DataLoader worker's batch travels to the main process through shared memory: reading
+    the store straight into it saves a copy of every batch (and the page faults of touching
+    fresh memory twice), which is what limits streaming on small machines.
+    """
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    try:
+        storage = torch.UntypedStorage._new_shared(nbytes)  # no copy of uninitialised bytes
+    except (AttributeError, RuntimeError):  # pragma: no cover - other torch versions
+        return torch.empty(shape, dtype=dtype).share_memory_()
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
 class StoreDataset(Dataset):
     """Rows of a store; the file is opened on first access in each process, never across fork.
 
@@ -186,7 +201,11 @@ class StoreDataset(Dataset):
 
     def __getitem__(self, positions: list[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.rows[np.asarray(positions)]
-        images = torch.from_numpy(self.reader.read_many(rows))
+        shape = (len(rows), *self.reader.info.volume_shape)
+        dtype = getattr(torch, self.reader.info.dtype)
+        in_worker = torch.utils.data.get_worker_info() is not None
+        images = shared_empty(shape, dtype) if in_worker else torch.empty(shape, dtype=dtype)
+        self.reader.read_many(rows, out=images.numpy())
         labels = torch.from_numpy(self.reader.labels[rows].astype(np.float32))
         return images, labels
 

@@ -216,6 +216,8 @@ def process_group(spec: Dist, device_name: str) -> Iterator[Dist]:
     d = start(spec, device_name)
     try:
         yield d
+        if d.enabled:  # every rank finishes before any leaves: a peer that tears down its
+            tdist.barrier()  # gloo connections under another's feet aborts it (std::terminate)
     finally:
         stop(d)
 

@@ -219,9 +219,10 @@ class StoreReader:
         self._images.read_direct(out, np.s_[i])
         return out
 
-    def read_many(self, indices: Sequence[int]) -> np.ndarray:
-        """Several patients, ``(K, M, S, H, W)``, in the order given."""
-        out = np.empty((len(indices), *self.info.volume_shape), dtype=self._images.dtype)
+    def read_many(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Several patients, ``(K, M, S, H, W)``, in the order given (into `out` when given)."""
+        if out is None:
+            out = np.empty((len(indices), *self.info.volume_shape), dtype=self._images.dtype)
         for k, i in enumerate(indices):
             self._images.read_direct(out, np.s_[int(i)], np.s_[k])
         return out
