@@ -18,11 +18,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from smri.errors import ConfigError, DataError
-from smri.store import StoreReader
+from smri.store import StoreReader, read_info
 
 CACHE_MODES = ("auto", "device", "ram", "none")
 SAFE_SHARE = 0.5  # `auto` caches when the data take at most this share of free memory
 LOAD_CHUNK = 16  # patients per read when filling a cache
+PREFETCH = 2  # batches each streaming worker reads ahead
 
 
 # ----------------------------------------------------------------------------------------- splits
@@ -184,9 +185,10 @@ class StoreDataset(Dataset):
     images (K, M, S, H, W) in the store's dtype and labels (K,) float32.
     """
 
-    def __init__(self, path: Path, rows: np.ndarray):
+    def __init__(self, path: Path, rows: np.ndarray, slots: list[torch.Tensor] | None = None):
         self.path = Path(path)
         self.rows = np.asarray(rows, dtype=np.int64)
+        self.slots = slots or []
         self._reader: StoreReader | None = None
 
     def __len__(self) -> int:
@@ -199,14 +201,26 @@ class StoreDataset(Dataset):
             self._reader = StoreReader(self.path)
         return self._reader
 
-    def __getitem__(self, positions: list[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(
+        self, item: tuple[int, list[int]] | list[int] | np.ndarray
+    ) -> tuple[torch.Tensor | int, torch.Tensor]:
+        """Batch `positions` (or `(k, positions)` from the epoch sampler): images and labels.
+
+        With `slots`, batch k is read into slot ``k % len(slots)`` and its index is returned
+        in place of the images (see `Batches`).
+        """
+        k, positions = item if isinstance(item, tuple) else (None, item)
         rows = self.rows[np.asarray(positions)]
+        labels = torch.from_numpy(self.reader.labels[rows].astype(np.float32))
+        if self.slots and k is not None:
+            slot = k % len(self.slots)
+            self.reader.read_many(rows, out=self.slots[slot][: len(rows)].numpy())
+            return slot, labels
         shape = (len(rows), *self.reader.info.volume_shape)
         dtype = getattr(torch, self.reader.info.dtype)
         in_worker = torch.utils.data.get_worker_info() is not None
         images = shared_empty(shape, dtype) if in_worker else torch.empty(shape, dtype=dtype)
         self.reader.read_many(rows, out=images.numpy())
-        labels = torch.from_numpy(self.reader.labels[rows].astype(np.float32))
         return images, labels
 
     def __getstate__(self) -> dict:
@@ -227,7 +241,7 @@ def n_batches(n: int, batch_size: int, world: int = 1) -> int:
 
 
 class _EpochSampler(Sampler):
-    """Yields the current epoch's batches (lists of positions); set `epoch` before iterating."""
+    """Yields the current epoch's batches as (batch number, positions); set `epoch` first."""
 
     def __init__(
         self, n: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1
@@ -236,12 +250,12 @@ class _EpochSampler(Sampler):
         self.rank, self.world = rank, world
         self.epoch = 0
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
         batches = epoch_batches(
             self.n, self.batch_size, self.seed, self.epoch, self.shuffle, self.rank, self.world
         )
-        for b in batches:
-            yield b.tolist()
+        for k, b in enumerate(batches):
+            yield k, b.tolist()
 
     def __len__(self) -> int:
         return n_batches(self.n, self.batch_size, self.world)
@@ -278,16 +292,19 @@ class Batches:
         self.cache, self.device = cache, device
         self.rank, self.world = rank, world
         self._cuda = device.type == "cuda"
+        self._slots: list[torch.Tensor] = []
         if cache == "none":
             self._sampler = _EpochSampler(len(self.rows), batch_size, seed, shuffle, rank, world)
+            if workers > 0:
+                self._slots = batch_slots(path, batch_size, workers * PREFETCH + 2)
             self._loader = DataLoader(
-                StoreDataset(path, self.rows),
+                StoreDataset(path, self.rows, self._slots),
                 batch_size=None,
                 sampler=self._sampler,
                 num_workers=workers,
-                pin_memory=self._cuda,
+                pin_memory=False,  # batches are pinned as they leave their slot
                 persistent_workers=workers > 0,
-                prefetch_factor=4 if workers > 0 else None,
+                prefetch_factor=PREFETCH if workers > 0 else None,
                 generator=torch.Generator(),  # keeps the global RNG untouched (same as caches)
             )
         elif cache in ("ram", "device"):
@@ -303,7 +320,15 @@ class Batches:
         """This epoch's batches, on the device, images as float32."""
         if self.cache == "none":
             self._sampler.epoch = epoch
-            for images, labels in self._loader:
+            for item, labels in self._loader:
+                if self._slots:  # copy the batch out at once: the slot is reused later
+                    images = self._slots[item][: len(labels)]
+                    if self._cuda:
+                        images = images.pin_memory()
+                    else:  # the float32 copy training needs anyway (a clone if already so)
+                        images = images.clone() if images.dtype == torch.float32 else images.float()
+                else:
+                    images = item
                 yield self._to_device(images, labels)
             return
         n, size = len(self.rows), self.batch_size
@@ -318,12 +343,27 @@ class Batches:
         """Stop streaming workers (if any) and drop cached tensors."""
         self._loader = None
         self.images = self.labels = None
+        self._slots = []
 
     def _to_device(
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True).float()
         return images, labels.to(self.device, non_blocking=True)
+
+
+def batch_slots(path: Path, batch_size: int, n: int) -> list[torch.Tensor]:
+    """`n` shared-memory buffers of one batch each, made before the DataLoader workers start.
+
+    Workers read batch k straight into slot ``k % n`` and send only its index. A batch lives
+    in fresh shared memory otherwise, and touching fresh memory (about 1 GB/s on small VMs)
+    limited streaming more than reading the store. At most ``workers * PREFETCH`` batches are
+    in flight and each is copied out of its slot when it arrives, so ``n = workers *
+    PREFETCH + 2`` slots are never overwritten early.
+    """
+    info = read_info(path)
+    shape = (batch_size, *info.volume_shape)
+    return [shared_empty(shape, getattr(torch, info.dtype)) for _ in range(n)]
 
 
 def load_rows(
