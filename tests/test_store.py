@@ -41,6 +41,21 @@ def write_small(path, n=3, **kwargs):
     return arrays
 
 
+def plain_writer(path, n, **kwargs):
+    """A float32 writer of `n` rows with two modalities and no compression."""
+    return StoreWriter(
+        path,
+        n_patients=n,
+        volume_shape=SHAPE,
+        dtype="float32",
+        compression=None,
+        modalities=("a", "b"),
+        classes={"x": 0, "y": 1},
+        config={},
+        **kwargs,
+    )
+
+
 def test_round_trip(tmp_path):
     path = tmp_path / "s.h5"
     arrays = write_small(path)
@@ -75,16 +90,7 @@ def test_writer_failure_leaves_nothing(tmp_path):
     path = tmp_path / "s.h5"
     with (
         pytest.raises(RuntimeError, match="boom"),
-        StoreWriter(
-            path,
-            n_patients=2,
-            volume_shape=SHAPE,
-            dtype="float32",
-            compression=None,
-            modalities=("a", "b"),
-            classes={"x": 0, "y": 1},
-            config={},
-        ) as w,
+        plain_writer(path, 2) as w,
     ):
         w.append(images=np.zeros(SHAPE), label=0, patient_id="a")
         raise RuntimeError("boom")
@@ -93,16 +99,7 @@ def test_writer_failure_leaves_nothing(tmp_path):
 
 def test_unwritten_rows_are_trimmed(tmp_path):
     path = tmp_path / "s.h5"
-    with StoreWriter(
-        path,
-        n_patients=5,
-        volume_shape=SHAPE,
-        dtype="float32",
-        compression=None,
-        modalities=("a", "b"),
-        classes={"x": 0, "y": 1},
-        config={},
-    ) as w:
+    with plain_writer(path, 5) as w:
         w.append(images=np.ones(SHAPE), label=1, patient_id="only")
     with StoreReader(path) as r:
         assert len(r) == 1 and r.patient_ids == ["only"]
@@ -113,17 +110,7 @@ def test_existing_file_untouched_until_commit(tmp_path):
     path.write_bytes(b"old")
     with (
         pytest.raises(DataError, match="appeared while writing; not replaced"),
-        StoreWriter(
-            path,
-            n_patients=1,
-            volume_shape=SHAPE,
-            dtype="float32",
-            compression=None,
-            modalities=("a", "b"),
-            classes={"x": 0, "y": 1},
-            config={},
-            overwrite=False,
-        ) as w,
+        plain_writer(path, 1, overwrite=False) as w,
     ):
         w.append(images=np.ones(SHAPE), label=1, patient_id="p")
     assert path.read_bytes() == b"old"
