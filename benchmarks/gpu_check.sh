@@ -6,6 +6,8 @@
 # $OUT (log.txt, the benchmarks' JSON, the end-to-end run folders as a tarball).
 # Needs torch with CUDA, h5py, click, matplotlib, joblib, tqdm, scikit-learn; nibabel and isal
 # are installed from .whl/ when that folder exists (the device machine has no package index).
+# Environment: STAGES="environment bench-train ..." runs only those; BENCH_PATHS (fp32,bf16);
+# GPU_TESTS_K (a pytest -k filter); SMALL=1 toy sizes and NO_WHEELS=1 to rehearse on a CPU.
 set -u
 BUDGET=${1:-430}
 START=$SECONDS
@@ -31,7 +33,7 @@ left() { echo $((BUDGET - (SECONDS - START))); }
 stage() {  # stage NAME SECONDS_NEEDED COMMAND...
   local name=$1 need=$2 l t0 rc
   shift 2
-  l=$(left)
+  l=$(($(left) - 8))  # 8 s kept for packing what the last stage left
   if ((l < need)); then
     echo "== $name: SKIPPED ($l s of the budget left, needs $need)"
     return 0
@@ -73,14 +75,36 @@ print(cohort(int(sys.argv[1]), [int(v) for v in sys.argv[2:]]))" "$N" $XYZ | tai
   tar -czf "$OUT/e2e_runs.tar.gz" -C "$e2e" --exclude='*.pt' cnn2-auto cnn2-none eval
 }
 
-export PY JOBS OUT N XYZ
-export -f environment end_to_end  # `timeout` runs commands, so the stages run in `bash -c`
-stage environment 10 bash -c environment
-stage gpu-tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
-stage bench-train 150 $PY -m benchmarks.bench_train $N $VOLUME --json "$OUT/bench_train.json"
-stage end-to-end 90 bash -c end_to_end
-stage bench-compile 150 $PY -m benchmarks.bench_train $N $VOLUME --paths compile \
+experiments() {  # `make experiments` with the machine's own python (no .venv: no index there)
+  local bin quick
+  bin=$(dirname "$(command -v "$PY")")
+  quick=$([ "${SMALL:-0}" = 1 ] && echo 1 || echo 0)
+  touch /tmp/smri-stamp  # stands in for the .venv stamp, so make installs nothing
+  make experiments QUICK="$quick" STAMP=/tmp/smri-stamp BIN="$bin" SMRI="$PY -m smri" \
+    HAS_GPU="$($PY -c 'import torch; print(int(torch.cuda.is_available()))')" \
+    OUT=/tmp/smri-results JOBS="$JOBS"
+}
+
+pack() {  # whatever the experiments finished, without checkpoints, cohort or store
+  tar -czf "$OUT/results.tar.gz" -C /tmp/smri-results --exclude='*.pt' --exclude=demo \
+    --exclude=store.h5 .
+}
+
+want() { [ -z "${STAGES:-}" ] || [[ " $STAGES " == *" $1 "* ]]; }  # STAGES="a b": only those
+run() { if want "$1"; then stage "$@"; fi; }
+
+export PY JOBS OUT N XYZ SMALL
+export -f environment end_to_end experiments pack  # `timeout` runs commands: functions via bash -c
+run environment 10 bash -c environment
+run gpu-tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "${GPU_TESTS_K:-}"
+run bench-train 150 $PY -m benchmarks.bench_train $N $VOLUME --paths "${BENCH_PATHS:-fp32,bf16}" \
+  --json "$OUT/bench_train.json"
+run profile 30 $PY -m benchmarks.profile_step cnn2 $VOLUME
+run end-to-end 90 bash -c end_to_end
+run bench-compile 150 $PY -m benchmarks.bench_train $N $VOLUME --paths compile \
   --models cnn2,cnn1,cnn3 --json "$OUT/bench_compile.json"
-stage bench-input 90 $PY -m benchmarks.bench_input $N $XYZ
-stage all-tests 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" -x
+run bench-input 90 $PY -m benchmarks.bench_input $N $XYZ
+run experiments 200 bash -c experiments
+run pack 1 bash -c pack
+run all-tests 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" -x
 echo "== done at $((SECONDS - START)) s of $BUDGET"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ CACHE_MODES = ("auto", "device", "ram", "none")
 SAFE_SHARE = 0.5  # `auto` caches when the data take at most this share of free memory
 LOAD_CHUNK = 16  # patients per read when filling a cache
 PREFETCH = 2  # batches each streaming worker reads ahead
+SLACK = 2  # batch slots beyond those in flight: a slot is rewritten SLACK batches after use
 
 
 # ----------------------------------------------------------------------------------------- splits
@@ -293,10 +295,13 @@ class Batches:
         self.rank, self.world = rank, world
         self._cuda = device.type == "cuda"
         self._slots: list[torch.Tensor] = []
+        self._feeder: _SlotFeeder | None = None
         if cache == "none":
             self._sampler = _EpochSampler(len(self.rows), batch_size, seed, shuffle, rank, world)
             if workers > 0:
-                self._slots = batch_slots(path, batch_size, workers * PREFETCH + 2)
+                self._slots = batch_slots(path, batch_size, workers * PREFETCH + SLACK)
+                if self._cuda:
+                    self._feeder = _SlotFeeder(self._slots, device)
             self._loader = DataLoader(
                 StoreDataset(path, self.rows, self._slots),
                 batch_size=None,
@@ -320,13 +325,14 @@ class Batches:
         """This epoch's batches, on the device, images as float32."""
         if self.cache == "none":
             self._sampler.epoch = epoch
+            if self._feeder is not None:
+                yield from self._feeder.epoch(self._loader)
+                return
             for item, labels in self._loader:
                 if self._slots:  # copy the batch out at once: the slot is reused later
                     images = self._slots[item][: len(labels)]
-                    if self._cuda:
-                        images = images.pin_memory()
-                    else:  # the float32 copy training needs anyway (a clone if already so)
-                        images = images.clone() if images.dtype == torch.float32 else images.float()
+                    # the float32 copy training needs anyway (a clone if already so)
+                    images = images.clone() if images.dtype == torch.float32 else images.float()
                 else:
                     images = item
                 yield self._to_device(images, labels)
@@ -341,6 +347,9 @@ class Batches:
 
     def close(self) -> None:
         """Stop streaming workers (if any) and drop cached tensors."""
+        if self._feeder is not None:
+            self._feeder.close()
+            self._feeder = None
         self._loader = None
         self.images = self.labels = None
         self._slots = []
@@ -352,14 +361,94 @@ class Batches:
         return images, labels.to(self.device, non_blocking=True)
 
 
+class _SlotFeeder:
+    """Moves streamed batches from their shared-memory slots to the GPU, off the compute stream.
+
+    Once the DataLoader workers have forked, the slots are page-locked in place
+    (cudaHostRegister), so a batch goes from the slot a worker read it into straight to the GPU
+    by DMA, with no host copy, on a copy stream that overlaps the compute of the batches before.
+    The compute stream waits for each copy; before the loader is asked for the next batch
+    (which lets a worker rewrite the slot of the batch SLACK back), every copy but the latest
+    SLACK - 1 is waited for. Where the slots cannot be registered, each batch is first copied
+    into pinned memory, which frees its slot at once.
+    """
+
+    def __init__(self, slots: list[torch.Tensor], device: torch.device):
+        self.slots, self.device = slots, device
+        self.stream = torch.cuda.Stream(device)
+        self.registered: list[torch.Tensor] = []
+        self.pending: deque[torch.cuda.Event] = deque()
+        self.tried = False
+
+    def epoch(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one pass over `loader`, on the device, images as float32."""
+        self.drain()  # the new epoch's first batches rewrite slots at once
+        batches = iter(loader)  # forks the workers on first use
+        if not self.tried:
+            self.tried = True
+            self._register()
+        compute = torch.cuda.current_stream(self.device)
+        try:
+            while True:
+                while len(self.pending) >= SLACK:
+                    self.pending.popleft().synchronize()
+                try:
+                    slot, labels = next(batches)
+                except StopIteration:
+                    return
+                src = self.slots[slot][: len(labels)]
+                with torch.cuda.stream(self.stream):
+                    if not self.registered:
+                        src = src.pin_memory()
+                    images = src.to(self.device, non_blocking=True)
+                    labels = labels.pin_memory().to(self.device, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record(self.stream)
+                self.pending.append(done)
+                compute.wait_event(done)
+                images.record_stream(compute)  # allocated on the copy stream, used on compute
+                labels.record_stream(compute)
+                yield images.float(), labels
+        finally:
+            self.drain()
+
+    def drain(self) -> None:
+        """Wait for every copy out of the slots."""
+        while self.pending:
+            self.pending.popleft().synchronize()
+
+    def close(self) -> None:
+        """Wait for the copies and unpin the slots."""
+        self.drain()
+        cudart = torch.cuda.cudart()
+        for t in self.registered:
+            cudart.cudaHostUnregister(t.data_ptr())
+        self.registered = []
+
+    def _register(self) -> None:
+        try:
+            cudart = torch.cuda.cudart()
+            for t in self.slots:
+                nbytes = t.untyped_storage().nbytes()
+                if int(cudart.cudaHostRegister(t.data_ptr(), nbytes, 0)) != 0:
+                    break
+                self.registered.append(t)
+        except (AttributeError, RuntimeError):  # pragma: no cover - torch without cudart
+            pass
+        if len(self.registered) < len(self.slots):  # all or none: unpin a partial set
+            self.close()
+
+
 def batch_slots(path: Path, batch_size: int, n: int) -> list[torch.Tensor]:
     """`n` shared-memory buffers of one batch each, made before the DataLoader workers start.
 
     Workers read batch k straight into slot ``k % n`` and send only its index. A batch lives
     in fresh shared memory otherwise, and touching fresh memory (about 1 GB/s on small VMs)
     limited streaming more than reading the store. At most ``workers * PREFETCH`` batches are
-    in flight and each is copied out of its slot when it arrives, so ``n = workers *
-    PREFETCH + 2`` slots are never overwritten early.
+    in flight, and the loader asks for batch ``k + workers * PREFETCH`` as it hands out batch k,
+    so with ``n = workers * PREFETCH + SLACK`` slots, batch k's slot is rewritten once batch
+    ``k + SLACK`` is handed out: batch k must have left its slot by then (on the CPU it is copied
+    out at once; on CUDA see `_SlotFeeder`).
     """
     info = read_info(path)
     shape = (batch_size, *info.volume_shape)

@@ -61,6 +61,27 @@ def test_streamed_and_device_cached_batches_are_identical(store, workers):
     streamed.close()
 
 
+def test_streaming_pins_the_slots_and_survives_a_slow_copy_stream(store):
+    """Batches go from page-locked slots to the GPU on a side stream; a slot must not be
+    rewritten before its copy is done, however late the copy stream runs."""
+    rows = np.arange(20)
+    kw = {"batch_size": 2, "seed": 5, "shuffle": True, "device": CUDA}
+    cached = Batches(store, rows, cache="device", **kw)
+    streamed = Batches(store, rows, cache="none", workers=2, **kw)
+    expected = [(x.clone(), y.clone()) for x, y in cached.epoch(1)]
+    got = []
+    for x, y in streamed.epoch(1):
+        with torch.cuda.stream(streamed._feeder.stream):
+            torch.cuda._sleep(20_000_000)  # delays every later copy by ~10 ms
+        got.append((x.clone(), y.clone()))
+    assert len(streamed._feeder.registered) == len(streamed._slots) == 6
+    assert len(got) == len(expected) == 10
+    for (xa, ya), (xb, yb) in zip(expected, got, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    streamed.close()
+    cached.close()
+
+
 def test_auto_cache_keeps_a_store_that_fits_on_the_gpu():
     assert resolve_cache("auto", CUDA, 2**20) == "device"
     assert resolve_cache("auto", CUDA, 2**60) == "none"
