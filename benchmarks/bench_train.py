@@ -4,15 +4,16 @@ Builds a store of random volumes at the given geometry with the real `StoreWrite
 speed does not depend on the pixel values), then times `train_one_epoch` after one warm-up
 epoch, median of 3 epochs. On CUDA each model is timed fp32 eager and with the default path
 (bf16 autocast + channels_last_3d), each with the whole store on the GPU (`device`) and
-streamed by DataLoader workers (`none`); with `--paths ...,compile` also the default path under
-torch.compile on device-resident data. Peak GPU memory is recorded per row, and the
-activation traffic a training step must move at least (every activation written in the
-forward pass and read in the backward pass, its gradient written and read) is set against a
-device-to-device copy measured in the same run. All ratios are within this run. Anchors
-(DESIGN.md, H200): CNN2 fp32 / bf16 47 / 117 patients/s on device-resident data; streamed vs
-device 70 vs 111.
+streamed by DataLoader workers (`none`). `--paths ...,pad8` adds the default path with the
+first convolution run on 8 zero-padded input channels (`smri.models.pad_first_conv`), and
+`--paths ...,compile` the default path under torch.compile on device-resident data. Peak GPU
+memory is recorded per row, and the activation traffic a training step must move at least
+(every activation written in the forward pass and read in the backward pass, its gradient
+written and read) is set against a device-to-device copy measured in the same run. All
+ratios are within this run. Anchors (DESIGN.md, H200): CNN2 fp32 / bf16 47 / 117 patients/s
+on device-resident data; streamed vs device 70 vs 111.
 
-Usage: python -m benchmarks.bench_train [PATIENTS] [S H W] [--paths fp32,bf16,compile]
+Usage: python -m benchmarks.bench_train [PATIENTS] [S H W] [--paths fp32,bf16,pad8,compile]
                                         [--models cnn1,cnn2,cnn3] [--json FILE]
        (default 64 at 32 240 240; on CPU use e.g. 16 16 64 64)
 """
@@ -33,7 +34,7 @@ from torch import nn
 
 from benchmarks.common import CORES, machine, table
 from smri.data import Batches
-from smri.models import MODEL_NAMES, ModelConfig, build_model
+from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.store import StoreWriter
 from smri.train import train_one_epoch
 
@@ -74,14 +75,19 @@ def _rate(
     amp: bool,
     device: torch.device,
     compile: bool = False,
+    pad: int = 0,
 ) -> tuple[float, float | None]:
-    """Median training patients/s over 3 epochs after one warm-up epoch, and peak GiB."""
+    """Median training patients/s over 3 epochs after one warm-up epoch, and peak GiB.
+
+    `pad`: run the first convolution on that many zero-padded input channels
+    (`smri.models.pad_first_conv`, the same function).
+    """
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, volume_shape=shape))
+    model = pad_first_conv(build_model(ModelConfig(name=name, volume_shape=shape)), pad)
     fmt = torch.channels_last_3d if amp and cuda else torch.preserve_format
     model = model.to(device, memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -170,8 +176,9 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         default="fp32,bf16",
-        help="comma-separated, of fp32 (eager), bf16 (+ channels_last, the default path) and "
-        "compile (bf16 path under torch.compile, device cache only); CUDA only but fp32",
+        help="comma-separated, of fp32 (eager), bf16 (+ channels_last, the default path), "
+        "pad8 (bf16 path, first convolution on 8 zero-padded input channels) and compile "
+        "(bf16 path under torch.compile, device cache only); CUDA only but fp32",
     )
     parser.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated")
     parser.add_argument("--json", type=Path, help="write the rows here too")
@@ -199,6 +206,12 @@ def main() -> None:
                 )
                 rows.append(Row(name, path, c, s, c_gib, s_gib))
                 print(f"{name} {path}: {caches[0]} {c:.1f}, none {s:.1f} patients/s", flush=True)
+        if "pad8" in paths and cuda:
+            for name in models:
+                runs = (rate(store, n, shape, name, k, True, device, pad=8) for k in caches)
+                (c, c_gib), (s, s_gib) = runs
+                rows.append(Row(name, "bf16+channels_last+pad8", c, s, c_gib, s_gib))
+                print(f"{name} pad8: device {c:.1f}, none {s:.1f} patients/s", flush=True)
         if "compile" in paths and cuda:
             for name in models:
                 t0 = time.perf_counter()

@@ -6,7 +6,7 @@
 # $OUT (log.txt, the benchmarks' JSON, the end-to-end run folders as a tarball).
 # Needs torch with CUDA, h5py, click, matplotlib, joblib, tqdm, scikit-learn; nibabel and isal
 # are installed from .whl/ when that folder exists (the device machine has no package index).
-# Environment: STAGES="environment bench-train ..." runs only those; BENCH_PATHS (fp32,bf16);
+# Environment: STAGES="environment bench-train ..." runs only those; BENCH_PATHS (fp32,bf16,pad8);
 # GPU_TESTS_K (a pytest -k filter); SMALL=1 toy sizes and NO_WHEELS=1 to rehearse on a CPU.
 set -u
 BUDGET=${1:-430}
@@ -97,8 +97,8 @@ export PY JOBS OUT N XYZ SMALL
 export -f environment end_to_end experiments pack  # `timeout` runs commands: functions via bash -c
 run environment 10 bash -c environment
 run gpu-tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "${GPU_TESTS_K:-}"
-run bench-train 150 $PY -m benchmarks.bench_train $N $VOLUME --paths "${BENCH_PATHS:-fp32,bf16}" \
-  --json "$OUT/bench_train.json"
+run bench-train 150 $PY -m benchmarks.bench_train $N $VOLUME \
+  --paths "${BENCH_PATHS:-fp32,bf16,pad8}" --json "$OUT/bench_train.json"
 run profile 30 $PY -m benchmarks.profile_step cnn2 $VOLUME
 run end-to-end 90 bash -c end_to_end
 run bench-compile 150 $PY -m benchmarks.bench_train $N $VOLUME --paths compile \

@@ -2,11 +2,13 @@
 
 One model on one device-resident batch of random volumes (BraTS geometry by default): the
 median step time (forward, backward, AdamW; CUDA events, 10 steps after 3 warm-ups) in bf16
-autocast with channels_last_3d (smri's default) and with contiguous tensors, then the kernels
-of 5 default steps under torch.profiler, by GPU time. Without CUDA it runs the same on the
+autocast with channels_last_3d (smri's default), with contiguous tensors, and with the first
+convolution on 8 zero-padded input channels, then the kernels of 5 steps under torch.profiler,
+by GPU time. Without CUDA it runs the same on the
 CPU (fp32, CPU operators), only to rehearse the script.
 
-Usage: python -m benchmarks.profile_step [MODEL] [S H W]   (default cnn2 32 240 240)
+Usage: python -m benchmarks.profile_step [MODEL] [S H W [PAD]]   (default cnn2 32 240 240 0;
+PAD 8 profiles the step with the first convolution on 8 zero-padded input channels)
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from torch import nn
 
 from benchmarks.bench_train import BATCH, MODALITIES
 from benchmarks.common import table
-from smri.models import ModelConfig, build_model
+from smri.models import ModelConfig, build_model, pad_first_conv
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 
-def setup(name: str, shape: tuple[int, ...], layout: torch.memory_format):
+def setup(name: str, shape: tuple[int, ...], layout: torch.memory_format, pad: int = 0):
     torch.manual_seed(0)
     model = build_model(ModelConfig(name=name, volume_shape=shape)).to(DEVICE)
+    pad_first_conv(model, pad)
     model = model.to(memory_format=layout)
     x = torch.rand((BATCH, len(MODALITIES), *shape), device=DEVICE)
     y = (torch.arange(BATCH, device=DEVICE) % 2).float()
@@ -71,13 +74,18 @@ def main(argv: list[str]) -> None:
     where = torch.cuda.get_device_name() if CUDA else "CPU (rehearsal)"
     print(f"{where}; {name}, batch {BATCH} of 4x{'x'.join(map(str, shape))}")
     rows = []
-    for label, layout in (("channels_last_3d", torch.channels_last_3d),
-                          ("contiguous", torch.contiguous_format)):  # fmt: skip
-        t = step_seconds(setup(name, shape, layout))
+    variants = (
+        ("channels_last_3d", torch.channels_last_3d, 0),
+        ("contiguous", torch.contiguous_format, 0),
+        ("channels_last_3d, first conv on 8 padded channels", torch.channels_last_3d, 8),
+    )
+    for label, layout, pad in variants:
+        t = step_seconds(setup(name, shape, layout, pad))
         rows.append([label, t * 1e3, BATCH / t])
     print(table(["bf16 layout", "ms/step", "patients/s"], rows))
 
-    step = setup(name, shape, torch.channels_last_3d)
+    pad = int(argv[4]) if len(argv) > 4 else 0
+    step = setup(name, shape, torch.channels_last_3d, pad)
     step_seconds(step, repeats=1)
     kind = torch.profiler.ProfilerActivity.CUDA if CUDA else torch.profiler.ProfilerActivity.CPU
     with torch.profiler.profile(activities=[kind]) as prof:

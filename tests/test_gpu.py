@@ -18,7 +18,7 @@ from train_helpers import make_store
 from smri.checkpoint import load_checkpoint
 from smri.cli import main
 from smri.data import Batches, resolve_cache
-from smri.models import MODEL_NAMES, ModelConfig, build_model
+from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.train import TrainConfig, train
 
 pytestmark = [
@@ -131,3 +131,15 @@ def test_compile_trains(store, tmp_path):
     assert all(np.isfinite(losses(tmp_path / "compiled")))
     state = load_checkpoint(tmp_path / "compiled" / "last.pt")["model"]
     assert not any(k.startswith("_orig_mod") for k in state)  # saved without the wrapper
+
+
+def test_padded_first_conv_matches_on_the_gpu():
+    """The tensor-core candidate for the first convolution computes the same function."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(volume_shape=(16, 32, 32), width=0.5)).to(CUDA).eval()
+    model = model.to(memory_format=torch.channels_last_3d)
+    x = torch.rand(2, 4, 16, 32, 32, device=CUDA)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        plain = model(x).float()
+        padded = pad_first_conv(model, 8)(x).float()
+    torch.testing.assert_close(padded, plain, rtol=2e-2, atol=2e-2)

@@ -16,6 +16,7 @@ from smri.models import (
     SEBlock,
     build_model,
     count_parameters,
+    pad_first_conv,
 )
 
 
@@ -46,6 +47,31 @@ def test_width_scales_channels():
 def test_conv_block_halves_every_dimension():
     block = ConvBlock(1, 16)
     assert block(torch.randn(2, 1, 8, 10, 12)).shape == (2, 16, 4, 5, 6)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_padding_the_first_conv_changes_neither_function_nor_gradients(name):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, volume_shape=(16, 32, 32), width=0.25)).eval()
+    x = torch.rand(2, 4, 16, 32, 32)
+    keys = list(model.state_dict())
+
+    def run():
+        out = model(x)
+        return out.detach(), torch.autograd.grad(out.sum(), list(model.parameters()))
+
+    plain, plain_grads = run()
+    pad_first_conv(model, 8)
+    assert [m.run_channels for m in model.modules() if hasattr(m, "run_channels")][:2] == [8, 0]
+    padded, padded_grads = run()
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-6)
+    for a, b in zip(padded_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert list(model.state_dict()) == keys  # same checkpoint
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # pads in the compute dtype
+        torch.testing.assert_close(model(x).float(), plain, rtol=0.05, atol=0.05)
+    pad_first_conv(model, 0)
+    torch.testing.assert_close(model(x).detach(), plain)
 
 
 def test_se_block_scales_channels_by_gates_in_unit_interval():

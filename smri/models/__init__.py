@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from smri.errors import ConfigError
-from smri.models.blocks import ConvBlock, SEBlock
+from smri.models.blocks import ConvBlock, SEBlock, pad_first_conv
 from smri.models.cnn import CNN1, CNN2, CNN3, MIN_SIZE, pooled_shape
 from smri.models.lstm import CNNLSTM
 
@@ -25,6 +25,7 @@ __all__ = [
     "SEBlock",
     "build_model",
     "count_parameters",
+    "pad_first_conv",
     "pooled_shape",
 ]
 
