@@ -115,6 +115,15 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(store, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_compile_trains_on_cpu(store, tmp_path):
+    cfg = TrainConfig(**{**FAST.__dict__, "epochs": 2, "compile": True})
+    train(store, SMALL, cfg, tmp_path / "compiled", log=quiet)
+    assert all(np.isfinite([float(r["train_loss"]) for r in metric_rows(tmp_path / "compiled")]))
+    state = load_checkpoint(tmp_path / "compiled" / "last.pt")["model"]
+    assert not any(k.startswith("_orig_mod") for k in state)  # saved without the wrapper
+
+
 def test_streaming_and_ram_cache_train_identically(store, tmp_path):
     train(store, SMALL, FAST, tmp_path / "ram", log=quiet)
     streamed = TrainConfig(**{**FAST.__dict__, "cache": "none"})
