@@ -6,14 +6,13 @@ Every test here needs a GPU and skips without one (`make test-all` on a GPU mach
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import make_store
+from train_helpers import make_store, metric_rows, quiet
 
 from smri.checkpoint import load_checkpoint
 from smri.cli import main
@@ -35,13 +34,8 @@ def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("gpu") / "s.h5", labels=[0, 1] * 10)
 
 
-def quiet(_line: str) -> None:
-    """Swallow log lines."""
-
-
 def losses(run, key="train_loss"):
-    with open(run / "metrics.csv", newline="") as fh:
-        return [float(r[key]) for r in csv.DictReader(fh)]
+    return [float(r[key]) for r in metric_rows(run)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])

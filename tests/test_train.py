@@ -8,7 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from train_helpers import (  # noqa: F401 (one_torch_thread: autouse fixture)
+    make_store,
+    metric_rows,
+    one_torch_thread,
+    quiet,
+)
 
 from smri.checkpoint import check_compatible, load_checkpoint, resolve_device
 from smri.errors import ConfigError, DataError
@@ -23,15 +28,6 @@ SMALL = ModelConfig(width=0.25)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("train") / "s.h5", labels=[0, 1] * 10)
-
-
-def quiet(_line: str) -> None:
-    """Swallow log lines."""
-
-
-def metric_rows(run):
-    with open(run / "metrics.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def quiet(*_args: object) -> None:
+    """Swallow log lines."""
+
+
+def metric_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv."""
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
