@@ -27,7 +27,7 @@ from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patie
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, StoreWriter, resumable_path
-from smri.volume import load_volume, normalized_slab
+from smri.volume import cast_into, load_volume, normalized_slab
 
 DEFAULT_SLICES = 32
 
@@ -135,7 +135,7 @@ def load_patient(
         slab, lo, hi = normalized_slab(vol.data, cfg.slices)
         if hi == lo:
             notes.append(f"patient {pid}: {path.name} is constant ({lo:g}); normalised to zeros")
-        images[m] = slab
+        cast_into(images[m], slab)
         meta["original_shape"].append([x, y, z])
         meta["spacing"].append(list(vol.spacing))
         meta["intensity_min"].append(lo)

@@ -10,6 +10,7 @@ import pytest
 
 from smri.errors import DataError
 from smri.volume import (
+    cast_into,
     central_slab,
     load_volume,
     minmax_normalize,
@@ -52,6 +53,24 @@ def test_normalized_slab_is_bitwise_the_seed_method(dtype, order):
     np.testing.assert_array_equal(got, want)
     assert (lo, hi) == (float(vol.min()), float(vol.max()))
     np.testing.assert_array_equal(got, central_slab(minmax_normalize(vol), 32))
+
+
+def test_cast_into_float16_is_numpys_rounding_bit_for_bit():
+    rng = np.random.default_rng(5)
+    src = np.concatenate([
+        rng.random(50_000, dtype=np.float32),  # what min-max produces
+        rng.random(50_000, dtype=np.float32) * np.float32(1e-4),  # float16 subnormals
+        np.array([0.0, 1.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 0.99999994, 65504, 65519, 65520,
+                  -1e-9, np.inf, -np.inf, np.nan], dtype=np.float32),
+    ])  # fmt: skip
+    got = np.empty(src.shape, np.float16)
+    cast_into(got, src)
+    with np.errstate(over="ignore"):  # 65520 rounds to inf, as it should
+        want = src.astype(np.float16)
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    other = np.empty(src.shape, np.float32)  # any other pair: plain assignment
+    cast_into(other, src.astype(np.float64))
+    np.testing.assert_array_equal(other, src)
 
 
 def test_constant_volume_normalises_to_zeros():
