@@ -436,7 +436,23 @@ class _SlotFeeder:
         except (AttributeError, RuntimeError):  # pragma: no cover - torch without cudart
             pass
         if len(self.registered) < len(self.slots):  # all or none: unpin a partial set
+            _clear_cuda_error()
             self.close()
+
+
+def _clear_cuda_error() -> None:  # pragma: no cover - only after a refused cudaHostRegister
+    """Reset the CUDA runtime's last error, which a refused registration leaves set: torch
+    checks it after every kernel launch and would fail an unrelated kernel. torch exposes no
+    cudaGetLastError, so call it in the libcudart this process has loaded (best effort)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            libs = {line.split()[-1] for line in maps if "libcudart" in line}
+        for lib in libs:
+            ctypes.CDLL(lib).cudaGetLastError()
+    except (OSError, AttributeError):
+        pass
 
 
 def batch_slots(path: Path, batch_size: int, n: int) -> list[torch.Tensor]:
