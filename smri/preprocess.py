@@ -29,6 +29,10 @@ from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, StoreWriter, resumable_path
 from smri.volume import cast_into, load_volume, normalized_slab
 
+# How often the unfinished store is flushed with its resume state: a crash loses at most this
+# much work. Flushing after every patient cost 4-19 ms each, taken from the workers on 2 cores.
+CHECKPOINT_SECONDS = 1.0
+
 DEFAULT_SLICES = 32
 
 
@@ -312,7 +316,8 @@ def run_preprocess(
     """Preprocess every patient under `input_dir` into the store `output`.
 
     Broken patients are skipped with a reason (or, with `strict`, stop the run). The store is
-    written to a hidden file beside `output` (checkpointed after every patient) and renamed
+    written to a hidden file beside `output` (checkpointed every CHECKPOINT_SECONDS and on
+    Ctrl-C) and renamed
     into place only when complete. Ctrl-C keeps that file; `resume` continues from it. Work runs
     on `backend` (see `smri.parallel`), at most ``2 * jobs`` patients at a time, so the writer's
     memory stays bounded whatever the cohort size.
@@ -349,6 +354,14 @@ def run_preprocess(
     ):
         calls = ((p, cfg, inplane, root) for p in patients[done:])
         results = ordered_map(submit, _work, calls, window=2 * slots)
+        saved, last_save = done, time.perf_counter()  # `saved`: patients fully handled
+
+        def save_state() -> None:
+            writer.checkpoint(
+                {"fingerprint": fingerprint, "done": saved,
+                 "skipped": skip_rows(skipped[run_skipped:])}
+            )  # fmt: skip
+
         try:
             for res in results:
                 interrupt.check()
@@ -375,14 +388,10 @@ def run_preprocess(
                         images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
                     )
                 del res  # the writer has it; don't hold it while waiting for the next
-                if writer is not None:
-                    writer.checkpoint(
-                        {
-                            "fingerprint": fingerprint,
-                            "done": done,
-                            "skipped": skip_rows(skipped[run_skipped:]),
-                        }
-                    )
+                saved = done
+                if writer is not None and time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
+                    save_state()
+                    last_save = time.perf_counter()
             if writer is None:
                 raise DataError(
                     f"{input_dir}: all {len(skipped)} patients are unusable; first "
@@ -394,6 +403,7 @@ def run_preprocess(
             writer.commit()
         except KeyboardInterrupt:
             if writer is not None:
+                save_state()  # everything handled so far, however recent the last checkpoint
                 writer.close_partial()
                 echo(
                     f"interrupted after {done} of {len(patients)} patients; {output} was not "

@@ -275,9 +275,16 @@ def resumable_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def _is_locked(exc: OSError) -> bool:
+    """HDF5's refusal of a file another process holds ("unable to lock file, errno = 11").
+
+    Not a bare "lock": a truncated file's message names "sblock->base_addr".
+    """
+    return "unable to lock file" in str(exc)
+
+
 def _lock_or_damage(exc: OSError) -> str:
-    text = str(exc)
-    if "lock" in text:
+    if _is_locked(exc):
         return "another process is writing this file (it is locked); wait for it or stop it"
     return f"damaged ({_h5_reason(exc)})"
 
@@ -286,7 +293,7 @@ def _create_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "w")
     except OSError as exc:
-        if "lock" in str(exc):
+        if _is_locked(exc):
             raise DataError(f"{path}: {_lock_or_damage(exc)}") from None
         raise
 

@@ -142,3 +142,30 @@ def test_refuses_newer_schema_and_truncation(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DataError, match=r"s\.h5: not a readable HDF5 file"):
         StoreReader(path)
+
+
+def test_a_locked_file_and_a_truncated_one_are_told_apart(tmp_path):
+    import subprocess
+    import sys
+
+    held = tmp_path / ".held.partial"
+    code = (
+        "import h5py, sys, time; f = h5py.File(sys.argv[1], 'w'); print('open', flush=True); "
+        "time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(held)], stdout=subprocess.PIPE)
+    try:  # another process holds it open for writing
+        assert holder.stdout.readline().strip() == b"open"
+        with pytest.raises(DataError, match="another process is writing this file"):
+            StoreWriter.reopen(tmp_path / "held.h5", held)
+    finally:
+        holder.kill()
+        holder.wait()
+    # A writer killed before its first flush leaves only a superblock; HDF5's message then names
+    # "sblock->base_addr", which is no lock.
+    cut = tmp_path / ".cut.partial"
+    with h5py.File(cut, "w"):
+        pass
+    cut.write_bytes(cut.read_bytes()[:96])
+    with pytest.raises(DataError, match=r"damaged \(.*truncated"):
+        StoreWriter.reopen(tmp_path / "cut.h5", cut)
