@@ -26,7 +26,7 @@ import numpy as np
 from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
-from smri.store import COMPRESSIONS, DTYPES, StoreWriter, resumable_path
+from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreWriter, resumable_path
 from smri.volume import cast_into, load_volume, normalized_slab
 
 # How often the unfinished store is flushed with its resume state: a crash loses at most this
@@ -283,9 +283,9 @@ def _resume(
         return None, {}
     try:
         writer, state = StoreWriter.reopen(output, partial, overwrite=overwrite)
+    except LockedError:
+        raise
     except DataError as exc:
-        if "locked" in str(exc):
-            raise
         echo(f"not resuming: {exc}; starting over")
         partial.unlink()
         return None, {}

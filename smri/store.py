@@ -283,10 +283,17 @@ def _is_locked(exc: OSError) -> bool:
     return "unable to lock file" in str(exc)
 
 
-def _lock_or_damage(exc: OSError) -> str:
+class LockedError(DataError):
+    """Another process holds the file open for writing."""
+
+
+def _open_error(path: Path, exc: OSError) -> DataError:
+    """The DataError for an HDF5 file that would not open: locked by a writer, or damaged."""
     if _is_locked(exc):
-        return "another process is writing this file (it is locked); wait for it or stop it"
-    return f"damaged ({_h5_reason(exc)})"
+        return LockedError(
+            f"{path}: another process is writing this file (it is locked); wait for it or stop it"
+        )
+    return DataError(f"{path}: damaged ({_h5_reason(exc)})")
 
 
 def _create_h5(path: Path) -> h5py.File:
@@ -294,7 +301,7 @@ def _create_h5(path: Path) -> h5py.File:
         return h5py.File(path, "w")
     except OSError as exc:
         if _is_locked(exc):
-            raise DataError(f"{path}: {_lock_or_damage(exc)}") from None
+            raise _open_error(path, exc) from None
         raise
 
 
@@ -433,7 +440,7 @@ class StoreWriter:
         try:
             self._file = h5py.File(self.tmp_path, "r+")
         except OSError as exc:
-            raise DataError(f"{tmp_path}: {_lock_or_damage(exc)}") from None
+            raise _open_error(tmp_path, exc) from None
         try:
             f = self._file
             state = json.loads(f.attrs[PARTIAL_STATE])

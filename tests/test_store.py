@@ -156,7 +156,7 @@ def test_a_locked_file_and_a_truncated_one_are_told_apart(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", code, str(held)], stdout=subprocess.PIPE)
     try:  # another process holds it open for writing
         assert holder.stdout.readline().strip() == b"open"
-        with pytest.raises(DataError, match="another process is writing this file"):
+        with pytest.raises(store.LockedError, match="another process is writing this file"):
             StoreWriter.reopen(tmp_path / "held.h5", held)
     finally:
         holder.kill()
@@ -167,5 +167,6 @@ def test_a_locked_file_and_a_truncated_one_are_told_apart(tmp_path):
     with h5py.File(cut, "w"):
         pass
     cut.write_bytes(cut.read_bytes()[:96])
-    with pytest.raises(DataError, match=r"damaged \(.*truncated"):
+    with pytest.raises(DataError, match=r"damaged \(.*truncated") as info:
         StoreWriter.reopen(tmp_path / "cut.h5", cut)
+    assert not isinstance(info.value, store.LockedError)
