@@ -5,7 +5,8 @@
 # a slow stage costs the ones after it, never the log. Everything is printed and kept under
 # $OUT (log.txt, the benchmarks' JSON, the end-to-end run folders as a tarball).
 # Needs torch with CUDA, h5py, click, matplotlib, joblib, tqdm, scikit-learn; nibabel and isal
-# are installed from .whl/ when that folder exists (the device machine has no package index).
+# are installed from .whl/ when that folder exists (the device machine has no package index;
+# `bash benchmarks/fetch_wheels.sh` fills it).
 # Environment: STAGES="environment bench-train ..." runs only those; BENCH_PATHS (fp32,bf16,pad8);
 # GPU_TESTS_K (a pytest -k filter); SMALL=1 toy sizes and NO_WHEELS=1 to rehearse on a CPU.
 set -u
