@@ -40,6 +40,14 @@ from smri.train import train_one_epoch
 
 BATCH = 8
 MODALITIES = ("flair", "t1", "t1ce", "t2")
+# --paths name: (row label, bf16 autocast + channels_last, zero-padded first-conv channels,
+# torch.compile). Compiled rows are timed on device-resident data only.
+PATHS = {
+    "fp32": ("fp32", False, 0, False),
+    "bf16": ("bf16+channels_last", True, 0, False),
+    "pad8": ("bf16+channels_last+pad8", True, 8, False),
+    "compile": ("bf16+channels_last+compile", True, 0, True),
+}
 
 
 @dataclass
@@ -113,7 +121,7 @@ def rate(*args, **kwargs) -> tuple[float, float | None]:
     try:
         return _rate(*args, **kwargs)
     except Exception as exc:  # reported, and the table says nan
-        print(f"FAILED {args[3:6]}: {type(exc).__name__}: {exc}", flush=True)
+        print(f"FAILED {args[3:5]} {kwargs}: {type(exc).__name__}: {exc}", flush=True)
         torch._dynamo.reset()
         return float("nan"), None
 
@@ -199,29 +207,18 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp) / "bench.h5", n, shape)
-        for name in models:
-            for amp in (False, True) if cuda else (False,):
-                if ("bf16" if amp else "fp32") not in paths:
-                    continue
-                path = "bf16+channels_last" if amp else "fp32"
-                (c, c_gib), (s, s_gib) = (
-                    rate(store, n, shape, name, k, amp, device) for k in caches
-                )
-                rows.append(Row(name, path, c, s, c_gib, s_gib))
-                print(f"{name} {path}: {caches[0]} {c:.1f}, none {s:.1f} patients/s", flush=True)
-        if "pad8" in paths and cuda:
-            for name in models:
-                runs = (rate(store, n, shape, name, k, True, device, pad=8) for k in caches)
-                (c, c_gib), (s, s_gib) = runs
-                rows.append(Row(name, "bf16+channels_last+pad8", c, s, c_gib, s_gib))
-                print(f"{name} pad8: device {c:.1f}, none {s:.1f} patients/s", flush=True)
-        if "compile" in paths and cuda:
+        for key in (k for k in PATHS if k in paths and (cuda or k == "fp32")):
+            path, amp, pad, compiled = PATHS[key]
             for name in models:
                 t0 = time.perf_counter()
-                c, c_gib = rate(store, n, shape, name, "device", True, device, compile=True)
-                rows.append(Row(name, "bf16+channels_last+compile", c, None, c_gib))
-                print(f"{name} compile: device {c:.1f} ({time.perf_counter() - t0:.0f} s incl. "
-                      "compilation)", flush=True)  # fmt: skip
+                kw = {"amp": amp, "pad": pad, "compile": compiled}
+                c, c_gib = rate(store, n, shape, name, caches[0], device=device, **kw)
+                s, s_gib = (None, None) if compiled else rate(store, n, shape, name, "none",
+                                                               device=device, **kw)  # fmt: skip
+                rows.append(Row(name, path, c, s, c_gib, s_gib))
+                streamed = "" if s is None else f", none {s:.1f}"
+                print(f"{name} {path}: {caches[0]} {c:.1f}{streamed} patients/s "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     print(f"({time.perf_counter() - started:.0f} s)\n")
 
     fp32 = {r.model: r.cached for r in rows if r.path == "fp32"}
