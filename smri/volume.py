@@ -19,6 +19,7 @@ import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -33,6 +34,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; stay usable with
 EPS = 1e-8
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 GZIP_MAGIC = b"\x1f\x8b"
+CAST_CHUNK = 32768  # elements per float16 conversion: torch runs a copy this small inline
 
 
 @dataclass(frozen=True)
@@ -75,12 +77,15 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
     if len(raw) == 0:
         raise DataError(f"{path}: empty file (0 bytes), expected a NIfTI volume")
     try:
-        img = _image_from_bytes(raw)
-        if canonical:
-            img = nib.as_closest_canonical(img)
-            data = np.asanyarray(img.dataobj)
+        header = _header_from_bytes(raw)
+        if canonical or _scaled(header):  # nibabel's image: reorientation, scaled voxel values
+            img = _image_class(header).from_bytes(raw)
+            if canonical:
+                img = nib.as_closest_canonical(img)
+            header, data = img.header, np.asanyarray(img.dataobj)
+            affine = img.affine
         else:
-            data = _voxels(img, raw)
+            data, affine = _voxels(header, raw), header.get_best_affine()
     except Exception as exc:  # nibabel raises many types for malformed headers and data
         raise DataError(f"{path}: not a readable NIfTI volume ({_reason(exc)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -101,33 +106,45 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
                 f"{path}: intensities span {lo:g} to {hi:g}, wider than float32 "
                 f"(±{FLOAT32_MAX:.3g}) in which they are normalised"
             )
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return Volume(data=data, spacing=zooms, affine=np.asarray(img.affine))
+    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    return Volume(data=data, spacing=zooms, affine=np.asarray(affine))
 
 
-def _image_from_bytes(raw: bytes) -> nib.Nifti1Image:
+def _header_from_bytes(raw: bytes, *, extensions: bool = True) -> nib.Nifti1Header:
+    """The file's NIfTI-1 or NIfTI-2 header, checked as nibabel checks it when loading.
+
+    Parsed once, without building an image (a third of a millisecond saved per volume). Without
+    `extensions`, only the fixed-size part is read (unchecked): enough for the voxel offset.
+    """
     if len(raw) < 348:
         raise ValueError(f"too short for a NIfTI header: {len(raw)} bytes, need at least 348")
     header_size = int.from_bytes(raw[:4], "little")
     if header_size not in (348, 540):
         header_size = int.from_bytes(raw[:4], "big")
-    if header_size == 540:
-        return nib.Nifti2Image.from_bytes(raw)
-    if header_size != 348:
+    if header_size not in (348, 540):
         raise ValueError("no NIfTI header: sizeof_hdr is neither 348 nor 540")
-    return nib.Nifti1Image.from_bytes(raw)
+    klass = nib.Nifti2Header if header_size == 540 else nib.Nifti1Header
+    if not extensions:
+        return klass(raw[:header_size], check=False)
+    return klass.from_fileobj(io.BytesIO(raw), check=True)
 
 
-def _voxels(img: nib.Nifti1Image, raw: bytes) -> np.ndarray:
-    """The voxel array; a zero-copy view of `raw` when no intensity scaling applies.
+def _image_class(header: nib.Nifti1Header) -> type[nib.Nifti1Image]:
+    return nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+
+
+def _scaled(header: nib.Nifti1Header) -> bool:
+    """Whether the header scales stored values (scl_slope/scl_inter other than 1 and 0)."""
+    slope, inter = header.get_slope_inter()
+    return slope not in (None, 1.0) or inter not in (None, 0.0)
+
+
+def _voxels(header: nib.Nifti1Header, raw: bytes) -> np.ndarray:
+    """The unscaled voxel array: a zero-copy view of `raw`.
 
     nibabel's array proxy copies the whole buffer (about 3.5 ms per BraTS volume); unscaled
-    data (the usual case) can be read in place with the same dtype, shape and Fortran order.
+    data (the usual case) is read in place with the same dtype, shape and Fortran order.
     """
-    header = type(img.header).from_fileobj(io.BytesIO(raw))  # as in the file: vox_offset kept
-    slope, inter = header.get_slope_inter()
-    if slope not in (None, 1.0) or inter not in (None, 0.0):
-        return np.asanyarray(img.dataobj)
     shape = header.get_data_shape()
     dtype = header.get_data_dtype()
     offset = int(header.get_data_offset())
@@ -167,12 +184,25 @@ def cast_into(dst: np.ndarray, src: np.ndarray) -> None:
 
     float32 -> float16, the store's default, goes through torch's vectorised conversion:
     bit-identical to numpy's (tested), and about 30x faster than numpy's scalar loop, which cost
-    a fifth of all preprocessing time (4.7 ms per BraTS slab).
+    a fifth of all preprocessing time (4.7 ms per BraTS slab). It runs in pieces of
+    CAST_CHUNK elements, each below torch's parallel grain (32768), so it stays on the calling
+    thread: one whole-slab copy woke torch's OpenMP pool, whose threads then spun for
+    milliseconds on the other cores and took a whole core from the other preprocessing
+    workers (measured on 2 cores: 5 ms of CPU burnt for every 5 ms of Python after a cast).
     """
-    if dst.dtype == np.float16 and src.dtype == np.float32 and dst.shape == src.shape:
+    if (
+        dst.dtype == np.float16
+        and src.dtype == np.float32
+        and dst.shape == src.shape
+        and dst.flags.c_contiguous
+        and src.flags.c_contiguous
+    ):
         import torch  # only float16 stores need it; imported once, on first use
 
-        torch.from_numpy(dst).copy_(torch.from_numpy(src))
+        d = torch.from_numpy(dst.reshape(-1))
+        s = torch.from_numpy(src.reshape(-1))
+        for start in range(0, s.numel(), CAST_CHUNK):
+            d[start : start + CAST_CHUNK].copy_(s[start : start + CAST_CHUNK])
     else:
         dst[...] = src
 
@@ -186,10 +216,223 @@ def normalized_slab(
     of the whole volume.
     """
     lo, hi = vol.min(), vol.max()
-    lo32, hi32 = np.float32(lo), np.float32(hi)
     slab = central_slab(vol, slices)
     if out is None:
         out = np.empty(slab.shape, dtype=np.float32)
-    np.subtract(slab, lo32, out=out, dtype=np.float32, casting="unsafe")
-    np.divide(out, hi32 - lo32 + np.float32(EPS), out=out)
+    normalize_into(out, slab, lo, hi)
     return out, float(lo), float(hi)
+
+
+def normalize_into(out: np.ndarray, x: np.ndarray, lo: object, hi: object) -> None:
+    """``out = (float32(x) - float32(lo)) / (float32(hi) - float32(lo) + 1e-8)`` in float32.
+
+    The seed's min-max with the volume's `lo` and `hi` (taken on the raw values: rounding to
+    float32 is monotonic, so they agree with the seed's min and max of the float32 volume).
+    `out` is float32 with `x`'s shape.
+    """
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    out[...] = x  # the seed's astype(float32); a plain cast, 3x faster than a casting ufunc
+    np.subtract(out, lo32, out=out)
+    np.divide(out, hi32 - lo32 + np.float32(EPS), out=out)
+
+
+# --- Streaming: header first, then the voxels in one pass through a small buffer -----------
+
+
+@dataclass(frozen=True)
+class SlabSource:
+    """One volume to preprocess: its shape and spacing (from the header), its voxels on demand.
+
+    `open_volume` makes it. `normalized_slab_into` then reads the voxels once, in pieces of
+    STREAM_CHUNK bytes: each piece's min and max are taken while it is in the CPU cache and
+    only the central slab is kept. The whole volume is never in memory, and inflating into a
+    buffer that stays in cache is itself faster (BraTS volume, ISA-L: 12.1 ms vs 14.3 ms to a
+    new 18 MB buffer, then 1.4 ms more for its min and max from memory). Volumes the stream
+    does not handle (reoriented, scaled, odd headers, and every error) go through
+    `load_volume`, so results and error messages are the same either way.
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    header: nib.Nifti1Header | None = None  # streamed: the parsed header
+    volume: Volume | None = None  # not streamed: the volume, loaded whole
+
+    @property
+    def streamed(self) -> bool:
+        return self.volume is None
+
+    def normalized_slab_into(self, slices: int, out: np.ndarray) -> tuple[float, float]:
+        """Write the seed's normalised central ``(S, Y, X)`` slab into `out`; the volume's min, max.
+
+        `out` may be float16 or float32 (float16 is rounded from the float32 result, as numpy
+        rounds). DataError naming the file for anything unusable.
+        """
+        if self.volume is None:
+            try:
+                lo, hi, slab = _stream_slab(self.path, self.header, self.shape, slices)
+            except DataError:
+                raise
+            except Exception:  # truncated, corrupt, unreadable: load_volume says which
+                return _slab_from(load_volume(self.path), slices, out)
+            if slab.dtype.kind == "f" and not _usable_float_range(float(lo), float(hi)):
+                return _slab_from(load_volume(self.path), slices, out)  # it names the problem
+        else:
+            return _slab_from(self.volume, slices, out)
+        tmp = out if out.dtype == np.float32 else np.empty(out.shape, np.float32)
+        normalize_into(tmp, slab.reshape(out.shape), lo, hi)
+        if tmp is not out:
+            cast_into(out, tmp)
+        return float(lo), float(hi)
+
+
+STREAM_CHUNK = 1 << 20  # bytes inflated at a time: fits the L2 cache of current x86 cores
+MAX_HEADER_BYTES = 1 << 24  # header + extensions larger than this are read by load_volume
+
+
+def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
+    """Read a NIfTI volume's header (only) for `SlabSource.normalized_slab_into`.
+
+    DataError naming the file when it is unusable; anything `load_volume` accepts is accepted.
+    """
+    path = Path(path)
+    header = None
+    if not canonical:
+        try:
+            header = _stream_header(path)
+        except Exception:  # load_volume below names the problem
+            header = None
+    shape = _streamable_shape(header) if header is not None else None
+    if shape is None:
+        vol = load_volume(path, canonical=canonical)
+        return SlabSource(path, vol.data.shape, vol.spacing, volume=vol)
+    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    return SlabSource(path, shape, zooms, header=header)
+
+
+def _slab_from(vol: Volume, slices: int, out: np.ndarray) -> tuple[float, float]:
+    tmp = out if out.dtype == np.float32 else None
+    slab, lo, hi = normalized_slab(vol.data, slices, out=tmp)
+    if slab is not out:
+        cast_into(out, slab)
+    return lo, hi
+
+
+def _usable_float_range(lo: float, hi: float) -> bool:
+    return bool(np.isfinite(lo) and np.isfinite(hi) and hi - lo <= FLOAT32_MAX)
+
+
+def _streamable_shape(header: nib.Nifti1Header) -> tuple[int, int, int] | None:
+    """The 3D shape of an unscaled integer/float volume the stream handles; None otherwise."""
+    shape = tuple(int(n) for n in header.get_data_shape())
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    dtype = header.get_data_dtype()
+    if len(shape) != 3 or min(shape) < 1 or dtype.kind not in "iuf" or _scaled(header):
+        return None
+    return shape  # type: ignore[return-value]
+
+
+def _open_stream(path: Path) -> BinaryIO:
+    """The file's uncompressed bytes as a stream (gzip-compressed or not)."""
+    f = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
+    try:
+        if f.read(2) != GZIP_MAGIC:
+            f.seek(0)
+            return f
+        f.seek(0)
+        return _ClosingGzip(f)
+    except BaseException:
+        f.close()
+        raise
+
+
+class _ClosingGzip(_gzip.GzipFile):  # type: ignore[misc, name-defined]
+    """A gzip reader that closes the file it reads, as `open` would."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__(fileobj=f, mode="rb")
+        self._raw_file = f
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw_file.close()
+
+
+def _read_into(f: BinaryIO, buf: memoryview) -> int:
+    """Fill `buf` from `f`; fewer bytes only at the end of the stream."""
+    filled = 0
+    while filled < len(buf):
+        n = f.readinto(buf[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+def _stream_header(path: Path) -> nib.Nifti1Header:
+    """The NIfTI header (and extensions) from the start of the file, without its voxels."""
+    with _open_stream(path) as f:
+        head = f.read(544)  # NIfTI-2's 540 bytes + the extension flag; NIfTI-1 needs 352
+        try:
+            return _header_from_bytes(head)
+        except Exception:  # extensions that run past `head`: read up to the voxels, try again
+            fixed = _header_from_bytes(head, extensions=False)
+            offset = int(fixed.get_data_offset())
+            if not len(head) < offset <= MAX_HEADER_BYTES:
+                raise
+            return _header_from_bytes(head + f.read(offset - len(head)))
+
+
+def _stream_slab(
+    path: Path, header: nib.Nifti1Header, shape: tuple[int, int, int], slices: int
+) -> tuple[np.generic, np.generic, np.ndarray]:
+    """One pass over the voxels: their min and max, and the central slab's raw values.
+
+    The slab comes back flat, in file order: slices ``start..start+S`` of the Fortran-ordered
+    volume are one contiguous run of voxels, which read as C order is ``(S, Y, X)``. The
+    stream is read to its end, so gzip's checksum is verified. ValueError when the file holds
+    fewer voxels than its header says.
+    """
+    x, y, z = shape
+    dtype = header.get_data_dtype()
+    size = dtype.itemsize
+    count = x * y * z
+    s0 = slab_start(z, slices) * x * y
+    s1 = s0 + slices * x * y
+    slab = np.empty(s1 - s0, dtype=dtype)
+    buf = bytearray(max(STREAM_CHUNK, size))
+    view = memoryview(buf)
+    lo = hi = None
+    done = 0  # voxels read
+    with _open_stream(path) as f:
+        skip = int(header.get_data_offset())
+        while skip > 0:  # the header and extensions, already parsed
+            n = _read_into(f, view[: min(skip, len(buf))])
+            if not n:
+                raise ValueError("the file ends inside its header")
+            skip -= n
+        carry = 0  # bytes of a voxel split between two pieces
+        while True:
+            n = carry + _read_into(f, view[carry:])
+            whole = n // size
+            take = min(whole, count - done)
+            if take > 0:
+                piece = np.frombuffer(buf, dtype=dtype, count=take)
+                p_lo, p_hi = piece.min(), piece.max()
+                lo = p_lo if lo is None else np.minimum(lo, p_lo)  # NaN stays NaN
+                hi = p_hi if hi is None else np.maximum(hi, p_hi)
+                a, b = max(done, s0), min(done + take, s1)
+                if a < b:
+                    slab[a - s0 : b - s0] = piece[a - done : b - done]
+                done += take
+                del piece  # the buffer is refilled next
+            if n < len(buf):  # end of stream
+                break
+            carry = n - whole * size
+            view[:carry] = view[whole * size : n]
+    if done < count:
+        raise ValueError(f"expected {count} voxels after the header, the file holds {done}")
+    return lo, hi, slab

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 
 import nibabel as nib
 import numpy as np
@@ -71,6 +72,25 @@ def test_cast_into_float16_is_numpys_rounding_bit_for_bit():
     other = np.empty(src.shape, np.float32)  # any other pair: plain assignment
     cast_into(other, src.astype(np.float64))
     np.testing.assert_array_equal(other, src)
+
+
+def test_cast_into_stays_on_the_calling_thread():
+    """No CPU time elsewhere: a cast that woke torch's OpenMP pool left its threads spinning,
+    which took a core from the other preprocessing workers (2 cores: CPU time = 2 x wall)."""
+    torch = pytest.importorskip("torch")
+    if torch.get_num_threads() < 2:
+        pytest.skip("torch runs single-threaded here: nothing could spin")
+    src = np.random.default_rng(0).random((32, 240, 240), dtype=np.float32)
+    dst = np.empty(src.shape, np.float16)
+    cast_into(dst, src)  # the first call imports torch
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(5):
+        cast_into(dst, src)
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.01:  # Python work, as the next volume's would be
+            pass
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    assert cpu < 1.4 * wall, f"{cpu / wall:.2f} x wall time in CPU: other threads were busy"
 
 
 def test_constant_volume_normalises_to_zeros():

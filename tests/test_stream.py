@@ -1,0 +1,216 @@
+"""The streamed reader (`open_volume` + `normalized_slab_into`) against the seed's numpy method.
+
+The stream reads each volume once through a small buffer; every case here checks it gives the
+seed's bits, that it really streamed (not a silent fallback to `load_volume`), and that what it
+cannot stream (and every error) comes out as `load_volume` would have it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import smri.volume as volume
+from smri.errors import DataError
+from smri.volume import load_volume, open_volume
+from tests.conftest import write_nifti
+
+
+def seed_slab(data: np.ndarray, slices: int, dtype: str = "float16") -> np.ndarray:
+    """The seed's preprocessing of one volume, directly in numpy."""
+    v = data.astype(np.float32)
+    v = (v - v.min()) / (v.max() - v.min() + 1e-8)
+    start = (v.shape[2] - slices) // 2
+    return v[:, :, start : start + slices].T.astype(dtype)
+
+
+def read(path, slices, dtype="float16", **kw):
+    src = open_volume(path, **kw)
+    x, y, _ = src.shape
+    out = np.empty((slices, y, x), dtype)
+    lo, hi = src.normalized_slab_into(slices, out)
+    return src, out, lo, hi
+
+
+def same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+
+
+@pytest.fixture(params=[1001, 4096, 1 << 20], ids=["odd-1001B", "4KiB", "1MiB"])
+def chunk(request, monkeypatch):
+    """Buffer sizes: an odd one splits voxels between pieces and puts slab edges mid-piece."""
+    monkeypatch.setattr(volume, "STREAM_CHUNK", request.param)
+    return request.param
+
+
+DTYPES = [np.int16, np.uint8, np.int32, np.uint16, np.float32, np.float64]  # big-endian: below
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_streamed_slab_is_the_seeds_bit_for_bit(tmp_path, chunk, ext, dtype):
+    rng = np.random.default_rng(7)
+    data = (rng.normal(300, 120, (23, 19, 41)) + 40).clip(0, 255).astype(dtype)
+    data[3, 4, 0], data[5, 6, 40] = 0, 250  # min and max in the first and last pieces
+    path = write_nifti(tmp_path / f"v_t1{ext}", data)
+    src, got, lo, hi = read(path, 9)
+    assert src.streamed
+    assert src.shape == (23, 19, 41)
+    same_bits(got, seed_slab(data, 9))
+    assert (lo, hi) == (float(data.min()), float(data.max()))
+
+
+def test_float32_store_and_whole_depth_slab(tmp_path, chunk):
+    data = np.random.default_rng(1).integers(-500, 3000, (17, 13, 12)).astype(np.int16)
+    path = write_nifti(tmp_path / "v_t1.nii.gz", data)
+    src, got, _, _ = read(path, 12, "float32")  # the slab is the whole volume
+    assert src.streamed
+    same_bits(got, seed_slab(data, 12, "float32"))
+
+
+def test_matches_the_whole_volume_path_on_a_brats_size_volume(tmp_path):
+    rng = np.random.default_rng(3)
+    data = np.zeros((240, 240, 155), np.int16)
+    data[40:200, 30:210, 10:140] = rng.integers(0, 4000, (160, 180, 130))
+    path = write_nifti(tmp_path / "big_t1.nii.gz", data)
+    src, got, lo, hi = read(path, 32)
+    assert src.streamed
+    same_bits(got, seed_slab(data, 32))
+    assert (lo, hi) == (0.0, float(data.max()))
+
+
+def test_the_whole_volume_is_never_in_memory(tmp_path):
+    data = np.random.default_rng(0).integers(0, 4000, (240, 240, 155)).astype(np.int16)
+    path = write_nifti(tmp_path / "big_t1.nii.gz", data)
+    out = np.empty((32, 240, 240), np.float16)
+    src = open_volume(path)
+    tracemalloc.start()
+    try:
+        src.normalized_slab_into(32, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the raw slab (3.7 MB), its float32 form (7.4 MB) and one buffer; the volume is 17.9 MB
+    assert peak < 0.75 * data.nbytes, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_trailing_singleton_and_header_extension_stream(tmp_path, chunk):
+    data = np.random.default_rng(2).integers(0, 900, (11, 9, 14, 1)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([0.8, 0.9, 2.5, 1.0]))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 2000))
+    path = tmp_path / "ext_t1.nii.gz"
+    nib.save(img, path)
+    src, got, _, _ = read(path, 5)
+    assert src.streamed
+    assert src.shape == (11, 9, 14)
+    assert src.spacing == pytest.approx((0.8, 0.9, 2.5))
+    same_bits(got, seed_slab(data[..., 0], 5))
+
+
+def test_nifti2_streams(tmp_path):
+    data = np.random.default_rng(4).integers(0, 900, (10, 8, 12)).astype(np.int16)
+    path = tmp_path / "n2_t1.nii.gz"
+    nib.save(nib.Nifti2Image(data, np.eye(4)), path)
+    src, got, _, _ = read(path, 6)
+    assert src.streamed
+    same_bits(got, seed_slab(data, 6))
+
+
+@pytest.mark.parametrize("offset", [352, 352 + 16 * 99], ids=["352", "padded"])
+@pytest.mark.parametrize("dtype", ["<i2", ">i2", ">f8"])
+def test_byte_order_and_voxel_offset_from_the_header(tmp_path, chunk, dtype, offset):
+    """A hand-made file: big-endian headers and data, voxels after padding."""
+    data = np.random.default_rng(8).integers(-90, 900, (13, 11, 10)).astype(dtype)
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(data.shape)
+    hdr.set_data_dtype(data.dtype)
+    hdr["vox_offset"], hdr["magic"] = offset, b"n+1"
+    hdr = hdr.as_byteswapped(dtype[0])
+    raw = hdr.binaryblock + bytes(offset - 348) + data.tobytes(order="F")
+    path = tmp_path / "be_t1.nii.gz"
+    path.write_bytes(gzip.compress(raw, compresslevel=1))
+    src, got, _, _ = read(path, 4)
+    assert src.streamed
+    same_bits(got, seed_slab(data, 4))
+    same_bits(got, seed_slab(load_volume(path).data, 4))
+
+
+def test_scaled_and_reoriented_volumes_are_loaded_whole(tmp_path):
+    data = np.random.default_rng(5).integers(0, 900, (10, 8, 12)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([-1.0, 1.0, 1.0, 1.0]))
+    img.header.set_slope_inter(2.0, -3.0)
+    path = tmp_path / "s_t1.nii.gz"
+    nib.save(img, path)
+    src, got, _, _ = read(path, 6)
+    assert not src.streamed
+    same_bits(got, seed_slab(data * 2.0 - 3.0, 6))
+    src, got, _, _ = read(write_nifti(tmp_path / "r_t1.nii", data, img.affine), 6, canonical=True)
+    assert not src.streamed
+    same_bits(got, seed_slab(data[::-1], 6))
+
+
+def error_of(fn):
+    with pytest.raises(DataError) as info:
+        fn()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[: len(raw) // 2],  # truncated: gzip ends early
+        lambda raw: raw[:-8],  # no gzip trailer
+        lambda raw: raw[:5000] + bytes([raw[5000] ^ 0xFF]) + raw[5001:],  # corrupt data
+        lambda raw: raw[:-8] + bytes([raw[-8] ^ 1]) + raw[-7:],  # wrong checksum
+    ],
+    ids=["half", "no-trailer", "flipped-byte", "bad-crc"],
+)
+def test_damaged_gzip_gives_load_volumes_error(tmp_path, damage):
+    """Read to the end: a checksum that does not match is found, not skipped."""
+    data = np.random.default_rng(6).integers(0, 4000, (64, 64, 40)).astype(np.int16)
+    path = write_nifti(tmp_path / "d_t1.nii.gz", data)
+    path.write_bytes(damage(path.read_bytes()))
+    want = error_of(lambda: load_volume(path))
+    assert str(path) in want
+
+    def stream():
+        src = open_volume(path)
+        src.normalized_slab_into(8, np.empty((8, 64, 64), np.float16))
+
+    assert error_of(stream) == want
+
+
+def test_truncated_nii_gives_load_volumes_error(tmp_path):
+    path = write_nifti(tmp_path / "t_t1.nii", np.ones((30, 30, 30), np.int16))
+    path.write_bytes(path.read_bytes()[:20000])
+    src = open_volume(path)  # the header is whole: the shape is known
+    assert src.shape == (30, 30, 30)
+    got = error_of(lambda: src.normalized_slab_into(8, np.empty((8, 30, 30), np.float16)))
+    assert got == error_of(lambda: load_volume(path))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_gives_load_volumes_error(tmp_path, chunk, bad):
+    data = np.ones((12, 10, 9), np.float32)
+    data[11, 9, 8] = bad  # the last voxel
+    path = write_nifti(tmp_path / "f_t1.nii.gz", data)
+    src = open_volume(path)
+    got = error_of(lambda: src.normalized_slab_into(3, np.empty((3, 10, 12), np.float16)))
+    assert got == error_of(lambda: load_volume(path))
+    assert "1 voxels are NaN or Inf" in got
+
+
+def test_unreadable_headers_give_load_volumes_error(tmp_path):
+    for name, raw in [
+        ("empty_t1.nii.gz", b""),
+        ("text_t1.nii.gz", gzip.compress(b"hello world" * 100)),
+        ("short_t1.nii", b"\x5c\x01\x00\x00" + b"\x00" * 100),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(raw)
+        assert error_of(lambda p=path: open_volume(p)) == error_of(lambda p=path: load_volume(p))
