@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from smri.cli import keep_freed_memory
+from smri.memory import keep_freed_memory
 
 keep_freed_memory()  # as the `smri` command does at start-up, so benchmarks measure the same
 
