@@ -199,10 +199,13 @@ def cast_into(dst: np.ndarray, src: np.ndarray) -> None:
     ):
         import torch  # only float16 stores need it; imported once, on first use
 
-        d = torch.from_numpy(dst.reshape(-1))
-        s = torch.from_numpy(src.reshape(-1))
-        for start in range(0, s.numel(), CAST_CHUNK):
-            d[start : start + CAST_CHUNK].copy_(s[start : start + CAST_CHUNK])
+        pieces = zip(
+            torch.from_numpy(dst.reshape(-1)).split(CAST_CHUNK),
+            torch.from_numpy(src.reshape(-1)).split(CAST_CHUNK),
+            strict=True,
+        )
+        for d, s in pieces:
+            d.copy_(s)
     else:
         dst[...] = src
 
@@ -231,7 +234,8 @@ def normalize_into(out: np.ndarray, x: np.ndarray, lo: object, hi: object) -> No
     `out` is float32 with `x`'s shape.
     """
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    out[...] = x  # the seed's astype(float32); a plain cast, 3x faster than a casting ufunc
+    if x is not out:
+        out[...] = x  # the seed's astype(float32); a plain cast, 3x faster than a casting ufunc
     np.subtract(out, lo32, out=out)
     np.divide(out, hi32 - lo32 + np.float32(EPS), out=out)
 
@@ -268,21 +272,22 @@ class SlabSource:
         `out` may be float16 or float32 (float16 is rounded from the float32 result, as numpy
         rounds). DataError naming the file for anything unusable.
         """
-        if self.volume is None:
-            try:
-                lo, hi, slab = _stream_slab(self.path, self.header, self.shape, slices)
-            except DataError:
-                raise
-            except Exception:  # truncated, corrupt, unreadable: load_volume says which
-                return _slab_from(load_volume(self.path), slices, out)
-            if slab.dtype.kind == "f" and not _usable_float_range(float(lo), float(hi)):
-                return _slab_from(load_volume(self.path), slices, out)  # it names the problem
-        else:
+        if self.volume is not None:
             return _slab_from(self.volume, slices, out)
-        tmp = out if out.dtype == np.float32 else np.empty(out.shape, np.float32)
-        normalize_into(tmp, slab.reshape(out.shape), lo, hi)
-        if tmp is not out:
-            cast_into(out, tmp)
+        direct = out.dtype == np.float32 and out.flags.c_contiguous
+        slab = out if direct else np.empty(out.shape, np.float32)
+        try:
+            lo, hi = _stream_slab(self.path, self.header, self.shape, slab.reshape(-1))
+        except DataError:
+            raise
+        except Exception:  # truncated, corrupt, unreadable: load_volume says which
+            return _slab_from(load_volume(self.path), slices, out)
+        is_float = self.header.get_data_dtype().kind == "f"
+        if is_float and not _usable_float_range(float(lo), float(hi)):
+            return _slab_from(load_volume(self.path), slices, out)  # it names the problem
+        normalize_into(slab, slab, lo, hi)
+        if slab is not out:
+            cast_into(out, slab)
         return float(lo), float(hi)
 
 
@@ -296,18 +301,17 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
     DataError naming the file when it is unusable; anything `load_volume` accepts is accepted.
     """
     path = Path(path)
-    header = None
     if not canonical:
-        try:
+        try:  # every reading of the header: nibabel raises for values it cannot interpret
             header = _stream_header(path)
+            shape = _streamable_shape(header)
+            zooms = tuple(float(z) for z in header.get_zooms()[:3])
         except Exception:  # load_volume below names the problem
-            header = None
-    shape = _streamable_shape(header) if header is not None else None
-    if shape is None:
-        vol = load_volume(path, canonical=canonical)
-        return SlabSource(path, vol.data.shape, vol.spacing, volume=vol)
-    zooms = tuple(float(z) for z in header.get_zooms()[:3])
-    return SlabSource(path, shape, zooms, header=header)
+            shape = None
+        if shape is not None:
+            return SlabSource(path, shape, zooms, header=header)  # type: ignore[arg-type]
+    vol = load_volume(path, canonical=canonical)
+    return SlabSource(path, vol.data.shape, vol.spacing, volume=vol)
 
 
 def _slab_from(vol: Volume, slices: int, out: np.ndarray) -> tuple[float, float]:
@@ -387,12 +391,13 @@ def _stream_header(path: Path) -> nib.Nifti1Header:
 
 
 def _stream_slab(
-    path: Path, header: nib.Nifti1Header, shape: tuple[int, int, int], slices: int
-) -> tuple[np.generic, np.generic, np.ndarray]:
-    """One pass over the voxels: their min and max, and the central slab's raw values.
+    path: Path, header: nib.Nifti1Header, shape: tuple[int, int, int], slab: np.ndarray
+) -> tuple[np.generic, np.generic]:
+    """One pass over the voxels: their min and max; the central slab into `slab` as float32.
 
-    The slab comes back flat, in file order: slices ``start..start+S`` of the Fortran-ordered
-    volume are one contiguous run of voxels, which read as C order is ``(S, Y, X)``. The
+    `slab` is flat float32, as long as the slab: slices ``start..start+S`` of the
+    Fortran-ordered volume are one contiguous run of voxels, which read as C order is
+    ``(S, Y, X)``. Each piece is cast while it is in cache (the seed's astype(float32)). The
     stream is read to its end, so gzip's checksum is verified. ValueError when the file holds
     fewer voxels than its header says.
     """
@@ -400,15 +405,16 @@ def _stream_slab(
     dtype = header.get_data_dtype()
     size = dtype.itemsize
     count = x * y * z
-    s0 = slab_start(z, slices) * x * y
-    s1 = s0 + slices * x * y
-    slab = np.empty(s1 - s0, dtype=dtype)
+    s0 = slab_start(z, slab.size // (x * y)) * x * y
+    s1 = s0 + slab.size
     buf = bytearray(max(STREAM_CHUNK, size))
     view = memoryview(buf)
     lo = hi = None
     done = 0  # voxels read
     with _open_stream(path) as f:
         skip = int(header.get_data_offset())
+        if skip < 0:
+            raise ValueError(f"negative voxel offset {skip}")
         while skip > 0:  # the header and extensions, already parsed
             n = _read_into(f, view[: min(skip, len(buf))])
             if not n:
@@ -435,4 +441,4 @@ def _stream_slab(
             view[:carry] = view[whole * size : n]
     if done < count:
         raise ValueError(f"expected {count} voxels after the header, the file holds {done}")
-    return lo, hi, slab
+    return lo, hi

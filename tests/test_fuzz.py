@@ -191,6 +191,11 @@ def _one_patient(scratch: Path, case: tuple[bytes, bool], modality: str) -> None
             return
         assert result.images.shape[:2] == (4, SLICES)
         assert np.isfinite(result.images).all()
+        # the streamed reader gives what loading the whole volume gives, bit for bit
+        m = DEFAULT_MODALITIES.index(modality)
+        whole = load_volume(folder / f"P1_{modality}.nii.gz", canonical=canonical).data
+        want = normalized_slab(whole, SLICES)[0].astype(np.float16)
+        np.testing.assert_array_equal(result.images[m].view(np.uint16), want.view(np.uint16))
         TALLY["patient: loaded"] += 1
     finally:
         shutil.rmtree(folder.parent)

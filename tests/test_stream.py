@@ -8,6 +8,7 @@ cannot stream (and every error) comes out as `load_volume` would have it.
 from __future__ import annotations
 
 import gzip
+import struct
 import tracemalloc
 
 import nibabel as nib
@@ -214,3 +215,18 @@ def test_unreadable_headers_give_load_volumes_error(tmp_path):
         path = tmp_path / name
         path.write_bytes(raw)
         assert error_of(lambda p=path: open_volume(p)) == error_of(lambda p=path: load_volume(p))
+
+
+def test_negative_voxel_offset_gives_load_volumes_error(tmp_path):
+    """Found by the fuzz test: the stream must not start reading voxels inside the header."""
+    path = write_nifti(tmp_path / "neg_t1.nii", np.ones((6, 5, 4), np.int16))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<f", raw, 108, -1.0)  # vox_offset: nibabel refuses it only for n+1
+    raw[344:348] = b"ni1\0"
+    path.write_bytes(raw)
+    want = error_of(lambda: load_volume(path))
+
+    def stream():
+        open_volume(path).normalized_slab_into(2, np.empty((2, 5, 6), np.float16))
+
+    assert error_of(stream) == want
