@@ -272,6 +272,9 @@ class SlabSource:
         `out` may be float16 or float32 (float16 is rounded from the float32 result, as numpy
         rounds). DataError naming the file for anything unusable.
         """
+        x, y, z = self.shape
+        if out.shape != (slices, y, x) or z < slices:
+            raise ValueError(f"cannot fit {slices} slices of a {self.shape} volume in {out.shape}")
         if self.volume is not None:
             return _slab_from(self.volume, slices, out)
         direct = out.dtype == np.float32 and out.flags.c_contiguous

@@ -29,6 +29,16 @@ def seed_slab(data: np.ndarray, slices: int, dtype: str = "float16") -> np.ndarr
     return v[:, :, start : start + slices].T.astype(dtype)
 
 
+@pytest.fixture
+def whole_loads(monkeypatch):
+    """Fail the test if the volume is loaded whole: the stream must not fall back silently."""
+
+    def refuse(path, **kw):
+        raise AssertionError(f"{path} was loaded whole instead of streamed")
+
+    monkeypatch.setattr(volume, "load_volume", refuse)
+
+
 def read(path, slices, dtype="float16", **kw):
     src = open_volume(path, **kw)
     x, y, _ = src.shape
@@ -54,7 +64,7 @@ DTYPES = [np.int16, np.uint8, np.int32, np.uint16, np.float32, np.float64]  # bi
 
 @pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_streamed_slab_is_the_seeds_bit_for_bit(tmp_path, chunk, ext, dtype):
+def test_streamed_slab_is_the_seeds_bit_for_bit(tmp_path, whole_loads, chunk, ext, dtype):
     rng = np.random.default_rng(7)
     data = (rng.normal(300, 120, (23, 19, 41)) + 40).clip(0, 255).astype(dtype)
     data[3, 4, 0], data[5, 6, 40] = 0, 250  # min and max in the first and last pieces
@@ -66,7 +76,7 @@ def test_streamed_slab_is_the_seeds_bit_for_bit(tmp_path, chunk, ext, dtype):
     assert (lo, hi) == (float(data.min()), float(data.max()))
 
 
-def test_float32_store_and_whole_depth_slab(tmp_path, chunk):
+def test_float32_store_and_whole_depth_slab(tmp_path, whole_loads, chunk):
     data = np.random.default_rng(1).integers(-500, 3000, (17, 13, 12)).astype(np.int16)
     path = write_nifti(tmp_path / "v_t1.nii.gz", data)
     src, got, _, _ = read(path, 12, "float32")  # the slab is the whole volume
@@ -74,7 +84,7 @@ def test_float32_store_and_whole_depth_slab(tmp_path, chunk):
     same_bits(got, seed_slab(data, 12, "float32"))
 
 
-def test_matches_the_whole_volume_path_on_a_brats_size_volume(tmp_path):
+def test_matches_the_whole_volume_path_on_a_brats_size_volume(tmp_path, whole_loads):
     rng = np.random.default_rng(3)
     data = np.zeros((240, 240, 155), np.int16)
     data[40:200, 30:210, 10:140] = rng.integers(0, 4000, (160, 180, 130))
@@ -100,7 +110,7 @@ def test_the_whole_volume_is_never_in_memory(tmp_path):
     assert peak < 0.75 * data.nbytes, f"peak {peak / 2**20:.1f} MiB"
 
 
-def test_trailing_singleton_and_header_extension_stream(tmp_path, chunk):
+def test_trailing_singleton_and_header_extension_stream(tmp_path, whole_loads, chunk):
     data = np.random.default_rng(2).integers(0, 900, (11, 9, 14, 1)).astype(np.int16)
     img = nib.Nifti1Image(data, np.diag([0.8, 0.9, 2.5, 1.0]))
     img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 2000))
@@ -113,7 +123,7 @@ def test_trailing_singleton_and_header_extension_stream(tmp_path, chunk):
     same_bits(got, seed_slab(data[..., 0], 5))
 
 
-def test_nifti2_streams(tmp_path):
+def test_nifti2_streams(tmp_path, whole_loads):
     data = np.random.default_rng(4).integers(0, 900, (10, 8, 12)).astype(np.int16)
     path = tmp_path / "n2_t1.nii.gz"
     nib.save(nib.Nifti2Image(data, np.eye(4)), path)
@@ -124,7 +134,7 @@ def test_nifti2_streams(tmp_path):
 
 @pytest.mark.parametrize("offset", [352, 352 + 16 * 99], ids=["352", "padded"])
 @pytest.mark.parametrize("dtype", ["<i2", ">i2", ">f8"])
-def test_byte_order_and_voxel_offset_from_the_header(tmp_path, chunk, dtype, offset):
+def test_byte_order_and_voxel_offset_from_the_header(tmp_path, whole_loads, chunk, dtype, offset):
     """A hand-made file: big-endian headers and data, voxels after padding."""
     data = np.random.default_rng(8).integers(-90, 900, (13, 11, 10)).astype(dtype)
     hdr = nib.Nifti1Header()
