@@ -35,11 +35,13 @@ lint: $(STAMP)  ## ruff
 # Reduced sizes fit a 2-core CPU in under 10 minutes; on a GPU machine run the scripts with
 # their defaults (BraTS geometry). Tables are printed and kept in benchmarks/.work/latest.md.
 BENCH_PATIENTS ?= 8
+# Training input needs at least one batch of 8 per worker, or the NIfTI baseline runs on one core.
+BENCH_INPUT_PATIENTS ?= 16
 bench: $(STAMP)  ## the benchmarks (reduced sizes; GPU parts skip without a GPU)
 	mkdir -p benchmarks/.work
 	{ $(BIN)/python -m benchmarks.bench_preprocess $(BENCH_PATIENTS) && echo && \
 	  $(BIN)/python -m benchmarks.bench_store $(BENCH_PATIENTS) && echo && \
-	  $(BIN)/python -m benchmarks.bench_input $(BENCH_PATIENTS) && echo && \
+	  $(BIN)/python -m benchmarks.bench_input $(BENCH_INPUT_PATIENTS) && echo && \
 	  $(BIN)/python -m benchmarks.bench_train 16 32 64 64 && echo && \
 	  $(BIN)/python benchmarks/bench_synth_difficulty.py 80 64 64 155 ; } | tee benchmarks/.work/latest.md
 

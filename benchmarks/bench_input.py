@@ -1,10 +1,12 @@
 """Training input: patients/s of one epoch of batches from NIfTI vs the store vs a RAM cache.
 
 The no-store baseline decompresses, normalises and crops every patient's NIfTI files every
-epoch (what a training script without `smri preprocess` does), in DataLoader workers. The store
+epoch (what a training script without `smri preprocess` does), in DataLoader workers, with
+smri's own streamed reader: the strongest baseline there is here. The store
 path is smri's streaming input (`--cache none`): workers open the store lazily and read whole
 batches. The cache path (`--cache ram`; `device` on a GPU) serves batches from memory. Same
-patients, batch size and worker count; medians of 3 epochs after a warm-up epoch. This is the
+patients, batch size and worker count; medians of 5 epochs after a warm-up epoch. Use at least
+batch size x workers patients (16 on 2 cores), or some workers have no batch to load. This is the
 input ceiling: training runs at the lower of this and the model's compute rate
 (benchmarks/bench_train.py).
 
@@ -46,7 +48,7 @@ class NiftiDataset(Dataset):
         return torch.from_numpy(res.images), torch.tensor(float(res.label))
 
 
-def epoch_rate(batches, n: int, repeats: int = 3) -> float:
+def epoch_rate(batches, n: int, repeats: int = 5) -> float:
     """Median patients/s over `repeats` epochs after one warm-up epoch."""
     times = []
     for e in range(repeats + 1):
@@ -64,6 +66,8 @@ def main(argv: list[str]) -> None:
     cfg = PreprocessConfig()
     cpu = torch.device("cpu")
     workers = CORES
+    if patients < BATCH * workers:
+        print(f"(only {patients} patients: fewer batches of {BATCH} than the {workers} workers)")
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
         store = Path(tmp) / "input.h5"
         run_preprocess(root, store, cfg, jobs=CORES, progress=False, echo=lambda _: None)

@@ -14,8 +14,12 @@ def keep_freed_memory() -> None:
     Volumes and activations are tens of MB: glibc serves each from a fresh mmap and unmaps it
     when freed, so every training step and every decompressed volume pays page faults on
     first touch again (slow on VMs: measured here, 45 % less CPU time per CPU training step).
-    Disabling mmap for large blocks and never trimming the heap keeps the pages mapped; peak
-    memory is unchanged. One arena for all threads: the per-thread arenas that preprocessing's
+    Disabling mmap for large blocks and trimming the heap only past 1 GiB keeps the pages
+    mapped. The price is peak memory: glibc before 2.38 cannot reuse a freed block of exactly
+    the size of torch's next aligned (posix_memalign) request, so free blocks pile up to about
+    1 GiB (CNN2 step, batch 8 of 4x32x64x64: 815 vs 1640 ms, peak RSS 3.2 vs 1.5 GB); batch-
+    sized tensors are allocated through plain malloc instead (`smri.data.host_empty`).
+    One arena for all threads: the per-thread arenas that preprocessing's
     worker threads would get are separate heaps that glibc does shrink, so each decompressed
     volume faulted its pages in again (measured: 2 threads 16.6 -> 19.3 patients/s). Set
     MALLOC_MMAP_MAX_ yourself to opt out; no-op off glibc. Idempotent: worker processes call it

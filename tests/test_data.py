@@ -142,3 +142,43 @@ def test_cache_resolution_on_cpu():
     assert resolve_cache("none", CPU, 1024) == "none"
     with pytest.raises(ConfigError, match="must be one of auto, device, ram, none, got 'gpu'"):
         resolve_cache("gpu", CPU, 1)
+
+
+REUSE_SCRIPT = """
+import resource, sys
+import numpy as np, torch
+from smri.memory import keep_freed_memory
+keep_freed_memory()  # as the smri command does
+from smri.data import Batches
+b = Batches(sys.argv[1], np.arange(16), batch_size=8, seed=0, shuffle=True, cache=sys.argv[2],
+            device=torch.device("cpu"), workers=int(sys.argv[3]))
+faults = []
+for epoch in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for images, labels in b.epoch(epoch):
+        assert images.dtype == torch.float32
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+b.close()
+print(max(faults[4:]))
+"""
+
+
+@pytest.mark.parametrize(("cache", "workers"), [("none", 0), ("none", 2), ("ram", 0)])
+def test_cpu_batches_reuse_their_memory_epoch_after_epoch(tmp_path, cache, workers):
+    """No page faults in the steady state: batches come from plain malloc, which glibc reuses.
+
+    torch's aligned allocations of the same size were not reused with freed memory kept
+    mapped: each 37 MB float32 batch here faulted in ~9,000 fresh pages, epoch after epoch,
+    and the heap grew (3 GB for 236 MB BraTS batches)."""
+    import subprocess
+    import sys
+
+    store = make_store(tmp_path / "big.h5", shape=(4, 32, 96, 96))
+    out = subprocess.run(
+        [sys.executable, "-c", REUSE_SCRIPT, str(store), cache, str(workers)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    worst = int(out.stdout.strip())
+    assert worst < 2000, f"{worst} page faults in one epoch after warm-up"
