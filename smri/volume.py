@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,6 +311,8 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
             header = _stream_header(path)
             shape = _streamable_shape(header)
             zooms = tuple(float(z) for z in header.get_zooms()[:3])
+            if shape is not None and not _holds_voxels(path, header, shape):
+                shape = None  # a header promising more than the file holds: no big allocation
         except Exception:  # load_volume below names the problem
             shape = None
         if shape is not None:
@@ -338,6 +342,19 @@ def _streamable_shape(header: nib.Nifti1Header) -> tuple[int, int, int] | None:
     if len(shape) != 3 or min(shape) < 1 or dtype.kind not in "iuf" or _scaled(header):
         return None
     return shape  # type: ignore[return-value]
+
+
+def _holds_voxels(path: Path, header: nib.Nifti1Header, shape: tuple[int, int, int]) -> bool:
+    """Whether the file can hold the voxels its header declares (checked before the caller
+    allocates for them): its size, or for gzip the uncompressed size in its trailer (ISIZE,
+    modulo 4 GiB, of the last member: a file it does not settle goes to load_volume)."""
+    needed = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
+    with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            return needed <= os.fstat(f.fileno()).st_size
+        f.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(f.read(4), "little")
+    return needed < 2**32 and needed <= isize
 
 
 def _open_stream(path: Path) -> BinaryIO:

@@ -199,10 +199,32 @@ def test_damaged_gzip_gives_load_volumes_error(tmp_path, damage):
 def test_truncated_nii_gives_load_volumes_error(tmp_path):
     path = write_nifti(tmp_path / "t_t1.nii", np.ones((30, 30, 30), np.int16))
     path.write_bytes(path.read_bytes()[:20000])
-    src = open_volume(path)  # the header is whole: the shape is known
-    assert src.shape == (30, 30, 30)
-    got = error_of(lambda: src.normalized_slab_into(8, np.empty((8, 30, 30), np.float16)))
+
+    def stream():
+        open_volume(path).normalized_slab_into(8, np.empty((8, 30, 30), np.float16))
+
+    assert error_of(stream) == error_of(lambda: load_volume(path))
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_a_header_promising_more_voxels_than_the_file_holds_is_caught_first(tmp_path, ext):
+    """Before anything is allocated for them: 30000 x 30000 x 40 int16 voxels would be 72 GB."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 40))
+    hdr.set_data_dtype(np.int16)
+    hdr["vox_offset"], hdr["magic"] = 352, b"n+1"
+    raw = hdr.binaryblock + bytes(4) + bytes(5000)
+    path = tmp_path / f"huge_t1{ext}"
+    path.write_bytes(gzip.compress(raw) if ext.endswith("gz") else raw)
+    tracemalloc.start()
+    try:
+        got = error_of(lambda: open_volume(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert got == error_of(lambda: load_volume(path))
+    assert "expected 72000000000 bytes of voxel data" in got
+    assert peak < 2**20
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
