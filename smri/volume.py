@@ -254,8 +254,9 @@ class SlabSource:
     only the central slab is kept. The whole volume is never in memory, and inflating into a
     buffer that stays in cache is itself faster (BraTS volume, ISA-L: 12.1 ms vs 14.3 ms to a
     new 18 MB buffer, then 1.4 ms more for its min and max from memory). Volumes the stream
-    does not handle (reoriented, scaled, odd headers, and every error) go through
-    `load_volume`, so results and error messages are the same either way.
+    does not handle (reoriented, scaled, odd headers, multi-member gzip such as bgzip's, and
+    every error) go through `load_volume`, so results and error messages are the same either
+    way.
     """
 
     path: Path
