@@ -18,6 +18,7 @@ about the grade.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import math
 import os
@@ -591,7 +592,13 @@ def _window(
 
 
 def nifti_bytes(data: np.ndarray, affine: np.ndarray, compress: bool) -> bytes:
-    """A NIfTI-1 file's bytes; gzip (level 1, mtime 0, no name) when `compress`, so bytes repeat."""
+    """A NIfTI-1 file's bytes; gzip (level 1, mtime 0, no name) when `compress`, so bytes repeat.
+
+    zlib, not ISA-L: ISA-L's deflate was 6x faster but not deterministic across processes (the
+    same volume compressed in a pytest process and in a joblib worker gave streams of 36,198
+    and 36,194 bytes with the same content), which broke "same seed, same bytes". zlib level 1
+    is also what nibabel and most tools write, so the demo's streams are like real BraTS files.
+    """
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
@@ -600,9 +607,7 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray, compress: bool) -> bytes:
     raw = img.to_bytes()
     if not compress:
         return raw
-    from isal import igzip  # ISA-L deflate: ~4x faster than zlib at level 1, still plain gzip
-
-    return igzip.compress(raw, compresslevel=1, mtime=0)
+    return gzip.compress(raw, compresslevel=1, mtime=0)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
