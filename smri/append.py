@@ -7,6 +7,7 @@ and renamed over it at the end, so an interrupted or failed append leaves it as 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -145,7 +146,8 @@ def append_preprocess(
         old = 0  # next row of the old store to copy
         n_found = len(skipped)
         with pool(backend, jobs, scheduler, echo) as (submit, slots), DeferredInterrupt() as stop:
-            calls = ((p, cfg, (h, w), Path(input_dir)) for p in patients)
+            parent = os.getpid() if scheduler is None else None
+            calls = ((p, cfg, (h, w), Path(input_dir), parent) for p in patients)
             results = ordered_map(submit, _work, calls, window=2 * slots)
             try:
                 for res in results:

@@ -162,10 +162,21 @@ def _relative(path: Path, root: Path | None) -> str:
 
 
 def _work(
-    patient: Patient, cfg: PreprocessConfig, inplane: tuple[int, int] | None, root: Path
+    patient: Patient,
+    cfg: PreprocessConfig,
+    inplane: tuple[int, int] | None,
+    root: Path,
+    parent: int | None = None,
 ) -> PatientResult | PatientError:
-    """Worker entry point: a result, or the patient's error as a value (never a lost traceback)."""
-    keep_freed_memory()  # worker processes (loky, multiprocessing, Dask) start without it
+    """Worker entry point: a result, or the patient's error as a value (never a lost traceback).
+
+    `parent` is the pid of the process that started the workers, or None for workers of a
+    cluster smri only connects to (`--scheduler`). Worker processes smri started (loky,
+    multiprocessing, a local Dask cluster) are asked to keep freed memory as the `smri` command
+    is; the caller's own process and other people's workers are left as they are.
+    """
+    if parent is not None and os.getpid() != parent:
+        keep_freed_memory()
     try:
         return load_patient(patient, cfg, inplane, root)
     except PatientError as exc:
@@ -356,7 +367,8 @@ def run_preprocess(
         pool(backend, jobs, scheduler, echo) as (submit, slots),
         DeferredInterrupt() as interrupt,
     ):
-        calls = ((p, cfg, inplane, root) for p in patients[done:])
+        parent = os.getpid() if scheduler is None else None
+        calls = ((p, cfg, inplane, root, parent) for p in patients[done:])
         results = ordered_map(submit, _work, calls, window=2 * slots)
         saved, last_save = done, time.perf_counter()  # `saved`: patients fully handled
 
