@@ -20,7 +20,16 @@ from pathlib import Path
 
 from joblib import Parallel, delayed
 
-from benchmarks.common import BRATS_SHAPE, CORES, cohort, machine, median_time, nifti_files, table
+from benchmarks.common import (
+    BRATS_SHAPE,
+    CORES,
+    CpuMeter,
+    cohort,
+    machine,
+    median_time,
+    nifti_files,
+    table,
+)
 from smri.memory import keep_freed_memory
 from smri.preprocess import PreprocessConfig, run_preprocess
 from smri.volume import STREAM_CHUNK
@@ -50,15 +59,23 @@ def _inflate(path: Path, impl: str) -> None:
         gzip.decompress(raw)
 
 
-def floor(files: list[Path], jobs: int, impl: str, backend: str) -> float:
-    """Median seconds to decompress every file with `jobs` workers, one file per task."""
+def floor(files: list[Path], jobs: int, impl: str, backend: str) -> tuple[float, CpuMeter]:
+    """Median seconds to decompress every file with `jobs` workers, one file per task; the
+    machine's CPU use over the three timed runs."""
+    meter = CpuMeter()
     with Parallel(n_jobs=jobs, backend=backend, batch_size=1) as par:
         par(delayed(_inflate)(f, impl) for f in files[:jobs])  # start and warm the workers
-        return median_time(lambda: par(delayed(_inflate)(f, impl) for f in files))
+
+        def run() -> None:
+            with meter:
+                par(delayed(_inflate)(f, impl) for f in files)
+
+        return median_time(run), meter
 
 
-def preprocess_seconds(root: Path, jobs: int, backend: str) -> float:
-    """Median seconds of a whole `run_preprocess` into a new store, after a warm-up run.
+def preprocess_seconds(root: Path, jobs: int, backend: str) -> tuple[float, CpuMeter]:
+    """Median seconds of a whole `run_preprocess` into a new store, after a warm-up run, and
+    the machine's CPU use over the three timed runs.
 
     The steady state is what a cohort of hundreds of patients sees; the one-off start-up of a
     run (imports, the first growth of the heap: about 1 s) is reported separately. Each run
@@ -76,15 +93,18 @@ def preprocess_seconds(root: Path, jobs: int, backend: str) -> float:
                 root, out, cfg, jobs=jobs, backend=backend, progress=False, echo=lambda _: None
             )
 
+        meter = CpuMeter()
+
         def timed() -> float:
             for old in Path(tmp).glob("*.h5"):
                 old.unlink()
-            t0 = time.perf_counter()
-            once()
-            return time.perf_counter() - t0
+            with meter:
+                t0 = time.perf_counter()
+                once()
+                return time.perf_counter() - t0
 
         once()  # warm-up, as the floor has: imports, worker start, the heap's first growth
-        return statistics.median(timed() for _ in range(3))
+        return statistics.median(timed() for _ in range(3)), meter
 
 
 def peak_rss_mib(root: Path, jobs: int, backend: str) -> float:
@@ -130,18 +150,32 @@ def main(argv: list[str]) -> None:
     rows = []
     rate = {}
     floors = (("gzip", "loky"), *((i, b) for i in FASTER for b in ("loky", "threading")))
+
+    def use(meter: CpuMeter) -> tuple[object, object]:  # CPU ms per patient, idle share
+        if not meter.available:
+            return "", ""
+        return 1000 * meter.busy / (3 * patients), f"{100 * meter.idle_share:.0f} %"
+
     for jobs in sorted({1, CORES}):
         for impl, backend in floors:
-            s = floor(files, jobs, impl, backend)
+            s, meter = floor(files, jobs, impl, backend)
             rate[(impl, backend, jobs)] = patients / s
-            rows.append((f"decompress only ({impl}; {backend})", jobs, patients / s, ""))
+            rows.append(
+                (f"decompress only ({impl}; {backend})", jobs, patients / s, "", *use(meter))
+            )
         for backend in ("threading", "loky"):
-            r = patients / preprocess_seconds(root, jobs, backend)
+            s, meter = preprocess_seconds(root, jobs, backend)
+            r = patients / s
             rate[("smri", backend, jobs)] = r
             vs = [f"{r / rate[('gzip', 'loky', jobs)]:.2f} x gzip"]
             vs += [f"{r / rate[(impl, backend, jobs)]:.2f} x {impl}" for impl in FASTER]
-            rows.append((f"smri preprocess ({backend})", jobs, r, ", ".join(vs)))
-    print(table(("what", "workers", "patients/s", "vs floor (same workers and backend)"), rows))
+            rows.append((f"smri preprocess ({backend})", jobs, r, ", ".join(vs), *use(meter)))
+    header = ("what", "workers", "patients/s", "vs floor (same workers and backend)")
+    print(table((*header, "machine CPU ms per patient", "machine idle"), rows))
+    print(
+        "\n(machine-wide, from /proc/stat: every process and the kernel's writeback; "
+        "idle = the share of all cores' time)"
+    )
     if CORES > 1:
         scale = {k: rate[(k, "threading", CORES)] / rate[(k, "threading", 1)] for k in FASTER}
         print(
