@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -398,7 +399,7 @@ class StoreWriter:
             self.meta[name][i] = value
         self._written[i] = True
 
-    @property
+    @cached_property
     def _raw_chunks(self) -> bool:
         """Whether image chunks are stored as they are in memory (no filters, whole volumes).
 

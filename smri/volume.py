@@ -309,10 +309,10 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
     path = Path(path)
     if not canonical:
         try:  # every reading of the header: nibabel raises for values it cannot interpret
-            header = _stream_header(path)
+            header, limit = _stream_header(path)
             shape = _streamable_shape(header)
             zooms = tuple(float(z) for z in header.get_zooms()[:3])
-            if shape is not None and not _holds_voxels(path, header, shape):
+            if shape is not None and not _holds_voxels(header, shape, limit):
                 shape = None  # a header promising more than the file holds: no big allocation
         except Exception:  # load_volume below names the problem
             shape = None
@@ -345,28 +345,26 @@ def _streamable_shape(header: nib.Nifti1Header) -> tuple[int, int, int] | None:
     return shape  # type: ignore[return-value]
 
 
-def _holds_voxels(path: Path, header: nib.Nifti1Header, shape: tuple[int, int, int]) -> bool:
-    """Whether the file can hold the voxels its header declares (checked before the caller
-    allocates for them): its size, or for gzip the uncompressed size in its trailer (ISIZE,
-    modulo 4 GiB, of the last member: a file it does not settle goes to load_volume)."""
+def _holds_voxels(header: nib.Nifti1Header, shape: tuple[int, int, int], limit: int) -> bool:
+    """Whether a stream of `limit` bytes (see `_open_stream`) holds the voxels the header
+    declares: checked before the caller allocates for them."""
     needed = int(header.get_data_offset()) + math.prod(shape) * header.get_data_dtype().itemsize
-    with open(path, "rb") as f:
-        if f.read(2) != GZIP_MAGIC:
-            return needed <= os.fstat(f.fileno()).st_size
-        f.seek(-4, os.SEEK_END)
-        isize = int.from_bytes(f.read(4), "little")
-    return needed < 2**32 and needed <= isize
+    return needed <= limit
 
 
-def _open_stream(path: Path) -> BinaryIO:
-    """The file's uncompressed bytes as a stream (gzip-compressed or not)."""
+def _open_stream(path: Path) -> tuple[BinaryIO, int]:
+    """The file's uncompressed bytes as a stream (gzip-compressed or not), and their number as
+    far as the file tells it cheaply: its size, or for gzip the size in its trailer (ISIZE:
+    modulo 4 GiB, of the last member only, so a file with more members shows less)."""
     f = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
     try:
         if f.read(2) != GZIP_MAGIC:
             f.seek(0)
-            return f
+            return f, os.fstat(f.fileno()).st_size
+        f.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(f.read(4), "little")
         f.seek(0)
-        return _ClosingGzip(f)
+        return _ClosingGzip(f), isize
     except BaseException:
         f.close()
         raise
@@ -397,18 +395,20 @@ def _read_into(f: BinaryIO, buf: memoryview) -> int:
     return filled
 
 
-def _stream_header(path: Path) -> nib.Nifti1Header:
-    """The NIfTI header (and extensions) from the start of the file, without its voxels."""
-    with _open_stream(path) as f:
+def _stream_header(path: Path) -> tuple[nib.Nifti1Header, int]:
+    """The NIfTI header (and extensions) from the start of the file, without its voxels, and
+    the stream's length as `_open_stream` gives it."""
+    stream, limit = _open_stream(path)
+    with stream as f:
         head = f.read(544)  # NIfTI-2's 540 bytes + the extension flag; NIfTI-1 needs 352
         try:
-            return _header_from_bytes(head)
+            return _header_from_bytes(head), limit
         except Exception:  # extensions that run past `head`: read up to the voxels, try again
             fixed = _header_from_bytes(head, extensions=False)
             offset = int(fixed.get_data_offset())
             if not len(head) < offset <= MAX_HEADER_BYTES:
                 raise
-            return _header_from_bytes(head + f.read(offset - len(head)))
+            return _header_from_bytes(head + f.read(offset - len(head))), limit
 
 
 def _stream_slab(
@@ -432,7 +432,7 @@ def _stream_slab(
     view = memoryview(buf)
     lo = hi = None
     done = 0  # voxels read
-    with _open_stream(path) as f:
+    with _open_stream(path)[0] as f:
         skip = int(header.get_data_offset())
         if skip < 0:
             raise ValueError(f"negative voxel offset {skip}")
