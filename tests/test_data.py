@@ -7,7 +7,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from train_helpers import (  # noqa: F401 (autouse fixture)
+    assert_same_batches,
+    make_store,
+    one_torch_thread,
+)
 
 from smri.data import (
     Batches,
@@ -104,12 +108,7 @@ def test_streaming_and_ram_cache_give_identical_batches(store, workers):
     kw = {"batch_size": 5, "seed": 7, "shuffle": True, "device": CPU}
     ram = Batches(store, rows, cache="ram", **kw)
     stream = Batches(store, rows, cache="none", workers=workers, **kw)
-    for epoch in (1, 2):
-        a, b = list(ram.epoch(epoch)), list(stream.epoch(epoch))
-        assert [len(y) for _, y in a] == [5, 5, 2]
-        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
-            assert xa.dtype == xb.dtype == torch.float32
-            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert_same_batches(ram, stream, epochs=(1, 2), sizes=[5, 5, 2])
     assert stream._loader.dataset._reader is None or workers == 0  # workers opened their own
     ram.close()
     stream.close()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import make_store, metric_rows, quiet
+from train_helpers import assert_same_batches, make_store, metric_rows, quiet
 
 from smri.checkpoint import load_checkpoint
 from smri.cli import main
@@ -45,12 +45,8 @@ def test_streamed_and_device_cached_batches_are_identical(store, workers):
     cached = Batches(store, rows, cache="device", **kw)
     streamed = Batches(store, rows, cache="none", workers=workers, **kw)
     assert cached.images.is_cuda
-    for epoch in (0, 1, 2):  # more batches than the slot pool holds: slots are reused
-        a, b = list(cached.epoch(epoch)), list(streamed.epoch(epoch))
-        assert [len(y) for _, y in a] == [4, 4, 4, 1]
-        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
-            assert xa.is_cuda and xb.is_cuda and xa.dtype == xb.dtype == torch.float32
-            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # more batches than the slot pool holds: slots are reused; all on the GPU
+    assert_same_batches(cached, streamed, epochs=(0, 1, 2), sizes=[4, 4, 4, 1])
     cached.close()
     streamed.close()
 

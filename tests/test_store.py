@@ -19,16 +19,12 @@ def write_small(path, n=3, **kwargs):
     rng = np.random.default_rng(0)
     arrays = rng.random((n, *SHAPE), dtype=np.float32)
     opts = dict(
-        n_patients=n,
-        volume_shape=SHAPE,
         dtype="float16",
-        compression=None,
         modalities=("t1", "t2"),
         classes={"LGG": 0, "HGG": 1},
         config={"slices": 4},
     )
-    opts.update(kwargs)
-    with StoreWriter(path, **opts) as w:
+    with plain_writer(path, n, **{**opts, **kwargs}) as w:
         for i in range(n):
             w.write(
                 i,
@@ -42,18 +38,16 @@ def write_small(path, n=3, **kwargs):
 
 
 def plain_writer(path, n, **kwargs):
-    """A float32 writer of `n` rows with two modalities and no compression."""
-    return StoreWriter(
-        path,
-        n_patients=n,
+    """A writer of `n` rows: float32, two modalities, no compression, unless `kwargs` say."""
+    opts = dict(
         volume_shape=SHAPE,
         dtype="float32",
         compression=None,
         modalities=("a", "b"),
         classes={"x": 0, "y": 1},
         config={},
-        **kwargs,
     )
+    return StoreWriter(path, n_patients=n, **{**opts, **kwargs})
 
 
 def test_round_trip(tmp_path):

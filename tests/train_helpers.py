@@ -69,3 +69,14 @@ def metric_rows(run: Path) -> list[dict[str, str]]:
     """The rows of a run's metrics.csv."""
     with open(run / "metrics.csv", newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def assert_same_batches(x, y, epochs, sizes: list[int]) -> None:
+    """Two `Batches` give equal float32 batches (images and labels) of `sizes`, on one device."""
+    for epoch in epochs:
+        a, b = list(x.epoch(epoch)), list(y.epoch(epoch))
+        assert [len(labels) for _, labels in a] == sizes
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert xa.device.type == xb.device.type == x.device.type
+            assert xa.dtype == xb.dtype == torch.float32
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
