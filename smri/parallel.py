@@ -54,12 +54,14 @@ def pool(
     jobs: int | None,
     scheduler: str | None = None,
     echo: Callable[[str], None] = print,
-) -> Iterator[tuple[Submit | None, int]]:
+) -> Iterator[tuple[Submit, int]]:
     """A ``submit(fn, *args)`` for `backend` and how many tasks it runs at once.
 
-    ``submit`` is None for one local job: the caller then runs tasks inline, in this process.
-    With ``backend="dask"`` it connects to `scheduler`, or starts a LocalCluster of `jobs`
-    single-threaded worker processes; everything is shut down on exit.
+    One local job runs on one worker thread, whatever the backend: the caller's own work (the
+    store's writes, which wait for the disk) then overlaps the next task, and a process would
+    only add the pickling of every result. With ``backend="dask"`` it connects to `scheduler`,
+    or starts a LocalCluster of `jobs` single-threaded worker processes; everything is shut
+    down on exit.
     """
     check_backend(backend, scheduler)
     if backend == "dask":
@@ -67,14 +69,12 @@ def pool(
             yield (lambda fn, *args: client.submit(fn, *args, pure=False)), jobs or slots
         return
     jobs = jobs or os.cpu_count() or 1
-    if jobs == 1:
-        yield None, 1
-        return
-    if backend == "loky":
+    shared = backend == "loky" and jobs > 1  # loky's executor is shared and reused, as joblib does
+    if shared:
         from joblib.externals.loky import get_reusable_executor
 
         executor: Any = get_reusable_executor(max_workers=jobs)
-    elif backend == "multiprocessing":
+    elif backend == "multiprocessing" and jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         executor = ProcessPoolExecutor(max_workers=jobs)
@@ -85,12 +85,12 @@ def pool(
     try:
         yield executor.submit, jobs
     finally:
-        if backend != "loky":  # loky's executor is shared and reused, as joblib does
+        if not shared:
             executor.shutdown(wait=True, cancel_futures=True)
 
 
 def ordered_map(
-    submit: Submit | None, fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]], window: int
+    submit: Submit, fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]], window: int
 ) -> Iterator[Any]:
     """``fn(*args)`` for each args in `calls`, in order, with at most `window` tasks submitted.
 
@@ -98,10 +98,6 @@ def ordered_map(
     exceed `window`. Closing the iterator cancels the tasks not yet started.
     """
     calls = iter(calls)
-    if submit is None:
-        for args in calls:
-            yield fn(*args)
-        return
     pending: deque[Any] = deque(submit(fn, *args) for args in itertools.islice(calls, window))
     try:
         while pending:
