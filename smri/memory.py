@@ -1,9 +1,13 @@
-"""glibc's allocation policy for a process that handles volumes and activations of tens of MB."""
+"""glibc's allocation policy for a process that handles volumes and activations of tens of MB,
+and page-aligned buffers for writing them with O_DIRECT."""
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
+
+import numpy as np
 
 _kept = False
 
@@ -36,3 +40,25 @@ def keep_freed_memory() -> None:
         libc.mallopt(-8, 1)  # M_ARENA_MAX: threads share the main heap, which is never trimmed
     except (OSError, AttributeError):
         pass
+
+
+PAGE_BYTES = 4096
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: object, align: int = PAGE_BYTES) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts on an `align`-byte boundary.
+
+    For buffers written with O_DIRECT (`smri.store`), which needs page-aligned memory. Carved
+    from a plain malloc'd block, so freed buffers are reused as `keep_freed_memory` arranges
+    (an mmap per buffer would fault its pages in every time).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def is_aligned(a: np.ndarray, align: int = PAGE_BYTES) -> bool:
+    """Whether `a`'s data starts on an `align`-byte boundary."""
+    return a.ctypes.data % align == 0
