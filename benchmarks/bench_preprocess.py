@@ -3,7 +3,8 @@
 The floor is a plain decompression of the same `.nii.gz` files in the same number of workers,
 returning nothing: stdlib gzip (the issue's anchor), ISA-L (smri's decoder) on whole files, and
 ISA-L streamed through one 1 MiB buffer (how smri reads; the strictest). Every ratio is measured
-in this one run; times are medians of 3.
+in this one run; times are medians of 3. One more smri row writes the image chunks through HDF5
+and the page cache, as smri did before it wrote them with O_DIRECT: that change's A/B.
 
 Usage: python -m benchmarks.bench_preprocess [PATIENTS] [X Y Z]   (default 16 at 240 240 155)
 """
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from joblib import Parallel, delayed
@@ -32,6 +35,7 @@ from benchmarks.common import (
 )
 from smri.memory import keep_freed_memory
 from smri.preprocess import PreprocessConfig, run_preprocess
+from smri.store import DirectChunks
 from smri.volume import GZIP_READ_BYTES, STREAM_CHUNK
 
 # The floors with ISA-L, smri's decoder: whole files (as nibabel reads), and streamed through one
@@ -74,7 +78,22 @@ def floor(files: list[Path], jobs: int, impl: str, backend: str) -> tuple[float,
         return median_time(run), meter
 
 
-def preprocess_seconds(root: Path, jobs: int, backend: str) -> tuple[float, CpuMeter]:
+@contextmanager
+def page_cache_writes(on: bool) -> Iterator[None]:
+    """With `on`, the store's image chunks go through HDF5 and the page cache, as before
+    smri wrote them with O_DIRECT (`smri.store.DirectChunks`): the A/B of that change."""
+    supported = DirectChunks.supported
+    if on:
+        DirectChunks.supported = staticmethod(lambda chunk_bytes: False)
+    try:
+        yield
+    finally:
+        DirectChunks.supported = supported
+
+
+def preprocess_seconds(
+    root: Path, jobs: int, backend: str, page_cache: bool = False
+) -> tuple[float, CpuMeter]:
     """Median seconds of a whole `run_preprocess` into a new store, after a warm-up run, and
     the machine's CPU use over the three timed runs.
 
@@ -104,8 +123,9 @@ def preprocess_seconds(root: Path, jobs: int, backend: str) -> tuple[float, CpuM
                 once()
                 return time.perf_counter() - t0
 
-        once()  # warm-up, as the floor has: imports, worker start, the heap's first growth
-        return statistics.median(timed() for _ in range(3)), meter
+        with page_cache_writes(page_cache):
+            once()  # warm-up, as the floor has: imports, worker start, the heap's first growth
+            return statistics.median(timed() for _ in range(3)), meter
 
 
 def peak_rss_mib(root: Path, jobs: int, backend: str) -> float:
@@ -139,6 +159,9 @@ def peak_rss_mib(root: Path, jobs: int, backend: str) -> float:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     patients = int(argv[0]) if argv else 16
     shape = tuple(int(v) for v in argv[1:4]) if len(argv) >= 4 else BRATS_SHAPE
     root = cohort(patients, shape)
@@ -164,13 +187,14 @@ def main(argv: list[str]) -> None:
             rows.append(
                 (f"decompress only ({impl}; {backend})", jobs, patients / s, "", *use(meter))
             )
-        for backend in ("threading", "loky"):
-            s, meter = preprocess_seconds(root, jobs, backend)
+        for backend, page_cache in (("threading", False), ("loky", False), ("threading", True)):
+            s, meter = preprocess_seconds(root, jobs, backend, page_cache)
             r = patients / s
-            rate[("smri", backend, jobs)] = r
+            rate[("smri", backend, jobs, page_cache)] = r
             vs = [f"{r / rate[('gzip', 'loky', jobs)]:.2f} x gzip"]
             vs += [f"{r / rate[(impl, backend, jobs)]:.2f} x {impl}" for impl in FASTER]
-            rows.append((f"smri preprocess ({backend})", jobs, r, ", ".join(vs), *use(meter)))
+            what = f"smri preprocess ({backend}{'; chunks via page cache' if page_cache else ''})"
+            rows.append((what, jobs, r, ", ".join(vs), *use(meter)))
     header = ("what", "workers", "patients/s", "vs floor (same workers and backend)")
     print(table((*header, "machine CPU ms per patient", "machine idle"), rows))
     print(
@@ -178,11 +202,15 @@ def main(argv: list[str]) -> None:
         "idle = the share of all cores' time)"
     )
     if CORES > 1:
+
+        def smri(backend: str, jobs: int) -> float:
+            return rate[("smri", backend, jobs, False)]
+
         scale = {k: rate[(k, "threading", CORES)] / rate[(k, "threading", 1)] for k in FASTER}
         print(
             f"\nscaling 1 -> {CORES} workers: smri preprocess (threading) "
-            f"{rate[('smri', 'threading', CORES)] / rate[('smri', 'threading', 1)]:.2f}x, "
-            f"(loky) {rate[('smri', 'loky', CORES)] / rate[('smri', 'loky', 1)]:.2f}x; "
+            f"{smri('threading', CORES) / smri('threading', 1):.2f}x, "
+            f"(loky) {smri('loky', CORES) / smri('loky', 1):.2f}x; "
             + ", ".join(f"{k} floor (threading) {v:.2f}x" for k, v in scale.items())
         )
     peaks = [(b, j, peak_rss_mib(root, j, b)) for b in ("threading", "loky") for j in (CORES,)]
