@@ -20,8 +20,8 @@ export SMRI_BENCH_DIR=/tmp/smri-bench
 PY=${PY:-python3}
 JOBS=$(nproc)
 # SMALL=1: the same stages at toy sizes, to rehearse the script on a CPU machine
-if [ "${SMALL:-0}" = 1 ]; then N=16 VOLUME="16 32 32" XYZ="32 32 155"; else
-  N=64 VOLUME="32 240 240" XYZ="240 240 155"; fi
+if [ "${SMALL:-0}" = 1 ]; then N=16 VOLUME="16 32 32" XYZ="32 32 155" PREP=8; else
+  N=64 VOLUME="32 240 240" XYZ="240 240 155" PREP=64; fi
 
 if [ -d .whl ] && [ "${NO_WHEELS:-0}" != 1 ]; then  # NO_WHEELS=1: use what is installed
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -105,6 +105,8 @@ run end-to-end 90 bash -c end_to_end
 run bench-compile 150 $PY -m benchmarks.bench_train $N $VOLUME --paths compile \
   --models cnn2,cnn1,cnn3 --json "$OUT/bench_compile.json"
 run bench-input 90 $PY -m benchmarks.bench_input $N $XYZ
+# preprocessing on all the host's cores: O_DIRECT chunk writes vs the page cache (A/B rows)
+run bench-preprocess 120 $PY -m benchmarks.bench_preprocess $PREP $XYZ
 run experiments 200 bash -c experiments
 run pack 1 bash -c pack
 run all-tests 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" -x
