@@ -497,7 +497,8 @@ class StoreWriter:
         self._written[i] = True
 
     def _write_direct(self, index: tuple[int, int], volume: np.ndarray) -> bool:
-        """Write one chunk past the page cache; False (nothing done) when that is not possible."""
+        """Write one chunk past the page cache; False when that is not possible (the caller
+        then writes it through HDF5)."""
         if self._direct is None:
             return False
         if self._direct.write(index, volume):

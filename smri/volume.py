@@ -30,9 +30,11 @@ from smri.errors import DataError
 
 try:  # Intel ISA-L inflates gzip about 1.7x faster than zlib: the floor of preprocessing
     from isal import igzip as _gzip
-    from isal.isal_zlib import _GzipReader as _InplaceGzipReader
 except ImportError:  # pragma: no cover - isal is a dependency; stay usable without it
     _gzip = gzip
+try:  # the C reader inside isal.igzip.GzipFile (isal >= 1.4), whose readinto inflates in place
+    from isal.isal_zlib import _GzipReader as _InplaceGzipReader
+except ImportError:  # pragma: no cover - then GzipFile, one copy more
     _InplaceGzipReader = None
 
 EPS = 1e-8
@@ -381,8 +383,9 @@ class _GzipStream(io.RawIOBase):
     ISA-L's C reader (what `isal.igzip.GzipFile` wraps) inflates in place in `readinto`;
     GzipFile's own readinto is io's generic one, which inflates into a new bytes object and
     copies it (0.5-0.9 ms of a BraTS volume's 12). Closes the file it reads, as `open` would.
-    Without ISA-L, the standard library's GzipFile. Like any raw stream, a read may return
-    fewer bytes than asked for before the end: read with `_read_into`.
+    Without that reader, a GzipFile (ISA-L's, or without ISA-L the standard library's). Like
+    any raw stream, a read may return fewer bytes than asked for before the end: read with
+    `_read_into`.
     """
 
     def __init__(self, f: BinaryIO) -> None:
@@ -391,7 +394,7 @@ class _GzipStream(io.RawIOBase):
         self._reader: BinaryIO = (
             _InplaceGzipReader(f, GZIP_READ_BYTES)
             if _InplaceGzipReader is not None
-            else gzip.GzipFile(fileobj=f, mode="rb")
+            else _gzip.GzipFile(fileobj=f, mode="rb")
         )
 
     def readable(self) -> bool:

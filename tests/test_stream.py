@@ -59,11 +59,14 @@ def chunk(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["isal", "stdlib"])
+@pytest.fixture(params=["isal-inplace", "isal-gzipfile", "stdlib"])
 def gzip_reader(request, monkeypatch):
-    """ISA-L's in-place reader, and the standard library's GzipFile (smri without ISA-L)."""
-    if request.param == "stdlib":
+    """ISA-L's in-place reader; its GzipFile (an isal without that reader); the standard
+    library's GzipFile (smri without ISA-L)."""
+    if request.param != "isal-inplace":
         monkeypatch.setattr(volume, "_InplaceGzipReader", None)
+    if request.param == "stdlib":
+        monkeypatch.setattr(volume, "_gzip", gzip)
     return request.param
 
 
