@@ -20,6 +20,7 @@ import errno
 import json
 import math
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -309,6 +310,13 @@ def _create_h5(path: Path, **kwargs: Any) -> h5py.File:
         raise
 
 
+# The writer goes back to page-cache writes when waiting for O_DIRECT writes takes more than
+# this share of its time (checked from the DIRECT_PROBE_ROWS-th row written on): the disk, not
+# the CPU, is then the limit, and the page cache (RAM) absorbs what the disk cannot yet take.
+DIRECT_SHARE_MAX = 0.5
+DIRECT_PROBE_ROWS = 8
+
+
 class DirectChunks:
     """A store's whole-volume image chunks, written straight to their place in the file.
 
@@ -322,13 +330,23 @@ class DirectChunks:
     everything else (metadata, labels, ids) through its own descriptor; the two never touch
     the same bytes, and the file is an ordinary HDF5 file. Unavailable (no O_DIRECT, a file
     system that refuses it, chunks that are not whole pages): the writer uses HDF5's direct
-    chunk write, with the same result.
+    chunk write, with the same result. The writer also goes back to that when the disk is the
+    limit (`disk_bound`): O_DIRECT writes wait for the disk, page-cache writes only for RAM.
     """
 
     def __init__(self, fd: int, images: h5py.Dataset):
         self._fd: int | None = fd
         self._images = images
         self._bounce: np.ndarray | None = None  # for volumes not on a page boundary
+        self._started = time.perf_counter()
+        self.rows: set[int] = set()  # patients (rows) with a chunk written here
+        self.waited = 0.0  # seconds spent in pwrite
+
+    def disk_bound(self) -> bool:
+        """Whether waiting for the disk has taken more than DIRECT_SHARE_MAX of the time since
+        this writer opened, once DIRECT_PROBE_ROWS rows are written."""
+        elapsed = time.perf_counter() - self._started
+        return len(self.rows) >= DIRECT_PROBE_ROWS and self.waited > DIRECT_SHARE_MAX * elapsed
 
     @staticmethod
     def supported(chunk_bytes: int) -> bool:
@@ -377,6 +395,7 @@ class DirectChunks:
             self._bounce[:] = volume.reshape(-1).view(np.uint8)
             volume = self._bounce
         data, offset = memoryview(volume).cast("B"), info.byte_offset
+        t0 = time.perf_counter()
         try:
             while data:
                 n = os.pwrite(self._fd, data, offset)
@@ -387,6 +406,9 @@ class DirectChunks:
             if exc.errno == errno.EINVAL:  # stricter alignment than a page, or no O_DIRECT
                 return False
             raise
+        finally:
+            self.waited += time.perf_counter() - t0
+        self.rows.add(index[0])
         return True
 
     def close(self) -> None:
@@ -494,7 +516,7 @@ class StoreWriter:
         self.ids[i] = patient_id
         for name, value in (meta or {}).items():
             self.meta[name][i] = value
-        self._written[i] = True
+        self._row_written(i)
 
     def _write_direct(self, index: tuple[int, int], volume: np.ndarray) -> bool:
         """Write one chunk past the page cache; False when that is not possible (the caller
@@ -505,6 +527,11 @@ class StoreWriter:
             return True
         self._close_direct()  # the file system refused: HDF5 writes this and every later chunk
         return False
+
+    def _row_written(self, i: int) -> None:
+        self._written[i] = True
+        if self._direct is not None and self._direct.disk_bound():
+            self._close_direct()  # HDF5 and the page cache from the next row on
 
     def _close_direct(self) -> None:
         if self._direct is not None:
@@ -553,7 +580,7 @@ class StoreWriter:
         self.ids[j] = reader.patient_ids[i]
         for name, value in reader.meta(i).items():
             self.meta[name][j] = value
-        self._written[j] = True
+        self._row_written(j)
         return j
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 
 import h5py
 import numpy as np
@@ -276,6 +277,32 @@ def test_a_resumed_store_goes_on_writing_placed_chunks(tmp_path, pwrites):
     assert len(pwrites) == before + 2 * 2
     with StoreReader(path) as r:
         np.testing.assert_array_equal(r.read_many(range(4)), data)
+
+
+@pytest.mark.parametrize("disk_bound", [True, False], ids=["slow-disk", "fast-disk"])
+def test_a_slow_disk_sends_the_writes_back_to_the_page_cache(
+    tmp_path, pwrites, monkeypatch, disk_bound
+):
+    """Waiting on O_DIRECT writes for most of the writer's time means the disk is the limit:
+    from then on the page cache takes the chunks (RAM absorbs what the disk cannot yet take)."""
+    data, real = volumes(12, seed=3), os.pwrite
+
+    def pwrite(fd, buf, offset):
+        if disk_bound:
+            time.sleep(0.01)  # a disk far slower than the rows arrive
+        return real(fd, buf, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with placed_writer(tmp_path / "s.h5", 12) as w:
+        for i, images in enumerate(data):
+            w.append(images=images, label=0, patient_id="p")
+            if not disk_bound:
+                time.sleep(0.02)  # rows arrive far slower than the disk writes them
+            direct = w._direct is not None
+            assert direct == (i + 1 < store.DIRECT_PROBE_ROWS or not disk_bound), i
+    assert len(pwrites) == 2 * (store.DIRECT_PROBE_ROWS if disk_bound else 12)
+    with StoreReader(tmp_path / "s.h5") as r:
+        np.testing.assert_array_equal(r.read_many(range(12)), data)
 
 
 def test_a_file_system_refusing_direct_writes_gets_them_through_hdf5(tmp_path, monkeypatch):
