@@ -21,7 +21,7 @@ PY=${PY:-python3}
 JOBS=$(nproc)
 # SMALL=1: the same stages at toy sizes, to rehearse the script on a CPU machine
 if [ "${SMALL:-0}" = 1 ]; then N=16 VOLUME="16 32 32" XYZ="32 32 155" PREP=8; else
-  N=64 VOLUME="32 240 240" XYZ="240 240 155" PREP=64; fi
+  N=64 VOLUME="32 240 240" XYZ="240 240 155" PREP=32; fi
 
 if [ -d .whl ] && [ "${NO_WHEELS:-0}" != 1 ]; then  # NO_WHEELS=1: use what is installed
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
