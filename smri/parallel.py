@@ -69,23 +69,23 @@ def pool(
             yield (lambda fn, *args: client.submit(fn, *args, pure=False)), jobs or slots
         return
     jobs = jobs or os.cpu_count() or 1
-    shared = backend == "loky" and jobs > 1  # loky's executor is shared and reused, as joblib does
-    if shared:
+    threads = jobs == 1 or backend == "threading"
+    if threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor: Any = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="smri-preprocess")
+    elif backend == "loky":
         from joblib.externals.loky import get_reusable_executor
 
-        executor: Any = get_reusable_executor(max_workers=jobs)
-    elif backend == "multiprocessing" and jobs > 1:
+        executor = get_reusable_executor(max_workers=jobs)
+    else:
         from concurrent.futures import ProcessPoolExecutor
 
         executor = ProcessPoolExecutor(max_workers=jobs)
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="smri-preprocess")
     try:
         yield executor.submit, jobs
     finally:
-        if not shared:
+        if threads or backend != "loky":  # loky's executor is shared and reused, as joblib does
             executor.shutdown(wait=True, cancel_futures=True)
 
 

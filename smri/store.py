@@ -317,6 +317,12 @@ DIRECT_SHARE_MAX = 0.5
 DIRECT_PROBE_ROWS = 8
 
 
+def _raw_volume_chunks(images: h5py.Dataset) -> bool:
+    """Whether `images` stores each volume as one chunk of its bytes as in memory (no filters)."""
+    no_filters = images.id.get_create_plist().get_nfilters() == 0
+    return no_filters and images.chunks == (1, 1, *images.shape[2:])
+
+
 class DirectChunks:
     """A store's whole-volume image chunks, written straight to their place in the file.
 
@@ -364,11 +370,9 @@ class DirectChunks:
     @classmethod
     def open(cls, path: Path, images: h5py.Dataset) -> DirectChunks | None:
         """Direct writes to `images` in the file at `path`; None where they are not possible."""
-        plist = images.id.get_create_plist()
         placed = (
-            plist.get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY
-            and plist.get_nfilters() == 0
-            and images.chunks == (1, 1, *images.shape[2:])
+            _raw_volume_chunks(images)
+            and images.id.get_create_plist().get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY
             and DirectChunks.supported(math.prod(images.chunks) * images.dtype.itemsize)
         )
         if not placed:
@@ -545,9 +549,7 @@ class StoreWriter:
         They are then written with HDF5's direct chunk write: the same bytes in the file, a
         quarter less CPU time than the selection machinery of ``images[i] = ...``.
         """
-        d = self.images
-        no_filters = d.id.get_create_plist().get_nfilters() == 0
-        return no_filters and d.chunks == (1, 1, *d.shape[2:])
+        return _raw_volume_chunks(self.images)
 
     @property
     def rows(self) -> int:
