@@ -42,8 +42,8 @@ PathArg = click.Path(path_type=Path)
     "labels_csv",
     type=PathArg,
     default=None,
-    help="CSV with patient_id,label columns (or BraTS 2020's name_mapping.csv); "
-    "INPUT/name_mapping.csv is used automatically when present.",
+    help="CSV with patient_id,label columns (or BraTS 2020's name_mapping.csv) "
+    "[default: INPUT/name_mapping.csv when present, else none].",
 )
 @click.option(
     "--classes",
@@ -71,22 +71,24 @@ PathArg = click.Path(path_type=Path)
     show_default=True,
     help="Reorient every volume to the closest canonical (RAS+) orientation first.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists [default: off].")
 @click.option(
     "--append",
     is_flag=True,
     help="Add INPUT's patients that the existing store OUTPUT lacks (same settings needed); "
-    "patients already in it are skipped. OUTPUT is replaced only when the new store is complete.",
+    "patients already in it are skipped. OUTPUT is replaced only when the new store is complete "
+    "[default: off].",
 )
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue an interrupted run from the patients it already wrote (same settings).",
+    help="Continue an interrupted run from the patients it already wrote (same settings) "
+    "[default: off].",
 )
 @click.option(
     "--strict",
     is_flag=True,
-    help="Stop (exit 1) at the first unusable patient instead of skipping it.",
+    help="Stop (exit 1) at the first unusable patient instead of skipping it [default: off].",
 )
 @click.option(
     "--backend",
@@ -188,7 +190,9 @@ def _human_bytes(n: int) -> str:
 
 @click.command()
 @click.argument("store", type=PathArg)
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print machine-readable JSON [default: off: text]."
+)
 @handle_errors
 def info(store: Path, as_json: bool) -> None:
     """Summarise an smri store: patients per class, shape, dtype, config, skipped patients."""

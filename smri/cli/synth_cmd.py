@@ -58,9 +58,7 @@ from smri.cli.common import handle_errors
 @click.option(
     "--overwrite",
     is_flag=True,
-    default=False,
-    show_default=True,
-    help="Replace a cohort already in OUT (only what synth writes is removed).",
+    help="Replace a cohort already in OUT (only what synth writes is removed) [default: off].",
 )
 @handle_errors
 def synth(
@@ -112,9 +110,7 @@ def synth(
 @click.option(
     "--montage",
     is_flag=True,
-    default=False,
-    show_default=True,
-    help="Show every slice of the slab, one row per modality.",
+    help="Show every slice of the slab, one row per modality [default: off: the middle slice].",
 )
 @click.option(
     "--modalities",

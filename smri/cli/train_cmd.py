@@ -160,13 +160,14 @@ def _given(ctx: click.Context, name: str) -> bool:
     "--folds",
     type=click.IntRange(min=2),
     default=None,
-    help="K-fold cross-validation: train all K folds, report mean ± std.",
+    help="K-fold cross-validation: train all K folds, report mean ± std "
+    "[default: none: one split by --val-fraction].",
 )
 @click.option(
     "--fold",
     type=click.IntRange(min=0),
     default=None,
-    help="With --folds K, train only fold i (0-based).",
+    help="With --folds K, train only fold i (0-based) [default: all K folds].",
 )
 @click.option(
     "--class-weight",
@@ -192,10 +193,12 @@ def _given(ctx: click.Context, name: str) -> bool:
     "compile_",
     is_flag=True,
     help="torch.compile the model: faster steps after ~30 s of compilation per graph; "
-    "worth it for long runs.",
+    "worth it for long runs [default: off].",
 )
 @cache_options(workers=4)
-@click.option("--augment", is_flag=True, help="Random flips along each spatial axis.")
+@click.option(
+    "--augment", is_flag=True, help="Random flips along each spatial axis [default: off]."
+)
 @click.option(
     "--out",
     type=path_option_type(file_okay=False),
@@ -206,10 +209,18 @@ def _given(ctx: click.Context, name: str) -> bool:
     "--resume",
     type=path_option_type(file_okay=False, exists=True),
     default=None,
-    help="Continue the run in this folder from its last.pt.",
+    help="Continue the run in this folder from its last.pt [default: none: a new run].",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder given by --out.")
-@click.option("--dry-run", is_flag=True, help="Check everything, print the plan, train nothing.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing run folder given by --out [default: off].",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check everything, print the plan, train nothing [default: off].",
+)
 @click.pass_context
 @handle_errors
 def train(ctx: click.Context, store: Path | None, **opts) -> None:
@@ -345,7 +356,8 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
     "csv_path",
     type=path_option_type(dir_okay=False),
     default=None,
-    help="Also write patient_id,probability,predicted to this CSV file.",
+    help="Also write patient_id,probability,predicted to this CSV file "
+    "[default: none: print only].",
 )
 @click.option(
     "--batch-size",
