@@ -396,7 +396,7 @@ def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | N
     type=path_option_type(file_okay=False),
     default=Path("figures"),
     show_default=True,
-    help="Folder for the PNG figures.",
+    help="Folder for the PNG figures, summary.md and summary.json.",
 )
 @handle_errors
 def plot(run_dirs: tuple[Path, ...], out: Path) -> None:
