@@ -140,6 +140,7 @@ def fold_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "model": summaries[0]["model"],
         "parameters": summaries[0]["parameters"],
         "device": summaries[0]["device"],
+        "device_name": summaries[0].get("device_name"),
         "folds": len(summaries),
         "mean": {k: float(np.mean([s["best"][k] for s in summaries])) for k in keys},
         "std": {k: float(np.std([s["best"][k] for s in summaries])) for k in keys},

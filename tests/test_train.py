@@ -137,6 +137,8 @@ def test_k_fold_runs_every_fold_and_reports_mean_and_std(store, tmp_path):
     out = tmp_path / "cv"
     assert all((out / f"fold{k}" / "best.pt").exists() for k in range(3))
     assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
+    fold0 = json.loads((out / "fold0" / "summary.json").read_text())
+    assert summary["device_name"] == fold0["device_name"]  # summary.md's device column
     aucs = [f["auc"] for f in summary["per_fold"]]
     assert summary["mean"]["auc"] == pytest.approx(np.mean(aucs))
     assert summary["std"]["auc"] == pytest.approx(np.std(aucs))
