@@ -257,6 +257,25 @@ def summarize_runs(runs: Sequence[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def _majority_line(table: Sequence[dict[str, Any]]) -> str | None:
+    """The majority-class baseline: one figure when the runs share it, else one per run."""
+    rows = [r for r in table if r["majority_baseline_accuracy"] is not None]
+    shares = {f"{r['majority_baseline_accuracy']:.3f}" for r in rows}
+    if not shares:
+        return None
+    if len(shares) == 1:
+        where = f"{shares.pop()} on these validation patients"
+    else:  # different splits (other seeds, stores or --val-fraction): each run has its own
+        where = ", ".join(
+            f"{r['model'].upper()} {r['majority_baseline_accuracy']:.3f}" for r in rows
+        )
+        where += " on each run's own validation patients"
+    return (
+        f"Majority-class baseline: always predicting the larger class scores accuracy {where} "
+        "— compare accuracy with it, and prefer balanced accuracy and AUC."
+    )
+
+
 def summary_markdown(table: Sequence[dict[str, Any]], figures: Sequence[str] = ()) -> str:
     """The rows of `summarize_runs` as a markdown table (mean ± std over folds)."""
     header = ["model", "parameters", "folds", *SUMMARY_METRICS, "epoch s", "train patients/s",
@@ -275,13 +294,11 @@ def summary_markdown(table: Sequence[dict[str, Any]], figures: Sequence[str] = (
         speed = [f"{r['epoch_seconds']:.1f}", f"{r['train_patients_per_s']:.1f}", r["device"]]
         row = [r["model"].upper(), f"{r['parameters']:,}", str(r["folds"]), *cells, *speed]
         lines.append("| " + " | ".join(row) + " |")
-    majority = [r["majority_baseline_accuracy"] for r in table if r["majority_baseline_accuracy"]]
     lines += ["", "Best epoch by validation AUC (ties: lower validation loss); patients/s is the "
               "mean training throughput."]  # fmt: skip
-    if majority:
-        lines += [f"Majority-class baseline: always predicting the larger class scores accuracy "
-                  f"{max(majority):.3f} on these validation patients — compare accuracy with it, "
-                  "and prefer balanced accuracy and AUC."]  # fmt: skip
+    baseline = _majority_line(table)
+    if baseline:
+        lines.append(baseline)
     if figures:
         lines += ["", *(f"![{name}]({name})" for name in figures)]
     return "\n".join(lines) + "\n"

@@ -130,3 +130,14 @@ def test_plot_runs_writes_every_figure(tmp_path):
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(DataError, match="not an smri run folder"):
         plot_runs([tmp_path], tmp_path / "figs")
+
+
+def test_summary_names_each_runs_baseline_when_the_splits_differ(tmp_path):
+    _fake_run(tmp_path / "a", "cnn1")
+    _fake_run(tmp_path / "b", "cnn2")
+    (tmp_path / "b" / "predictions.csv").write_text(
+        "patient_id,label,probability,predicted,fold\na,0,0.2,LGG,\nb,1,0.7,HGG,\nc,1,0.6,HGG,\n"
+    )
+    plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "figs")
+    table = (tmp_path / "figs" / "summary.md").read_text()
+    assert "scores accuracy CNN1 0.500, CNN2 0.667 on each run's own validation patients" in table
