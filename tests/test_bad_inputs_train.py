@@ -315,6 +315,33 @@ def test_train_bad_split_options(store, tmp_path, args, option, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "option", "message"),
+    [
+        (["--lr", "nan"], "--lr", "expected a finite number, got 'nan'."),
+        (["--lr", "inf"], "--lr", "expected a finite number, got 'inf'."),
+        (["--weight-decay", "nan"], "--weight-decay", "expected a finite number, got 'nan'."),
+        (["--width", "nan"], "--width", "width must be a finite number, got nan"),
+        (["--width", "inf"], "--width", "width must be a finite number, got inf"),
+        (["--seed", "-1"], "--seed", "-1 is not in the range 0<=x<=18446744073709551615."),
+    ],
+    ids=["lr-nan", "lr-inf", "weight-decay-nan", "width-nan", "width-inf", "seed-negative"],
+)
+def test_train_numbers_that_are_not_finite_or_out_of_range(store, tmp_path, args, option, message):
+    # nan passes every range comparison: without a check these reached torch as tracebacks,
+    # after the run folder had been started
+    result = invoke("train", store, *FAST, *args, "--out", tmp_path / "run")
+    assert f"Invalid value for '{option}': {message}" in error_line(result, code=2)
+    assert not (tmp_path / "run").exists()
+
+
+def test_models_width_not_finite():
+    result = invoke("models", "--width", "nan")
+    assert "Invalid value for '--width': width must be a finite number, got nan" in error_line(
+        result, code=2
+    )
+
+
 def test_train_out_is_a_file(store, tmp_path):
     (tmp_path / "run").write_text("mine")
     result = invoke("train", store, *FAST, "--out", tmp_path / "run")

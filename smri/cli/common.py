@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -44,3 +45,13 @@ def path_option_type(**kwargs: Any) -> click.Path:
     from pathlib import Path
 
     return click.Path(path_type=Path, **kwargs)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (nan passes every range comparison)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"expected a finite number, got {value!r}.", param, ctx)
+        return rv

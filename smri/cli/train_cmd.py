@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from smri.cli.common import handle_errors, path_option_type
+from smri.cli.common import FiniteFloatRange, handle_errors, path_option_type
 from smri.errors import ConfigError, SmriError
 
 if TYPE_CHECKING:
@@ -130,21 +130,21 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--lr",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1e-3,
     show_default=True,
     help="AdamW learning rate (cosine decay over the epochs).",
 )
 @click.option(
     "--weight-decay",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=1e-4,
     show_default=True,
     help="AdamW weight decay.",
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0, max=2**64 - 1),  # numpy and torch seeds are unsigned 64-bit
     default=0,
     show_default=True,
     help="Seed of the split, the initial weights and every epoch's shuffle.",

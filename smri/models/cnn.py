@@ -17,6 +17,8 @@ MIN_SIZE = 2**N_POOL  # each spatial dimension must survive four halvings
 
 def channels(width: float) -> tuple[int, ...]:
     """Block widths 16-32-64-128 scaled by `width` (at least 1 channel each)."""
+    if not math.isfinite(width):
+        raise ConfigError(f"width must be a finite number, got {width}", option="--width")
     if width <= 0:
         raise ConfigError(f"width must be positive, got {width}", option="--width")
     return tuple(max(1, round(c * width)) for c in BASE_CHANNELS)
