@@ -15,7 +15,7 @@ import torch
 
 from smri import __version__
 from smri.data import Split
-from smri.errors import ConfigError
+from smri.errors import ConfigError, DataError
 
 METRIC_COLUMNS = (
     "epoch",
@@ -73,11 +73,16 @@ def versions() -> dict[str, str | None]:
 
 
 def read_metrics(path: Path, upto: int | None = None) -> list[dict[str, float]]:
+    """metrics.csv's rows (epochs up to `upto`); none for a missing file, DataError for a
+    damaged one."""
     if not path.exists():
         return []
-    with open(path, newline="") as fh:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-    return [r for r in rows if upto is None or r["epoch"] <= upto]
+    try:
+        with open(path, newline="") as fh:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [r for r in rows if upto is None or r["epoch"] <= upto]
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: damaged metrics file ({type(exc).__name__}: {exc})") from None
 
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:

@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -338,7 +338,7 @@ def fit(
         set_rng_state(ckpt["rng"])
         start_epoch, best = int(ckpt["epoch"]), {"loss": math.inf, **ckpt["best"]}
         log(f"resuming {out} after epoch {start_epoch}")
-    rows = dist.on_main(lambda: read_metrics(metrics_path, upto=start_epoch)) or []
+    rows = dist.on_main(lambda: _history(out, ckpt, start_epoch, resume)) or []
     if dist.is_main:
         write_metrics(metrics_path, rows)
 
@@ -396,6 +396,8 @@ def fit(
                         "scheduler": scheduler.state_dict(),
                         "rng": rng_state(),
                         "best": best,
+                        # the history, should metrics.csv be lost or cut (plain floats)
+                        "metrics": [{k: float(v) for k, v in r.items()} for r in rows],
                     },
                 )
                 write_metrics(metrics_path, rows)
@@ -406,6 +408,56 @@ def fit(
     finally:
         train_batches.close()
         val_batches.close()
+
+
+def _history(
+    out: Path, ckpt: dict[str, Any] | None, start_epoch: int, resume: bool
+) -> list[dict[str, float]]:
+    """The metrics rows of the epochs finished so far: last.pt's history when it carries one,
+    else metrics.csv's rows up to last.pt's epoch, which must all be there (the summary needs
+    the best epoch's row). On --resume without last.pt, metrics.csv must record no epoch: it
+    is written after last.pt, so recorded epochs mean last.pt was lost, and starting over
+    would replace best.pt."""
+    last_path, metrics_path = out / "last.pt", out / "metrics.csv"
+    if ckpt is None:
+        recorded = read_metrics(metrics_path) if resume else []
+        if recorded:
+            recorded_epochs = _epochs([int(r["epoch"]) for r in recorded])
+            raise DataError(
+                f"{last_path}: missing, but {metrics_path.name} records finished "
+                f"{recorded_epochs}; --resume continues from last.pt, so the run is left as it "
+                "is (start a new run with --out)"
+            )
+        return []
+    if "metrics" in ckpt:  # last.pt carries the history since smri wrote it there
+        try:
+            return [{k: float(v) for k, v in r.items()} for r in ckpt["metrics"]][:start_epoch]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"{last_path}: damaged smri checkpoint: bad metrics ({type(exc).__name__}: {exc})"
+            ) from None
+    rows = read_metrics(metrics_path, upto=start_epoch)
+    have = [int(r["epoch"]) for r in rows]
+    if have != list(range(1, start_epoch + 1)):
+        found = "missing" if not metrics_path.exists() else f"records {_epochs(have)}"
+        done = _epochs(range(1, start_epoch + 1))
+        raise DataError(
+            f"{metrics_path}: {found}, but {last_path} has finished {done}; the run's history "
+            "is incomplete, so it cannot be continued (start a new run with --out)"
+        )
+    return rows
+
+
+def _epochs(epochs: Sequence[int]) -> str:
+    """'no epoch', 'epoch 3', 'epochs 1, 3' or 'epochs 1-30' (consecutive)."""
+    epochs = list(epochs)
+    if not epochs:
+        return "no epoch"
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]}"
+    if epochs == list(range(epochs[0], epochs[-1] + 1)):
+        return f"epochs {epochs[0]}-{epochs[-1]}"
+    return "epochs " + ", ".join(str(e) for e in epochs)
 
 
 def _epoch_line(row: dict[str, float], epochs: int, improved: bool) -> str:

@@ -414,3 +414,57 @@ def test_resume_with_a_last_pt_of_another_model(cut, good):
     result = CliRunner().invoke(main, ["train", "--resume", str(cut), "--cache", "ram"])
     assert result.exit_code == 1
     assert f"{cut / 'last.pt'}" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut"])
+def test_resume_restores_a_lost_or_cut_metrics_csv_from_last_pt(cut, damage):
+    metrics = cut / "metrics.csv"
+    before = metrics.read_text()
+    if damage == "deleted":
+        metrics.unlink()
+    else:
+        metrics.write_text(before[: len(before) - 40])  # the last row cut short
+    result = invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert metrics.read_text() == before
+
+
+def test_resume_without_last_pt_leaves_the_run_as_it_is(cut):
+    # metrics.csv is written after last.pt: a recorded epoch means last.pt was lost, and
+    # starting over would replace best.pt with a fresh epoch 1
+    (cut / "last.pt").unlink()
+    before = _snapshot(cut)
+    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    assert line == (
+        f"Error: {cut / 'last.pt'}: missing, but metrics.csv records finished epoch 1; --resume "
+        "continues from last.pt, so the run is left as it is (start a new run with --out)"
+    )
+    assert _snapshot(cut) == before
+
+
+def _older_last_pt(cut: Path) -> None:
+    """last.pt as smri wrote it before it carried the metrics history."""
+    last = torch.load(cut / "last.pt", weights_only=True)
+    torch.save({k: v for k, v in last.items() if k != "metrics"}, cut / "last.pt")
+
+
+def test_resume_of_an_older_last_pt_without_metrics_csv(cut):
+    _older_last_pt(cut)
+    (cut / "metrics.csv").unlink()
+    before = _snapshot(cut)
+    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    assert line == (
+        f"Error: {cut / 'metrics.csv'}: missing, but {cut / 'last.pt'} has finished epoch 1; the "
+        "run's history is incomplete, so it cannot be continued (start a new run with --out)"
+    )
+    assert _snapshot(cut) == before
+
+
+def test_resume_of_an_older_last_pt_with_a_damaged_metrics_csv(cut):
+    _older_last_pt(cut)
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[: len(text) - 40])
+    before = _snapshot(cut)
+    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    assert line.startswith(f"Error: {cut / 'metrics.csv'}: damaged metrics file (")
+    assert _snapshot(cut) == before
