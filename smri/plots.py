@@ -146,19 +146,37 @@ class RunData:
     predictions: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
+# what a damaged run file raises while it is parsed: named as the file's problem, one line
+DAMAGED = (ValueError, TypeError, KeyError, IndexError, AttributeError, csv.Error)
+
+
 def read_metrics_csv(path: Path) -> Rows:
     """metrics.csv as a list of float rows."""
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    try:
+        with open(path, newline="") as fh:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    except DAMAGED as exc:
+        raise DataError(f"{path}: damaged metrics file ({type(exc).__name__}: {exc})") from None
 
 
 def read_predictions_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities from predictions.csv (unlabelled rows dropped)."""
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["label"]) >= 0]
-    return np.array([int(r["label"]) for r in rows]), np.array(
-        [float(r["probability"]) for r in rows]
-    )
+    try:
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["label"]) >= 0]
+        return np.array([int(r["label"]) for r in rows]), np.array(
+            [float(r["probability"]) for r in rows]
+        )
+    except DAMAGED as exc:
+        raise DataError(f"{path}: damaged predictions file ({type(exc).__name__}: {exc})") from None
+
+
+def read_run_json(path: Path) -> Any:
+    """A run folder's JSON file (config.json, summary.json); DataError if it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path}: damaged run file ({type(exc).__name__}: {exc})") from None
 
 
 def load_run(run: Path) -> RunData:
@@ -167,15 +185,24 @@ def load_run(run: Path) -> RunData:
     config = run / "config.json"
     if not config.exists():
         raise DataError(f"{run}: not an smri run folder (no config.json)")
-    data = RunData(json.loads(config.read_text())["model"]["name"])
+    try:
+        data = RunData(str(read_run_json(config)["model"]["name"]))
+    except DAMAGED as exc:
+        raise DataError(f"{config}: damaged run file ({type(exc).__name__}: {exc})") from None
     folds = sorted(run.glob("fold*/metrics.csv"), key=lambda p: int(p.parent.name[4:]))
     parts = [p.parent for p in folds] or [run]
     for part in parts:
         if not (part / "metrics.csv").exists():
             raise DataError(f"{part}: no metrics.csv (has the run trained an epoch?)")
-        data.metrics.append(read_metrics_csv(part / "metrics.csv"))
+        rows = read_metrics_csv(part / "metrics.csv")
+        if not rows:
+            raise DataError(f"{part / 'metrics.csv'}: records no epoch (has the run trained one?)")
+        data.metrics.append(rows)
         if (part / "predictions.csv").exists():
-            data.predictions.append(read_predictions_csv(part / "predictions.csv"))
+            labels, probs = read_predictions_csv(part / "predictions.csv")
+            if labels.size == 0:
+                raise DataError(f"{part / 'predictions.csv'}: holds no labelled patient")
+            data.predictions.append((labels, probs))
     return data
 
 
@@ -188,6 +215,7 @@ def plot_runs(runs: Sequence[Path], out: Path) -> list[Path]:
         merged.metrics += data.metrics
         merged.predictions += data.predictions
     by_model = dict(sorted(by_model.items()))
+    table = summarize_runs(runs)  # every run file is read before a figure is written
     written = []
     for model, data in by_model.items():
         fig = fold_loss_figure(data.metrics, f"{model.upper()}-LSTM loss", color_for(model))
@@ -203,7 +231,6 @@ def plot_runs(runs: Sequence[Path], out: Path) -> list[Path]:
     if preds:
         fig = roc_figure(preds, "ROC on validation patients (best epoch)")
         written.append(save_figure(fig, out / "all_models_roc.png"))
-    table = summarize_runs(runs)
     (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
     summary = out / "summary.md"
     summary.write_text(summary_markdown(table, [p.name for p in written]))
@@ -234,26 +261,27 @@ def summarize_runs(runs: Sequence[Path]) -> list[dict[str, Any]]:
         path = Path(run) / "summary.json"
         if not path.exists():
             raise DataError(f"{run}: no summary.json (is the run finished?)")
-        s = json.loads(path.read_text())
-        if "mean" in s:  # K folds
-            mean, std, folds = s["mean"], s["std"], int(s["folds"])
-            parts = [
-                json.loads(p.read_text()) for p in sorted(Path(run).glob("fold*/summary.json"))
-            ]
-        else:
-            mean, std, folds, parts = s["best"], dict.fromkeys(s["best"], 0.0), 1, [s]
-        rows.append({
-            "run": str(run),
-            "model": s["model"],
-            "parameters": s["parameters"],
-            "device": s.get("device_name") or s["device"],
-            "folds": folds,
-            "mean": {k: float(mean[k]) for k in SUMMARY_METRICS},
-            "std": {k: float(std[k]) for k in SUMMARY_METRICS},
-            "epoch_seconds": float(np.mean([p["epoch_seconds_mean"] for p in parts])),
-            "train_patients_per_s": float(np.mean([p["patients_per_s_mean"] for p in parts])),
-            "majority_baseline_accuracy": _majority_share(Path(run)),
-        })  # fmt: skip
+        s = read_run_json(path)
+        parts = [read_run_json(p) for p in sorted(Path(run).glob("fold*/summary.json"))]
+        try:
+            if "mean" in s:  # K folds
+                mean, std, folds = s["mean"], s["std"], int(s["folds"])
+            else:
+                mean, std, folds, parts = s["best"], dict.fromkeys(s["best"], 0.0), 1, [s]
+            rows.append({
+                "run": str(run),
+                "model": s["model"],
+                "parameters": s["parameters"],
+                "device": s.get("device_name") or s["device"],
+                "folds": folds,
+                "mean": {k: float(mean[k]) for k in SUMMARY_METRICS},
+                "std": {k: float(std[k]) for k in SUMMARY_METRICS},
+                "epoch_seconds": float(np.mean([p["epoch_seconds_mean"] for p in parts])),
+                "train_patients_per_s": float(np.mean([p["patients_per_s_mean"] for p in parts])),
+                "majority_baseline_accuracy": _majority_share(Path(run)),
+            })  # fmt: skip
+        except DAMAGED as exc:  # a key missing or of the wrong type, here or in a fold's file
+            raise DataError(f"{path}: damaged run file ({type(exc).__name__}: {exc})") from None
     return rows
 
 

@@ -468,3 +468,12 @@ def test_resume_of_an_older_last_pt_with_a_damaged_metrics_csv(cut):
     line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
     assert line.startswith(f"Error: {cut / 'metrics.csv'}: damaged metrics file (")
     assert _snapshot(cut) == before
+
+
+# ---------------------------------------------------------------------------------- plot
+def test_plot_of_a_run_with_a_cut_metrics_csv(cut, tmp_path):
+    text = (cut / "metrics.csv").read_text()
+    (cut / "metrics.csv").write_text(text[: len(text) - 40])
+    line = error_line(invoke("plot", cut, "--out", tmp_path / "figs"))
+    assert line.startswith(f"Error: {cut / 'metrics.csv'}: damaged metrics file (TypeError: ")
+    assert not (tmp_path / "figs").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -141,3 +142,35 @@ def test_summary_names_each_runs_baseline_when_the_splits_differ(tmp_path):
     plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "figs")
     table = (tmp_path / "figs" / "summary.md").read_text()
     assert "scores accuracy CNN1 0.500, CNN2 0.667 on each run's own validation patients" in table
+
+
+DAMAGED_RUN_FILES = [
+    ("metrics.csv", "epoch,train_loss,val_loss\n1,0.5\n", r"damaged metrics file \(TypeError: "),
+    (
+        "metrics.csv",
+        "epoch,train_loss,val_loss\n",
+        r"records no epoch \(has the run trained one\?\)",
+    ),
+    ("predictions.csv", "patient_id,label,probability\na,x,0.2\n", r"damaged predictions file"),
+    ("predictions.csv", "garbage\n", "holds no labelled patient"),
+    ("summary.json", '{"model": ', r"damaged run file \(JSONDecodeError: "),
+    ("summary.json", '{"model": "cnn1"}', r"damaged run file \(KeyError: 'best'\)"),
+    ("config.json", "[]", r"damaged run file \(TypeError: "),
+    ("fold1/summary.json", "{", r"damaged run file \(JSONDecodeError: "),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    DAMAGED_RUN_FILES,
+    ids=["metrics-cut", "metrics-empty", "predictions-bad-label", "predictions-empty",
+         "summary-cut", "summary-no-keys", "config-not-a-dict", "fold-summary-cut"],
+)  # fmt: skip
+def test_plot_names_a_damaged_run_file_and_writes_nothing(tmp_path, name, text, message):
+    # these were tracebacks (TypeError, JSONDecodeError, IndexError in the ROC curve), or an
+    # empty figure for a metrics.csv without rows
+    _fake_run(tmp_path / "a", "cnn1", folds=2 if name.startswith("fold") else None)
+    (tmp_path / "a" / name).write_text(text)
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'a' / name))}: {message}"):
+        plot_runs([tmp_path / "a"], tmp_path / "figs")
+    assert not (tmp_path / "figs").exists()
