@@ -477,3 +477,41 @@ def test_plot_of_a_run_with_a_cut_metrics_csv(cut, tmp_path):
     line = error_line(invoke("plot", cut, "--out", tmp_path / "figs"))
     assert line.startswith(f"Error: {cut / 'metrics.csv'}: damaged metrics file (TypeError: ")
     assert not (tmp_path / "figs").exists()
+
+
+# ------------------------------------------------------------------- existing results kept
+def test_predict_keeps_an_existing_csv_without_overwrite(run, tmp_path):
+    # --csv labels.csv by mistake used to replace the file, after all the work
+    write_patient(tmp_path / "P1", "P1", 1, shape=GEOMETRY)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,label\nP1,HGG\n")
+    result = invoke("predict", run / "best.pt", tmp_path / "P1", "--csv", labels)
+    assert error_line(result, code=2) == f"Error: {labels} exists; pass --overwrite to replace it"
+    assert labels.read_text() == "patient_id,label\nP1,HGG\n"
+    result = invoke("predict", run / "best.pt", tmp_path / "P1", "--csv", labels, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert labels.read_text().startswith("patient_id,probability,predicted\nP1,")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_predict_csv_in_a_missing_folder_is_refused_before_the_work(run, tmp_path):
+    write_patient(tmp_path / "P1", "P1", 1, shape=GEOMETRY)
+    result = invoke("predict", run / "best.pt", tmp_path / "P1", "--csv", tmp_path / "no" / "p.csv")
+    line = error_line(result)
+    assert line == f"Error: {tmp_path / 'no' / 'p.csv'}: folder {tmp_path / 'no'} does not exist"
+    assert result.stdout == ""  # refused before any prediction
+
+
+def test_evaluate_of_last_pt_keeps_the_results_of_best_pt(cut, store):
+    # both default to RUN/eval-<store>: the second used to replace the first's results
+    args = ["--cache", "ram", "--workers", "0"]
+    assert invoke("evaluate", cut / "best.pt", store, *args).exit_code == 0
+    out = cut / f"eval-{store.stem}"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = invoke("evaluate", cut / "last.pt", store, *args)
+    assert f"Invalid value for '--out': {out} already holds evaluation results (metrics.json, " \
+        "predictions.csv, roc.png); choose another --out, or pass --overwrite to replace them" \
+        in error_line(result, code=2)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert invoke("evaluate", cut / "last.pt", store, *args, "--overwrite").exit_code == 0
+    assert json.loads((out / "metrics.json").read_text())["checkpoint"] == str(cut / "last.pt")

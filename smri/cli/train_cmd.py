@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from smri.distributed import Dist
 
 MODEL_CHOICES = ("cnn1", "cnn2", "cnn3")
+EVAL_FILES = ("metrics.json", "predictions.csv", "roc.png")  # what `smri evaluate` writes
 # Options that define a run: on --resume they come from the run's config.json.
 RUN_OPTIONS = (
     "model", "width", "epochs", "batch_size", "lr", "weight_decay", "seed", "val_fraction",
@@ -316,23 +317,34 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
 @cache_options(workers=2)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the results of an earlier evaluate in --out."
+)
 @handle_errors
 def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
-             cache: str, workers: int) -> None:  # fmt: skip
+             cache: str, workers: int, overwrite: bool) -> None:  # fmt: skip
     """Metrics of CHECKPOINT on every labelled patient of STORE (e.g. a held-out cohort).
 
     Prints the metrics as JSON; writes them with predictions.csv and a ROC curve to --out.
     """
     from smri.inference import evaluate_store
     from smri.plots import roc_figure, save_figure
-    from smri.runs import write_predictions
+    from smri.runs import write_json, write_predictions
 
+    # best.pt and last.pt of a run share the default --out: never replace one's results silently
+    out = out or checkpoint.parent / f"eval-{store.stem}"
+    held = [n for n in EVAL_FILES if (out / n).exists()]
+    if held and not overwrite:
+        raise ConfigError(
+            f"{out} already holds evaluation results ({', '.join(held)}); choose another --out, "
+            "or pass --overwrite to replace them",
+            option="--out",
+        )
     result = evaluate_store(checkpoint, store, device=device, batch_size=batch_size, cache=cache,
                             workers=workers)  # fmt: skip
-    out = out or checkpoint.parent / f"eval-{store.stem}"
     out.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(checkpoint), "store": str(store), **result.metrics}
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "metrics.json", report)
     write_predictions(out / "predictions.csv", result.patient_ids, result.labels,
                       result.probabilities, result.classes)  # fmt: skip
     known = result.labels >= 0
@@ -367,25 +379,32 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
     help="Patients per forward pass.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --csv file.")
 @handle_errors
 def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | None,
-            batch_size: int, device: str) -> None:  # fmt: skip
+            batch_size: int, device: str, overwrite: bool) -> None:  # fmt: skip
     """Probability of class 1 for raw NIfTI patient folders, preprocessed as the store was."""
     import csv
+    import os
 
     from smri.inference import predict_folders
+    from smri.preprocess import check_output
 
+    if csv_path is not None:  # before the work: an existing file (a labels CSV?) is kept
+        check_output(csv_path, overwrite)
     results = predict_folders(checkpoint, patient_dirs, device=device, batch_size=batch_size,
                               warn=lambda m: click.echo(m, err=True))  # fmt: skip
     width = max(len("patient_id"), *(len(r.patient_id) for r in results))
     click.echo(f"{'patient_id':<{width}}  probability  predicted")
     for r in results:
         click.echo(f"{r.patient_id:<{width}}  {r.probability:>11.4f}  {r.predicted}")
-    if csv_path is not None:
-        with open(csv_path, "w", newline="") as fh:
+    if csv_path is not None:  # written beside, renamed into place: never a half-written CSV
+        tmp = csv_path.with_name(f".{csv_path.name}.partial")
+        with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["patient_id", "probability", "predicted"])
             writer.writerows([r.patient_id, f"{r.probability:.6f}", r.predicted] for r in results)
+        os.replace(tmp, csv_path)
 
 
 @click.command()
