@@ -201,6 +201,13 @@ def test_bad_labels_csv(tree, tmp_path, csv_text, message):
     assert not (tmp_path / "s.h5").exists()
 
 
+def test_labels_given_a_folder_says_so(tree, tmp_path):
+    res = preprocess(tree, tmp_path / "s.h5", "--labels", tree)  # it used to say "no such file"
+    assert res.exit_code == 2
+    assert f"Invalid value for '--labels': {tree}: is a folder; expected a CSV file" in res.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
 def test_labels_csv_patient_absent_from_tree(tree, tmp_path):
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text(f"patient_id,label\n{PID},1\nghost,0\n")

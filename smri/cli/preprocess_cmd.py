@@ -151,7 +151,8 @@ def preprocess(
     if scheduler is not None and backend != "dask":
         raise click.UsageError("--scheduler needs --backend dask")
     if labels_csv is not None and not labels_csv.is_file():
-        raise click.BadParameter(f"{labels_csv}: no such file", param_hint="'--labels'")
+        problem = "is a folder; expected a CSV file" if labels_csv.is_dir() else "no such file"
+        raise click.BadParameter(f"{labels_csv}: {problem}", param_hint="'--labels'")
     cfg = PreprocessConfig(
         modalities=parse_modalities(modalities),
         slices=slices,
