@@ -318,7 +318,9 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
 @cache_options(workers=2)
 @click.option(
-    "--overwrite", is_flag=True, help="Replace the results of an earlier evaluate in --out."
+    "--overwrite",
+    is_flag=True,
+    help="Replace the results of an earlier evaluate in --out [default: off: refuse].",
 )
 @handle_errors
 def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
@@ -379,7 +381,9 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
     help="Patients per forward pass.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --csv file.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing --csv file [default: off: refuse]."
+)
 @handle_errors
 def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | None,
             batch_size: int, device: str, overwrite: bool) -> None:  # fmt: skip
