@@ -261,10 +261,20 @@ def show_patient(
             raise ConfigError(
                 f"{source} is a store: name the patient to show (PATIENT_ID)", option="PATIENT_ID"
             )
+        if contours:
+            raise ConfigError(
+                "--contours outlines a raw folder's *seg* file; a store keeps no segmentation",
+                option="--contours",
+            )
         patient = slab_from_store(source, patient_id, modalities)
     elif source.is_dir():
         folder = find_patient_folder(source, patient_id) if patient_id else source
         patient = slab_from_folder(folder, tuple(modalities or DEFAULT_MODALITIES), slices)
+        if contours and patient.seg is None:
+            raise DataError(
+                f"{folder}: no *seg* file with the volumes' {patient.depth} slices to outline "
+                "(--contours)"
+            )
     else:
         raise DataError(f"{source}: neither a folder nor an .h5/.hdf5 store")
     save_figure(slab_figure(patient, montage=montage, contours=contours), out)

@@ -102,6 +102,14 @@ def test_resume_refuses_new_settings(run):
     assert "--resume continues a run with its own settings; drop --lr" in result.output
 
 
+def test_resume_refuses_overwrite(run):
+    before = (run / "metrics.csv").read_text()
+    result = invoke("train", "--resume", run, "--overwrite")
+    assert result.exit_code == 2
+    assert "--resume continues the run in place; drop --overwrite" in result.output
+    assert (run / "metrics.csv").read_text() == before
+
+
 def test_resume_of_a_finished_run_keeps_its_metrics(run):
     before = (run / "metrics.csv").read_text()
     result = invoke("train", "--resume", run, "--cache", "none", "--workers", "0")
@@ -180,3 +188,32 @@ def test_predict_skips_an_unusable_folder_with_a_reason(run, tmp_path):
     assert result.exit_code == 1
     assert "skipped: patient P9: no flair, t1, t1ce, t2 file in" in result.output
     assert "Error: no patient folder could be used" in result.output
+
+
+@pytest.mark.parametrize(
+    ("left", "message"),
+    [
+        ((), "Interrupted before the run started; {out} holds nothing to resume."),
+        (("config.json",), "Interrupted; no epoch had finished; the run starts from epoch 1. "
+                           "Continue with: smri train --resume {out}"),
+        (("config.json", "last.pt"), "Interrupted; {out}/last.pt holds the last finished epoch. "
+                                     "Continue with: smri train --resume {out}"),
+        (("config.json", "fold0/last.pt"), "Interrupted; each fold's last.pt in {out} holds its "
+                                           "last finished epoch. Continue with: smri train "
+                                           "--resume {out}"),
+    ],
+    ids=["nothing", "no-epoch", "single-split", "folds"],
+)  # fmt: skip
+def test_ctrl_c_says_what_the_run_folder_holds(store, tmp_path, monkeypatch, left, message):
+    out = tmp_path / "r"
+
+    def interrupted(*_args, **_kwargs):
+        for name in left:  # what training had written when Ctrl-C came
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("smri.train.train", interrupted)
+    result = invoke("train", store, *FAST, "--out", out)
+    assert result.exit_code == 130
+    assert result.output.strip() == message.format(out=out)

@@ -176,3 +176,28 @@ def test_class_from_name_mapping_in_2020_layout(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output == f"wrote {out} (BraTS20_Training_002, class LGG (0))\n"
     assert png_size(out)[0] == round(3.2 * 150)
+
+
+def test_contours_of_a_store_are_refused(demo: Path, store: Path, tmp_path: Path) -> None:
+    pid = first_patient(demo).name
+    result = run("show", store, pid, "--out", tmp_path / "x.png", "--contours")
+    assert result.exit_code == 2
+    assert "--contours outlines a raw folder's *seg* file; a store keeps no segmentation" in (
+        result.output
+    )
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_contours_without_a_seg_file_are_refused(demo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = shutil.copytree(first_patient(demo), tmp_path / "p")
+    for seg in folder.glob("*seg*"):
+        seg.unlink()
+    result = run("show", folder, "--out", tmp_path / "x.png", "--contours")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {folder}: no *seg* file with the volumes' 40 slices to outline (--contours)"
+    )
+    assert not (tmp_path / "x.png").exists()
+    assert run("show", folder, "--out", tmp_path / "x.png").exit_code == 0  # without: fine

@@ -243,6 +243,9 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
     if resume is not None:
         given = [f"--{n.replace('_', '-')}" for n in RUN_OPTIONS if _given(ctx, n)]
         given += ["--out"] if opts["out"] is not None else []
+        if opts["overwrite"]:
+            raise ConfigError("--resume continues the run in place; drop --overwrite",
+                              option="--overwrite")  # fmt: skip
         if given:
             raise ConfigError(f"--resume continues a run with its own settings; drop {given[0]}",
                               option=given[0])  # fmt: skip
@@ -257,6 +260,19 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
             if dist.is_main:
                 raise
             sys.exit(2 if isinstance(exc, ConfigError) else 1)  # rank 0 prints the message
+
+
+def _interrupted(out: Path) -> str:
+    """What Ctrl-C left in the run folder `out`, and how to go on."""
+    if not (out / "config.json").exists():
+        return f"Interrupted before the run started; {out} holds nothing to resume."
+    if (out / "last.pt").exists():
+        kept = f"{out}/last.pt holds the last finished epoch"
+    elif any(out.glob("fold*/last.pt")):
+        kept = f"each fold's last.pt in {out} holds its last finished epoch"
+    else:
+        kept = "no epoch had finished; the run starts from epoch 1"
+    return f"Interrupted; {kept}. Continue with: smri train --resume {out}"
 
 
 def _train(dist: Dist, store: Path | None, resume: Path | None, opts: dict[str, Any]) -> None:
@@ -291,9 +307,7 @@ def _train(dist: Dist, store: Path | None, resume: Path | None, opts: dict[str, 
         run_training(store, model_cfg, cfg, out, resume=resume is not None,
                      overwrite=opts["overwrite"], log=click.echo, dist=dist)  # fmt: skip
     except KeyboardInterrupt:
-        last = "last.pt" if (out / "last.pt").exists() else "last.pt of each fold"
-        echo(f"\nInterrupted; {out}/{last} holds the last finished epoch. "
-             f"Continue with: smri train --resume {out}", err=True)  # fmt: skip
+        echo(f"\n{_interrupted(out)}", err=True)
         sys.exit(130)
     echo(f"run folder: {out}")
 
