@@ -56,7 +56,9 @@ def stratified_split(
     """Patient-level split keeping each class's share: round(n_c * val_fraction) rows of class c,
     at least one, go to validation."""
     if not 0 < val_fraction < 1:
-        raise ConfigError(f"must be between 0 and 1, got {val_fraction}", option="--val-fraction")
+        raise ConfigError(
+            f"must be strictly between 0 and 1, got {val_fraction}", option="--val-fraction"
+        )
     rng = np.random.default_rng([seed, 0x5917])
     train, val = [], []
     for name, rows in _class_rows(labels, classes).items():

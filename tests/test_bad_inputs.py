@@ -301,3 +301,25 @@ def test_patient_ids_never_escape_the_output_folder(tmp_path):
     assert res.exit_code == 0
     assert "skipping patient ../../x: listed in labels.csv but no folder" in res.stderr
     assert StoreReader(tmp_path / "s.h5").patient_ids == ["a"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["preprocess", "{root}", "{tmp}/out/"],
+        ["show", "{root}", "-o", "{tmp}/pics/"],
+        ["predict", "{ckpt}", "{root}", "--csv", "{tmp}/p/"],
+    ],
+    ids=["preprocess-OUTPUT", "show-out", "predict-csv"],
+)
+def test_an_output_file_written_as_a_folder_is_refused(tree, tmp_path, args):
+    # pathlib drops the trailing slash: `out/` had become a file named `out`
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"")
+    values = {"root": tree, "tmp": outs, "ckpt": ckpt}
+    result = invoke(*(a.format(**values) for a in args))
+    assert result.exit_code == 2
+    assert "names a folder (it ends in /); expected a file" in result.output
+    assert not any(outs.iterdir())

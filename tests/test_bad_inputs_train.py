@@ -303,7 +303,7 @@ def test_train_on_a_broken_store(store, tmp_path, make, message):
 @pytest.mark.parametrize(
     ("args", "option", "message"),
     [
-        (["--val-fraction", "1.5"], "--val-fraction", "must be between 0 and 1, got 1.5"),
+        (["--val-fraction", "1.5"], "--val-fraction", "must be strictly between 0 and 1, got 1.5"),
         (["--fold", "1"], "--fold", "--fold needs --folds K"),
         (["--folds", "3", "--fold", "3"], "--fold", "must be in 0..2, got 3"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,24 @@ def path_option_type(**kwargs: Any) -> click.Path:
     from pathlib import Path
 
     return click.Path(path_type=Path, **kwargs)
+
+
+class OutputFile(click.Path):
+    """click.Path (pathlib.Path) of a file to write: refuses a path written as a folder.
+
+    pathlib drops a trailing slash, so `out/` would silently become a file named `out`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        from pathlib import Path
+
+        super().__init__(dir_okay=False, path_type=Path, **kwargs)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.endswith(("/", os.sep)):
+            self.fail(f"{value!r} names a folder (it ends in {value[-1]}); expected a file", param,
+                      ctx)  # fmt: skip
+        return super().convert(value, param, ctx)
 
 
 class FiniteFloatRange(click.FloatRange):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from smri.cli.common import handle_errors
+from smri.cli.common import OutputFile, handle_errors
 from smri.store import COMPRESSIONS, DTYPES
 
 PathArg = click.Path(path_type=Path)
@@ -15,7 +15,7 @@ PathArg = click.Path(path_type=Path)
 
 @click.command()
 @click.argument("input_dir", metavar="INPUT", type=PathArg)
-@click.argument("output", metavar="OUTPUT", type=PathArg)
+@click.argument("output", metavar="OUTPUT", type=OutputFile())
 @click.option(
     "--jobs",
     "-j",

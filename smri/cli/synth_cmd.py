@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from smri.cli.common import handle_errors
+from smri.cli.common import OutputFile, handle_errors
 
 
 @click.command()
@@ -103,7 +103,7 @@ def synth(
 @click.option(
     "--out",
     "-o",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OutputFile(),
     required=True,
     help="PNG file to write.",
 )

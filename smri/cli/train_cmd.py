@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from smri.cli.common import FiniteFloatRange, handle_errors, path_option_type
+from smri.cli.common import FiniteFloatRange, OutputFile, handle_errors, path_option_type
 from smri.errors import ConfigError, SmriError
 
 if TYPE_CHECKING:
@@ -382,7 +382,7 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
 @click.option(
     "--csv",
     "csv_path",
-    type=path_option_type(dir_okay=False),
+    type=OutputFile(),
     default=None,
     help="Also write patient_id,probability,predicted to this CSV file "
     "[default: none: print only].",
