@@ -150,11 +150,12 @@ class RunData:
 DAMAGED = (ValueError, TypeError, KeyError, IndexError, AttributeError, csv.Error)
 
 
-def read_metrics_csv(path: Path) -> Rows:
-    """metrics.csv as a list of float rows."""
+def read_metrics_csv(path: Path, upto: int | None = None) -> Rows:
+    """metrics.csv as a list of float rows (epochs up to `upto`); DataError if it is damaged."""
     try:
         with open(path, newline="") as fh:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [r for r in rows if upto is None or r["epoch"] <= upto]
     except DAMAGED as exc:
         raise DataError(f"{path}: damaged metrics file ({type(exc).__name__}: {exc})") from None
 

@@ -15,7 +15,7 @@ import torch
 
 from smri import __version__
 from smri.data import Split
-from smri.errors import ConfigError, DataError
+from smri.errors import ConfigError
 
 METRIC_COLUMNS = (
     "epoch",
@@ -75,14 +75,9 @@ def versions() -> dict[str, str | None]:
 def read_metrics(path: Path, upto: int | None = None) -> list[dict[str, float]]:
     """metrics.csv's rows (epochs up to `upto`); none for a missing file, DataError for a
     damaged one."""
-    if not path.exists():
-        return []
-    try:
-        with open(path, newline="") as fh:
-            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-        return [r for r in rows if upto is None or r["epoch"] <= upto]
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: damaged metrics file ({type(exc).__name__}: {exc})") from None
+    from smri.plots import read_metrics_csv  # matplotlib is imported only when needed
+
+    return read_metrics_csv(path, upto) if path.exists() else []
 
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
