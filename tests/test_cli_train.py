@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -217,3 +218,20 @@ def test_ctrl_c_says_what_the_run_folder_holds(store, tmp_path, monkeypatch, lef
     result = invoke("train", store, *FAST, "--out", out)
     assert result.exit_code == 130
     assert result.output.strip() == message.format(out=out)
+
+
+def test_dropout_is_a_run_setting(store, tmp_path):
+    out = tmp_path / "d"
+    result = invoke("train", store, *FAST, "--epochs", "1", "--model", "cnn1", "--dropout", "0.2",
+                    "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["model"]["dropout"] == 0.2
+    from smri.checkpoint import load_checkpoint
+    from smri.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig.from_dict(load_checkpoint(out / "best.pt")["model_config"]))
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
+    result = invoke("train", "--resume", out, "--dropout", "0.3")
+    assert result.exit_code == 2
+    assert "--resume continues a run with its own settings; drop --dropout" in result.output
+    assert invoke("train", store, "--dropout", "1").exit_code == 2

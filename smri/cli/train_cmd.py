@@ -21,8 +21,8 @@ MODEL_CHOICES = ("cnn1", "cnn2", "cnn3")
 EVAL_FILES = ("metrics.json", "predictions.csv", "roc.png")  # what `smri evaluate` writes
 # Options that define a run: on --resume they come from the run's config.json.
 RUN_OPTIONS = (
-    "model", "width", "epochs", "batch_size", "lr", "weight_decay", "seed", "val_fraction",
-    "folds", "fold", "class_weight", "amp", "compile", "augment",
+    "model", "width", "dropout", "epochs", "batch_size", "lr", "weight_decay", "seed",
+    "val_fraction", "folds", "fold", "class_weight", "amp", "compile", "augment",
 )  # fmt: skip
 
 
@@ -118,6 +118,13 @@ def _given(ctx: click.Context, name: str) -> bool:
     default=1.0,
     show_default=True,
     help="Channel multiplier of the conv blocks.",
+)
+@click.option(
+    "--dropout",
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Dropout rate on the LSTM's output and on CNN1's FC embedding (the study's 0.5).",
 )
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs."
@@ -288,7 +295,7 @@ def _train(dist: Dist, store: Path | None, resume: Path | None, opts: dict[str, 
                                "workers": opts["workers"]})  # fmt: skip
         store, out = store or saved_store, resume
     else:
-        model_cfg = ModelConfig(name=opts["model"], width=opts["width"])
+        model_cfg = ModelConfig(name=opts["model"], width=opts["width"], dropout=opts["dropout"])
         cfg = TrainConfig(
             epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
             weight_decay=opts["weight_decay"], seed=opts["seed"],
