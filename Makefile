@@ -69,6 +69,8 @@ MODELS  ?= cnn1 cnn2 cnn3
 # Random flips (not in the original study): without them the models memorise the small demo
 # cohort and stay near chance on validation (see README, Results).
 AUGMENT ?= 1
+# The study's dropout rate (LSTM output; CNN1's FC embedding too). See README, Results.
+DROPOUT ?= 0.5
 HAS_GPU := $(shell $(BIN)/python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 
 ifeq ($(QUICK),1)
@@ -109,7 +111,7 @@ experiments: $(STAMP) settings $(OUT)/summary.md  ## the three-model comparison 
 
 settings:
 	@echo "smri experiments: DATA=$(if $(DATA),$(DATA),<demo cohort from smri synth>) OUT=$(OUT)"
-	@echo "  models=$(MODELS) epochs=$(EPOCHS) batch=$(BATCH) width=$(WIDTH) augment=$(AUGMENT) folds=$(FOLDS) seed=$(SEED) device=$(DEVICE) jobs=$(JOBS)"
+	@echo "  models=$(MODELS) epochs=$(EPOCHS) batch=$(BATCH) width=$(WIDTH) dropout=$(DROPOUT) augment=$(AUGMENT) folds=$(FOLDS) seed=$(SEED) device=$(DEVICE) jobs=$(JOBS)"
 	@$(if $(DATA),,echo "  demo cohort: $(PATIENTS) phantoms of $(SHAPE) voxels -- $(SIZE_NOTE)")
 
 $(OUT)/demo/truth.csv: | $(STAMP)
@@ -122,7 +124,7 @@ $(OUT)/runs/%/summary.json: $(STORE)
 	if [ -f $(OUT)/runs/$*/config.json ]; then \
 	  $(SMRI) train --resume $(OUT)/runs/$*; \
 	else \
-	  $(SMRI) train $(STORE) --model $* --epochs $(EPOCHS) --batch-size $(BATCH) --width $(WIDTH) \
+	  $(SMRI) train $(STORE) --model $* --epochs $(EPOCHS) --batch-size $(BATCH) --width $(WIDTH) --dropout $(DROPOUT) \
 	    $(if $(filter-out 1,$(FOLDS)),--folds $(FOLDS)) $(if $(filter 1,$(AUGMENT)),--augment) --seed $(SEED) --device $(DEVICE) --out $(OUT)/runs/$*; \
 	fi
 
