@@ -103,8 +103,12 @@ def predict_folders(
     expected = tuple(ckpt["store"]["volume_shape"])
     modalities = tuple(ckpt["store"]["modalities"])
     names = {v: k for k, v in ckpt["store"]["classes"].items()}
-    ids, arrays = [], []
+    ids, arrays, seen = [], [], set()
     for folder in folders:
+        if Path(folder).resolve() in seen:
+            warn(f"skipped: {folder} is listed again; predicted once")
+            continue
+        seen.add(Path(folder).resolve())
         try:
             patient = patient_from_folder(Path(folder), modalities)
             images = load_patient(patient, cfg).images

@@ -167,6 +167,13 @@ def test_predict_preprocesses_raw_folders_like_the_store(brats2019, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["patient_id", "probability", "predicted"]
     assert [line.split()[0] for line in lines[1:]] == ["BraTS19_HGG_000_1", "BraTS19_LGG_001_1"]
+    again = invoke(
+        "predict", out / "best.pt", *folders, root / "HGG" / ".." / "HGG" / folders[0].name
+    )
+    assert again.stdout == result.stdout  # a folder listed twice is predicted once
+    assert f"skipped: {root}/HGG/../HGG/BraTS19_HGG_000_1 is listed again; predicted once" in (
+        again.output
+    )
     assert all(line.split()[2] in {"HGG", "LGG"} for line in lines[1:])
     # the same patient through the store and through predict gives the same probability
     ev = invoke("evaluate", out / "best.pt", store, "--out", tmp_path / "ev", "--cache", "ram")
