@@ -105,10 +105,11 @@ def predict_folders(
     names = {v: k for k, v in ckpt["store"]["classes"].items()}
     ids, arrays, seen = [], [], set()
     for folder in folders:
-        if Path(folder).resolve() in seen:
+        key = Path(folder).resolve()
+        if key in seen:
             warn(f"skipped: {folder} is listed again; predicted once")
             continue
-        seen.add(Path(folder).resolve())
+        seen.add(key)
         try:
             patient = patient_from_folder(Path(folder), modalities)
             images = load_patient(patient, cfg).images
