@@ -7,6 +7,7 @@ instant and torch/matplotlib load only for the commands that need them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import signal
 
 import click
