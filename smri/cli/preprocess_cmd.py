@@ -63,7 +63,7 @@ PathArg = click.Path(path_type=Path)
     type=click.Choice(list(COMPRESSIONS)),
     default="none",
     show_default=True,
-    help="HDF5 filter for images (built-in filters only; see README's store benchmark).",
+    help="HDF5 filter for images (built-in filters only; speeds in docs/performance.md).",
 )
 @click.option(
     "--canonical/--no-canonical",
@@ -96,7 +96,7 @@ PathArg = click.Path(path_type=Path)
     default="threading",
     show_default=True,
     help="Where patients are processed: threads share memory and ISA-L gzip and numpy release "
-    "the GIL, so no array is pickled back to the writer (see README, Performance); loky and "
+    "the GIL, so no array is pickled back to the writer (see docs/performance.md); loky and "
     "multiprocessing use local processes; dask a Dask cluster (--scheduler, or a local one with "
     "--jobs worker processes; needs pip install 'smri[distributed]'). This process is always "
     "the only writer.",
