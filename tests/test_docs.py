@@ -8,6 +8,9 @@ In the spirit of sqlite-utils' `test_commands_are_documented`. Commands are take
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -111,7 +114,7 @@ def _mentions(text: str, token: str) -> bool:
 def test_every_command_has_a_section_with_its_usage_line(name):
     section = _command_section(name)
     usage = _usage_line(name)
-    assert usage in section, f"the smri {name} section of docs/usage.md lacks its usage line {usage!r}"
+    assert usage in section, f"the smri {name} section of docs/usage.md lacks {usage!r}"
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -119,15 +122,44 @@ def test_every_option_and_argument_is_documented(name):
     section = _command_section(name)
     missing = []
     for param in _command(name).params:
-        if isinstance(param, click.Option):
-            if param.name == "help":
-                continue
-            long_names = [opt for opt in param.opts if opt.startswith("--")] or param.opts
-            missing += [opt for opt in long_names if not _mentions(section, opt)]
-        elif isinstance(param, click.Argument):
-            if not _mentions(section, param.human_readable_name):
-                missing.append(param.human_readable_name)
+        if param.name == "help":
+            continue
+        if isinstance(param, click.Option):  # its long names: --val-fraction, --amp (not -j)
+            tokens = [opt for opt in param.opts if opt.startswith("--")] or param.opts
+        else:  # an argument, as the usage line spells it: PATIENT_DIRS
+            tokens = [param.human_readable_name]
+        missing += [token for token in tokens if not _mentions(section, token)]
     assert not missing, f"the smri {name} section of docs/usage.md does not mention {missing}"
+
+
+def _tour_commands() -> list[list[str]]:
+    """The commands of README's five-minute tour (its first bash block after the heading)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    tour = text[text.index("## A five-minute tour") :]
+    block = tour[
+        tour.index("```bash") + len("```bash") : tour.index("```", tour.index("```bash") + 7)
+    ]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_readme_tour_uses_only_smri_commands_that_exist():
+    commands = _tour_commands()
+    assert commands and all(c[0] == "smri" and c[1] in COMMANDS for c in commands), commands
+
+
+@pytest.mark.slow
+def test_readme_tour_runs(tmp_path):
+    """Examples that run: every command of the tour, in order, in an empty folder."""
+    for command in _tour_commands():
+        done = subprocess.run(
+            [sys.executable, "-m", "smri", *command[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, f"{shlex.join(command)}:\n{done.stderr}"
+    assert (tmp_path / "figures" / "summary.md").is_file()
 
 
 def test_usage_documents_no_command_that_does_not_exist():
