@@ -354,8 +354,11 @@ def _cv_lines(cv: dict[str, Any] | None) -> list[str]:
 
 # ---------------------------------------------------------------------------------- loading
 def load_model(path: Path) -> dict[str, Any]:
-    """A checkpoint file, or a folder written by `smri export`, as a checkpoint dict."""
+    """A checkpoint file, or a folder written by `smri export` (or its model.safetensors or
+    config.json), as a checkpoint dict."""
     path = Path(path)
+    if path.name in (WEIGHTS, CONFIG) and path.is_file():  # a file of an exported folder
+        return load_exported(path.parent)
     if not path.is_dir():
         return load_checkpoint(path)
     if (path / "best.pt").is_file() or fold_dirs(path):

@@ -125,8 +125,9 @@ def test_an_exported_model_predicts_exactly_as_its_checkpoint(run, exported, sto
     a = model_from_checkpoint(load_checkpoint(run / "best.pt"), torch.device("cpu"))
     b = model_from_checkpoint(load_model(exported), torch.device("cpu"))
     x = torch.rand(3, 4, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    c = model_from_checkpoint(load_model(exported / "model.safetensors"), torch.device("cpu"))
     with torch.no_grad():
-        assert torch.equal(a(x), b(x))
+        assert torch.equal(a(x), b(x)) and torch.equal(a(x), c(x))
     ev = {}
     for name, model in (("ckpt", run / "best.pt"), ("export", exported)):
         result = invoke(
