@@ -448,10 +448,19 @@ def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | N
     show_default=True,
     help="Folder for the PNG figures, summary.md and summary.json.",
 )
+@click.option(
+    "--store",
+    type=path_option_type(dir_okay=False, exists=True),
+    default=None,
+    help="The store the runs trained on, for the intensity baseline  [default: the path "
+    "recorded in the first run's config.json]",
+)
 @handle_errors
-def plot(run_dirs: tuple[Path, ...], out: Path) -> None:
-    """Loss, accuracy and ROC figures comparing runs (K-fold runs as mean ± std bands)."""
+def plot(run_dirs: tuple[Path, ...], out: Path, store: Path | None) -> None:
+    """Figures and summary comparing runs: loss, accuracy and ROC (K folds as mean ± std
+    bands); every model's AUC and balanced accuracy with 95 % intervals, paired tests between
+    models on the same patients, and the majority and intensity baselines."""
     from smri.plots import plot_runs
 
-    for path in plot_runs(run_dirs, out):
+    for path in plot_runs(run_dirs, out, store):
         click.echo(str(path))
