@@ -248,7 +248,8 @@ def run_config(
         "model": asdict(model_cfg),
         "train": asdict(cfg),
         "resolved": {"device": str(setup.device), "cache": setup.cache, "amp_bf16": setup.amp},
-        "store": setup.info.as_dict(),
+        # absolute, so that --resume and `smri plot` find the store from any folder
+        "store": {**setup.info.as_dict(), "path": str(Path(setup.info.path).resolve())},
         "versions": versions(),
     }
     if dist.enabled:
