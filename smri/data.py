@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from smri.config import CACHE_MODES
 from smri.errors import ConfigError, DataError
 from smri.store import StoreReader, read_info
 
-CACHE_MODES = ("auto", "device", "ram", "none")
 SAFE_SHARE = 0.5  # `auto` caches when the data take at most this share of free memory
 LOAD_CHUNK = 16  # patients per read when filling a cache
 PREFETCH = 2  # batches each streaming worker reads ahead

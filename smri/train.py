@@ -37,6 +37,7 @@ from smri.checkpoint import (
     set_rng_state,
     store_fields,
 )
+from smri.config import TrainConfig
 from smri.data import (
     Batches,
     Split,
@@ -66,32 +67,6 @@ from smri.runs import (
 from smri.store import StoreInfo, StoreReader
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training setting; saved in config.json and in every checkpoint."""
-
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    val_fraction: float = 0.2
-    folds: int | None = None
-    fold: int | None = None
-    class_weight: str = "auto"
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    cache: str = "auto"
-    workers: int = 4
-    augment: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of asdict; unknown keys ignored."""
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
