@@ -94,7 +94,7 @@ def predict_folders(
     A folder that cannot be used is reported through `warn` and skipped; none usable is an error.
     """
     from smri.bids import raw_patient
-    from smri.preprocess import PreprocessConfig, load_patient
+    from smri.preprocessing import PreprocessConfig, load_patient
 
     ckpt = load_model(checkpoint)
     try:

@@ -169,7 +169,7 @@ def preprocess(
     (BraTS-GLI-00000-000/, --labels CSV), or a BIDS dataset (sub-*/anat/, --label-column).
     """
     from smri.discovery import BidsOptions, parse_classes, parse_modalities
-    from smri.preprocess import PreprocessConfig, run_preprocess
+    from smri.preprocessing import PreprocessConfig, run_preprocess
 
     if append and (overwrite or resume):
         raise click.UsageError(

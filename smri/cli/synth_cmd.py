@@ -78,7 +78,7 @@ def synth(
     OUT/truth.csv records every case's class and tumour parameters. HGG: larger, necrotic core,
     enhancing rim on T1ce; LGG: smaller, non-enhancing, bright on T2/FLAIR.
     """
-    from smri.synth import SynthConfig, synthesize
+    from smri.phantoms import SynthConfig, synthesize
 
     cfg = SynthConfig(
         patients=patients,

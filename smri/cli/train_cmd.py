@@ -243,7 +243,7 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
     import os
 
     from smri import distributed
-    from smri.train import check_global_batch
+    from smri.training import check_global_batch
 
     spec = distributed.from_env(os.environ)  # torchrun's variables; one process without them
     resume: Path | None = opts["resume"]
@@ -285,8 +285,8 @@ def _interrupted(out: Path) -> str:
 def _train(dist: Dist, store: Path | None, resume: Path | None, opts: dict[str, Any]) -> None:
     """The body of `smri train` on one rank (the only one without torchrun)."""
     from smri.models import ModelConfig
-    from smri.train import TrainConfig, describe, load_run_config
-    from smri.train import train as run_training
+    from smri.training import TrainConfig, describe, load_run_config
+    from smri.training import train as run_training
 
     echo = click.echo if dist.is_main else _silent
     if resume is not None:
@@ -419,7 +419,7 @@ def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | N
     import os
 
     from smri.inference import predict_folders
-    from smri.preprocess import check_output
+    from smri.preprocessing import check_output
 
     if csv_path is not None:  # before the work: an existing file (a labels CSV?) is kept
         check_output(csv_path, overwrite)
