@@ -42,7 +42,7 @@ def test_every_model_trains_with_finite_improving_loss(store, tmp_path, name):
 def test_run_folder_contents(store, tmp_path):
     lines: list[str] = []
     out = tmp_path / "run"
-    summary = train(store, SMALL, FAST, out, log=lines.append)
+    summary = train(store, SMALL, FAST, out, log=lines.append, tensorboard=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "best.pt", "config.json", "last.pt", "loss_curve.png", "metrics.csv",
         "predictions.csv", "split.json", "summary.json",
