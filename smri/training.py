@@ -632,9 +632,7 @@ def train(
             write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
 
         dist.on_main(start_fold)
-        summaries.append(
-            fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, **extra)
-        )
+        summaries.append(fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, **extra))
     summary = dist.on_main(lambda: _finish_folds(out, model_cfg, cfg, summaries))
     log(summary_line(summary))
     return summary
