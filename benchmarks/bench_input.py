@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks.common import BRATS_SHAPE, CORES, cohort, machine, table
 from smri.data import Batches
 from smri.discovery import discover
-from smri.preprocess import PreprocessConfig, load_patient, run_preprocess
+from smri.preprocessing import PreprocessConfig, load_patient, run_preprocess
 
 BATCH = 8
 

@@ -34,7 +34,7 @@ from benchmarks.common import (
     table,
 )
 from smri.memory import keep_freed_memory
-from smri.preprocess import PreprocessConfig, run_preprocess
+from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import DirectChunks
 from smri.volume import GZIP_READ_BYTES, STREAM_CHUNK
 

@@ -21,7 +21,7 @@ from smri import __version__
 from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
-from smri.preprocess import (
+from smri.preprocessing import (
     PreprocessConfig,
     PreprocessSummary,
     _work,

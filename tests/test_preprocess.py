@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from smri.cli import main
 from smri.discovery import DEFAULT_MODALITIES, patient_from_folder
 from smri.errors import ConfigError, DataError, PatientError
-from smri.preprocess import PreprocessConfig, run_preprocess
+from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
 from tests.conftest import SHAPE, expected_images, write_nifti, write_patient
 
@@ -260,7 +260,7 @@ def test_only_worker_processes_smri_started_change_the_malloc_policy(tmp_path, m
     """The caller's process (threads, --jobs 1) and a cluster's workers are left as they are."""
     import os
 
-    import smri.preprocess as pre
+    import smri.preprocessing as pre
 
     calls = []
     monkeypatch.setattr(pre, "keep_freed_memory", lambda: calls.append(os.getpid()))

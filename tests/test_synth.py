@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from smri import synth
+from smri import phantoms as synth
 from smri.cli import main
-from smri.synth import (
+from smri.phantoms import (
     CSF,
     ENHANCING,
     GM,

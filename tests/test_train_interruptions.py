@@ -38,7 +38,7 @@ from smri.cli import main
 from smri.errors import DataError
 from smri.models import ModelConfig
 from smri.store import StoreReader
-from smri.train import TrainConfig, train
+from smri.training import TrainConfig, train
 from tests.conftest import direct_io_works
 
 TIMING = {"seconds", "patients_per_s"}
