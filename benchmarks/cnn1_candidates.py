@@ -41,10 +41,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import smri.train
+import smri.training
+from smri.config import TrainConfig
 from smri.models import ModelConfig, build_model
 from smri.runs import read_metrics
-from smri.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def cnn1_head(flat: int, fc: int, dropout: float, kind: str) -> nn.Sequential:
 
 @contextlib.contextmanager
 def patched(c: Candidate) -> Iterator[None]:
-    """smri.train builds the candidate's CNN1 and optimiser while inside."""
+    """smri.training builds the candidate's CNN1 and optimiser while inside."""
     head_params: set[int] = set()
 
     def build(cfg: ModelConfig) -> nn.Module:
@@ -110,14 +110,14 @@ def patched(c: Candidate) -> Iterator[None]:
         decay = cosine(opt, T_max=T_max - c.warmup)
         return torch.optim.lr_scheduler.SequentialLR(opt, [warm, decay], [c.warmup])
 
-    saved = smri.train.build_model
-    smri.train.build_model = build
+    saved = smri.training.build_model
+    smri.training.build_model = build
     torch.optim.AdamW = optimizer
     torch.optim.lr_scheduler.CosineAnnealingLR = scheduler
     try:
         yield
     finally:
-        smri.train.build_model = saved
+        smri.training.build_model = saved
         torch.optim.AdamW = adamw
         torch.optim.lr_scheduler.CosineAnnealingLR = cosine
 
@@ -178,7 +178,7 @@ def main() -> None:
                       folds=args.folds, augment=not args.no_augment, device="cpu",
                       cache="ram")  # fmt: skip
     with patched(c):
-        smri.train.train(args.store, model_cfg, cfg, args.out / args.candidate)
+        smri.training.train(args.store, model_cfg, cfg, args.out / args.candidate)
     report([args.out / args.candidate])
 
 
