@@ -91,12 +91,14 @@ else ifeq ($(HAS_GPU),1)
   SHAPE    ?= 240 240 155
   SIZE_NOTE := GPU found: BraTS geometry (240x240x155), smri train's defaults
 else
-  PATIENTS ?= 160
-  SHAPE    ?= 48 48 155
+  PATIENTS ?= 240
+  SHAPE    ?= 40 40 155
   EPOCHS   := $(or $(EPOCHS),20)
   WIDTH    := $(or $(WIDTH),0.5)
-  SIZE_NOTE := no GPU: reduced demo geometry 48x48x155 (5 mm in-plane voxels), half-width CNNs and 20 epochs, so that 3 models x $(FOLDS) folds end in about 20 minutes on 2 cores (BraTS is 240x240x155, 1 mm)
+  SIZE_NOTE := no GPU: reduced demo geometry 40x40x155 (6 mm in-plane voxels), half-width CNNs and 20 epochs, folds trained $(JOBS) at a time, so that 3 models x $(FOLDS) folds end in about 20 minutes on 2 cores (BraTS is 240x240x155, 1 mm)
 endif
+# Without a GPU, cross-validation trains folds in parallel processes (smri train --jobs).
+FOLD_JOBS := $(if $(filter 1,$(HAS_GPU)),,$(if $(filter-out 1,$(FOLDS)),$(JOBS)))
 
 # "--flag value" only when the value is set
 opt = $(if $(strip $(2)),$(1) $(2))
@@ -104,7 +106,7 @@ AUGMENT_FLAG := $(if $(filter 1,$(AUGMENT)),--augment,$(if $(filter 0,$(AUGMENT)
 TRAIN_OPTIONS := $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH)) \
   $(call opt,--width,$(WIDTH)) $(call opt,--dropout,$(DROPOUT)) $(AUGMENT_FLAG) \
   $(call opt,--seed,$(SEED)) $(call opt,--device,$(DEVICE)) \
-  $(if $(filter-out 1,$(FOLDS)),--folds $(FOLDS))
+  $(if $(filter-out 1,$(FOLDS)),--folds $(FOLDS)) $(call opt,--jobs,$(FOLD_JOBS))
 
 ifeq ($(strip $(DATA)),)
   INPUT := $(OUT)/demo

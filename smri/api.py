@@ -184,6 +184,7 @@ def train(
     cache: str = _TRAIN.cache,
     workers: int = _TRAIN.workers,
     augment: bool = _TRAIN.augment,
+    jobs: int = _TRAIN.jobs,
     out: PathLike | None = None,
     resume: PathLike | None = None,
     overwrite: bool = False,
@@ -219,7 +220,7 @@ def train(
     if resume is not None:
         _check_resume_options(settings, out, overwrite)
         saved_store, model_cfg, cfg = dist.on_main(lambda: load_run_config(Path(resume)))
-        cfg = replace(cfg, device=device, cache=cache, workers=workers)
+        cfg = replace(cfg, device=device, cache=cache, workers=workers, jobs=jobs)
         store, run = Path(store) if store is not None else saved_store, Path(resume)
     elif store is None:
         raise ConfigError("give a STORE to train on, or --resume RUN_DIR")
@@ -227,7 +228,7 @@ def train(
         model_cfg = ModelConfig(name=model, width=width, dropout=dropout)
         cfg = TrainConfig(
             **{k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__},
-            device=device, cache=cache, workers=workers,
+            device=device, cache=cache, workers=workers, jobs=jobs,
         )  # fmt: skip
         stamp = dist.broadcast(datetime.now().strftime("%Y%m%d-%H%M%S"))  # one name for all ranks
         store = Path(store)

@@ -55,6 +55,7 @@ class TrainConfig:
     cache: str = "auto"
     workers: int = 4
     augment: bool = False
+    jobs: int = 1  # folds trained at once, each in its own process (CPU cross-validation)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -182,8 +182,8 @@ def _prepare(store: Path, cfg: TrainConfig, dist: Dist = SINGLE) -> _Setup:
         info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     nbytes = int(np.sum(labels >= 0)) * math.prod(info.volume_shape) * np.dtype(info.dtype).itemsize
-    if device.type == "cpu":  # every rank on this host holds its own copy in host memory
-        nbytes *= dist.local_world_size
+    if device.type == "cpu":  # every rank (or fold worker) holds its own copy in host memory
+        nbytes *= max(dist.local_world_size, cfg.jobs if cfg.folds and cfg.fold is None else 1)
     cache = resolve_cache(cfg.cache, device, nbytes)
     return _Setup(info, ids, labels, device, cache, amp=cfg.amp and device.type == "cuda")
 
@@ -201,6 +201,15 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
 def make_splits(setup: _Setup, cfg: TrainConfig, world_size: int = 1) -> list[Split]:
     """The run's split, or its K folds (each checked against the batch size)."""
     check_global_batch(cfg.batch_size, world_size)
+    if cfg.jobs > 1:
+        if cfg.folds is None:
+            raise ConfigError("--jobs trains folds at once: it needs --folds K", option="--jobs")
+        if setup.device.type != "cpu" or world_size > 1:
+            raise ConfigError(
+                "--jobs trains folds in parallel processes on the CPU; on a GPU train them one "
+                "after another (--jobs 1), or spread one training over GPUs with torchrun",
+                option="--jobs",
+            )
     if cfg.fold is not None and cfg.folds is None:
         raise ConfigError("--fold needs --folds K", option="--fold")
     if cfg.folds is None:
@@ -612,7 +621,8 @@ def train(
     dist.on_main(start_run)
     if cfg.folds is None or cfg.fold is not None:
         return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, **extra)
-    summaries = []
+    summaries: dict[int, dict[str, Any]] = {}
+    pending = []
     for split in splits:
         fold_dir = out / f"fold{split.fold}"
         done = fold_dir / "summary.json"
@@ -621,9 +631,8 @@ def train(
         )
         if finished is not None:
             log(f"fold {split.fold}/{cfg.folds}: already finished")
-            summaries.append(finished)
+            summaries[split.fold] = finished
             continue
-        log(f"fold {split.fold}/{cfg.folds}")
 
         def start_fold(fold_dir: Path = fold_dir, split: Split = split) -> None:
             fold_dir.mkdir(exist_ok=True)
@@ -632,10 +641,95 @@ def train(
             write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
 
         dist.on_main(start_fold)
-        summaries.append(fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, **extra))
-    summary = dist.on_main(lambda: _finish_folds(out, model_cfg, cfg, summaries))
+        pending.append(split)
+    if cfg.jobs > 1 and len(pending) > 1 and not dist.enabled:
+        job = FoldJob(store, model_cfg, cfg, out, setup, resume, log is not _silent, tensorboard)
+        summaries.update(fit_folds_in_parallel(job, pending, cfg.jobs, log))
+    for split in pending:
+        if split.fold not in summaries:
+            log(f"fold {split.fold}/{cfg.folds}")
+            fold_dir = out / f"fold{split.fold}"
+            summaries[split.fold] = fit(
+                store, model_cfg, cfg, fold_dir, split, setup, resume=resume, **extra
+            )
+    ordered = [summaries[s.fold] for s in splits]
+    summary = dist.on_main(lambda: _finish_folds(out, model_cfg, cfg, ordered))
     log(summary_line(summary))
     return summary
+
+
+# ------------------------------------------------------------------- folds in parallel (CPU)
+@dataclass(frozen=True)
+class FoldJob:
+    """What a worker process needs to train one fold (picklable)."""
+
+    store: Path
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    out: Path
+    setup: _Setup
+    resume: bool
+    verbose: bool
+    tensorboard: bool | None
+
+
+def fit_folds_in_parallel(
+    job: FoldJob, splits: list[Split], jobs: int, log: Log
+) -> dict[int, dict[str, Any]]:
+    """Train `splits` in `jobs` worker processes at once, each on its share of the CPU threads;
+    returns each fold's summary.
+
+    Two single-threaded trainings do more per second than one on two threads (small 3D
+    convolutions scale poorly across threads: benchmarks/RESULTS.md). Each worker prints its
+    own lines, prefixed "fold k:". Ctrl-C or an error stops every worker; each fold keeps its
+    last finished epoch in last.pt (checkpoints are written atomically), and workers end with
+    the parent however it ends.
+    """
+    import multiprocessing
+
+    jobs = min(jobs, len(splits))
+    threads = max(1, torch.get_num_threads() // jobs)
+    log(f"folds {', '.join(str(s.fold) for s in splits)}: {jobs} at a time, "
+        f"{threads} thread{'s' if threads > 1 else ''} each")  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")  # no forked torch or HDF5 state in the workers
+    pool = ctx.Pool(jobs, initializer=_fold_worker_init, initargs=(os.getpid(), threads))
+    try:
+        results = dict(pool.imap_unordered(_fold_worker, [(job, s) for s in splits]))
+        pool.close()
+        return results
+    finally:
+        pool.terminate()  # Ctrl-C, an error in one fold, or done: no worker outlives this
+        pool.join()
+
+
+def _fold_worker_init(parent: int, threads: int) -> None:
+    """A fold worker: Ctrl-C is the parent's to handle; end if the parent is gone."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)  # the parent was killed: stop training into its run folder
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _fold_worker(task: tuple[FoldJob, Split]) -> tuple[int, dict[str, Any]]:
+    job, split = task
+
+    def log(line: str) -> None:
+        if job.verbose:
+            print(f"fold {split.fold}: {line}", flush=True)
+
+    board = resolve_tensorboard(job.tensorboard, _silent)  # the parent said it once
+    fold_dir = job.out / f"fold{split.fold}"
+    summary = fit(job.store, job.model_cfg, job.cfg, fold_dir, split, job.setup,
+                  resume=job.resume, log=log, progress=False, tensorboard=board)  # fmt: skip
+    return split.fold, summary
 
 
 def _finish_folds(

@@ -36,7 +36,7 @@ def test_models_lists_parameter_counts():
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert lines[0] == "input 4x32x240x240, width 1; the CNN is shared across the 4 modalities"
-    assert lines[2].split()[:5] == ["cnn1", "15,037,312", "197,761", "15,235,073", "256"]
+    assert lines[2].split()[:5] == ["cnn1", "15,037,824", "197,761", "15,235,585", "256"]
     assert lines[3].split()[:5] == ["cnn2", "291,456", "132,225", "423,681", "128"]
     assert lines[4].split()[:5] == ["cnn3", "297,232", "132,225", "429,457", "128"]
 

@@ -120,9 +120,7 @@ def test_plot_runs_writes_every_figure(tmp_path):
     )
     assert table[5].startswith("| CNN3 | 1,234 | 3 | 1.000 ± 0.000 [1.000, 1.000] | ")
     # Each fake validation split holds one patient of each class: the majority baseline is 0.5.
-    assert any(
-        line.startswith("- Majority class: ") and "accuracy 0.500" in line for line in table
-    )
+    assert any(line.startswith("- Majority class: ") and "accuracy 0.500" in line for line in table)
     assert "![all_models_roc.png](all_models_roc.png)" in table
     summary = json.loads((tmp_path / "figs" / "summary.json").read_text())
     rows = summary["models"]

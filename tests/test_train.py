@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -149,6 +150,28 @@ def test_k_fold_runs_every_fold_and_reports_mean_and_std(store, tmp_path):
     assert (out / "loss_curve.png").exists()
 
 
+def test_folds_in_parallel_train_exactly_as_one_after_another(store, tmp_path):
+    """--jobs 2: the same folds, bit for bit (each worker runs one thread, as this test does)."""
+    cfg = TrainConfig(epochs=2, batch_size=4, workers=0, cache="ram", folds=3, augment=True)
+    lines: list[str] = []
+    one = train(store, SMALL, cfg, tmp_path / "one", log=quiet)
+    two = train(store, SMALL, replace(cfg, jobs=2), tmp_path / "two", log=lines.append)
+    assert one["per_fold"] == two["per_fold"]
+    for k in range(3):
+        assert metric_rows(tmp_path / "one" / f"fold{k}") == [
+            {**r, "seconds": a["seconds"], "patients_per_s": a["patients_per_s"]}
+            for r, a in zip(metric_rows(tmp_path / "two" / f"fold{k}"),
+                            metric_rows(tmp_path / "one" / f"fold{k}"), strict=True)
+        ]  # fmt: skip
+        a = load_checkpoint(tmp_path / "one" / f"fold{k}" / "last.pt")["model"]
+        b = load_checkpoint(tmp_path / "two" / f"fold{k}" / "last.pt")["model"]
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert "folds 0, 1, 2: 2 at a time, 1 thread each" in lines
+    assert (tmp_path / "one" / "predictions.csv").read_text() == (
+        tmp_path / "two" / "predictions.csv"
+    ).read_text()
+
+
 def test_single_fold(store, tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram", folds=4, fold=2)
     summary = train(store, SMALL, cfg, tmp_path / "f2", log=quiet)
@@ -165,6 +188,7 @@ def test_single_fold(store, tmp_path):
             r"batch size 17 is larger than the training split \(16",
         ),
         ({"fold": 1}, "--fold", "--fold needs --folds K"),
+        ({"jobs": 2}, "--jobs", "--jobs trains folds at once: it needs --folds K"),
         ({"folds": 3, "fold": 3}, "--fold", r"must be in 0\.\.2, got 3"),
         (
             {"folds": 11},

@@ -117,6 +117,59 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert _partials(cut) == []
 
 
+# ------------------------------------------------------------------ folds in worker processes
+def _fold_run(store: Path, out: Path) -> subprocess.Popen:
+    opts = ["--width", "0.25", "--batch-size", "2", "--epochs", "40", "--folds", "2", "--jobs",
+            "2", "--cache", "ram", "--workers", "0", "--device", "cpu", "--out", out]  # fmt: skip
+    return subprocess.Popen(_train_cmd(store, *opts), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _workers_training(proc: subprocess.Popen, out: Path) -> list:
+    """The worker processes, once both folds have finished an epoch."""
+    psutil = pytest.importorskip("psutil")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if all(_rows(out / f"fold{k}") for k in (0, 1)):
+            break
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2 and proc.poll() is None
+    return workers
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_fold_workers_end_with_their_parent(tmp_path, sig):
+    """A killed parent leaves no worker training on into its run folder."""
+    psutil = pytest.importorskip("psutil")
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 8)
+    proc = _fold_run(store, tmp_path / "r")
+    workers = _workers_training(proc, tmp_path / "r")
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert alive == []
+
+
+def test_ctrl_c_stops_every_fold_worker_and_resume_finishes_the_folds(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 8)
+    out = tmp_path / "r"
+    proc = _fold_run(store, out)
+    workers = _workers_training(proc, out)
+    proc.send_signal(signal.SIGINT)  # the parent alone, as `kill -INT` would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"Continue with: smri train --resume {out}" in err
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert alive == []
+    assert all(load_checkpoint(out / f"fold{k}" / "last.pt")["epoch"] >= 1 for k in (0, 1))
+    resumed = subprocess.run(_train_cmd("--resume", out, "--jobs", "2"), env=ENV,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "summary.json").exists() and _partials(out) == []
+
+
 # ---------------------------------------------------------------- interrupted checkpoint writes
 class FailingFile:
     """A file object that writes the first half of what it is given, then raises `exc`."""

@@ -220,6 +220,14 @@ def _given(ctx: click.Context, name: str) -> bool:
     help="Random flips along each spatial axis [default: off].",
 )  # fmt: skip
 @click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=TRAIN["jobs"],
+    show_default=True,
+    help="With --folds on a CPU: folds trained at once, each in its own process on its share "
+    "of the cores (2 on 2 cores: about 1.4x the folds per hour).",
+)
+@click.option(
     "--out",
     type=path_option_type(file_okay=False),
     default=None,
