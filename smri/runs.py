@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from smri import __version__
+from smri.atomic import atomic_open, write_text
 from smri.data import Split
 from smri.errors import ConfigError
 
@@ -46,9 +46,7 @@ def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -81,13 +79,11 @@ def read_metrics(path: Path, upto: int | None = None) -> list[dict[str, float]]:
 
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
 
 
 def _fmt(v: float) -> str:
@@ -104,7 +100,7 @@ def write_predictions(
 ) -> None:
     """predictions.csv: patient_id, label, probability of class 1, predicted class (and fold)."""
     names = {v: k for k, v in classes.items()}
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["patient_id", "label", "probability", "predicted", "fold"])
         for pid, y, p in zip(ids, labels, probs, strict=True):
@@ -165,4 +161,4 @@ def merge_predictions(out: Path, folds: int) -> None:
     for k in range(folds):
         text = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()
         lines.extend(text if not lines else text[1:])
-    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
+    write_text(out / "predictions.csv", "\n".join(lines) + "\n")

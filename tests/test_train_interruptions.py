@@ -32,6 +32,7 @@ import torch
 from click.testing import CliRunner
 from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
+import smri.atomic
 import smri.checkpoint
 from smri.checkpoint import load_checkpoint, save_checkpoint
 from smri.cli import main
@@ -161,7 +162,7 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monke
     save_checkpoint(last, _state(1))
     before = last.read_bytes()
     monkeypatch.setattr(
-        smri.checkpoint, "open", lambda p, mode: FailingFile(p, mode, exc), raising=False
+        smri.atomic, "open", lambda p, mode, **kw: FailingFile(p, mode, exc), raising=False
     )
     if isinstance(exc, OSError):
         with pytest.raises(OSError, match="No space left on device") as info:
@@ -207,12 +208,14 @@ def test_disk_full_during_training_is_one_line_and_resumable(tmp_path, monkeypat
     out = tmp_path / "run"
     real_open, calls = open, []
 
-    def full_after_two(path, mode):
+    def full_after_two(path, mode, **kw):
+        if not Path(path).name.endswith(".pt.partial"):  # the run's other files
+            return real_open(path, mode, **kw)
         calls.append(path)
         exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_open(path, mode) if len(calls) <= 2 else FailingFile(path, mode, exc)
 
-    monkeypatch.setattr(smri.checkpoint, "open", full_after_two, raising=False)
+    monkeypatch.setattr(smri.atomic, "open", full_after_two, raising=False)
     args = ["--width", "0.25", "--batch-size", "4", "--epochs", "3", "--cache", "ram"]
     result = CliRunner().invoke(main, ["train", str(store), *args, "--workers", "0",
                                        "--out", str(out)])  # fmt: skip

@@ -410,8 +410,8 @@ def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | N
             batch_size: int, device: str, overwrite: bool) -> None:  # fmt: skip
     """Probability of class 1 for raw NIfTI patient folders, preprocessed as the store was."""
     import csv
-    import os
 
+    from smri.atomic import atomic_open
     from smri.inference import predict_folders
     from smri.preprocess import check_output
 
@@ -424,12 +424,10 @@ def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | N
     for r in results:
         click.echo(f"{r.patient_id:<{width}}  {r.probability:>11.4f}  {r.predicted}")
     if csv_path is not None:  # written beside, renamed into place: never a half-written CSV
-        tmp = csv_path.with_name(f".{csv_path.name}.partial")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(csv_path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["patient_id", "probability", "predicted"])
             writer.writerows([r.patient_id, f"{r.probability:.6f}", r.predicted] for r in results)
-        os.replace(tmp, csv_path)
 
 
 @click.command()
