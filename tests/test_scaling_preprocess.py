@@ -161,7 +161,7 @@ def test_ordered_map_submits_only_as_results_are_taken():
         assert submitted == list(range(100))
 
 
-@pytest.mark.parametrize("backend", ["threading", "loky", "multiprocessing"])
+@pytest.mark.parametrize("backend", ["threading", "loky"])
 def test_one_job_runs_on_one_worker_thread_beside_the_caller(backend):
     """With --jobs 1 the caller (the store's writer) works while the next task runs."""
     caller = threading.get_ident()

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from smri.cli.common import OutputFile, handle_errors
+from smri.parallel import BACKENDS
 from smri.store import COMPRESSIONS, DTYPES
 
 PathArg = click.Path(path_type=Path)
@@ -92,14 +93,13 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option(
     "--backend",
-    type=click.Choice(["threading", "loky", "multiprocessing", "dask"]),
-    default="threading",
+    type=click.Choice(BACKENDS),
+    default=BACKENDS[0],
     show_default=True,
     help="Where patients are processed: threads share memory and ISA-L gzip and numpy release "
-    "the GIL, so no array is pickled back to the writer (see README, Performance); loky and "
-    "multiprocessing use local processes; dask a Dask cluster (--scheduler, or a local one with "
-    "--jobs worker processes; needs pip install 'smri[distributed]'). This process is always "
-    "the only writer.",
+    "the GIL, so no array is pickled back to the writer (see README, Performance); loky uses "
+    "local processes; dask a Dask cluster (--scheduler, or a local one with --jobs worker "
+    "processes; needs pip install 'smri[distributed]'). This process is always the only writer.",
 )
 @click.option(
     "--scheduler",
@@ -148,8 +148,6 @@ def preprocess(
             f"--append cannot be combined with {'--overwrite' if overwrite else '--resume'}: "
             "an append adds to OUTPUT (and an interrupted one leaves it unchanged)"
         )
-    if scheduler is not None and backend != "dask":
-        raise click.UsageError("--scheduler needs --backend dask")
     if labels_csv is not None and not labels_csv.is_file():
         problem = "is a folder; expected a CSV file" if labels_csv.is_dir() else "no such file"
         raise click.BadParameter(f"{labels_csv}: {problem}", param_hint="'--labels'")
