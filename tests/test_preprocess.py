@@ -173,6 +173,12 @@ def test_cli_preprocess_and_info(brats2019, tmp_path):
         (["--modalities", "t1,t1"], 2, "modality listed twice"),
         (["--labels", "nope.csv"], 2, "nope.csv: no such file"),
         (["--dtype", "int8"], 2, "Invalid value for '--dtype'"),
+        (
+            ["--backend", "multiprocessing"],
+            2,
+            "Invalid value for '--backend': 'multiprocessing' is not one of 'threading', 'loky', "
+            "'dask'.",
+        ),
     ],
 )
 def test_cli_bad_options(brats2019, tmp_path, args, code, message):
@@ -270,5 +276,5 @@ def test_only_worker_processes_smri_started_change_the_malloc_policy(tmp_path, m
     cfg = PreprocessConfig(slices=4)
     for parent, want in [(os.getpid(), 0), (None, 0), (os.getpid() + 1, 1)]:
         calls.clear()
-        assert not isinstance(pre._work(patient, cfg, None, tmp_path, parent), PatientError)
+        assert not isinstance(pre.load_or_error(patient, cfg, None, tmp_path, parent), PatientError)
         assert len(calls) == want, parent
