@@ -26,7 +26,7 @@ import numpy as np
 from smri.atomic import partial_path
 from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
 from smri.errors import ConfigError, DataError, PatientError
-from smri.memory import aligned_empty, keep_freed_memory
+from smri.memory import keep_freed_memory
 from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreReader, StoreWriter
 from smri.volume import open_volume
@@ -131,8 +131,7 @@ def load_patient(
                     f"{expect_inplane[1]}x{expect_inplane[0]} (the most "
                     "common shape in this cohort)",
                 )
-            # page-aligned: the store writes each volume from here with O_DIRECT
-            images = aligned_empty((len(patient.files), cfg.slices, y, x), cfg.dtype)
+            images = np.empty((len(patient.files), cfg.slices, y, x), cfg.dtype)
         elif (y, x) != images.shape[2:]:
             raise PatientError(
                 pid,

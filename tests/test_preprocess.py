@@ -17,16 +17,6 @@ from smri.store import StoreReader
 from tests.conftest import SHAPE, expected_images, write_nifti, write_patient
 
 CFG = PreprocessConfig(slices=16)
-# Two ways a store's images reach the file: at SHAPE a slab (16 x 24 x 20 float16) is not whole
-# pages, so HDF5 writes it; at PLACED (16 x 24 x 32) it is, so smri writes it with O_DIRECT.
-PLACED = (32, 24, 40)
-SHAPES = pytest.mark.parametrize("shape", [SHAPE, PLACED], ids=["hdf5-writes", "placed"])
-
-
-def placed(path) -> bool:
-    """Whether the store's image chunks were allocated up front (the O_DIRECT layout)."""
-    with h5py.File(path) as f:
-        return f["images"].id.get_create_plist().get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY
 
 
 def quiet(*_):
@@ -38,14 +28,13 @@ def run(root, out, cfg=CFG, **kw):
     return run_preprocess(root, out, cfg, echo=quiet, progress=False, **kw)
 
 
-@SHAPES
 @pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
-def test_store_equals_direct_numpy(brats2019, tmp_path, ext, shape):
-    root, truth = brats2019(n_hgg=2, n_lgg=2, ext=ext, shape=shape)
+def test_store_equals_direct_numpy(brats2019, tmp_path, ext):
+    root, truth = brats2019(n_hgg=2, n_lgg=2, ext=ext)
+    shape = SHAPE
     out = tmp_path / "s.h5"
     summary = run(root, out)
     assert summary.written == {"HGG": 2, "LGG": 2} and summary.skipped == []
-    assert placed(out) == (shape == PLACED)
     with StoreReader(out) as r:
         assert r.patient_ids == sorted(truth)
         assert r.info.volume_shape == (4, 16, shape[1], shape[0])
@@ -69,9 +58,8 @@ def test_float32_store_equals_direct_numpy(brats2020, tmp_path):
             np.testing.assert_array_equal(r.read(i), expected_images(truth[pid][1], 8, "float32"))
 
 
-@SHAPES
-def test_jobs_1_and_2_give_identical_bytes(brats2019, tmp_path, shape):
-    root, _ = brats2019(n_hgg=4, n_lgg=3, shape=shape)
+def test_jobs_1_and_2_give_identical_bytes(brats2019, tmp_path):
+    root, _ = brats2019(n_hgg=4, n_lgg=3)
     run(root, tmp_path / "a.h5", jobs=1)
     run(root, tmp_path / "b.h5", jobs=2)
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
@@ -212,9 +200,8 @@ def _interrupt_after(monkeypatch, n_rows):
     monkeypatch.setattr(smri.store.StoreWriter, "append", append)
 
 
-@SHAPES
-def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkeypatch, shape):
-    root, truth = brats2019(n_hgg=3, n_lgg=3, shape=shape)
+def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkeypatch):
+    root, truth = brats2019(n_hgg=3, n_lgg=3)
     pid = sorted(truth)[1]
     (root / "HGG" / pid / f"{pid}_t1.nii.gz").write_bytes(b"")  # a skip before the interrupt
     run(root, tmp_path / "ref.h5")
