@@ -167,21 +167,6 @@ def random_flips(
     return out
 
 
-def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor in shared memory.
-
-    A DataLoader worker's batch travels to the main process through shared memory: reading
-    the store straight into it saves a copy of every batch (and the page faults of touching
-    fresh memory twice), which is what limits streaming on small machines.
-    """
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    try:
-        storage = torch.UntypedStorage._new_shared(nbytes)  # no copy of uninitialised bytes
-    except (AttributeError, RuntimeError):  # pragma: no cover - other torch versions
-        return torch.empty(shape, dtype=dtype).share_memory_()
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-
-
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor in memory from plain malloc (through numpy).
 
@@ -241,9 +226,7 @@ class StoreDataset(Dataset):
             self.reader.read_many(rows, out=self.slots[slot][: len(rows)].numpy())
             return slot, labels
         shape = (len(rows), *self.reader.info.volume_shape)
-        dtype = getattr(torch, self.reader.info.dtype)
-        in_worker = torch.utils.data.get_worker_info() is not None
-        images = shared_empty(shape, dtype) if in_worker else host_empty(shape, dtype)
+        images = host_empty(shape, getattr(torch, self.reader.info.dtype))
         self.reader.read_many(rows, out=images.numpy())
         return images, labels
 
@@ -493,7 +476,7 @@ def batch_slots(path: Path, batch_size: int, n: int) -> list[torch.Tensor]:
     """
     info = read_info(path)
     shape = (batch_size, *info.volume_shape)
-    return [shared_empty(shape, getattr(torch, info.dtype)) for _ in range(n)]
+    return [torch.empty(shape, dtype=getattr(torch, info.dtype)).share_memory_() for _ in range(n)]
 
 
 def load_rows(
