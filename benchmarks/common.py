@@ -10,10 +10,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from smri.memory import keep_freed_memory
-
-keep_freed_memory()  # as the `smri` command does at start-up, so benchmarks measure the same
-
 WORK = Path(os.environ.get("SMRI_BENCH_DIR", Path(__file__).parent / ".work"))
 CORES = os.cpu_count() or 1
 BRATS_SHAPE = (240, 240, 155)

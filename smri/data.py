@@ -168,13 +168,12 @@ def random_flips(
 
 
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor in memory from plain malloc (through numpy).
+    """An uninitialised CPU tensor whose memory numpy allocated.
 
-    torch asks glibc for aligned blocks (posix_memalign). glibc before 2.38 cannot reuse a freed
-    block of exactly the same size for an aligned request, so with freed memory kept mapped
-    (`smri.memory`) every batch-sized tensor grew the heap and faulted its pages in again:
-    236 MB float32 batches took the process to 3 GB in 10 epochs, and an epoch of 16 streamed
-    patients from 14 ms to 100-700 ms on a VM. Plain malloc reuses the block: no growth, no faults.
+    Batches are tens to hundreds of MB, each allocated afresh, and touching fresh memory is
+    slow on VMs. numpy asks the kernel for transparent huge pages for large arrays (madvise),
+    torch does not by default: a batch then faults in a few hundred 2 MiB pages instead of tens of
+    thousands of 4 KiB ones (tested; the gain on streamed input is in benchmarks/RESULTS.md).
     """
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     return torch.from_numpy(np.empty(shape, dtype=np_dtype))

@@ -26,7 +26,6 @@ import numpy as np
 from smri.atomic import partial_path
 from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
 from smri.errors import ConfigError, DataError, PatientError
-from smri.memory import keep_freed_memory
 from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreReader, StoreWriter
 from smri.volume import open_volume
@@ -163,21 +162,9 @@ def _relative(path: Path, root: Path | None) -> str:
 
 
 def load_or_error(
-    patient: Patient,
-    cfg: PreprocessConfig,
-    inplane: tuple[int, int] | None,
-    root: Path,
-    parent: int | None = None,
+    patient: Patient, cfg: PreprocessConfig, inplane: tuple[int, int] | None, root: Path
 ) -> PatientResult | PatientError:
-    """Worker entry point: a result, or the patient's error as a value (never a lost traceback).
-
-    `parent` is the pid of the process that started the workers, or None for workers of a
-    cluster smri only connects to (`--scheduler`). Worker processes smri started (loky,
-    multiprocessing, a local Dask cluster) are asked to keep freed memory as the `smri` command
-    is; the caller's own process and other people's workers are left as they are.
-    """
-    if parent is not None and os.getpid() != parent:
-        keep_freed_memory()
+    """Worker entry point: a result, or the patient's error as a value (never a lost traceback)."""
     try:
         return load_patient(patient, cfg, inplane, root)
     except PatientError as exc:
@@ -356,8 +343,7 @@ def write_patients(
         pool(run.backend, run.jobs, run.scheduler, run.echo) as (submit, slots),
         DeferredInterrupt() as interrupt,
     ):
-        parent = os.getpid() if run.scheduler is None else None
-        calls = ((p, cfg, inplane, root, parent) for p in patients)
+        calls = ((p, cfg, inplane, root) for p in patients)
         results = ordered_map(submit, load_or_error, calls, window=2 * slots)
         last_save = time.perf_counter()
         try:

@@ -10,11 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from smri.cli import main
-from smri.discovery import DEFAULT_MODALITIES, patient_from_folder
-from smri.errors import ConfigError, DataError, PatientError
+from smri.errors import ConfigError, DataError
 from smri.preprocess import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
-from tests.conftest import SHAPE, expected_images, write_nifti, write_patient
+from tests.conftest import SHAPE, expected_images, write_nifti
 
 CFG = PreprocessConfig(slices=16)
 
@@ -247,21 +246,3 @@ def test_stale_partial_is_replaced_and_other_settings_start_over(brats2019, tmp_
     (tmp_path / ".s.h5.partial").write_bytes(b"garbage")
     run(root, out, overwrite=True)  # without --resume a leftover is simply removed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "s.h5"]
-
-
-def test_only_worker_processes_smri_started_change_the_malloc_policy(tmp_path, monkeypatch):
-    """The caller's process (threads, --jobs 1) and a cluster's workers are left as they are."""
-    import os
-
-    import smri.preprocess as pre
-
-    calls = []
-    monkeypatch.setattr(pre, "keep_freed_memory", lambda: calls.append(os.getpid()))
-    folder = tmp_path / "HGG" / "P1"
-    write_patient(folder, "P1", seed=0)
-    patient = patient_from_folder(folder, DEFAULT_MODALITIES, label=1)
-    cfg = PreprocessConfig(slices=4)
-    for parent, want in [(os.getpid(), 0), (None, 0), (os.getpid() + 1, 1)]:
-        calls.clear()
-        assert not isinstance(pre.load_or_error(patient, cfg, None, tmp_path, parent), PatientError)
-        assert len(calls) == want, parent
