@@ -67,9 +67,10 @@ FOLDS   ?= 1
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 MODELS  ?= cnn1 cnn2 cnn3
 # Random flips (not in the original study): without them the models memorise the small demo
-# cohort and stay near chance on validation (see README, Results).
+# cohort and stay near chance on validation (see docs/results.md).
 AUGMENT ?= 1
-# The study's dropout rate (LSTM output; CNN1's FC embedding too). See README, Results.
+# smri's dropout rate (LSTM output; CNN1's FC embedding too); the original study specifies no
+# dropout. See docs/results.md.
 DROPOUT ?= 0.5
 HAS_GPU := $(shell $(BIN)/python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 

@@ -1,4 +1,4 @@
-"""How many of CNN1's FC units die during training? (README: Why CNN1 stays at chance.)
+"""How many of CNN1's FC units die during training? (docs/results.md: Why CNN1 stays at chance.)
 
 Trains a CNN-LSTM on the training split of a store, as `smri train` builds it (same model,
 split, class-weighted loss and AdamW; no flips, no learning-rate decay), and prints per epoch

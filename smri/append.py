@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from smri import __version__
+from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import check_backend
 from smri.preprocess import (
@@ -89,6 +90,7 @@ def append_preprocess(
     scheduler: str | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
+    bids: BidsOptions | None = None,
 ) -> PreprocessSummary:
     """Add the patients of `input_dir` that the store `output` lacks; keep rows sorted by id.
 
@@ -104,7 +106,7 @@ def append_preprocess(
     run: Run | None = None
     try:
         check_settings(base.info, cfg)
-        found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo)
+        found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
         present = set(base.patient_ids)
         already = [p.patient_id for p in found.patients if p.patient_id in present]
         for pid in already:

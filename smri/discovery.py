@@ -2,13 +2,17 @@
 
 Layouts (checked in this order):
 
+- BIDS: ``ROOT/sub-<label>[/ses-<label>]/anat/`` with ``participants.tsv`` (see `smri.bids`)
 - a labels CSV given with ``--labels`` (``patient_id,label`` or BraTS 2020's ``name_mapping.csv``)
 - BraTS 2020: ``ROOT/<pid>/<pid>_<modality>.nii[.gz]`` with ``ROOT/name_mapping.csv``
 - class folders: ``ROOT/<CLASS>/<pid>/...`` for the names in ``--classes`` (BraTS 2018/2019:
   ``HGG``, ``LGG``), matched case-insensitively
+- BraTS 2023 and later: ``ROOT/BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w}.nii.gz``
+  (any ``BraTS-<TAG>-NNNNN-NNN`` id) with a labels CSV; read as flair, t1, t1ce, t2
 
 A modality file ends exactly in ``_<modality>.nii`` or ``_<modality>.nii.gz`` (case-insensitive),
-so ``_t1`` never matches ``_t1ce``; segmentations and any other files are ignored.
+so ``_t1`` never matches ``_t1ce``, or is a BraTS 2023 file ``<id>-<t2f|t1n|t1c|t2w>.nii[.gz]``;
+segmentations and any other files are ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import csv
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +36,12 @@ ID_COLUMNS = ("patient_id", "subject_id", "id", BRATS2020_ID_COLUMN)
 LABEL_COLUMNS = ("label", "class", "grade", BRATS2020_GRADE_COLUMN)
 UNLABELLED = -1
 _NIFTI_SUFFIX = re.compile(r"_([A-Za-z0-9]+)\.nii(\.gz)?\Z", re.IGNORECASE)  # \Z: not before \n
+# BraTS 2023 and later (GLI, MEN, MET, PED, SSA, ...): BraTS-GLI-00000-000-t1c.nii.gz
+BRATS2023_ID = re.compile(r"BraTS-[A-Za-z]+-[0-9]{5}-[0-9]{3}\Z", re.IGNORECASE)
+_BRATS2023_FILE = re.compile(
+    r"(BraTS-[A-Za-z]+-[0-9]{5}-[0-9]{3})-([A-Za-z0-9]+)\.nii(\.gz)?\Z", re.IGNORECASE
+)
+BRATS2023_NAMES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "seg": "seg"}
 # Characters that break a one-line message (and can forge lines of output): controls such as
 # newline, carriage return and escape, and the Unicode line and paragraph separators.
 _LINE_BREAKING = ("Cc", "Zl", "Zp")
@@ -92,9 +102,41 @@ def parse_modalities(text: str) -> tuple[str, ...]:
 
 
 def modality_of(name: str) -> str | None:
-    """The modality a file name carries (``BraTS_001_T1ce.nii.gz`` -> ``t1ce``), else None."""
+    """The modality a file name carries (``BraTS_001_T1ce.nii.gz`` -> ``t1ce``,
+    ``BraTS-GLI-00000-000-t1c.nii.gz`` -> ``t1ce``), else None."""
+    return parse_brats_name(name)[0]
+
+
+def parse_brats_name(name: str) -> tuple[str | None, str | None]:
+    """(modality, patient id the name carries): the id only for BraTS 2023 names, where the
+    folder must agree with it; ``(None, None)`` for a file that is no modality."""
+    match = _BRATS2023_FILE.match(name)
+    if match:
+        return BRATS2023_NAMES.get(match.group(2).lower()), match.group(1)
     match = _NIFTI_SUFFIX.search(name)
-    return match.group(1).lower() if match else None
+    return (match.group(1).lower() if match else None), None
+
+
+def _brats_hint(modality: str, folder_name: str) -> str:
+    """The file name a BraTS folder is expected to hold for `modality`."""
+    if BRATS2023_ID.match(folder_name):
+        alias = {v: k for k, v in BRATS2023_NAMES.items()}.get(modality, modality)
+        return f"-{alias}.nii"
+    return f"_{modality}.nii"
+
+
+def check_mapped_modalities(
+    modalities: Sequence[str], names: dict[str, str], layout: str, files: str
+) -> None:
+    """ConfigError (--modalities) when a modality has no file type in a layout that renames
+    them (BraTS 2023, BIDS): `names` maps the layout's file names to smri's."""
+    known = [m for m in names.values() if m != "seg"]
+    for m in modalities:
+        if m not in known:
+            raise ConfigError(
+                f"{layout} files {files} are read as {', '.join(known)}; {m!r} is none of these",
+                option="--modalities",
+            )
 
 
 def has_control_characters(name: str) -> bool:
@@ -108,15 +150,28 @@ def printable(name: str) -> str:
 
 
 def patient_from_folder(
-    folder: Path, modalities: Sequence[str], label: int = UNLABELLED, patient_id: str | None = None
+    folder: Path,
+    modalities: Sequence[str],
+    label: int = UNLABELLED,
+    patient_id: str | None = None,
+    *,
+    parse: Callable[[str], tuple[str | None, str | None]] = parse_brats_name,
+    owner: str | None = None,
+    hint: Callable[[str], str] | None = None,
 ) -> Patient:
     """The modality files of one patient folder; PatientError when one is missing or doubled.
 
+    `parse` reads a file name as (modality, owner id or None); a file naming an owner other
+    than `owner` (default: the folder's name when it is a BraTS 2023 id) is an error, never
+    silently read as this patient's. `hint` gives the expected name ending of a modality.
     A folder or modality file whose name holds control characters (a newline, say) is refused:
     the id would break every one-line message and CSV row it appears in.
     """
     folder = Path(folder)
     pid = patient_id or folder.name
+    if owner is None and parse is parse_brats_name and BRATS2023_ID.match(folder.name):
+        owner = folder.name
+    hint = hint or (lambda m: _brats_hint(m, folder.name))
     if has_control_characters(pid):
         raise PatientError(
             printable(pid), f"folder name {pid!r} holds control characters; rename the folder"
@@ -129,11 +184,15 @@ def patient_from_folder(
     except OSError as exc:
         raise PatientError(pid, f"cannot list {folder} ({exc.strerror})") from None
     for entry in entries:
-        mod = modality_of(entry.name)
+        mod, named = parse(entry.name)
         if mod in found and not entry.name.startswith("."):
             if has_control_characters(entry.name):
                 raise PatientError(
                     pid, f"file name {entry.name!r} holds control characters; rename the file"
+                )
+            if owner is not None and named is not None and named.lower() != owner.lower():
+                raise PatientError(
+                    pid, f"file {entry.name} in {folder} is named for {named}, not {owner}"
                 )
             found[mod].append(Path(entry.path))
     missing = [m for m, files in found.items() if not files]
@@ -141,7 +200,7 @@ def patient_from_folder(
         raise PatientError(
             pid,
             f"no {', '.join(missing)} file in {folder} "
-            f"(expected names ending _{missing[0]}.nii or .nii.gz)",
+            f"(expected names ending {hint(missing[0])} or .nii.gz)",
         )
     doubled = {m: files for m, files in found.items() if len(files) > 1}
     if doubled:
@@ -152,7 +211,7 @@ def patient_from_folder(
     return Patient(pid, label, tuple(found[m][0] for m in modalities), folder)
 
 
-def _subfolders(path: Path) -> list[Path]:
+def list_subfolders(path: Path) -> list[Path]:
     try:
         return sorted(
             (Path(e.path) for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")),
@@ -162,7 +221,7 @@ def _subfolders(path: Path) -> list[Path]:
         raise DataError(f"{path}: cannot list folder ({exc.strerror})") from None
 
 
-def _read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
+def read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
     """Patient id -> label from a CSV (label column: 0/1 or a class name)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -227,6 +286,16 @@ def _collect(folders: list[tuple[Path, int]], modalities: Sequence[str], result:
             result.skipped.append(exc)
 
 
+@dataclass(frozen=True)
+class BidsOptions:
+    """How a BIDS dataset is read: the participants.tsv column holding the labels, the value
+    meaning class 1 (others are 0; without it, 0/1 or class names), and the session to use."""
+
+    label_column: str | None = None
+    positive: str | None = None
+    session: str | None = None
+
+
 def discover(
     root: Path,
     *,
@@ -234,38 +303,84 @@ def discover(
     classes: dict[str, int] | None = None,
     labels_csv: Path | None = None,
     allow_unlabelled: bool = False,
+    bids: BidsOptions | None = None,
 ) -> Discovery:
     """Find every patient under `root`, in sorted id order, with the reasons for skipped ones.
 
     DataError when `root` is unusable or holds no patients at all.
     """
+    from smri.bids import discover_bids, is_bids
+
     root = Path(root)
     classes = dict(classes or DEFAULT_CLASSES)
+    bids = bids or BidsOptions()
     if not root.exists():
         raise DataError(f"{root}: input folder does not exist")
     if not root.is_dir():
         raise DataError(f"{root}: is a file; expected a folder of patient folders")
+    subfolders = list_subfolders(root)
+    if is_bids(root, subfolders):
+        result = discover_bids(
+            root, subfolders, modalities, classes, labels_csv, bids, allow_unlabelled
+        )
+    else:
+        given = [f"--{k.replace('_', '-')}" for k, v in vars(bids).items() if v is not None]
+        if given:
+            raise ConfigError(
+                f"{given[0]} reads a BIDS dataset (sub-*/anat/ folders and participants.tsv); "
+                f"{root} is not one",
+                option=given[0],
+            )
+        result = _discover_brats(
+            root, subfolders, modalities, classes, labels_csv, allow_unlabelled
+        )
+    result.patients.sort(key=lambda p: p.patient_id)
+    result.skipped.sort(key=lambda e: e.patient_id)
+    if not result.patients and not result.skipped:
+        raise DataError(
+            f"{root}: no patient folders with {', '.join(modalities)} NIfTI files "
+            f"found (layout: {result.layout})"
+        )
+    return result
+
+
+def _discover_brats(
+    root: Path,
+    subfolders: list[Path],
+    modalities: Sequence[str],
+    classes: dict[str, int],
+    labels_csv: Path | None,
+    allow_unlabelled: bool,
+) -> Discovery:
+    """Class folders, BraTS 2020 with name_mapping.csv, BraTS 2023, or folders with a CSV."""
     mapping = labels_csv or (root / NAME_MAPPING if (root / NAME_MAPPING).is_file() else None)
-    subfolders = _subfolders(root)
     class_dirs = {d.name.lower(): d for d in subfolders}
+    brats2023 = [d.name for d in subfolders if BRATS2023_ID.match(d.name)]
+    if brats2023:
+        check_mapped_modalities(
+            modalities, BRATS2023_NAMES, "BraTS 2023", "<id>-{t2f,t1n,t1c,t2w}.nii.gz"
+        )
     if mapping is None and any(name.lower() in class_dirs for name in classes):
         result = Discovery(root, "class-folders")
         folders = [
             (pid_dir, label)
             for name, label in classes.items()
             if name.lower() in class_dirs
-            for pid_dir in _subfolders(class_dirs[name.lower()])
+            for pid_dir in list_subfolders(class_dirs[name.lower()])
         ]
         _collect(folders, modalities, result)
     elif mapping is not None:
-        labels = _read_labels_csv(mapping, classes)
-        layout = "brats2020" if mapping.name == NAME_MAPPING else "labels-csv"
+        labels = read_labels_csv(mapping, classes)
+        if brats2023:
+            layout = "brats2023"
+        else:
+            layout = "brats2020" if mapping.name == NAME_MAPPING else "labels-csv"
         result = Discovery(root, layout)
         # Patient folders directly under root, or one level down (class folders with a CSV).
         candidates = {d.name: d for d in subfolders}
         for d in subfolders:
             if d.name.lower() in {c.lower() for c in classes}:
-                candidates.update({p.name: p for p in _subfolders(d)})
+                candidates.update({p.name: p for p in list_subfolders(d)})
         folders = []
         for pid, folder in sorted(candidates.items()):
             if pid in labels:
@@ -285,22 +400,19 @@ def discover(
                     f"listed in {mapping.name} but no folder {printable(str(root / pid))}",
                 )
             )
-    else:
-        result = Discovery(root, "unlabelled")
-        if allow_unlabelled:
-            _collect([(d, UNLABELLED) for d in subfolders], modalities, result)
-        else:
-            names = ", ".join(f"{n}/" for n in classes)
-            raise DataError(
-                f"{root}: no class folders ({names}) and no {NAME_MAPPING}; give "
-                "labels with --labels CSV or class folders with --classes"
-            )
-    result.patients.sort(key=lambda p: p.patient_id)
-    result.skipped.sort(key=lambda e: e.patient_id)
-    if not result.patients and not result.skipped:
+    elif allow_unlabelled:
+        result = Discovery(root, "brats2023" if brats2023 else "unlabelled")
+        _collect([(d, UNLABELLED) for d in subfolders], modalities, result)
+    elif brats2023:
         raise DataError(
-            f"{root}: no patient folders with {', '.join(modalities)} NIfTI files "
-            f"found (layout: {result.layout})"
+            f"{root}: BraTS 2023 layout (folders like {brats2023[0]}/) has no grade folders; "
+            "give labels with --labels CSV (patient_id,label columns)"
+        )
+    else:
+        names = ", ".join(f"{n}/" for n in classes)
+        raise DataError(
+            f"{root}: no class folders ({names}) and no {NAME_MAPPING}; give "
+            "labels with --labels CSV or class folders with --classes"
         )
     return result
 

@@ -1,4 +1,5 @@
-"""Using a checkpoint: metrics on a store (`smri evaluate`), raw folders (`smri predict`)."""
+"""Using a trained model (a checkpoint, or a folder written by `smri export`): metrics on a store
+(`smri evaluate`), raw folders (`smri predict`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smri.checkpoint import check_compatible, load_checkpoint, model_from_checkpoint, resolve_device
+from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_device
 from smri.data import Batches, resolve_cache
 from smri.errors import DataError, PatientError
+from smri.export import load_model
 from smri.metrics import binary_metrics
 from smri.store import StoreReader
 
@@ -54,8 +56,9 @@ def evaluate_store(
     workers: int = 0,
     amp: bool = True,
 ) -> Evaluation:
-    """Run the checkpoint on every patient of `store` (which must match its training store)."""
-    ckpt = load_checkpoint(checkpoint)
+    """Run the checkpoint (or exported folder) on every patient of `store` (which must match
+    its training store)."""
+    ckpt = load_model(checkpoint)
     with StoreReader(store) as reader:
         info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
     check_compatible(ckpt["store"], info, str(checkpoint))
@@ -90,15 +93,15 @@ def predict_folders(
 
     A folder that cannot be used is reported through `warn` and skipped; none usable is an error.
     """
-    from smri.discovery import patient_from_folder
+    from smri.bids import raw_patient
     from smri.preprocess import PreprocessConfig, load_patient
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_model(checkpoint)
     try:
         cfg = PreprocessConfig.from_dict(ckpt["preprocess_config"])
     except (TypeError, ValueError) as exc:
         raise DataError(
-            f"{checkpoint}: damaged smri checkpoint: bad preprocess_config ({exc})"
+            f"{checkpoint}: damaged smri checkpoint or export: bad preprocess_config ({exc})"
         ) from None
     expected = tuple(ckpt["store"]["volume_shape"])
     modalities = tuple(ckpt["store"]["modalities"])
@@ -111,7 +114,7 @@ def predict_folders(
             continue
         seen.add(key)
         try:
-            patient = patient_from_folder(Path(folder), modalities)
+            patient = raw_patient(Path(folder), modalities)
             images = load_patient(patient, cfg).images
             if images.shape != expected:
                 raise PatientError(

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from smri.atomic import partial_path
-from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Discovery, Patient, discover
+from smri.discovery import (
+    DEFAULT_CLASSES,
+    DEFAULT_MODALITIES,
+    BidsOptions,
+    Discovery,
+    Patient,
+    discover,
+)
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreReader, StoreWriter
@@ -247,10 +254,11 @@ def discover_for_store(
     labels_csv: Path | None,
     strict: bool,
     echo: Callable[[str], None],
+    bids: BidsOptions | None = None,
 ) -> tuple[Discovery, list[PatientError], dict[str, Any]]:
     """Find the patients, report the unusable ones, and build the config the store records."""
     found = discover(
-        input_dir, modalities=cfg.modalities, classes=cfg.classes, labels_csv=labels_csv
+        input_dir, modalities=cfg.modalities, classes=cfg.classes, labels_csv=labels_csv, bids=bids
     )
     skipped: list[PatientError] = list(found.skipped)
     if strict and skipped:
@@ -268,6 +276,8 @@ def discover_for_store(
         "layout": found.layout,
         "labels_csv": str(labels_csv) if labels_csv else None,
     }
+    if bids is not None and bids != BidsOptions():  # recorded only when used
+        config["bids"] = asdict(bids)
     return found, skipped, config
 
 
@@ -400,6 +410,7 @@ def run_preprocess(
     scheduler: str | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
+    bids: BidsOptions | None = None,
 ) -> PreprocessSummary:
     """Preprocess every patient under `input_dir` into the store `output`.
 
@@ -412,7 +423,7 @@ def run_preprocess(
     t0 = time.perf_counter()
     check_backend(backend, scheduler)
     check_output(output, overwrite)
-    found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo)
+    found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
     patients = found.patients
     fingerprint = _fingerprint(config, patients)
     partial = partial_path(output)

@@ -1,4 +1,4 @@
-"""Every option of every command says what it does and its default (README: Set-up)."""
+"""Every option of every command says what it does and its default (docs/usage.md)."""
 
 from __future__ import annotations
 

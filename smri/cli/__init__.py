@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "train": "smri.cli.train_cmd:train",
     "evaluate": "smri.cli.train_cmd:evaluate",
     "predict": "smri.cli.train_cmd:predict",
+    "export": "smri.cli.export_cmd:export",
     "plot": "smri.cli.train_cmd:plot",
 }
 

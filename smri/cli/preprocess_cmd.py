@@ -50,7 +50,31 @@ PathArg = click.Path(path_type=Path)
     "--classes",
     default="LGG=0,HGG=1",
     show_default=True,
-    help="Class names and their labels: class folder names, or names in the labels CSV.",
+    help="Class names and their labels: class folder names, or names in the labels CSV "
+    "(or participants.tsv column).",
+)
+@click.option(
+    "--label-column",
+    metavar="COLUMN",
+    default=None,
+    help="BIDS: the participants.tsv column holding the labels (0/1 or --classes names, or "
+    "see --positive); n/a leaves a subject out, with a reason [default: none; required for a "
+    "BIDS INPUT without --labels].",
+)
+@click.option(
+    "--positive",
+    metavar="VALUE",
+    default=None,
+    help="BIDS: the --label-column value that is class 1 (any other value is 0); class names "
+    "become 'not VALUE' and VALUE unless --classes is given [default: none: values are 0/1 or "
+    "class names].",
+)
+@click.option(
+    "--session",
+    metavar="LABEL",
+    default=None,
+    help="BIDS: read session ses-LABEL of every subject [default: none: each subject's only "
+    "session; a subject with several is left out, with a reason].",
 )
 @click.option(
     "--dtype",
@@ -64,7 +88,7 @@ PathArg = click.Path(path_type=Path)
     type=click.Choice(list(COMPRESSIONS)),
     default="none",
     show_default=True,
-    help="HDF5 filter for images (built-in filters only; see README's store benchmark).",
+    help="HDF5 filter for images (built-in filters only; speeds in docs/performance.md).",
 )
 @click.option(
     "--canonical/--no-canonical",
@@ -97,7 +121,7 @@ PathArg = click.Path(path_type=Path)
     default=BACKENDS[0],
     show_default=True,
     help="Where patients are processed: threads share memory and ISA-L gzip and numpy release "
-    "the GIL, so no array is pickled back to the writer (see README, Performance); loky uses "
+    "the GIL, so no array is pickled back to the writer (see docs/performance.md); loky uses "
     "local processes; dask a Dask cluster (--scheduler, or a local one with --jobs worker "
     "processes; needs pip install 'smri[distributed]'). This process is always the only writer.",
 )
@@ -122,6 +146,9 @@ def preprocess(
     slices: int,
     labels_csv: Path | None,
     classes: str,
+    label_column: str | None,
+    positive: str | None,
+    session: str | None,
     dtype: str,
     compression: str,
     canonical: bool,
@@ -138,9 +165,10 @@ def preprocess(
     Each volume is min–max normalised over the whole volume and cropped to its central
     --slices slices; a patient becomes a (modality, slice, y, x) array. INPUT may be BraTS
     2018/2019 class folders (HGG/, LGG/), BraTS 2020 flat folders with name_mapping.csv,
-    other class folders (--classes), or flat folders with --labels CSV.
+    other class folders (--classes), flat folders with --labels CSV, BraTS 2023 folders
+    (BraTS-GLI-00000-000/, --labels CSV), or a BIDS dataset (sub-*/anat/, --label-column).
     """
-    from smri.discovery import parse_classes, parse_modalities
+    from smri.discovery import BidsOptions, parse_classes, parse_modalities
     from smri.preprocess import PreprocessConfig, run_preprocess
 
     if append and (overwrite or resume):
@@ -151,13 +179,18 @@ def preprocess(
     if labels_csv is not None and not labels_csv.is_file():
         problem = "is a folder; expected a CSV file" if labels_csv.is_dir() else "no such file"
         raise click.BadParameter(f"{labels_csv}: {problem}", param_hint="'--labels'")
+    given = click.get_current_context().get_parameter_source("classes")
+    if positive is not None and given != click.core.ParameterSource.COMMANDLINE:
+        class_names = {f"not {positive}": 0, positive: 1}
+    else:
+        class_names = parse_classes(classes)
     cfg = PreprocessConfig(
         modalities=parse_modalities(modalities),
         slices=slices,
         dtype=dtype,
         compression=compression,
         canonical=canonical,
-        classes=parse_classes(classes),
+        classes=class_names,
     )
     common = {
         "jobs": jobs,
@@ -167,6 +200,7 @@ def preprocess(
         "scheduler": scheduler,
         "progress": progress,
         "echo": lambda line: click.echo(line, err=True),
+        "bids": BidsOptions(label_column, positive, session),
     }
     if append:
         from smri.append import append_preprocess

@@ -324,11 +324,11 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
 
 
 @click.command()
-@click.argument("checkpoint", type=path_option_type(dir_okay=False, exists=True))
+@click.argument("checkpoint", metavar="MODEL", type=path_option_type(exists=True))
 @click.argument("store", type=path_option_type(dir_okay=False))
 @click.option("--out", type=path_option_type(file_okay=False), default=None,
-              help="Folder for metrics.json, predictions.csv, roc.png "
-                   "[default: eval-<store name> beside the checkpoint].")  # fmt: skip
+              help="Folder for metrics.json, predictions.csv, roc.png [default: eval-<store "
+                   "name> beside the checkpoint, or inside an exported MODEL folder].")  # fmt: skip
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -346,16 +346,17 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
 @handle_errors
 def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
              cache: str, workers: int, overwrite: bool) -> None:  # fmt: skip
-    """Metrics of CHECKPOINT on every labelled patient of STORE (e.g. a held-out cohort).
+    """Metrics of MODEL on every labelled patient of STORE (e.g. a held-out cohort).
 
-    Prints the metrics as JSON; writes them with predictions.csv and a ROC curve to --out.
+    MODEL is a checkpoint (a run's best.pt) or a folder written by `smri export`. Prints the
+    metrics as JSON; writes them with predictions.csv and a ROC curve to --out.
     """
     from smri.inference import evaluate_store
     from smri.plots import roc_figure, save_figure
     from smri.runs import write_json, write_predictions
 
     # best.pt and last.pt of a run share the default --out: never replace one's results silently
-    out = out or checkpoint.parent / f"eval-{store.stem}"
+    out = out or (checkpoint if checkpoint.is_dir() else checkpoint.parent) / f"eval-{store.stem}"
     held = [n for n in EVAL_FILES if (out / n).exists()]
     if held and not overwrite:
         raise ConfigError(
@@ -372,8 +373,8 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
                       result.probabilities, result.classes)  # fmt: skip
     known = result.labels >= 0
     if len(set(result.labels[known].tolist())) == 2:
-        curves = {checkpoint.parent.name or "model": [(result.labels[known],
-                                                       result.probabilities[known])]}  # fmt: skip
+        name = (checkpoint if checkpoint.is_dir() else checkpoint.parent).name or "model"
+        curves = {name: [(result.labels[known], result.probabilities[known])]}
         save_figure(roc_figure(curves, f"ROC on {store.name}"), out / "roc.png")
     else:
         click.echo("no ROC curve: the store does not have labelled patients of both classes",
@@ -383,7 +384,7 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
 
 
 @click.command()
-@click.argument("checkpoint", type=path_option_type(dir_okay=False, exists=True))
+@click.argument("checkpoint", metavar="MODEL", type=path_option_type(exists=True))
 @click.argument("patient_dirs", nargs=-1, required=True,
                 type=path_option_type(file_okay=False, exists=True))  # fmt: skip
 @click.option(
@@ -408,7 +409,12 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
 @handle_errors
 def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | None,
             batch_size: int, device: str, overwrite: bool) -> None:  # fmt: skip
-    """Probability of class 1 for raw NIfTI patient folders, preprocessed as the store was."""
+    """Probability of class 1 for raw NIfTI patient folders, preprocessed as the store was.
+
+    MODEL is a checkpoint (a run's best.pt) or a folder written by `smri export`. A folder is
+    a BraTS-style patient folder (2018-2021 or 2023 names), a BIDS subject (sub-01, one
+    session) or a BIDS session folder (sub-01/ses-02, predicted as sub-01_ses-02).
+    """
     import csv
 
     from smri.atomic import atomic_open

@@ -1,0 +1,53 @@
+"""`smri export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from smri.cli.common import handle_errors, path_option_type
+
+
+@click.command()
+@click.argument("run", type=path_option_type(file_okay=False, exists=True))
+@click.argument("out_dir", type=path_option_type(file_okay=False))
+@click.option(
+    "--fold",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Of a K-fold run, export fold K's model (0-based) [default: none: a K-fold run is "
+    "refused with its folds listed; a single-split run needs none].",
+)
+@click.option(
+    "--license",
+    "license_",
+    metavar="ID",
+    default=None,
+    help="License id for the model card's front matter, e.g. mit or cc-by-nc-4.0 "
+    "[default: none: no license line].",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace model.safetensors, config.json and README.md already in OUT_DIR "
+    "[default: off: refuse].",
+)
+@handle_errors
+def export(run: Path, out_dir: Path, fold: int | None, license_: str | None,
+           overwrite: bool) -> None:  # fmt: skip
+    """Write RUN's best model to OUT_DIR: model.safetensors, config.json and a README.md card.
+
+    The Hugging Face layout: weights without pickle (safe to load from strangers), the config
+    `smri predict` and `smri evaluate` need (give them OUT_DIR instead of a checkpoint), and a
+    model card (data, split, metrics with intervals, intended use, limitations). Other files
+    in OUT_DIR are kept. Needs pip install 'smri[export]'.
+
+    \b
+    smri export runs/cnn2 models/glioma-cnn2
+    smri export runs/cnn3-cv models/glioma-cnn3-fold2 --fold 2
+    """
+    from smri.export import export_run
+
+    for path in export_run(run, out_dir, fold=fold, license=license_, overwrite=overwrite):
+        click.echo(str(path))

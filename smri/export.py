@@ -1,0 +1,328 @@
+"""`smri export`: a run's best model as a Hugging Face style folder, loadable without pickle.
+
+    OUT_DIR/model.safetensors  the weights: tensors only, so loading runs no code
+    OUT_DIR/config.json        the model, the input it expects and the preprocessing to repeat
+    OUT_DIR/README.md          the model card: model, data, split, metrics, intended use, limits
+
+`load_model` reads a checkpoint file or such a folder into the dict that
+`smri.checkpoint.model_from_checkpoint` and `smri evaluate` / `smri predict` use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smri import __version__
+from smri.checkpoint import load_checkpoint
+from smri.errors import ConfigError, DataError, SmriError
+from smri.model_card import model_card
+from smri.models import ModelConfig, build_model
+
+EXPORT_FORMAT = "smri-model"
+EXPORT_VERSION = 1
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+EXPORT_FILES = (WEIGHTS, CONFIG, CARD)
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "split.json", "summary.json")
+MAX_SIZE = 4096  # largest slices / height / width an exported config may ask for
+MAX_MODALITIES = 64
+_LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*\Z")
+
+
+def _safetensors() -> Any:
+    """The safetensors.torch module, or a one-line error saying how to install it."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise SmriError(
+            "exported models are safetensors files: pip install 'smri[export]' (or safetensors)"
+        ) from None
+    return safetensors.torch
+
+
+# ------------------------------------------------------------------------------ the run to export
+def fold_dirs(run: Path) -> dict[int, Path]:
+    """fold index -> fold folder holding a best.pt, for a K-fold run (empty otherwise)."""
+    found = {}
+    for d in run.glob("fold*"):
+        if re.fullmatch(r"fold[0-9]+", d.name) and (d / "best.pt").is_file():
+            found[int(d.name[4:])] = d
+    return dict(sorted(found.items()))
+
+
+def model_dir(run: Path, fold: int | None) -> Path:
+    """The folder of the model to export: the run itself, or its fold `fold`."""
+    if not (run / "config.json").is_file():
+        raise DataError(f"{run}: not an smri run folder (no config.json)")
+    folds = fold_dirs(run)
+    if (run / "best.pt").is_file():
+        if fold is not None:
+            raise ConfigError(f"{run} is a single-split run, not K folds; drop --fold", "--fold")
+        chosen = run
+    elif folds:
+        if fold is None or fold not in folds:
+            listed = ", ".join(f"fold {k} (AUC {_fold_auc(d)})" for k, d in folds.items())
+            what = "choose one with --fold K" if fold is None else f"there is no fold {fold}"
+            raise ConfigError(
+                f"{run} is a {len(folds)}-fold cross-validation run: one model per fold; "
+                f"{what}: {listed}",
+                option="--fold",
+            )
+        chosen = folds[fold]
+    else:
+        raise DataError(f"{run}: no best.pt (the run has not finished an epoch)")
+    if not (chosen / "summary.json").is_file():
+        raise DataError(
+            f"{chosen}: no summary.json: the run has not finished; finish it with "
+            f"`smri train --resume {run}` before exporting"
+        )
+    return chosen
+
+
+def _fold_auc(fold: Path) -> str:
+    try:
+        return f"{float(json.loads((fold / 'summary.json').read_text())['best']['auc']):.3f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unfinished"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+# --------------------------------------------------------------------------------- writing
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an OUT_DIR that holds an export (without `overwrite`) or is a run folder."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder", option="OUT_DIR")
+    run_files = [n for n in RUN_FILES if (out / n).exists()]
+    if run_files:
+        raise ConfigError(
+            f"{out} is an smri run folder ({', '.join(run_files)}); its config.json would be "
+            "replaced; export to another folder (e.g. a new subfolder)",
+            option="OUT_DIR",
+        )
+    held = [n for n in EXPORT_FILES if (out / n).exists()]
+    if held and not overwrite:
+        raise ConfigError(
+            f"{out} already holds {', '.join(held)}; choose another OUT_DIR or pass --overwrite",
+            option="OUT_DIR",
+        )
+
+
+def export_run(
+    run: Path,
+    out: Path,
+    *,
+    fold: int | None = None,
+    license: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write `run`'s best model (fold `fold` of a K-fold run) into `out`; the files written.
+
+    Each file is written beside its final name and renamed into place, so `out` never holds a
+    half-written file; other files in `out` (a git checkout of a model repository) are kept.
+    """
+    st = _safetensors()
+    if license is not None and not _LICENSE.match(license):
+        raise ConfigError(f"expected a license id such as mit or cc-by-4.0, got {license!r}",
+                          option="--license")  # fmt: skip
+    source = model_dir(Path(run), fold)
+    check_out_dir(out, overwrite)
+    ckpt = load_checkpoint(source / "best.pt")
+    config = export_config(ckpt, source, Path(run))
+    title = out.resolve().name
+    card = model_card(config, _read_json(source / "config.json") or {}, title, license, WEIGHTS)
+    tensors = {k: v.detach().contiguous() for k, v in ckpt["model"].items()}
+    out.mkdir(parents=True, exist_ok=True)
+    temps = {name: out / f".{name}.partial" for name in EXPORT_FILES}
+    try:
+        st.save_file(tensors, str(temps[WEIGHTS]), metadata={"format": "pt", "smri": __version__})
+        temps[CONFIG].write_text(json.dumps(config, indent=2, default=str) + "\n")
+        temps[CARD].write_text(card)
+        for name, tmp in temps.items():
+            os.replace(tmp, out / name)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return [out / name for name in EXPORT_FILES]
+
+
+def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, Any]:
+    """config.json of an export: what `load_model` needs, and the run's facts for the card.
+
+    Paths on the training machine are left out (a folder's name is kept): the folder is meant
+    to be shared.
+    """
+    from smri.preprocess import PreprocessConfig
+
+    store = ckpt["store"]
+    pre = ckpt["preprocess_config"]
+    summary = _read_json(source / "summary.json") or {}
+    top = _read_json(run / "summary.json") if source != run else None
+    split = _read_json(source / "split.json") or {}
+    return {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "smri_version": __version__,
+        "library_name": "smri",
+        "model": ckpt["model_config"],
+        "store": {k: store[k] for k in ("modalities", "slices", "volume_shape", "classes")},
+        "preprocess": {
+            **PreprocessConfig.from_dict(pre).to_dict(),
+            "layout": pre.get("layout"),
+            "input_name": Path(pre["input"]).name if pre.get("input") else None,
+            "store_name": Path(str(store.get("path", ""))).name or None,
+        },
+        "training": {
+            "epoch": ckpt["epoch"],
+            "epochs": summary.get("epochs"),
+            "settings": ckpt.get("train_config"),
+            "split": {k: split.get(k) for k in ("seed", "val_fraction", "folds", "fold")},
+            "n_train": summary.get("n_train"),
+            "n_val": summary.get("n_val"),
+        },
+        "metrics": {
+            "validation": summary.get("best"),
+            "ci95": summary.get("ci95"),
+            "cross_validation": None
+            if top is None
+            else {k: top.get(k) for k in ("folds", "mean", "std", "ci95")},
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------- loading
+def load_model(path: Path) -> dict[str, Any]:
+    """A checkpoint file, or a folder written by `smri export` (or its model.safetensors or
+    config.json), as a checkpoint dict."""
+    path = Path(path)
+    if path.name in (WEIGHTS, CONFIG) and path.is_file():  # a file of an exported folder
+        return load_exported(path.parent)
+    if not path.is_dir():
+        return load_checkpoint(path)
+    if (path / "best.pt").is_file() or fold_dirs(path):
+        raise DataError(
+            f"{path} is a run folder, not an exported model; give its best.pt, or export it "
+            f"with `smri export {path} OUT_DIR`"
+        )
+    return load_exported(path)
+
+
+def _field(config: dict, where: Path, *keys: str, kind: type | tuple[type, ...]) -> Any:
+    value: Any = config
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{where}: damaged export: '{'.'.join(keys)}' is missing or malformed")
+    return value
+
+
+def _read_export_config(folder: Path) -> dict[str, Any]:
+    where = folder / CONFIG
+    if not where.is_file():
+        raise DataError(f"{folder}: no {CONFIG}; expected a folder written by `smri export`")
+    config = _read_json(where)
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        raise DataError(f"{where}: not an smri exported model (written by `smri export`)")
+    version = config.get("version")
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise DataError(
+            f"{where}: export version {version} is newer than this smri reads "
+            f"(version {EXPORT_VERSION}); upgrade smri"
+        )
+    modalities = _field(config, where, "store", "modalities", kind=list)
+    shape = _field(config, where, "store", "volume_shape", kind=list)
+    slices = _field(config, where, "store", "slices", kind=int)
+    classes = _field(config, where, "store", "classes", kind=dict)
+    _field(config, where, "model", kind=dict)
+    _field(config, where, "preprocess", kind=dict)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in shape) or len(shape) != 4:
+        raise DataError(f"{where}: damaged export: store.volume_shape {shape} is not 4 integers")
+    if not 1 <= len(modalities) <= MAX_MODALITIES or not all(1 <= v <= MAX_SIZE for v in shape):
+        raise DataError(
+            f"{where}: input {'x'.join(map(str, shape))} is out of range (at most "
+            f"{MAX_MODALITIES} modalities and {MAX_SIZE} per axis)"
+        )
+    if shape[0] != len(modalities) or shape[1] != slices or sorted(classes.values()) != [0, 1]:
+        raise DataError(
+            f"{where}: damaged export: volume_shape {shape}, {len(modalities)} modalities, "
+            f"{slices} slices and classes {classes} disagree"
+        )
+    return config
+
+
+def load_exported(folder: Path) -> dict[str, Any]:
+    """An exported folder as a checkpoint dict (model_config, model, store, preprocess_config).
+
+    DataError naming the folder when config.json is not an export's, describes an unknown or
+    out-of-range model, or the weights do not fit it: tensor names and shapes are checked
+    against the described model built without memory, before anything is allocated.
+    """
+    folder = Path(folder)
+    config = _read_export_config(folder)
+    where = folder / CONFIG
+    try:
+        cfg = ModelConfig.from_dict(config["model"])
+        if tuple(cfg.volume_shape) != tuple(config["store"]["volume_shape"][1:]):
+            raise ValueError(f"volume_shape {list(cfg.volume_shape)} differs from the input's")
+        with torch.device("meta"):
+            expected = build_model(cfg).state_dict()
+    except (SmriError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{where}: damaged export: bad model ({exc})") from None
+    state = _read_weights(folder / WEIGHTS, expected, cfg)
+    return {
+        "model_config": asdict(cfg),
+        "model": state,
+        "store": config["store"],
+        "preprocess_config": config["preprocess"],
+        "epoch": config.get("training", {}).get("epoch", 0),
+    }
+
+
+def _read_weights(
+    path: Path, expected: dict[str, torch.Tensor], cfg: ModelConfig
+) -> dict[str, torch.Tensor]:
+    """The tensors of `path`, after checking names, shapes and dtypes against `expected`."""
+    st = _safetensors()
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; an exported model holds its weights there")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            names = fh.keys()
+            shapes = {k: (fh.get_slice(k).get_shape(), fh.get_slice(k).get_dtype()) for k in names}
+    except Exception as exc:  # safetensors raises its own error types, and OSError
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a readable safetensors file ({first})") from None
+    dtypes = {torch.float32: "F32", torch.int64: "I64"}
+    problems = []
+    for key, want in expected.items():  # in the model's order
+        if key not in shapes:
+            problems.append(f"missing {key}")
+            continue
+        shape, dtype = list(shapes[key][0]), shapes[key][1]
+        if list(want.shape) != shape or dtypes.get(want.dtype) != dtype:
+            model = f"{dtypes.get(want.dtype)} {list(want.shape)}"
+            problems.append(f"{key} is {dtype} {shape}, the model's {model}")
+    problems += [f"unexpected {k}" for k in shapes if k not in expected]
+    if problems:
+        shape = "x".join(map(str, cfg.volume_shape))
+        raise DataError(
+            f"{path}: the weights do not fit the {cfg.name} model (width {cfg.width:g}, input "
+            f"{shape}) that config.json describes: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
+    return st.load_file(str(path))
