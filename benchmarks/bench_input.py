@@ -42,7 +42,7 @@ import smri.data as data
 from benchmarks.common import BRATS_SHAPE, CORES, cohort, machine, table
 from smri.data import Batches
 from smri.discovery import discover
-from smri.preprocess import PreprocessConfig, load_patient, run_preprocess
+from smri.preprocessing import PreprocessConfig, load_patient, run_preprocess
 
 BATCH = 8
 ROUNDS = 2

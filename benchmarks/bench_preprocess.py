@@ -58,7 +58,7 @@ def use_paths(paths: frozenset[str]) -> None:
     import nibabel as nib
     import numpy as np
 
-    import smri.preprocess as pre
+    import smri.preprocessing as pre
     import smri.volume as volume
 
     if "isal" not in paths:
@@ -88,7 +88,7 @@ def use_paths(paths: frozenset[str]) -> None:
 def child(paths: frozenset[str], jobs: int, root: Path, runs: int = 3) -> dict[str, float]:
     """patients/s (median of `runs` after a warm-up) and CPU ms per patient of this process."""
     use_paths(paths)
-    from smri.preprocess import PreprocessConfig, run_preprocess
+    from smri.preprocessing import PreprocessConfig, run_preprocess
 
     n = len(list(root.rglob("*_flair.nii*")))
     times, cpus = [], []
@@ -163,7 +163,7 @@ def append_child(compression: str, raw_copy: bool, part: Path, full: Path) -> di
     """Seconds of `--append` of `full` onto a store of `part` (made outside the timing)."""
     import smri.store as store
     from smri.append import append_preprocess
-    from smri.preprocess import PreprocessConfig, run_preprocess
+    from smri.preprocessing import PreprocessConfig, run_preprocess
 
     if not raw_copy:  # decode each old row and write it again (re-encoded by its filters)
 

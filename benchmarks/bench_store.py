@@ -20,7 +20,7 @@ from joblib import Parallel, delayed
 
 from benchmarks.common import BRATS_SHAPE, CORES, cohort, machine, median_time, table
 from smri import store
-from smri.preprocess import PreprocessConfig, run_preprocess
+from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader, StoreWriter
 
 VARIANTS = ["none", "lzf", "gzip-1"]

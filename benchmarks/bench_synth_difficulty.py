@@ -18,7 +18,7 @@ import time
 import numpy as np
 from joblib import Parallel, delayed
 
-from smri.synth import SynthConfig, cohort, phantom_features, stats_only_auc
+from smri.phantoms import SynthConfig, cohort, phantom_features, stats_only_auc
 
 
 def measure(

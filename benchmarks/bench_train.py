@@ -36,7 +36,7 @@ from benchmarks.common import CORES, machine, table
 from smri.data import Batches
 from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.store import StoreWriter
-from smri.train import train_one_epoch
+from smri.training import train_one_epoch
 
 BATCH = 8
 MODALITIES = ("flair", "t1", "t1ce", "t2")

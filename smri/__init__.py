@@ -1,3 +1,50 @@
-"""smri: CNN-LSTM classification of structural MRI, from NIfTI folders to a trained model."""
+"""smri: CNN-LSTM classification of structural MRI, from NIfTI folders to a trained model.
+
+The Python API (docs/api.md) is the library the `smri` commands call, with their options as
+keyword arguments: `smri.synth`, `smri.preprocess`, `smri.train`, `smri.evaluate`,
+`smri.predict`, and `smri.StoreDataset`, a torch Dataset of a store's patients. They are
+imported on first use, so `import smri` loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from smri.errors import ConfigError, DataError, PatientError, SmriError
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "synth": "smri.api",
+    "preprocess": "smri.api",
+    "train": "smri.api",
+    "evaluate": "smri.api",
+    "predict": "smri.api",
+    "StoreDataset": "smri.dataset",
+}
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "PatientError",
+    "SmriError",
+    "StoreDataset",
+    "evaluate",
+    "predict",
+    "preprocess",
+    "synth",
+    "train",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'smri' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -19,7 +19,7 @@ from smri import __version__
 from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import check_backend
-from smri.preprocess import (
+from smri.preprocessing import (
     PatientResult,
     PreprocessConfig,
     PreprocessSummary,

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from smri.config import CACHE_MODES
 from smri.errors import ConfigError, DataError
 from smri.store import StoreReader, read_info
 
-CACHE_MODES = ("auto", "device", "ram", "none")
 SAFE_SHARE = 0.5  # `auto` caches when the data take at most this share of free memory
 LOAD_CHUNK = 16  # patients per read when filling a cache
 PREFETCH = 2  # batches each streaming worker reads ahead
@@ -186,8 +186,10 @@ def host_float32(src: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class StoreDataset(Dataset):
-    """Rows of a store; the file is opened on first access in each process, never across fork.
+class BatchDataset(Dataset):
+    """Rows of a store, batch by batch, for smri's own training (`smri.StoreDataset` is the
+    per-patient Dataset for other loops); the file is opened on first access in each process,
+    never across fork.
 
     Indexed by a list of positions (into `rows`), it returns one batch:
     images (K, M, S, H, W) in the store's dtype and labels (K,) float32.
@@ -307,7 +309,7 @@ class Batches:
                 if self._cuda:
                     self._feeder = _SlotFeeder(self._slots, device)
             self._loader = DataLoader(
-                StoreDataset(path, self.rows, self._slots),
+                BatchDataset(path, self.rows, self._slots),
                 batch_size=None,
                 sampler=self._sampler,
                 num_workers=workers,

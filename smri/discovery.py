@@ -8,7 +8,8 @@ Layouts (checked in this order):
 - class folders: ``ROOT/<CLASS>/<pid>/...`` for the names in ``--classes`` (BraTS 2018/2019:
   ``HGG``, ``LGG``), matched case-insensitively
 - BraTS 2023 and later: ``ROOT/BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w}.nii.gz``
-  (any ``BraTS-<TAG>-NNNNN-NNN`` id) with a labels CSV; read as flair, t1, t1ce, t2
+  (any ``BraTS-<TAG>-NNNNN-NNN`` id) with a labels CSV; read as flair, t1, t1ce, t2. The last
+  three digits are a timepoint: only the lowest usable one of each subject is kept
 
 A modality file ends exactly in ``_<modality>.nii`` or ``_<modality>.nii.gz`` (case-insensitive),
 so ``_t1`` never matches ``_t1ce``, or is a BraTS 2023 file ``<id>-<t2f|t1n|t1c|t2w>.nii[.gz]``;
@@ -414,7 +415,34 @@ def _discover_brats(
             f"{root}: no class folders ({names}) and no {NAME_MAPPING}; give "
             "labels with --labels CSV or class folders with --classes"
         )
+    _one_timepoint_per_subject(result)
     return result
+
+
+def _one_timepoint_per_subject(result: Discovery) -> None:
+    """Keep the lowest timepoint of each BraTS 2023 subject; skip the others with a reason.
+
+    ``BraTS-GLI-00000-001`` is timepoint 001 of subject ``BraTS-GLI-00000``: two timepoints are
+    not independent patients, and a patient-level split could put them on both sides.
+    """
+    kept: dict[str, str] = {}
+    patients = []
+    for patient in sorted(result.patients, key=lambda p: p.patient_id.lower()):
+        pid = patient.patient_id
+        subject = pid[:-4] if BRATS2023_ID.match(pid) else None
+        if subject is None or subject.lower() not in kept:
+            if subject is not None:
+                kept[subject.lower()] = pid
+            patients.append(patient)
+            continue
+        result.skipped.append(
+            PatientError(
+                pid,
+                f"another timepoint of subject {subject}; kept {kept[subject.lower()]} "
+                "(one timepoint per subject)",
+            )
+        )
+    result.patients = patients
 
 
 def modality_of_any(folder: Path, modalities: Sequence[str]) -> bool:

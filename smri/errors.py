@@ -30,3 +30,7 @@ class ConfigError(SmriError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.option))
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `smri.train`: the message says what the run folder kept and how to go on."""

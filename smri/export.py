@@ -161,7 +161,7 @@ def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, An
     Paths on the training machine are left out (a folder's name is kept): the folder is meant
     to be shared.
     """
-    from smri.preprocess import PreprocessConfig
+    from smri.preprocessing import PreprocessConfig
 
     store = ckpt["store"]
     pre = ckpt["preprocess_config"]

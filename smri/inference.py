@@ -55,9 +55,12 @@ def evaluate_store(
     cache: str = "auto",
     workers: int = 0,
     amp: bool = True,
+    progress: bool = False,
 ) -> Evaluation:
     """Run the checkpoint (or exported folder) on every patient of `store` (which must match
-    its training store)."""
+    its training store); `progress` shows a bar over the batches."""
+    from tqdm import tqdm
+
     ckpt = load_model(checkpoint)
     with StoreReader(store) as reader:
         info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
@@ -71,9 +74,15 @@ def evaluate_store(
         cache=resolve_cache(cache, dev, nbytes),
     )  # fmt: skip
     use_amp = amp and dev.type == "cuda"
+    bar = tqdm(total=len(batches), desc="evaluate", unit="batch", disable=not progress)
     try:
-        probs = np.concatenate([_probabilities(model, x, use_amp) for x, _ in batches.epoch(0)])
+        probs = []
+        for x, _ in batches.epoch(0):
+            probs.append(_probabilities(model, x, use_amp))
+            bar.update()
+        probs = np.concatenate(probs)
     finally:
+        bar.close()
         batches.close()
     known = labels >= 0
     metrics = binary_metrics(labels[known], probs[known]) if known.any() else {}
@@ -88,13 +97,17 @@ def predict_folders(
     batch_size: int = 4,
     amp: bool = True,
     warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    progress: bool = False,
 ) -> list[Prediction]:
     """Preprocess each raw patient folder exactly as the training store was made, then predict.
 
     A folder that cannot be used is reported through `warn` and skipped; none usable is an error.
+    `progress` shows a bar over the folders (preprocessing them is most of the time).
     """
+    from tqdm import tqdm
+
     from smri.bids import raw_patient
-    from smri.preprocess import PreprocessConfig, load_patient
+    from smri.preprocessing import PreprocessConfig, load_patient
 
     ckpt = load_model(checkpoint)
     try:
@@ -107,7 +120,7 @@ def predict_folders(
     modalities = tuple(ckpt["store"]["modalities"])
     names = {v: k for k, v in ckpt["store"]["classes"].items()}
     ids, arrays, seen = [], [], set()
-    for folder in folders:
+    for folder in tqdm(folders, desc="predict", unit="patient", disable=not progress):
         key = Path(folder).resolve()
         if key in seen:
             warn(f"skipped: {folder} is listed again; predicted once")

@@ -6,12 +6,9 @@ Each function takes arrays or metric rows and returns a matplotlib Figure built 
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -19,6 +16,14 @@ from matplotlib.ticker import MaxNLocator
 
 from smri.errors import DataError
 from smri.metrics import roc_auc, roc_curve
+from smri.runs import (
+    DAMAGED,
+    read_metrics_csv,
+    read_predictions_csv,
+    read_run_json,
+    write_json,
+    write_text,
+)
 
 DPI = 150
 MODEL_COLORS = {"cnn1": "tab:blue", "cnn2": "tab:orange", "cnn3": "tab:green"}
@@ -146,40 +151,6 @@ class RunData:
     predictions: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
-# what a damaged run file raises while it is parsed: named as the file's problem, one line
-DAMAGED = (ValueError, TypeError, KeyError, IndexError, AttributeError, csv.Error)
-
-
-def read_metrics_csv(path: Path, upto: int | None = None) -> Rows:
-    """metrics.csv as a list of float rows (epochs up to `upto`); DataError if it is damaged."""
-    try:
-        with open(path, newline="") as fh:
-            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-        return [r for r in rows if upto is None or r["epoch"] <= upto]
-    except DAMAGED as exc:
-        raise DataError(f"{path}: damaged metrics file ({type(exc).__name__}: {exc})") from None
-
-
-def read_predictions_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and probabilities from predictions.csv (unlabelled rows dropped)."""
-    try:
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["label"]) >= 0]
-        return np.array([int(r["label"]) for r in rows]), np.array(
-            [float(r["probability"]) for r in rows]
-        )
-    except DAMAGED as exc:
-        raise DataError(f"{path}: damaged predictions file ({type(exc).__name__}: {exc})") from None
-
-
-def read_run_json(path: Path) -> Any:
-    """A run folder's JSON file (config.json, summary.json); DataError if it is not JSON."""
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise DataError(f"{path}: damaged run file ({type(exc).__name__}: {exc})") from None
-
-
 def load_run(run: Path) -> RunData:
     """A run folder, or a K-fold folder whose fold*/ subfolders are runs."""
     run = Path(run)
@@ -207,8 +178,13 @@ def load_run(run: Path) -> RunData:
     return data
 
 
-def plot_runs(runs: Sequence[Path], out: Path) -> list[Path]:
-    """CNNx_loss_curve.png per model and the all_models_* comparisons; returns the files."""
+def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> list[Path]:
+    """CNNx_loss_curve.png per model, the all_models_* comparisons, summary.json and
+    summary.md (`smri.compare`: intervals, paired tests, baselines); returns the files.
+
+    Every run file is read, and the comparison computed, before anything is written."""
+    from smri.compare import compare, summary_markdown
+
     by_model: dict[str, RunData] = {}
     for run in runs:
         data = load_run(run)
@@ -216,7 +192,8 @@ def plot_runs(runs: Sequence[Path], out: Path) -> list[Path]:
         merged.metrics += data.metrics
         merged.predictions += data.predictions
     by_model = dict(sorted(by_model.items()))
-    table = summarize_runs(runs)  # every run file is read before a figure is written
+    summary = compare(runs, store)
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for model, data in by_model.items():
         fig = fold_loss_figure(data.metrics, f"{model.upper()}-LSTM loss", color_for(model))
@@ -232,102 +209,7 @@ def plot_runs(runs: Sequence[Path], out: Path) -> list[Path]:
     if preds:
         fig = roc_figure(preds, "ROC on validation patients (best epoch)")
         written.append(save_figure(fig, out / "all_models_roc.png"))
-    (out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
-    summary = out / "summary.md"
-    summary.write_text(summary_markdown(table, [p.name for p in written]))
-    written += [out / "summary.json", summary]
-    return written
-
-
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
-
-
-def _majority_share(run: Path) -> float | None:
-    """Accuracy of always predicting the validation split's majority class."""
-    labels = []
-    for part in sorted(Path(run).glob("fold*/predictions.csv")) or [Path(run) / "predictions.csv"]:
-        if part.exists():
-            labels.append(read_predictions_csv(part)[0])
-    if not labels:
-        return None
-    y = np.concatenate(labels)
-    return float(max(y.mean(), 1 - y.mean())) if y.size else None
-
-
-def summarize_runs(runs: Sequence[Path]) -> list[dict[str, Any]]:
-    """One row per run: model, size, device, best-epoch validation metrics (mean and std over
-    folds; std 0 for a single split), epoch time, training throughput, majority baseline."""
-    rows = []
-    for run in runs:
-        path = Path(run) / "summary.json"
-        if not path.exists():
-            raise DataError(f"{run}: no summary.json (is the run finished?)")
-        s = read_run_json(path)
-        parts = [read_run_json(p) for p in sorted(Path(run).glob("fold*/summary.json"))]
-        try:
-            if "mean" in s:  # K folds
-                mean, std, folds = s["mean"], s["std"], int(s["folds"])
-            else:
-                mean, std, folds, parts = s["best"], dict.fromkeys(s["best"], 0.0), 1, [s]
-            rows.append({
-                "run": str(run),
-                "model": s["model"],
-                "parameters": s["parameters"],
-                "device": s.get("device_name") or s["device"],
-                "folds": folds,
-                "mean": {k: float(mean[k]) for k in SUMMARY_METRICS},
-                "std": {k: float(std[k]) for k in SUMMARY_METRICS},
-                "epoch_seconds": float(np.mean([p["epoch_seconds_mean"] for p in parts])),
-                "train_patients_per_s": float(np.mean([p["patients_per_s_mean"] for p in parts])),
-                "majority_baseline_accuracy": _majority_share(Path(run)),
-            })  # fmt: skip
-        except DAMAGED as exc:  # a key missing or of the wrong type, here or in a fold's file
-            raise DataError(f"{path}: damaged run file ({type(exc).__name__}: {exc})") from None
-    return rows
-
-
-def _majority_line(table: Sequence[dict[str, Any]]) -> str | None:
-    """The majority-class baseline: one figure when the runs share it, else one per run."""
-    rows = [r for r in table if r["majority_baseline_accuracy"] is not None]
-    shares = {f"{r['majority_baseline_accuracy']:.3f}" for r in rows}
-    if not shares:
-        return None
-    if len(shares) == 1:
-        where = f"{shares.pop()} on these validation patients"
-    else:  # different splits (other seeds, stores or --val-fraction): each run has its own
-        where = ", ".join(
-            f"{r['model'].upper()} {r['majority_baseline_accuracy']:.3f}" for r in rows
-        )
-        where += " on each run's own validation patients"
-    return (
-        f"Majority-class baseline: always predicting the larger class scores accuracy {where} "
-        "— compare accuracy with it, and prefer balanced accuracy and AUC."
-    )
-
-
-def summary_markdown(table: Sequence[dict[str, Any]], figures: Sequence[str] = ()) -> str:
-    """The rows of `summarize_runs` as a markdown table (mean ± std over folds)."""
-    header = ["model", "parameters", "folds", *SUMMARY_METRICS, "epoch s", "train patients/s",
-              "device"]  # fmt: skip
-    lines = [
-        "# Validation results",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---" * len(header) + "|",
-    ]
-    for r in table:
-        cells = [
-            f"{r['mean'][k]:.3f} ± {r['std'][k]:.3f}" if r["folds"] > 1 else f"{r['mean'][k]:.3f}"
-            for k in SUMMARY_METRICS
-        ]
-        speed = [f"{r['epoch_seconds']:.1f}", f"{r['train_patients_per_s']:.1f}", r["device"]]
-        row = [r["model"].upper(), f"{r['parameters']:,}", str(r["folds"]), *cells, *speed]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Best epoch by validation AUC (ties: lower validation loss); patients/s is the "
-              "mean training throughput."]  # fmt: skip
-    baseline = _majority_line(table)
-    if baseline:
-        lines.append(baseline)
-    if figures:
-        lines += ["", *(f"![{name}]({name})" for name in figures)]
-    return "\n".join(lines) + "\n"
+    write_json(out / "summary.json", summary)
+    summary_md = out / "summary.md"
+    write_text(summary_md, summary_markdown(summary, [p.name for p in written]))
+    return [*written, out / "summary.json", summary_md]

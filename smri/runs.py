@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from smri import __version__
 from smri.atomic import atomic_open, write_text
 from smri.data import Split
-from smri.errors import ConfigError
+from smri.errors import ConfigError, DataError
 
 METRIC_COLUMNS = (
     "epoch",
@@ -46,7 +46,21 @@ def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    """`data` as JSON, written beside and renamed into place. NaN and infinities are not JSON:
+    they are written as null (a metric that could not be computed)."""
+    text = json.dumps(_finite_only(data), indent=2, default=_json_default, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def _finite_only(obj: Any) -> Any:
+    """`obj` with every float that is not finite replaced by None (dicts, lists, tuples)."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_only(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_only(v) for v in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
@@ -59,6 +73,7 @@ def _json_default(obj: Any) -> Any:
 
 def versions() -> dict[str, str | None]:
     import h5py
+    import torch
 
     return {
         "smri": __version__,
@@ -73,9 +88,56 @@ def versions() -> dict[str, str | None]:
 def read_metrics(path: Path, upto: int | None = None) -> list[dict[str, float]]:
     """metrics.csv's rows (epochs up to `upto`); none for a missing file, DataError for a
     damaged one."""
-    from smri.plots import read_metrics_csv  # matplotlib is imported only when needed
-
     return read_metrics_csv(path, upto) if path.exists() else []
+
+
+Rows = list[dict[str, float]]
+# what a damaged run file raises while it is parsed: named as the file's problem, one line
+DAMAGED = (ValueError, TypeError, KeyError, IndexError, AttributeError, csv.Error)
+
+
+def read_metrics_csv(path: Path, upto: int | None = None) -> Rows:
+    """metrics.csv as a list of float rows (epochs up to `upto`); DataError if it is damaged."""
+    try:
+        with open(path, newline="") as fh:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [r for r in rows if upto is None or r["epoch"] <= upto]
+    except DAMAGED as exc:
+        raise DataError(f"{path}: damaged metrics file ({type(exc).__name__}: {exc})") from None
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Patient ids, labels and probabilities of class 1 from predictions.csv (unlabelled rows
+    dropped); DataError if it is damaged or holds a probability that is not a number in [0, 1]."""
+    try:
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["label"]) >= 0]
+        ids = [r["patient_id"] for r in rows]
+        labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+        probs = np.array([float(r["probability"]) for r in rows], dtype=np.float64)
+    except DAMAGED as exc:
+        raise DataError(f"{path}: damaged predictions file ({type(exc).__name__}: {exc})") from None
+    bad = np.flatnonzero(~((probs >= 0) & (probs <= 1)))  # NaN fails both
+    if bad.size:
+        raise DataError(
+            f"{path}: patient {ids[bad[0]]} has probability {probs[bad[0]]}; expected a number "
+            "in [0, 1]"
+        )
+    return ids, labels, probs
+
+
+def read_predictions_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities from predictions.csv (unlabelled rows dropped)."""
+    _, labels, probs = read_predictions(path)
+    return labels, probs
+
+
+def read_run_json(path: Path) -> Any:
+    """A run folder's JSON file (config.json, summary.json); DataError if it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path}: damaged run file ({type(exc).__name__}: {exc})") from None
 
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
@@ -138,12 +200,17 @@ def fold_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "device": summaries[0]["device"],
         "device_name": summaries[0].get("device_name"),
         "folds": len(summaries),
-        "mean": {k: float(np.mean([s["best"][k] for s in summaries])) for k in keys},
-        "std": {k: float(np.std([s["best"][k] for s in summaries])) for k in keys},
+        "mean": {k: float(np.mean([_nan(s["best"][k]) for s in summaries])) for k in keys},
+        "std": {k: float(np.std([_nan(s["best"][k]) for s in summaries])) for k in keys},
         "per_fold": [s["best"] for s in summaries],
         "epoch_seconds_mean": float(np.mean([s["epoch_seconds_mean"] for s in summaries])),
         "patients_per_s_mean": float(np.mean([s["patients_per_s_mean"] for s in summaries])),
     }
+
+
+def _nan(x: float | None) -> float:
+    """A metric read back from JSON: null (not computable) is NaN again."""
+    return math.nan if x is None else float(x)
 
 
 def summary_line(summary: dict[str, Any]) -> str:

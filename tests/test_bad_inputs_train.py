@@ -26,7 +26,7 @@ from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fi
 
 from smri.cli import main
 from smri.models import ModelConfig, build_model
-from smri.train import TrainConfig, train
+from smri.training import TrainConfig, train
 from tests.conftest import write_patient
 
 SMALL = ModelConfig(width=0.25)

@@ -152,7 +152,7 @@ def test_plot_writes_the_comparison_figures(run, tmp_path):
 
 
 def test_predict_preprocesses_raw_folders_like_the_store(brats2019, tmp_path):
-    from smri.preprocess import PreprocessConfig, run_preprocess
+    from smri.preprocessing import PreprocessConfig, run_preprocess
 
     root, _ = brats2019(n_hgg=4, n_lgg=4)
     store = tmp_path / "b.h5"
@@ -221,7 +221,7 @@ def test_ctrl_c_says_what_the_run_folder_holds(store, tmp_path, monkeypatch, lef
             (out / name).write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("smri.train.train", interrupted)
+    monkeypatch.setattr("smri.training.train", interrupted)
     result = invoke("train", store, *FAST, "--out", out)
     assert result.exit_code == 130
     assert result.output.strip() == message.format(out=out)

@@ -14,8 +14,8 @@ from train_helpers import (  # noqa: F401 (autouse fixture)
 )
 
 from smri.data import (
+    BatchDataset,
     Batches,
-    StoreDataset,
     epoch_batches,
     random_flips,
     resolve_cache,
@@ -89,7 +89,7 @@ def test_epoch_batches_cover_positions_once_and_depend_on_seed_and_epoch():
 
 
 def test_dataset_opens_the_file_lazily_and_never_pickles_a_handle(store):
-    ds = StoreDataset(store, np.array([2, 5, 7]))
+    ds = BatchDataset(store, np.array([2, 5, 7]))
     assert ds._reader is None
     images, labels = ds[[2, 0]]
     with StoreReader(store) as r:

@@ -45,13 +45,26 @@ def test_figures_decode(results, name):
 
 
 @pytest.mark.slow
-def test_summary_has_three_models_with_finite_numbers(results):
-    rows = json.loads((results / "summary.json").read_text())
-    assert [r["model"] for r in rows] == ["cnn1", "cnn2", "cnn3"]
-    for r in rows:
-        values = [*r["mean"].values(), *r["std"].values(), r["epoch_seconds"],
-                  r["train_patients_per_s"], r["majority_baseline_accuracy"]]  # fmt: skip
-        assert all(math.isfinite(v) for v in values), r
-        assert r["parameters"] > 0
+def test_summary_has_three_models_intervals_comparisons_and_baselines(results):
+    summary = json.loads((results / "summary.json").read_text())
+    models = summary["models"]
+    assert [m["model"] for m in models] == ["cnn1", "cnn2", "cnn3"]
+    for m in models:
+        values = [*m["mean"].values(), *m["std"].values(), m["epoch_seconds"],
+                  m["train_patients_per_s"], m["majority_baseline_accuracy"]]  # fmt: skip
+        assert all(v is not None and math.isfinite(v) for v in values), m
+        assert m["parameters"] > 0 and m["folds"] == 2  # QUICK=1 cross-validates on 2 folds
+        for metric in ("auc", "balanced_accuracy"):
+            lo, hi = m["ci95"][metric]
+            assert lo <= m["mean"][metric] <= hi
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [
+        ("cnn1", "cnn2"), ("cnn1", "cnn3"), ("cnn2", "cnn3")
+    ]  # fmt: skip
+    for c in summary["comparisons"]:  # the same folds and patients: every pair is compared
+        assert c["ci95"][0] <= c["difference"] <= c["ci95"][1] and 0 < c["p_value"] <= 1
+    assert 0 < summary["baselines"]["majority"]["accuracy"] < 1
+    assert 0 <= summary["baselines"]["intensity_logreg"]["auc"] <= 1
     table = (results / "summary.md").read_text()
-    assert table.count("\n| CNN") == 3 and "Majority-class baseline" in table
+    models_table = table.split("## Pairwise comparisons")[0]
+    assert models_table.count("\n| CNN") == 3 and "Majority class" in table
+    assert "significant at 0.05" in table and "Intensity baseline" in table

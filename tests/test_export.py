@@ -23,7 +23,7 @@ from smri.cli import main
 from smri.errors import SmriError
 from smri.export import export_run, load_model
 from smri.models import ModelConfig
-from smri.train import TrainConfig, train
+from smri.training import TrainConfig, train
 from tests.conftest import write_nifti, write_patient
 
 SMALL = ModelConfig(width=0.25)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from smri.discovery import DEFAULT_MODALITIES, discover, modality_of, patient_from_folder
 from smri.errors import DataError, PatientError
-from smri.preprocess import PreprocessConfig, load_patient
+from smri.preprocessing import PreprocessConfig, load_patient
 from smri.volume import load_volume, minmax_normalize, normalized_slab
 
 SHAPE = (4, 5, 6)

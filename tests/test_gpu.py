@@ -18,7 +18,7 @@ from smri.checkpoint import load_checkpoint
 from smri.cli import main
 from smri.data import Batches, resolve_cache
 from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
-from smri.train import TrainConfig, train
+from smri.training import TrainConfig, train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from smri.preprocess import PreprocessConfig, run_preprocess
+from smri.preprocessing import PreprocessConfig, run_preprocess
 
 
 def _cmd(root, out, *extra):

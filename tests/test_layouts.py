@@ -130,6 +130,34 @@ def test_brats2023_quirks_are_reasons(tmp_path):
     ]
 
 
+def test_brats2023_keeps_one_timepoint_per_subject(tmp_path):
+    """Timepoints of one subject would land on both sides of a split: the lowest usable one is
+    kept, every other one is skipped with a reason naming the kept one."""
+    ids = ["BraTS-GLI-00000-000", "BraTS-GLI-00000-001", "BraTS-GLI-00002-001",
+           "BraTS-GLI-00002-003", "BraTS-GLI-00003-000", "BraTS-GLI-00003-002",
+           "BraTS-GLI-00003-004", "BraTS-MET-00000-001"]  # fmt: skip
+    for i, pid in enumerate(ids):
+        write_brats2023(tmp_path, pid, i)
+    (tmp_path / ids[4] / f"{ids[4]}-t1c.nii.gz").unlink()  # the lowest is unusable: next one
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,label\n" + "".join(f"{p},1\n" for p in ids))
+    found = discover(tmp_path, labels_csv=labels)
+    assert [p.patient_id for p in found.patients] == [
+        "BraTS-GLI-00000-000", "BraTS-GLI-00002-001", "BraTS-GLI-00003-002",
+        "BraTS-MET-00000-001",  # another tumour type: another subject
+    ]  # fmt: skip
+    assert [str(e) for e in found.skipped] == [
+        "patient BraTS-GLI-00000-001: another timepoint of subject BraTS-GLI-00000; kept "
+        "BraTS-GLI-00000-000 (one timepoint per subject)",
+        "patient BraTS-GLI-00002-003: another timepoint of subject BraTS-GLI-00002; kept "
+        "BraTS-GLI-00002-001 (one timepoint per subject)",
+        f"patient BraTS-GLI-00003-000: no t1ce file in {tmp_path / ids[4]} (expected names "
+        "ending -t1c.nii or .nii.gz)",
+        "patient BraTS-GLI-00003-004: another timepoint of subject BraTS-GLI-00003; kept "
+        "BraTS-GLI-00003-002 (one timepoint per subject)",
+    ]
+
+
 def test_brats2023_modalities_must_have_a_counterpart(tmp_path):
     write_brats2023(tmp_path, "BraTS-GLI-00000-000", 0)
     with pytest.raises(ConfigError) as err:

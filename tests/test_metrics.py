@@ -49,3 +49,17 @@ def test_one_class_gives_nan_auc_and_sensitivity():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match=r"labels \(2,\) and probabilities \(3,\) differ"):
         binary_metrics(np.array([0, 1]), np.array([0.1, 0.2, 0.3]))
+
+
+def test_one_class_roc_has_the_present_class_rate_and_nan_for_the_other():
+    fpr, tpr = roc_curve(np.zeros(3, int), np.array([0.2, 0.7, 0.7]))
+    np.testing.assert_allclose(fpr, [0, 2 / 3, 1])
+    assert np.isnan(tpr).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_probability_that_is_not_finite_is_never_counted_as_a_class(bad):
+    from smri.errors import DataError
+
+    with pytest.raises(DataError, match="1 of 3 probabilities are not finite"):
+        binary_metrics(np.array([0, 1, 1]), np.array([0.1, bad, 0.9]))

@@ -80,13 +80,13 @@ def test_save_figure_writes_a_150_dpi_png(tmp_path):
 def _fake_run(folder, model, folds=None):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model": {"name": model}}))
-    metrics = {
-        k: 0.5 for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
+    metrics = {  # what the predictions below score: both patients right
+        k: 1.0 for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
     }
     common = {"model": model, "parameters": 1234, "patients_per_s_mean": 9.87, "device": "cpu",
               "epoch_seconds_mean": 2.5}  # fmt: skip
     summary = (
-        {**common, "folds": folds, "mean": metrics, "std": {k: 0.1 for k in metrics}}
+        {**common, "folds": folds, "mean": metrics, "std": {k: 0.0 for k in metrics}}
         if folds
         else {**common, "fold": None, "best": metrics}
     )
@@ -114,18 +114,20 @@ def test_plot_runs_writes_every_figure(tmp_path):
     ]  # fmt: skip
     assert all(p.stat().st_size > 1000 for p in written[:-2])
     table = (tmp_path / "figs" / "summary.md").read_text().splitlines()
-    assert (
-        table[4] == "| CNN1 | 1,234 | 1 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 2.5 | 9.9 | cpu |"
+    assert table[4] == (
+        "| CNN1 | 1,234 | 1 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 1.000 | 1.000 "
+        "| 1.000 | 2.5 | 9.9 | cpu |"
     )
-    assert table[5].startswith("| CNN3 | 1,234 | 3 | 0.500 ± 0.100 | ")
+    assert table[5].startswith("| CNN3 | 1,234 | 3 | 1.000 ± 0.000 [1.000, 1.000] | ")
     # Each fake validation split holds one patient of each class: the majority baseline is 0.5.
     assert any(
-        line.startswith("Majority-class baseline: ") and "accuracy 0.500" in line for line in table
+        line.startswith("- Majority class: ") and "accuracy 0.500" in line for line in table
     )
     assert "![all_models_roc.png](all_models_roc.png)" in table
-    rows = json.loads((tmp_path / "figs" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "figs" / "summary.json").read_text())
+    rows = summary["models"]
     assert [r["model"] for r in rows] == ["cnn1", "cnn3"]
-    assert rows[1]["std"]["auc"] == 0.1 and rows[0]["majority_baseline_accuracy"] == 0.5
+    assert rows[1]["std"]["auc"] == 0.0 and rows[0]["majority_baseline_accuracy"] == 0.5
 
 
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
@@ -141,7 +143,7 @@ def test_summary_names_each_runs_baseline_when_the_splits_differ(tmp_path):
     )
     plot_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "figs")
     table = (tmp_path / "figs" / "summary.md").read_text()
-    assert "scores accuracy CNN1 0.500, CNN2 0.667 on each run's own validation patients" in table
+    assert "accuracy CNN1 0.500, CNN2 0.667 (each run's own validation patients)" in table
 
 
 DAMAGED_RUN_FILES = [

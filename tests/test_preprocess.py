@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from smri.cli import main
 from smri.errors import ConfigError, DataError
-from smri.preprocess import PreprocessConfig, run_preprocess
+from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
 from tests.conftest import SHAPE, expected_images, write_nifti
 

@@ -20,7 +20,7 @@ from smri.append import append_preprocess
 from smri.cli import main
 from smri.errors import ConfigError, DataError
 from smri.parallel import ordered_map
-from smri.preprocess import PatientResult, PreprocessConfig, run_preprocess
+from smri.preprocessing import PatientResult, PreprocessConfig, run_preprocess
 from smri.store import StoreReader
 from tests.conftest import write_nifti
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from smri.cli import main
+from smri.phantoms import SynthConfig, synthesize
 from smri.show import ShownPatient, content_box, mosaic, slab_figure, slab_from_folder
-from smri.synth import SynthConfig, synthesize
 from smri.volume import central_slab, load_volume, minmax_normalize
 
 matplotlib.use("Agg")

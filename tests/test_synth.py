@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from smri import synth
+from smri import phantoms as synth
 from smri.cli import main
-from smri.synth import (
+from smri.phantoms import (
     CSF,
     ENHANCING,
     GM,
@@ -304,16 +304,6 @@ def test_preprocess_reads_what_synth_writes(cohort2019: Path, tmp_path: Path) ->
         labels = f["labels"][:].tolist()
         assert f["images"].shape == (6, 4, 32, 48, 48)
     assert dict(zip(ids, labels, strict=True)) == truth
-
-
-def test_global_features_shape_and_values() -> None:
-    slab = np.zeros((4, 2, 3, 5), dtype=np.float32)
-    slab[1, 0, 0, 0] = 1.0
-    f = synth.global_features(slab).reshape(4, -1)
-    assert f.shape == (4, 9)
-    assert f[1, 0] == pytest.approx(1 / 30)  # mean
-    assert f[1, 2] == 1.0  # max
-    assert not f[[0, 2, 3]].any()
 
 
 def test_stats_only_classifier_stays_weak() -> None:

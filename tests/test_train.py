@@ -19,7 +19,7 @@ from smri.checkpoint import check_compatible, load_checkpoint, resolve_device
 from smri.errors import ConfigError, DataError
 from smri.models import MODEL_NAMES, ModelConfig, build_model
 from smri.runs import METRIC_COLUMNS
-from smri.train import TrainConfig, train
+from smri.training import TrainConfig, train
 
 FAST = TrainConfig(epochs=3, batch_size=4, workers=0, cache="ram", lr=3e-3)
 SMALL = ModelConfig(width=0.25)
@@ -42,7 +42,7 @@ def test_every_model_trains_with_finite_improving_loss(store, tmp_path, name):
 def test_run_folder_contents(store, tmp_path):
     lines: list[str] = []
     out = tmp_path / "run"
-    summary = train(store, SMALL, FAST, out, log=lines.append)
+    summary = train(store, SMALL, FAST, out, log=lines.append, tensorboard=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "best.pt", "config.json", "last.pt", "loss_curve.png", "metrics.csv",
         "predictions.csv", "split.json", "summary.json",

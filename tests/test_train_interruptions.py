@@ -39,7 +39,7 @@ from smri.cli import main
 from smri.errors import DataError
 from smri.models import ModelConfig
 from smri.store import StoreReader
-from smri.train import TrainConfig, train
+from smri.training import TrainConfig, train
 
 TIMING = {"seconds", "patients_per_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -24,7 +24,7 @@ from smri.cli import main
 from smri.errors import DataError
 from smri.models import ModelConfig
 from smri.store import StoreReader
-from smri.train import TrainConfig, train
+from smri.training import TrainConfig, train
 from tests.conftest import write_patient
 
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")

@@ -74,3 +74,25 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(rv):
             self.fail(f"expected a finite number, got {value!r}.", param, ctx)
         return rv
+
+
+def api_defaults(func: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of an `smri.api` function: the commands' option defaults.
+
+    The API takes them from the settings dataclasses, so each default is written once.
+    """
+    import inspect
+
+    params = inspect.signature(func).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def quiet_option(what: str) -> Callable[[Any], Any]:
+    """--quiet/-q: no progress bar and no info lines; warnings, errors and the result stay."""
+    return click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        help=f"No progress bar{what}; warnings, errors and the final line are still printed "
+        "[default: off].",
+    )

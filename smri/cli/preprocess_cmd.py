@@ -7,11 +7,14 @@ from pathlib import Path
 
 import click
 
-from smri.cli.common import OutputFile, handle_errors
+from smri import api
+from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option
+from smri.discovery import DEFAULT_CLASSES
 from smri.parallel import BACKENDS
 from smri.store import COMPRESSIONS, DTYPES
 
 PathArg = click.Path(path_type=Path)
+PREPROCESS = api_defaults(api.preprocess)
 
 
 @click.command()
@@ -27,14 +30,14 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option(
     "--modalities",
-    default="flair,t1,t1ce,t2",
+    default=",".join(PREPROCESS["modalities"]),
     show_default=True,
     help="Modality file suffixes to read, comma-separated; also the sequence order.",
 )
 @click.option(
     "--slices",
     type=click.IntRange(min=1),
-    default=32,
+    default=PREPROCESS["slices"],
     show_default=True,
     help="Central slices kept along the third (depth) axis.",
 )
@@ -48,7 +51,7 @@ PathArg = click.Path(path_type=Path)
 )
 @click.option(
     "--classes",
-    default="LGG=0,HGG=1",
+    default=",".join(f"{name}={value}" for name, value in DEFAULT_CLASSES.items()),
     show_default=True,
     help="Class names and their labels: class folder names, or names in the labels CSV "
     "(or participants.tsv column).",
@@ -79,20 +82,20 @@ PathArg = click.Path(path_type=Path)
 @click.option(
     "--dtype",
     type=click.Choice(DTYPES),
-    default="float16",
+    default=PREPROCESS["dtype"],
     show_default=True,
     help="Stored voxel type (values are in [0, 1]; float16 keeps 11 bits).",
 )
 @click.option(
     "--compression",
     type=click.Choice(list(COMPRESSIONS)),
-    default="none",
+    default=PREPROCESS["compression"],
     show_default=True,
     help="HDF5 filter for images (built-in filters only; speeds in docs/performance.md).",
 )
 @click.option(
     "--canonical/--no-canonical",
-    default=False,
+    default=PREPROCESS["canonical"],
     show_default=True,
     help="Reorient every volume to the closest canonical (RAS+) orientation first.",
 )
@@ -118,7 +121,7 @@ PathArg = click.Path(path_type=Path)
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
-    default=BACKENDS[0],
+    default=PREPROCESS["backend"],
     show_default=True,
     help="Where patients are processed: threads share memory and ISA-L gzip and numpy release "
     "the GIL, so no array is pickled back to the writer (see docs/performance.md); loky uses "
@@ -137,6 +140,7 @@ PathArg = click.Path(path_type=Path)
     default=None,
     help="Show a progress bar [default: when stderr is a terminal].",
 )
+@quiet_option(" (as --no-progress: preprocess prints only warnings besides)")
 @handle_errors
 def preprocess(
     input_dir: Path,
@@ -159,6 +163,7 @@ def preprocess(
     backend: str,
     scheduler: str | None,
     progress: bool | None,
+    quiet: bool,
 ) -> None:
     """Turn patient folders of NIfTI under INPUT into one HDF5 store OUTPUT.
 
@@ -168,48 +173,15 @@ def preprocess(
     other class folders (--classes), flat folders with --labels CSV, BraTS 2023 folders
     (BraTS-GLI-00000-000/, --labels CSV), or a BIDS dataset (sub-*/anat/, --label-column).
     """
-    from smri.discovery import BidsOptions, parse_classes, parse_modalities
-    from smri.preprocess import PreprocessConfig, run_preprocess
-
-    if append and (overwrite or resume):
-        raise click.UsageError(
-            f"--append cannot be combined with {'--overwrite' if overwrite else '--resume'}: "
-            "an append adds to OUTPUT (and an interrupted one leaves it unchanged)"
-        )
-    if labels_csv is not None and not labels_csv.is_file():
-        problem = "is a folder; expected a CSV file" if labels_csv.is_dir() else "no such file"
-        raise click.BadParameter(f"{labels_csv}: {problem}", param_hint="'--labels'")
     given = click.get_current_context().get_parameter_source("classes")
-    if positive is not None and given != click.core.ParameterSource.COMMANDLINE:
-        class_names = {f"not {positive}": 0, positive: 1}
-    else:
-        class_names = parse_classes(classes)
-    cfg = PreprocessConfig(
-        modalities=parse_modalities(modalities),
-        slices=slices,
-        dtype=dtype,
-        compression=compression,
-        canonical=canonical,
-        classes=class_names,
-    )
-    common = {
-        "jobs": jobs,
-        "labels_csv": labels_csv,
-        "strict": strict,
-        "backend": backend,
-        "scheduler": scheduler,
-        "progress": progress,
-        "echo": lambda line: click.echo(line, err=True),
-        "bids": BidsOptions(label_column, positive, session),
-    }
-    if append:
-        from smri.append import append_preprocess
-
-        summary = append_preprocess(input_dir, output, cfg, **common)
-    else:
-        summary = run_preprocess(
-            input_dir, output, cfg, overwrite=overwrite, resume=resume, **common
-        )
+    summary = api.preprocess(
+        input_dir, output, jobs=jobs, modalities=modalities, slices=slices, labels=labels_csv,
+        classes=classes if given == click.core.ParameterSource.COMMANDLINE else None,
+        label_column=label_column, positive=positive, session=session, dtype=dtype,
+        compression=compression, canonical=canonical, overwrite=overwrite, append=append,
+        resume=resume, strict=strict, backend=backend, scheduler=scheduler, progress=progress,
+        quiet=quiet, log=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
     click.echo(summary.line())
 
 

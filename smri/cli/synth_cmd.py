@@ -2,57 +2,64 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
 import click
 
-from smri.cli.common import OutputFile, handle_errors
+from smri import api
+from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option
+from smri.phantoms import FORMATS, LAYOUTS
+
+SYNTH = api_defaults(api.synth)
 
 
 @click.command()
 @click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--patients", "-n", type=int, default=40, show_default=True, help="Patients to write."
-)
+    "--patients", "-n", type=int, default=SYNTH["patients"], show_default=True,
+    help="Patients to write.",
+)  # fmt: skip
 @click.option(
     "--hgg-fraction",
     type=float,
-    default=0.77,
+    default=SYNTH["hgg_fraction"],
     show_default=True,
     help="Share of HGG patients (BraTS 2019's share is 0.77).",
 )
 @click.option(
     "--layout",
-    type=click.Choice(["2019", "2020"]),
-    default="2019",
+    type=click.Choice(LAYOUTS),
+    default=SYNTH["layout"],
     show_default=True,
     help="2019: OUT/{HGG,LGG}/<pid>/; 2020: OUT/<pid>/ plus OUT/name_mapping.csv.",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["nii.gz", "nii"]),
-    default="nii.gz",
+    type=click.Choice(FORMATS),
+    default=SYNTH["format"],
     show_default=True,
     help="NIfTI file format.",
 )
 @click.option(
     "--shape",
     type=(int, int, int),
-    default=(240, 240, 155),
+    default=SYNTH["shape"],
     show_default=True,
     metavar="X Y Z",
     help="Voxels per axis over a fixed 240x240x155 mm field of view (Z >= 32, X, Y >= 16).",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Random seed: same seed, same bytes."
-)
+    "--seed", type=int, default=SYNTH["seed"], show_default=True,
+    help="Random seed: same seed, same bytes.",
+)  # fmt: skip
 @click.option(
     "--jobs",
     "-j",
     type=click.IntRange(min=1),
-    default=None,
+    default=SYNTH["jobs"],
     help="Parallel worker processes [default: all cores].",
 )
 @click.option(
@@ -60,6 +67,7 @@ from smri.cli.common import OutputFile, handle_errors
     is_flag=True,
     help="Replace a cohort already in OUT (only what synth writes is removed) [default: off].",
 )
+@quiet_option("")
 @handle_errors
 def synth(
     out: Path,
@@ -71,6 +79,7 @@ def synth(
     seed: int,
     jobs: int | None,
     overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Write a BraTS-like cohort of synthetic phantom brains to OUT (not patients' scans).
 
@@ -78,22 +87,15 @@ def synth(
     OUT/truth.csv records every case's class and tumour parameters. HGG: larger, necrotic core,
     enhancing rim on T1ce; LGG: smaller, non-enhancing, bright on T2/FLAIR.
     """
-    from smri.synth import SynthConfig, synthesize
-
-    cfg = SynthConfig(
-        patients=patients,
-        hgg_fraction=hgg_fraction,
-        shape=tuple(shape),
-        layout=layout,
-        fmt=fmt,
-        seed=seed,
-    )
     t0 = time.perf_counter()
-    rows = synthesize(cfg, out, jobs=jobs or -1, overwrite=overwrite)
-    n_hgg = sum(r["label"] for r in rows)
+    api.synth(out, patients=patients, hgg_fraction=hgg_fraction, layout=layout, format=fmt,
+              shape=tuple(shape), seed=seed, jobs=jobs, overwrite=overwrite,
+              quiet=quiet)  # fmt: skip
+    with open(out / "truth.csv", newline="") as fh:
+        labels = [int(row["label"]) for row in csv.DictReader(fh)]
     click.echo(
-        f"wrote {len(rows)} patients (HGG {n_hgg}, LGG {len(rows) - n_hgg}) to {out} "
-        f"in {time.perf_counter() - t0:.1f} s; parameters in {out / 'truth.csv'}"
+        f"wrote {len(labels)} patients (HGG {sum(labels)}, LGG {len(labels) - sum(labels)}) to "
+        f"{out} in {time.perf_counter() - t0:.1f} s; parameters in {out / 'truth.csv'}"
     )
 
 
@@ -121,7 +123,7 @@ def synth(
 @click.option(
     "--slices",
     type=click.IntRange(min=1),
-    default=32,
+    default=api_defaults(api.preprocess)["slices"],
     show_default=True,
     help="Central slices kept from a raw folder (a store records its own).",
 )

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
+from smri.config import MODEL_NAMES, ModelConfig
 from smri.errors import ConfigError
 from smri.models.blocks import ConvBlock, SEBlock, pad_first_conv
 from smri.models.cnn import CNN1, CNN2, CNN3, MIN_SIZE, pooled_shape
 from smri.models.lstm import CNNLSTM
-
-MODEL_NAMES = ("cnn1", "cnn2", "cnn3")
 
 __all__ = [
     "CNN1",
@@ -28,26 +25,6 @@ __all__ = [
     "pad_first_conv",
     "pooled_shape",
 ]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a model; saved in every checkpoint."""
-
-    name: str = "cnn2"
-    volume_shape: tuple[int, int, int] = (32, 240, 240)  # (S, H, W) of one modality volume
-    width: float = 1.0
-    hidden: int = 128
-    dropout: float = 0.5
-    fc: int = 256  # CNN1's embedding size
-    se_reduction: int = 8  # CNN3
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        """Inverse of dataclasses.asdict (lists back to tuples)."""
-        d = dict(d)
-        d["volume_shape"] = tuple(int(s) for s in d["volume_shape"])
-        return cls(**d)
 
 
 def build_model(cfg: ModelConfig) -> CNNLSTM:

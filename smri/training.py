@@ -1,8 +1,9 @@
 """Training: one epoch, evaluation, fit (one run folder), K-fold runs, checkpoints, resume.
 
 A run folder holds config.json, split.json, metrics.csv, last.pt, best.pt (best validation AUC),
-predictions.csv, summary.json and loss_curve.png. Checkpoints carry the model config and the
-store's preprocessing config, so `evaluate` and `predict` need nothing else.
+predictions.csv, summary.json and loss_curve.png, and TensorBoard event files when the
+tensorboard package is installed. Checkpoints carry the model config and the store's
+preprocessing config, so `evaluate` and `predict` need nothing else.
 
 Under torchrun (a `Dist` with world_size > 1, see smri.distributed) the same loop runs on every
 rank with DistributedDataParallel: `--batch-size` is the global batch, each rank trains on its
@@ -37,6 +38,7 @@ from smri.checkpoint import (
     set_rng_state,
     store_fields,
 )
+from smri.config import TrainConfig
 from smri.data import (
     Batches,
     Split,
@@ -64,34 +66,10 @@ from smri.runs import (
     write_predictions,
 )
 from smri.store import StoreInfo, StoreReader
+from smri.tensorboard_log import Board
+from smri.tensorboard_log import resolve as resolve_tensorboard
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training setting; saved in config.json and in every checkpoint."""
-
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    val_fraction: float = 0.2
-    folds: int | None = None
-    fold: int | None = None
-    class_weight: str = "auto"
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    cache: str = "auto"
-    workers: int = 4
-    augment: bool = False
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of asdict; unknown keys ignored."""
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -116,10 +94,12 @@ def train_one_epoch(
     augment: bool,
     seed: int,
     dist: Dist = SINGLE,
+    progress: bool | None = None,
 ) -> dict[str, float]:
     """One pass over the training batches; returns mean loss, accuracy, seconds, patients/s.
 
     With several ranks the loss, accuracy and patient count are summed over all of them.
+    `progress`: a bar on rank 0 (None: when stderr is a terminal).
     """
     from tqdm import tqdm
 
@@ -129,7 +109,7 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
     start = time.perf_counter()
-    show = _tty() and dist.is_main
+    show = (_tty() if progress is None else progress) and dist.is_main
     bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not show)
     for step, (images, labels) in enumerate(batches.epoch(epoch)):
         if augment:
@@ -248,7 +228,8 @@ def run_config(
         "model": asdict(model_cfg),
         "train": asdict(cfg),
         "resolved": {"device": str(setup.device), "cache": setup.cache, "amp_bf16": setup.amp},
-        "store": setup.info.as_dict(),
+        # absolute, so that --resume and `smri plot` find the store from any folder
+        "store": {**setup.info.as_dict(), "path": str(Path(setup.info.path).resolve())},
         "versions": versions(),
     }
     if dist.enabled:
@@ -296,8 +277,13 @@ def fit(
     resume: bool = False,
     log: Log = print,
     dist: Dist = SINGLE,
+    progress: bool | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
-    """Train one split into run folder `out` (resuming from out/last.pt); returns the summary."""
+    """Train one split into run folder `out` (resuming from out/last.pt); returns the summary.
+
+    `tensorboard`: rank 0 writes event files into `out` (see `smri.tensorboard_log`).
+    """
     dist.on_main(lambda: out.mkdir(parents=True, exist_ok=True))
     device = setup.device
     net, model, eval_model = _build(model_cfg, cfg, device, dist, log)
@@ -342,6 +328,7 @@ def fit(
     if dist.is_main:
         write_metrics(metrics_path, rows)
 
+    board = Board(out, start_epoch + 1, enabled=tensorboard and dist.is_main)
     params = count_parameters(net)
     ranks = f" | {dist.world_size} ranks x {per_rank} patients/step" if dist.enabled else ""
     log(
@@ -364,6 +351,7 @@ def fit(
                 augment=cfg.augment,
                 seed=cfg.seed,
                 dist=dist,
+                progress=progress,
             )
             dist.sync_buffers(net)  # evaluate and save rank 0's BatchNorm statistics everywhere
             va, _ = evaluate(eval_model, val_batches, criterion, setup.amp, dist)
@@ -401,11 +389,13 @@ def fit(
                     },
                 )
                 write_metrics(metrics_path, rows)
+                board.epoch(row)
             log(_epoch_line(row, cfg.epochs, improved))
         return _finish(
-            out, split, setup, net, model_cfg, rows, params, val_batches, criterion, dist
+            out, split, setup, net, model_cfg, rows, params, val_batches, criterion, dist, board
         )
     finally:
+        board.close()
         train_batches.close()
         val_batches.close()
 
@@ -481,11 +471,15 @@ def _finish(
     val_batches: Batches,
     criterion: nn.Module,
     dist: Dist = SINGLE,
+    board: Board | None = None,
 ) -> dict[str, Any]:
-    """Predictions of best.pt on the validation split, summary.json and loss_curve.png."""
+    """Predictions of best.pt on the validation split, summary.json and loss_curve.png (and
+    the ROC of best.pt in the event files)."""
     ckpt = dist.on_main(lambda: load_checkpoint(out / "best.pt"))
     load_weights(net, ckpt, model_cfg, str(out / "best.pt"))
     metrics, probs = evaluate(net, val_batches, criterion, setup.amp, dist)
+    if board is not None:
+        board.roc(setup.labels[split.val], probs, int(ckpt["epoch"]), model_cfg.name)
     return dist.on_main(
         lambda: _write_results(out, split, setup, model_cfg, rows, params, ckpt, metrics, probs)
     )
@@ -591,13 +585,19 @@ def train(
     overwrite: bool = False,
     log: Log = print,
     dist: Dist = SINGLE,
+    progress: bool | None = None,
+    tensorboard: bool | None = None,
 ) -> dict[str, Any]:
     """Train one split or every fold into `out`; for K folds, summary.json holds mean ± std.
 
     With a started `dist` every rank calls this; rank 0 alone logs and touches `out`, and
-    every rank returns the same summary.
+    every rank returns the same summary. `progress`: a bar per epoch (None: when stderr is a
+    terminal); `tensorboard`: event files in each run or fold folder (None: when the
+    tensorboard package is installed, saying once how to get it when not).
     """
     log = log if dist.is_main else _silent
+    board = resolve_tensorboard(tensorboard, log)
+    extra = {"log": log, "dist": dist, "progress": progress, "tensorboard": board}
     setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
     split_dicts = [split_json(s, setup.patient_ids) for s in splits]
 
@@ -612,7 +612,7 @@ def train(
 
     dist.on_main(start_run)
     if cfg.folds is None or cfg.fold is not None:
-        return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, log=log, dist=dist)
+        return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, **extra)
     summaries = []
     for split in splits:
         fold_dir = out / f"fold{split.fold}"
@@ -633,9 +633,7 @@ def train(
             write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
 
         dist.on_main(start_fold)
-        summaries.append(
-            fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, log=log, dist=dist)
-        )
+        summaries.append(fit(store, model_cfg, cfg, fold_dir, split, setup, resume=resume, **extra))
     summary = dist.on_main(lambda: _finish_folds(out, model_cfg, cfg, summaries))
     log(summary_line(summary))
     return summary

@@ -769,44 +769,32 @@ def _effective_jobs(jobs: int) -> int:
 # ----------------------------------------------------------------------------- difficulty
 
 
-def global_features(slab: np.ndarray) -> np.ndarray:
-    """Global intensity statistics of one normalised (M, S, H, W) slab: the stats-only baseline.
-
-    Per modality: mean, std, max, and the 50/75/90/95/99/99.9th percentiles, over the whole slab.
-    """
-    flat = slab.reshape(slab.shape[0], -1).astype(np.float32)
-    pct = np.percentile(flat, [50, 75, 90, 95, 99, 99.9], axis=1).T
-    stats = np.stack([flat.mean(1), flat.std(1), flat.max(1)], axis=1)
-    return np.concatenate([stats, pct], axis=1).ravel()
-
-
 def phantom_features(seed: int, index: int, grade: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """`global_features` of one phantom after the preprocessing (min–max, central slab)."""
+    """Intensity-baseline features of one phantom after the preprocessing (min–max, central
+    slab): `smri.baseline.intensity_features`."""
     from threadpoolctl import threadpool_limits
 
+    from smri.baseline import intensity_features
     from smri.volume import central_slab, minmax_normalize
 
     with threadpool_limits(limits=1):
         ph = make_phantom(seed, index, grade, shape)
     slab = np.stack([central_slab(minmax_normalize(ph.volumes[m]), SLAB) for m in MODALITIES])
-    return global_features(slab)
+    return intensity_features(slab)
 
 
 def stats_only_auc(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated ROC AUC of a logistic regression on global statistics (5-fold, 4 repeats)."""
-    from sklearn.linear_model import LogisticRegression
+    """Cross-validated ROC AUC of the intensity baseline (`smri.baseline`; 5 folds, 4 repeats)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+
+    from smri.baseline import fit_predict
 
     aucs = []
     for rep in range(4):
         folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed + rep)
         scores = np.zeros(len(labels))
         for train, test in folds.split(features, labels):
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
-            model.fit(features[train], labels[train])
-            scores[test] = model.decision_function(features[test])
+            scores[test] = fit_predict(features, labels, train, test)
         aucs.append(roc_auc_score(labels, scores))
     return float(np.mean(aucs))

@@ -1,0 +1,62 @@
+"""The model and training settings: frozen dataclasses whose defaults are smri's only defaults.
+
+Light to import (no torch), so the CLI takes its option defaults and choices from here while
+`smri --help` stays instant; `smri.models` and `smri.training` re-export these classes. The
+preprocessing settings live beside their code (`smri.preprocessing.PreprocessConfig`,
+`smri.phantoms.SynthConfig`), which is light as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MODEL_NAMES = ("cnn1", "cnn2", "cnn3")
+CACHE_MODES = ("auto", "device", "ram", "none")
+CLASS_WEIGHTS = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; saved in every checkpoint."""
+
+    name: str = "cnn2"
+    volume_shape: tuple[int, int, int] = (32, 240, 240)  # (S, H, W) of one modality volume
+    width: float = 1.0
+    hidden: int = 128
+    dropout: float = 0.5
+    fc: int = 256  # CNN1's embedding size
+    se_reduction: int = 8  # CNN3
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        """Inverse of dataclasses.asdict (lists back to tuples)."""
+        d = dict(d)
+        d["volume_shape"] = tuple(int(s) for s in d["volume_shape"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting; saved in config.json and in every checkpoint."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.2
+    folds: int | None = None
+    fold: int | None = None
+    class_weight: str = "auto"
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    cache: str = "auto"
+    workers: int = 4
+    augment: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of asdict; unknown keys ignored."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
