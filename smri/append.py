@@ -1,8 +1,9 @@
 """`smri preprocess --append`: add a cohort's new patients to an existing store.
 
 The existing store is never modified in place. A new complete store is written beside it — old
-rows copied chunk by chunk as stored bytes, new results merged in, all in sorted patient order —
-and renamed over it at the end, so an interrupted or failed append leaves it as it was.
+rows copied in (compressed chunks as their stored bytes), new results merged in, all in sorted
+patient order — and renamed over it at the end, so an interrupted or failed append leaves it as
+it was. The loop is preprocessing's own (`smri.preprocessing.write_patients`).
 """
 
 from __future__ import annotations

@@ -394,13 +394,14 @@ class StoreWriter:
     def copy_row(self, reader: StoreReader, i: int) -> int:
         """Append row `i` of another store as the next row; returns its index.
 
-        Image chunks are copied as stored bytes (no decode, no re-compression) when both stores
-        share chunk layout, dtype and filters; otherwise they are read and written.
+        Compressed image chunks are copied as stored bytes (no decompression, no compressing
+        again) when both stores share chunk layout, dtype and filters; otherwise they are read
+        and written (for uncompressed chunks that is as fast).
         """
         src, dst = reader._images, self.images
         j = int(self._written.sum())
         a, b = ((d.chunks, d.dtype, d.compression, d.compression_opts) for d in (src, dst))
-        if a == b and src.shuffle == dst.shuffle:  # chunks: whole volumes (1, 1, S, H, W)
+        if a == b and src.shuffle == dst.shuffle and src.compression is not None:
             for m in range(src.shape[1]):
                 mask, chunk = src.id.read_direct_chunk((i, m, 0, 0, 0))
                 dst.id.write_direct_chunk((j, m, 0, 0, 0), chunk, mask)
