@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from smri.config import ModelConfig, TrainConfig
 from smri.errors import ConfigError, RunInterrupted
+from smri.parallel import DEFAULT_BACKEND
 from smri.phantoms import SynthConfig
 from smri.preprocessing import PreprocessConfig, PreprocessSummary
 
@@ -109,7 +110,7 @@ def preprocess(
     append: bool = False,
     resume: bool = False,
     strict: bool = False,
-    backend: str = "threading",
+    backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
     quiet: bool = False,

@@ -19,7 +19,7 @@ import numpy as np
 from smri import __version__
 from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
-from smri.parallel import check_backend
+from smri.parallel import DEFAULT_BACKEND, check_backend
 from smri.preprocessing import (
     PatientResult,
     PreprocessConfig,
@@ -87,7 +87,7 @@ def append_preprocess(
     jobs: int | None = None,
     labels_csv: Path | None = None,
     strict: bool = False,
-    backend: str = "threading",
+    backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,

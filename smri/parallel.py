@@ -26,8 +26,9 @@ from typing import Any
 from smri import __version__
 from smri.errors import ConfigError, DataError
 
-# --backend's choices, in the order `smri preprocess --help` lists them.
+# --backend's choices, in the order `smri preprocess --help` lists them; the first is the default.
 BACKENDS = ("threading", "loky", "dask")
+DEFAULT_BACKEND = BACKENDS[0]
 SCHEDULER_TIMEOUT_S = 10.0
 INSTALL_HINT = "pip install 'smri[distributed]'"
 

@@ -33,7 +33,7 @@ from smri.discovery import (
     discover,
 )
 from smri.errors import ConfigError, DataError, PatientError
-from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
+from smri.parallel import DEFAULT_BACKEND, DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreReader, StoreWriter
 from smri.volume import open_volume
 
@@ -406,7 +406,7 @@ def run_preprocess(
     overwrite: bool = False,
     strict: bool = False,
     resume: bool = False,
-    backend: str = "threading",
+    backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
