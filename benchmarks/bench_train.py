@@ -43,11 +43,13 @@ MODALITIES = ("flair", "t1", "t1ce", "t2")
 # --paths name: (row label, bf16 autocast + channels_last, zero-padded first-conv channels,
 # torch.compile). Compiled rows are timed on device-resident data only.
 PATHS = {
+    "contiguous": ("fp32 contiguous", False, 0, False),
     "fp32": ("fp32", False, 0, False),
     "bf16": ("bf16+channels_last", True, 0, False),
     "pad8": ("bf16+channels_last+pad8", True, 8, False),
     "compile": ("bf16+channels_last+compile", True, 0, True),
 }
+CPU_PATHS = ("contiguous", "fp32")
 
 
 @dataclass
@@ -84,11 +86,13 @@ def _rate(
     device: torch.device,
     compile: bool = False,
     pad: int = 0,
+    contiguous: bool = False,
 ) -> tuple[float, float | None]:
     """Median training patients/s over 3 epochs after one warm-up epoch, and peak GiB.
 
     `pad`: run the first convolution on that many zero-padded input channels
-    (`smri.models.pad_first_conv`, the same function).
+    (`smri.models.pad_first_conv`, the same function). `contiguous`: weights and inputs in
+    the contiguous layout instead of smri's channels-last.
     """
     cuda = device.type == "cuda"
     if cuda:
@@ -96,7 +100,9 @@ def _rate(
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = pad_first_conv(build_model(ModelConfig(name=name, volume_shape=shape)), pad)
-    fmt = torch.channels_last_3d if amp and cuda else torch.preserve_format
+    if contiguous:  # the layout smri used on the CPU before channels-last
+        model.memory_format = torch.contiguous_format
+    fmt = torch.contiguous_format if contiguous else torch.channels_last_3d
     model = model.to(device, memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss = nn.BCEWithLogitsLoss()
@@ -183,8 +189,9 @@ def main() -> None:
     parser.add_argument("shape", nargs="*", type=int, default=[32, 240, 240], help="S H W")
     parser.add_argument(
         "--paths",
-        default="fp32,bf16",
-        help="comma-separated, of fp32 (eager), bf16 (+ channels_last, the default path), "
+        default="contiguous,fp32,bf16",
+        help="comma-separated, of contiguous (fp32, the contiguous layout), fp32 (eager, "
+        "channels_last), bf16 (+ channels_last, the default CUDA path), "
         "pad8 (bf16 path, first convolution on 8 zero-padded input channels) and compile "
         "(bf16 path under torch.compile, device cache only); CUDA only but fp32",
     )
@@ -200,18 +207,23 @@ def main() -> None:
     caches = ("device", "none") if cuda else ("ram", "none")
     name_of = torch.cuda.get_device_name() if cuda else machine()
     print(f"{name_of}; {n} patients of 4x{'x'.join(map(str, shape))} float16; batch {BATCH}")
-    if not cuda and set(paths) - {"fp32"}:
-        skipped = ", ".join(p for p in paths if p != "fp32")
+    if not cuda and set(paths) - set(CPU_PATHS):
+        skipped = ", ".join(p for p in paths if p not in CPU_PATHS)
         print(f"no CUDA device: {skipped} skipped (GPU paths); the ram cache stands in for device")
     rows: list[Row] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp) / "bench.h5", n, shape)
-        for key in (k for k in PATHS if k in paths and (cuda or k == "fp32")):
+        for key in (k for k in PATHS if k in paths and (cuda or k in CPU_PATHS)):
             path, amp, pad, compiled = PATHS[key]
             for name in models:
                 t0 = time.perf_counter()
-                kw = {"amp": amp, "pad": pad, "compile": compiled}
+                kw = {
+                    "amp": amp,
+                    "pad": pad,
+                    "compile": compiled,
+                    "contiguous": key == "contiguous",
+                }
                 c, c_gib = rate(store, n, shape, name, caches[0], device=device, **kw)
                 s, s_gib = (None, None) if compiled else rate(store, n, shape, name, "none",
                                                                device=device, **kw)  # fmt: skip
@@ -222,12 +234,14 @@ def main() -> None:
     print(f"({time.perf_counter() - started:.0f} s)\n")
 
     fp32 = {r.model: r.cached for r in rows if r.path == "fp32"}
+    contig = {r.model: r.cached for r in rows if r.path == "fp32 contiguous"}
     print(table(
         ["model", "path", f"{caches[0]} patients/s", "none patients/s", "none / cached",
-         "vs fp32 eager", f"peak GiB ({caches[0]})", "peak GiB (none)"],
+         "vs fp32 eager", "vs contiguous", f"peak GiB ({caches[0]})", "peak GiB (none)"],
         [[r.model, r.path, r.cached, "" if r.streamed is None else r.streamed,
           "" if r.streamed is None else r.streamed / r.cached,
           r.cached / fp32[r.model] if r.model in fp32 else "",
+          r.cached / contig[r.model] if r.model in contig else "",
           gib(r.cached_gib), gib(r.streamed_gib)] for r in rows],
     ))  # fmt: skip
     report: dict[str, object] = {"device": name_of, "patients": n, "shape": shape,
@@ -237,7 +251,7 @@ def main() -> None:
         print(f"\nDevice-to-device copy: {bw / 1e12:.2f} TB/s (read + write).")
         traffic_rows = []
         for r in rows:
-            if r.path == "fp32":
+            if r.path in ("fp32", "fp32 contiguous"):
                 continue
             act = activation_bytes(r.model, shape, bytes_per_value=2)
             need = 4 * act * r.cached  # written + read in forward/backward, gradient likewise

@@ -125,9 +125,10 @@ def patched(c: Candidate) -> Iterator[None]:
 def fold_report(run: Path) -> list[dict[str, float]]:
     """Per fold: first and last training loss, their ratio, last validation loss, AUC."""
     out = []
-    for fold in sorted(run.glob("fold*/metrics.csv"), key=lambda p: int(p.parent.name[4:])):
-        rows = read_metrics(fold)
-        best = json.loads((fold.parent / "summary.json").read_text())["best"]
+    done = run.glob("fold*/summary.json")  # finished folds only
+    for fold in sorted(done, key=lambda p: int(p.parent.name[4:])):
+        rows = read_metrics(fold.parent / "metrics.csv")
+        best = json.loads(fold.read_text())["best"]
         first, last = rows[0]["train_loss"], rows[-1]["train_loss"]
         out.append({"first": first, "last": last, "ratio": last / first,
                     "val_last": rows[-1]["val_loss"], "auc": best["auc"],

@@ -54,7 +54,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     fired: list[torch.Tensor] = []
     if args.model == "cnn1":  # the ReLU after the FC layer: which units were positive
-        relu = model.cnn.head[2]
+        relu = next(m for m in model.cnn.head if isinstance(m, nn.ReLU))
         relu.register_forward_hook(lambda _m, _i, out: fired.append((out > 0).any(0)))
     print(f"{args.model} width {args.width} dropout {args.dropout} lr {args.lr}: "
           f"{len(rows)} training patients of {args.store}")  # fmt: skip

@@ -196,6 +196,4 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device, source: st
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{where}damaged smri checkpoint: bad model_config ({exc})") from None
     load_weights(model, ckpt, cfg, source)
-    if device.type == "cuda":
-        model = model.to(device, memory_format=torch.channels_last_3d)
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last_3d).eval()

@@ -254,8 +254,7 @@ def _build(
             f"each rank normalises its own {cfg.batch_size // dist.world_size} patients "
             "(running statistics are rank 0's)"
         )
-    memory_format = torch.channels_last_3d if device.type == "cuda" else torch.preserve_format
-    net = net.to(device, memory_format=memory_format)
+    net = net.to(device, memory_format=torch.channels_last_3d)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -82,7 +82,7 @@ def _kill_mid_epoch(proc: subprocess.Popen, run: Path, after: int, share: float)
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     store = make_store(tmp_path / "s.h5", labels=[0, 1] * 8)
-    epochs = 3
+    epochs = 30  # tiny epochs: under load the killer thread may wake late, yet before the last
     opts = ["--width", "0.25", "--batch-size", "2", "--epochs", str(epochs), "--cache", "ram"]
     opts += ["--workers", "0", "--device", "cpu", "--augment"]
     cut = tmp_path / "cut"

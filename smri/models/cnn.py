@@ -53,7 +53,15 @@ class _Backbone(nn.Module):
 
 
 class CNN1(nn.Module):
-    """Baseline: blocks -> flatten -> Linear(., fc) -> ReLU -> dropout (FC sized by the volume)."""
+    """Baseline: blocks -> flatten -> Linear(., fc) -> BatchNorm1d -> ReLU -> dropout.
+
+    The FC layer is normalised before its ReLU, as every conv block is. Without it the FC
+    units die: the flattened features are all >= 0 (post-ReLU, post-max-pool), so one Adam
+    step moves a unit's pre-activation by about fan_in x lr at once, and a unit pushed below
+    zero for every patient never gets a gradient again (84 % dead by epoch 8 at width 0.5; the
+    model then stayed at chance). Cross-validated against the other fixes tried:
+    benchmarks/cnn1_candidates.py and docs/results.md.
+    """
 
     def __init__(
         self,
@@ -66,7 +74,11 @@ class CNN1(nn.Module):
         self.backbone = _Backbone(width, se_reduction=None)
         flat = self.backbone.out_channels * math.prod(pooled_shape(volume_shape))
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, fc), nn.ReLU(inplace=True), nn.Dropout(dropout)
+            nn.Flatten(),
+            nn.Linear(flat, fc),
+            nn.BatchNorm1d(fc),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
         )
         self.out_features = fc
 

@@ -9,6 +9,10 @@ from torch import nn
 class CNNLSTM(nn.Module):
     """(B, M, S, H, W) -> CNN on B*M volumes -> (B, M, F) -> LSTM(F, hidden) -> dropout -> logit."""
 
+    # channels-last is what cuDNN's and oneDNN's fast 3D convolutions want, on GPU and CPU
+    # (benchmarks/bench_train.py measures it against the contiguous layout)
+    memory_format = torch.channels_last_3d
+
     def __init__(self, cnn: nn.Module, hidden: int = 128, dropout: float = 0.5):
         super().__init__()
         self.cnn = cnn
@@ -19,9 +23,7 @@ class CNNLSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, M, S, H, W) -> logits (B,)."""
         b, m = x.shape[:2]
-        volumes = x.reshape(b * m, 1, *x.shape[2:])
-        if volumes.is_cuda:
-            volumes = volumes.contiguous(memory_format=torch.channels_last_3d)
+        volumes = x.reshape(b * m, 1, *x.shape[2:]).contiguous(memory_format=self.memory_format)
         emb = self.cnn(volumes).reshape(b, m, -1)
         # The LSTM runs in float32 even under autocast: it is tiny and keeps the recurrence exact.
         with torch.autocast(device_type=x.device.type, enabled=False):
