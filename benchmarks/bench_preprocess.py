@@ -1,221 +1,238 @@
-"""Preprocess scaling: `smri preprocess` with 1 worker vs all cores vs the decompression floor.
+"""Preprocessing: each hand-written fast path against the plain path, end to end, in one run.
 
-The floor is a plain decompression of the same `.nii.gz` files in the same number of workers,
-returning nothing: stdlib gzip (the issue's anchor), ISA-L (smri's decoder) on whole files, and
-ISA-L streamed through one 1 MiB buffer (how smri reads; the strictest). Every ratio is measured
-in this one run; times are medians of 3. One more smri row writes the image chunks through HDF5
-and the page cache, as smri did before it wrote them with O_DIRECT: that change's A/B.
+Every row is a whole `run_preprocess` of the same cohort into a new store, in a fresh process,
+so each row starts from the same state. smri's kept fast paths are:
 
-Usage: python -m benchmarks.bench_preprocess [PATIENTS] [X Y Z]   (default 16 at 240 240 155)
+- ISA-L's gzip (`isal.igzip`) in place of the standard library's;
+- the streamed reader (`smri.volume.SlabSource`): each volume inflated 1 MiB at a time, min and
+  max taken piece by piece, only the slab kept; without it, `load_volume` reads it whole;
+- the float32 -> float16 cast through torch (`smri.volume.cast_into`) in place of numpy's.
+
+"smri without X" turns off one of them; the plain path turns off all three and reads with
+nibabel (`nib.load`, `np.asanyarray(img.dataobj)`) and h5py, as a script without smri would.
+The same normalisation and crop (`normalized_slab`, numpy) run in every row. A path's gain is
+smri / (smri without it), measured in the same round; rounds interleave the rows, and the
+ratios reported are medians over rounds. patients/s is a median of 3 runs after a warm-up;
+CPU is the preprocessing process's own user + system time per patient (all its threads), which
+a busy machine disturbs less than the wall clock. Also: scaling from 1 worker to all cores,
+and `--append`'s copy of stored chunks as bytes vs decoding and re-encoding them.
+
+Usage: python -m benchmarks.bench_preprocess [PATIENTS] [ROUNDS] [X Y Z]
+       (default 24 patients, 2 rounds, 240 240 155)
 """
 
 from __future__ import annotations
 
 import gzip
+import json
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from joblib import Parallel, delayed
+from benchmarks.common import BRATS_SHAPE, CORES, cohort, machine, table
 
-from benchmarks.common import (
-    BRATS_SHAPE,
-    CORES,
-    CpuMeter,
-    cohort,
-    machine,
-    median_time,
-    nifti_files,
-    table,
-)
-from smri.memory import keep_freed_memory
-from smri.preprocessing import PreprocessConfig, run_preprocess
-from smri.store import DirectChunks
-from smri.volume import GZIP_READ_BYTES, STREAM_CHUNK
-
-# The floors with ISA-L, smri's decoder: whole files (as nibabel reads), and streamed through one
-# buffer, which is how smri reads and the strictest floor (inflating into cache is faster).
-FASTER = ("isal", "isal, streamed")
+FAST = ("isal", "stream", "torch cast")
+LABEL = {
+    "isal": "ISA-L gzip (vs stdlib gzip)",
+    "stream": "streamed reader (vs whole volume)",
+    "torch cast": "float16 cast through torch (vs numpy)",
+}
 
 
-def _inflate(path: Path, impl: str) -> None:
-    """Decompress one file and keep nothing: the whole file at once, or streamed."""
-    keep_freed_memory()  # as smri's workers have it, in worker processes too
-    if impl == "isal, streamed":  # inflated in place into one reused buffer, as smri reads
-        from isal.isal_zlib import _GzipReader
-
-        buf = bytearray(STREAM_CHUNK)
-        with open(path, "rb") as raw:
-            f = _GzipReader(raw, GZIP_READ_BYTES)
-            while f.readinto(buf):
-                pass
-        return
-    raw = path.read_bytes()
-    if impl == "isal":
-        from isal import igzip
-
-        igzip.decompress(raw)
-    else:
-        gzip.decompress(raw)
+def configs() -> list[tuple[str, frozenset[str], int]]:
+    """(row name, fast paths on, workers) for every row."""
+    rows = [("smri", frozenset(FAST), CORES)]
+    rows += [(f"smri without {p}", frozenset(FAST) - {p}, CORES) for p in FAST]
+    rows += [("plain: nibabel + numpy + h5py", frozenset(), CORES)]
+    if CORES > 1:
+        rows += [("smri, 1 worker", frozenset(FAST), 1)]
+    return rows
 
 
-def floor(files: list[Path], jobs: int, impl: str, backend: str) -> tuple[float, CpuMeter]:
-    """Median seconds to decompress every file with `jobs` workers, one file per task; the
-    machine's CPU use over the three timed runs."""
-    meter = CpuMeter()
-    with Parallel(n_jobs=jobs, backend=backend, batch_size=1) as par:
-        par(delayed(_inflate)(f, impl) for f in files[:jobs])  # start and warm the workers
+def use_paths(paths: frozenset[str]) -> None:
+    """Turn off, in this process, the fast paths not in `paths`."""
+    import nibabel as nib
+    import numpy as np
 
-        def run() -> None:
-            with meter:
-                par(delayed(_inflate)(f, impl) for f in files)
+    import smri.preprocessing as pre
+    import smri.volume as volume
 
-        return median_time(run), meter
+    if "isal" not in paths:
+        volume.GZIP = gzip
+    if "torch cast" not in paths:
+
+        def numpy_cast(dst: np.ndarray, src: np.ndarray) -> None:
+            dst[...] = src
+
+        volume.cast_into = numpy_cast
+    if "stream" not in paths:
+
+        def whole(path: Path, canonical: bool = False) -> volume.SlabSource:
+            if paths:  # smri's own whole-volume loader
+                vol = volume.load_volume(path)
+                data, spacing = vol.data, vol.spacing
+            else:  # the plain path: nibabel reads the file
+                img = nib.load(path)
+                data = np.asanyarray(img.dataobj)
+                spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+            vol = volume.Volume(data, spacing, np.eye(4))
+            return volume.SlabSource(Path(path), data.shape, spacing, volume=vol)
+
+        pre.open_volume = whole
 
 
-@contextmanager
-def page_cache_writes(on: bool) -> Iterator[None]:
-    """With `on`, the store's image chunks go through HDF5 and the page cache, as before
-    smri wrote them with O_DIRECT (`smri.store.DirectChunks`): the A/B of that change."""
-    supported = DirectChunks.supported
-    if on:
-        DirectChunks.supported = staticmethod(lambda chunk_bytes: False)
-    try:
-        yield
-    finally:
-        DirectChunks.supported = supported
+def child(paths: frozenset[str], jobs: int, root: Path, runs: int = 3) -> dict[str, float]:
+    """patients/s (median of `runs` after a warm-up) and CPU ms per patient of this process."""
+    use_paths(paths)
+    from smri.preprocessing import PreprocessConfig, run_preprocess
 
-
-def preprocess_seconds(
-    root: Path, jobs: int, backend: str, page_cache: bool = False
-) -> tuple[float, CpuMeter]:
-    """Median seconds of a whole `run_preprocess` into a new store, after a warm-up run, and
-    the machine's CPU use over the three timed runs.
-
-    The steady state is what a cohort of hundreds of patients sees; the one-off start-up of a
-    run (imports, the first growth of the heap: about 1 s) is reported separately. Each run
-    writes a new file and the previous one is deleted outside the timing: replacing an existing
-    store (`--overwrite`) adds the release of its pages to the rename (40 ms per 120 MB here),
-    which is not preprocessing.
-    """
-    cfg = PreprocessConfig()
+    n = len(list(root.rglob("*_flair.nii*")))
+    times, cpus = [], []
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
-        outs = (Path(tmp) / f"bench{i}.h5" for i in range(1_000_000))
-
-        def once() -> None:
-            out = next(outs)
-            run_preprocess(
-                root, out, cfg, jobs=jobs, backend=backend, progress=False, echo=lambda _: None
-            )
-
-        meter = CpuMeter()
-
-        def timed() -> float:
-            for old in Path(tmp).glob("*.h5"):
+        for i in range(runs + 1):
+            for old in Path(tmp).glob("*.h5"):  # deleted outside the timing
                 old.unlink()
-            with meter:
-                t0 = time.perf_counter()
-                once()
-                return time.perf_counter() - t0
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            out = Path(tmp) / f"b{i}.h5"
+            run_preprocess(root, out, PreprocessConfig(), jobs=jobs, progress=False, echo=quiet)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            times.append(time.perf_counter() - t0)
+            cpus.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    return {"rate": n / med(times[1:]), "cpu": 1000 * med(cpus[1:]) / n}
 
-        with page_cache_writes(page_cache):
-            once()  # warm-up, as the floor has: imports, worker start, the heap's first growth
-            return statistics.median(timed() for _ in range(3)), meter
+
+def quiet(_line: str) -> None:
+    pass
 
 
-def peak_rss_mib(root: Path, jobs: int, backend: str) -> float:
-    """Peak resident memory (MiB) of the largest process of a `smri preprocess` run."""
-    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
-        code = (
-            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+def run_child(args: list[str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_preprocess", "--child", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def preprocess_rows(root: Path, rounds: int) -> None:
+    rows = configs()
+    got: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
+    for _ in range(rounds):
+        for name, paths, jobs in rows:
+            args = ["preprocess", ",".join(sorted(paths)), str(jobs), str(root)]
+            got[name].append(run_child(args))
+
+    def ratio(a: str, b: str, key: str) -> float:  # median over rounds of a/b within a round
+        return med([x[key] / y[key] for x, y in zip(got[a], got[b], strict=True)])
+
+    out = []
+    for name, _, jobs in rows:
+        rates = [r["rate"] for r in got[name]]
+        cpu = med([r["cpu"] for r in got[name]])
+        span = f"{min(rates):.3g}-{max(rates):.3g}"
+        out.append((name, jobs, med(rates), span, cpu, ratio(name, "smri", "rate")))
+    header = ("row", "workers", "patients/s", "range over rounds", "CPU ms/patient", "vs smri")
+    print(table(header, out))
+    print("\n**Each kept fast path against smri without it (same rounds):**\n")
+    gains = []
+    plain = "plain: nibabel + numpy + h5py"
+    for label, other in [*((LABEL[p], f"smri without {p}") for p in FAST), ("all three", plain)]:
+        rate, cpu = ratio("smri", other, "rate"), ratio(other, "smri", "cpu")
+        gains.append((label, f"{rate:.2f}x", f"{cpu:.2f}x"))
+    print(table(("fast path", "patients/s gain", "CPU per patient gain"), gains))
+    if CORES > 1:
+        one = "smri, 1 worker"
+        pairs = zip(got["smri"], got[one], strict=True)
+        each = ", ".join(f"{x['rate'] / y['rate']:.2f}" for x, y in pairs)
+        print(
+            f"\nscaling 1 -> {CORES} workers (threads): {ratio('smri', one, 'rate'):.2f}x "
+            f"(each round: {each})"
         )
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                code,
-                sys.executable,
-                "-m",
-                "smri",
-                "preprocess",
-                str(root),
-                str(Path(tmp) / "m.h5"),
-                "--jobs",
-                str(jobs),
-                "--backend",
-                backend,
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def append_child(compression: str, raw_copy: bool, part: Path, full: Path) -> dict[str, float]:
+    """Seconds of `--append` of `full` onto a store of `part` (made outside the timing)."""
+    import smri.store as store
+    from smri.append import append_preprocess
+    from smri.preprocessing import PreprocessConfig, run_preprocess
+
+    if not raw_copy:  # decode each old row and write it again (re-encoded by its filters)
+
+        def decoded_copy(self: store.StoreWriter, reader: store.StoreReader, i: int) -> int:
+            j = self.rows
+            row = {"label": int(reader.labels[i]), "patient_id": reader.patient_ids[i]}
+            self.write(j, images=reader.read(i), meta=reader.meta(i), **row)
+            return j
+
+        store.StoreWriter.copy_row = decoded_copy
+    cfg = PreprocessConfig(compression=compression)
+    times = []
+    with tempfile.TemporaryDirectory(dir=full.parent) as tmp:
+        base = Path(tmp) / "base.h5"
+        run_preprocess(part, base, cfg, jobs=CORES, progress=False, echo=quiet)
+        for _ in range(3):
+            out = Path(tmp) / "s.h5"
+            out.write_bytes(base.read_bytes())
+            t0 = time.perf_counter()
+            append_preprocess(full, out, cfg, jobs=CORES, progress=False, echo=quiet)
+            times.append(time.perf_counter() - t0)
+    return {"seconds": med(times)}
+
+
+def append_rows(full: Path, patients: int) -> None:
+    """`--append` of a third of the cohort onto a compressed store of the rest: copy stored
+    chunk bytes (smri) vs decode and re-encode every old row (h5py's plain read and write)."""
+    part = full.parent / f"{full.name}_first{patients - patients // 3}"
+    if not part.exists():  # the first two thirds of the patients, as links
+        part.mkdir()
+        for cls in ("HGG", "LGG"):
+            (part / cls).mkdir()
+        folders = sorted(p for p in full.glob("*GG/*") if p.is_dir())
+        for folder in folders[: patients - patients // 3]:
+            (part / folder.parent.name / folder.name).symlink_to(folder.resolve())
+    rows = []
+    for comp in ("gzip-1",):  # uncompressed chunks are read and written as h5py does
+        smri_s = run_child(["append", comp, "1", str(part), str(full)])["seconds"]
+        plain_s = run_child(["append", comp, "0", str(part), str(full)])["seconds"]
+        rows.append((comp, smri_s, plain_s, f"{plain_s / smri_s:.2f}x"))
+    print(
+        f"\n**--append** of {patients // 3} new patients onto a store of "
+        f"{patients - patients // 3} (seconds, median of 3):\n"
+    )
+    print(table(("compression", "copy chunk bytes (smri)", "decode + re-encode", "gain"), rows))
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return
-    patients = int(argv[0]) if argv else 16
-    shape = tuple(int(v) for v in argv[1:4]) if len(argv) >= 4 else BRATS_SHAPE
+    if argv[:1] == ["--child"]:
+        if argv[1] == "preprocess":
+            paths = frozenset(p for p in argv[2].split(",") if p)
+            print(json.dumps(child(paths, int(argv[3]), Path(argv[4]))))
+        else:
+            print(json.dumps(append_child(argv[2], argv[3] == "1", Path(argv[4]), Path(argv[5]))))
+        return
+    patients = int(argv[0]) if argv else 24
+    rounds = int(argv[1]) if len(argv) > 1 else 2
+    shape = tuple(int(v) for v in argv[2:5]) if len(argv) >= 5 else BRATS_SHAPE
     root = cohort(patients, shape)
-    files = nifti_files(root)
-    mib = sum(f.stat().st_size for f in files) / 2**20
+    mib = sum(f.stat().st_size for f in root.rglob("*.nii.gz")) / 2**20
     print(
-        f"# Preprocess scaling: {patients} patients, {'x'.join(map(str, shape))}, "
-        f"{len(files)} .nii.gz files ({mib:.0f} MiB); {machine()}\n"
+        f"# Preprocessing: {patients} patients of {'x'.join(map(str, shape))} (4 modalities + "
+        f"seg, {mib:.0f} MiB of .nii.gz), {rounds} rounds; {machine()}\n"
     )
-    rows = []
-    rate = {}
-    floors = (("gzip", "loky"), *((i, b) for i in FASTER for b in ("loky", "threading")))
-
-    def use(meter: CpuMeter) -> tuple[object, object]:  # CPU ms per patient, idle share
-        if not meter.available:
-            return "", ""
-        return 1000 * meter.busy / (3 * patients), f"{100 * meter.idle_share:.0f} %"
-
-    for jobs in sorted({1, CORES}):
-        for impl, backend in floors:
-            s, meter = floor(files, jobs, impl, backend)
-            rate[(impl, backend, jobs)] = patients / s
-            rows.append(
-                (f"decompress only ({impl}; {backend})", jobs, patients / s, "", *use(meter))
-            )
-        for backend, page_cache in (("threading", False), ("loky", False), ("threading", True)):
-            s, meter = preprocess_seconds(root, jobs, backend, page_cache)
-            r = patients / s
-            rate[("smri", backend, jobs, page_cache)] = r
-            vs = [f"{r / rate[('gzip', 'loky', jobs)]:.2f} x gzip"]
-            vs += [f"{r / rate[(impl, backend, jobs)]:.2f} x {impl}" for impl in FASTER]
-            what = f"smri preprocess ({backend}{'; chunks via page cache' if page_cache else ''})"
-            rows.append((what, jobs, r, ", ".join(vs), *use(meter)))
-    header = ("what", "workers", "patients/s", "vs floor (same workers and backend)")
-    print(table((*header, "machine CPU ms per patient", "machine idle"), rows))
-    print(
-        "\n(machine-wide, from /proc/stat: every process and the kernel's writeback; "
-        "idle = the share of all cores' time)"
-    )
-    if CORES > 1:
-
-        def smri(backend: str, jobs: int) -> float:
-            return rate[("smri", backend, jobs, False)]
-
-        scale = {k: rate[(k, "threading", CORES)] / rate[(k, "threading", 1)] for k in FASTER}
-        print(
-            f"\nscaling 1 -> {CORES} workers: smri preprocess (threading) "
-            f"{smri('threading', CORES) / smri('threading', 1):.2f}x, "
-            f"(loky) {smri('loky', CORES) / smri('loky', 1):.2f}x; "
-            + ", ".join(f"{k} floor (threading) {v:.2f}x" for k, v in scale.items())
-        )
-    peaks = [(b, j, peak_rss_mib(root, j, b)) for b in ("threading", "loky") for j in (CORES,)]
-    print("\n" + table(("backend", "workers", "peak RSS of the largest process (MiB)"), peaks))
-    print(f"\n(ru_maxrss; with threads one process holds all {CORES} workers)")
+    preprocess_rows(root, rounds)
+    append_rows(root, patients)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from smri.memory import keep_freed_memory
-
-keep_freed_memory()  # as the `smri` command does at start-up, so benchmarks measure the same
-
 WORK = Path(os.environ.get("SMRI_BENCH_DIR", Path(__file__).parent / ".work"))
 CORES = os.cpu_count() or 1
 BRATS_SHAPE = (240, 240, 155)
@@ -45,11 +41,6 @@ def cohort(patients: int, shape: Sequence[int] = BRATS_SHAPE, fmt: str = "nii.gz
     return root
 
 
-def nifti_files(root: Path) -> list[Path]:
-    """Every modality and segmentation file of a cohort, sorted."""
-    return sorted(p for p in root.rglob("*.nii*") if "seg" not in p.name.lower())
-
-
 def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
     """Median wall time of `repeats` calls of `fn` (seconds)."""
     times = []
@@ -58,41 +49,6 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-class CpuMeter:
-    """Machine-wide CPU time while it is active (/proc/stat: every process and the kernel's
-    writeback included): busy seconds and the idle share, summed over `with meter:` blocks.
-    Off Linux both stay 0 and `available` is False."""
-
-    def __init__(self) -> None:
-        self.busy = self.idle = 0.0
-        self.available = Path("/proc/stat").exists()
-        self._start: list[int] = []
-
-    @staticmethod
-    def _ticks() -> list[int]:
-        with open("/proc/stat") as f:
-            return [int(v) for v in f.readline().split()[1:]]
-
-    def __enter__(self) -> CpuMeter:
-        if self.available:
-            self._start = self._ticks()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.available:
-            return
-        d = [b - a for a, b in zip(self._start, self._ticks(), strict=False)]
-        hz = os.sysconf("SC_CLK_TCK")
-        idle = d[3] + (d[4] if len(d) > 4 else 0)  # idle + iowait
-        self.idle += idle / hz
-        self.busy += (sum(d[:8]) - idle) / hz  # user .. steal; guest time is inside user
-
-    @property
-    def idle_share(self) -> float:
-        total = self.busy + self.idle
-        return self.idle / total if total else 0.0
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -105,8 +105,8 @@ run end-to-end 90 bash -c end_to_end
 run bench-compile 150 $PY -m benchmarks.bench_train $N $VOLUME --paths compile \
   --models cnn2,cnn1,cnn3 --json "$OUT/bench_compile.json"
 run bench-input 90 $PY -m benchmarks.bench_input $N $XYZ
-# preprocessing on all the host's cores: O_DIRECT chunk writes vs the page cache (A/B rows)
-run bench-preprocess 120 $PY -m benchmarks.bench_preprocess $PREP $XYZ
+# preprocessing on all the host's cores: each fast path against the plain path (one round)
+run bench-preprocess 120 $PY -m benchmarks.bench_preprocess $PREP 1 $XYZ
 run experiments 200 bash -c experiments
 run pack 1 bash -c pack
 run all-tests 150 $PY -m pytest -q -p no:cacheprovider -m "not slow" -x

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from smri.config import ModelConfig, TrainConfig
 from smri.errors import ConfigError, RunInterrupted
+from smri.parallel import DEFAULT_BACKEND
 from smri.phantoms import SynthConfig
 from smri.preprocessing import PreprocessConfig, PreprocessSummary
 
@@ -109,7 +110,7 @@ def preprocess(
     append: bool = False,
     resume: bool = False,
     strict: bool = False,
-    backend: str = "threading",
+    backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
     quiet: bool = False,
@@ -131,8 +132,6 @@ def preprocess(
             f"--append cannot be combined with {'--overwrite' if overwrite else '--resume'}: "
             "an append adds to OUTPUT (and an interrupted one leaves it unchanged)"
         )
-    if scheduler is not None and backend != "dask":
-        raise ConfigError("--scheduler needs --backend dask")
     labels_csv = None if labels is None else Path(labels)
     if labels_csv is not None and not labels_csv.is_file():
         problem = "is a folder; expected a CSV file" if labels_csv.is_dir() else "no such file"
@@ -352,6 +351,7 @@ def predict(
     `log` and skipped; none usable is a DataError. `csv`: also write
     ``patient_id,probability,predicted`` there (an existing file only with `overwrite`).
     """
+    from smri.atomic import atomic_open
     from smri.inference import predict_folders
     from smri.preprocessing import check_output
 
@@ -362,11 +362,8 @@ def predict(
     results = predict_folders(Path(model), folders, device=device, batch_size=batch_size,
                               warn=log, progress=_bars(progress, quiet))  # fmt: skip
     if csv is not None:  # written beside, renamed into place: never a half-written CSV
-        path = Path(csv)
-        tmp = path.with_name(f".{path.name}.partial")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(Path(csv), "w", newline="") as fh:
             writer = csv_module.writer(fh)
             writer.writerow(["patient_id", "probability", "predicted"])
             writer.writerows([r.patient_id, f"{r.probability:.6f}", r.predicted] for r in results)
-        os.replace(tmp, path)
     return results

@@ -1,14 +1,13 @@
 """`smri preprocess --append`: add a cohort's new patients to an existing store.
 
 The existing store is never modified in place. A new complete store is written beside it — old
-rows copied chunk by chunk as stored bytes, new results merged in, all in sorted patient order —
-and renamed over it at the end, so an interrupted or failed append leaves it as it was.
+rows copied in (compressed chunks as their stored bytes), new results merged in, all in sorted
+patient order — and renamed over it at the end, so an interrupted or failed append leaves it as
+it was. The loop is preprocessing's own (`smri.preprocessing.write_patients`).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -20,17 +19,18 @@ import numpy as np
 from smri import __version__
 from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
-from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
+from smri.parallel import DEFAULT_BACKEND, check_backend
 from smri.preprocessing import (
+    PatientResult,
     PreprocessConfig,
     PreprocessSummary,
-    _work,
+    Run,
     common_inplane,
     discover_for_store,
     per_class,
-    skip,
+    progress_bar,
     skip_rows,
-    warn,
+    write_patients,
 )
 from smri.store import StoreInfo, StoreReader, StoreWriter
 
@@ -87,7 +87,7 @@ def append_preprocess(
     jobs: int | None = None,
     labels_csv: Path | None = None,
     strict: bool = False,
-    backend: str = "threading",
+    backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
@@ -98,16 +98,13 @@ def append_preprocess(
     Patients already in the store are skipped with a line saying so (never rewritten). The
     store's root attrs record the run: skipped lists merged, an ``appended`` entry in the config.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     check_backend(backend, scheduler)
     output = Path(output)
     if not output.is_file():
         raise DataError(f"{output}: no such store; --append adds to an existing smri store")
     base = StoreReader(output)
-    writer: StoreWriter | None = None
-    bar = None
+    run: Run | None = None
     try:
         check_settings(base.info, cfg)
         found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
@@ -126,58 +123,33 @@ def append_preprocess(
                 f"{input_dir}: in-plane shape {inplane[1]}x{inplane[0]} (the most common in this "
                 f"cohort) differs from the store's {w}x{h}; --append needs volumes of that shape"
             )
-        writer = StoreWriter(
-            output,
-            n_patients=len(base) + len(patients),
-            volume_shape=base.info.volume_shape,
-            dtype=base.info.dtype,
-            compression=cfg.compression,
-            modalities=cfg.modalities,
-            classes=cfg.classes,
-            config=base.info.config,
-            overwrite=True,
-        )
-        bar = tqdm(
-            total=len(patients),
-            unit="patient",
-            desc="append",
-            disable=not (sys.stderr.isatty() if progress is None else progress),
-        )
-        added: list[tuple[str, int]] = []
-        notes: list[str] = []
-        old = 0  # next row of the old store to copy
-        n_found = len(skipped)
-        with pool(backend, jobs, scheduler, echo) as (submit, slots), DeferredInterrupt() as stop:
-            parent = os.getpid() if scheduler is None else None
-            calls = ((p, cfg, (h, w), Path(input_dir), parent) for p in patients)
-            results = ordered_map(submit, _work, calls, window=2 * slots)
-            try:
-                for res in results:
-                    stop.check()
-                    bar.update(1)
-                    if isinstance(res, PatientError):
-                        skip(res, strict, skipped, echo)
-                    else:
-                        old = _copy_old_rows(writer, base, old, res.patient_id)
-                        notes += warn(res, echo)
-                        writer.append(
-                            images=res.images,
-                            label=res.label,
-                            patient_id=res.patient_id,
-                            meta=res.meta,
-                        )
-                        added.append((res.patient_id, res.label))
-                    del res  # the writer has it; don't hold it while waiting for the next
-            finally:
-                results.close()  # cancels queued work when the run ends early
-        if not added:
+
+        def open_writer(_first: PatientResult) -> StoreWriter:
+            return StoreWriter(
+                output,
+                n_patients=len(base) + len(patients),
+                volume_shape=base.info.volume_shape,
+                dtype=base.info.dtype,
+                compression=cfg.compression,
+                modalities=cfg.modalities,
+                classes=cfg.classes,
+                config=base.info.config,
+                overwrite=True,
+            )
+
+        bar = progress_bar(len(patients), 0, "append", progress)
+        run = Run(backend, jobs, scheduler, strict, echo, bar)
+        root = Path(input_dir)
+        write_patients(run, patients, cfg, (h, w), root, open_writer, merge=base)
+        if run.writer is None:
             raise DataError(
                 f"{input_dir}: all {len(patients)} new patients are unusable; first problem: "
-                f"{skipped[n_found]}; {output} is unchanged"
+                f"{run.skipped[0]}; {output} is unchanged"
             )
-        _copy_old_rows(writer, base, old, None)
+        skipped += run.skipped
         skipped.sort(key=lambda e: e.patient_id)
-        writer.set_skipped(_merged_skipped(base, skipped, [pid for pid, _ in added]))
+        added = [pid for pid, _ in run.added]
+        run.writer.set_skipped(_merged_skipped(base, skipped, added))
         entry = {
             "input": config["input"],
             "layout": config["layout"],
@@ -189,33 +161,22 @@ def append_preprocess(
             "skipped": len(skipped),
         }
         history = [*base.info.config.get("appended", []), entry]
-        writer.set_config({**base.info.config, "appended": history})
-        total = int(writer.rows)
+        run.writer.set_config({**base.info.config, "appended": history})
+        total = int(run.writer.rows)
         base.close()
-        writer.commit()
-    except KeyboardInterrupt:
-        if writer is not None:
-            writer.abort()
+        run.writer.commit()
+    except BaseException as exc:
+        if run is not None and run.writer is not None:
+            run.writer.abort()
+        if run is not None and isinstance(exc, KeyboardInterrupt):
             echo(f"interrupted; {output} is unchanged")
-        raise
-    except BaseException:
-        if writer is not None:
-            writer.abort()
         raise
     finally:
         base.close()
-        if bar is not None:
-            bar.close()
-    return _summary(output, [lab for _, lab in added], skipped, t0, notes, cfg, total, len(already))
-
-
-def _copy_old_rows(writer: StoreWriter, base: StoreReader, start: int, before: str | None) -> int:
-    """Copy old rows from `start` whose id sorts before `before` (all, if None); next row."""
-    i = start
-    while i < len(base) and (before is None or base.patient_ids[i] < before):
-        writer.copy_row(base, i)
-        i += 1
-    return i
+        if run is not None:
+            run.bar.close()
+    labels = [label for _, label in run.added]
+    return _summary(output, labels, skipped, t0, run.notes, cfg, total, len(already))
 
 
 def _merged_skipped(

@@ -7,7 +7,6 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from smri import __version__
+from smri.atomic import atomic_open
 from smri.errors import ConfigError, DataError
 from smri.models import CNNLSTM, ModelConfig, build_model
 from smri.store import StoreInfo
@@ -56,17 +56,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    tmp = path.with_name(f".{path.name}.partial")
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_open(path, "wb", durable=True) as fh:
             fh.write(buffer.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # Keys every smri checkpoint holds (best.pt and last.pt), and the type each must have.

@@ -167,29 +167,13 @@ def random_flips(
     return out
 
 
-def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor in shared memory.
-
-    A DataLoader worker's batch travels to the main process through shared memory: reading
-    the store straight into it saves a copy of every batch (and the page faults of touching
-    fresh memory twice), which is what limits streaming on small machines.
-    """
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    try:
-        storage = torch.UntypedStorage._new_shared(nbytes)  # no copy of uninitialised bytes
-    except (AttributeError, RuntimeError):  # pragma: no cover - other torch versions
-        return torch.empty(shape, dtype=dtype).share_memory_()
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-
-
 def host_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor in memory from plain malloc (through numpy).
+    """An uninitialised CPU tensor whose memory numpy allocated.
 
-    torch asks glibc for aligned blocks (posix_memalign). glibc before 2.38 cannot reuse a freed
-    block of exactly the same size for an aligned request, so with freed memory kept mapped
-    (`smri.memory`) every batch-sized tensor grew the heap and faulted its pages in again:
-    236 MB float32 batches took the process to 3 GB in 10 epochs, and an epoch of 16 streamed
-    patients from 14 ms to 100-700 ms on a VM. Plain malloc reuses the block: no growth, no faults.
+    Batches are tens to hundreds of MB, each allocated afresh, and touching fresh memory is
+    slow on VMs. numpy asks the kernel for transparent huge pages for large arrays (madvise),
+    torch does not by default: a batch then faults in a few hundred 2 MiB pages instead of tens of
+    thousands of 4 KiB ones (tested; the gain on streamed input is in benchmarks/RESULTS.md).
     """
     np_dtype = torch.empty((), dtype=dtype).numpy().dtype
     return torch.from_numpy(np.empty(shape, dtype=np_dtype))
@@ -243,9 +227,7 @@ class BatchDataset(Dataset):
             self.reader.read_many(rows, out=self.slots[slot][: len(rows)].numpy())
             return slot, labels
         shape = (len(rows), *self.reader.info.volume_shape)
-        dtype = getattr(torch, self.reader.info.dtype)
-        in_worker = torch.utils.data.get_worker_info() is not None
-        images = shared_empty(shape, dtype) if in_worker else host_empty(shape, dtype)
+        images = host_empty(shape, getattr(torch, self.reader.info.dtype))
         self.reader.read_many(rows, out=images.numpy())
         return images, labels
 
@@ -495,7 +477,7 @@ def batch_slots(path: Path, batch_size: int, n: int) -> list[torch.Tensor]:
     """
     info = read_info(path)
     shape = (batch_size, *info.volume_shape)
-    return [shared_empty(shape, getattr(torch, info.dtype)) for _ in range(n)]
+    return [torch.empty(shape, dtype=getattr(torch, info.dtype)).share_memory_() for _ in range(n)]
 
 
 def load_rows(

@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from smri import __version__
+from smri.atomic import atomic_path
 from smri.checkpoint import load_checkpoint
 from smri.errors import ConfigError, DataError, SmriError
 from smri.model_card import model_card
@@ -146,16 +147,11 @@ def export_run(
     card = model_card(config, _read_json(source / "config.json") or {}, title, license, WEIGHTS)
     tensors = {k: v.detach().contiguous() for k, v in ckpt["model"].items()}
     out.mkdir(parents=True, exist_ok=True)
-    temps = {name: out / f".{name}.partial" for name in EXPORT_FILES}
-    try:
+    with ExitStack() as staged:  # all three are written before any takes its real name
+        temps = {name: staged.enter_context(atomic_path(out / name)) for name in EXPORT_FILES}
         st.save_file(tensors, str(temps[WEIGHTS]), metadata={"format": "pt", "smri": __version__})
         temps[CONFIG].write_text(json.dumps(config, indent=2, default=str) + "\n")
         temps[CARD].write_text(card)
-        for name, tmp in temps.items():
-            os.replace(tmp, out / name)
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
     return [out / name for name in EXPORT_FILES]
 
 

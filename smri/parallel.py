@@ -5,9 +5,10 @@ only when the caller takes a result, so at most ``window`` finished results exis
 whatever the cohort size and however slow the writer. joblib's ordered generator cannot give that:
 it dispatches a new task whenever one *finishes*, not when one is *consumed*, so behind a slow
 writer (compression, a busy disk, a large cluster) every finished result piles up in the parent
-(tests/test_scaling_preprocess.py measured 39 of 40 alive at once). Its pools are used here
-directly instead: Python's thread and process pools, joblib's loky executor, and a Dask
-``distributed.Client`` (the cluster's own futures, so workers keep at most ``window`` results too).
+(tests/test_scaling_preprocess.py measured 39 of 40 alive at once). Executors are used here
+directly instead, one per backend (`BACKENDS`): threads (the default: ISA-L and numpy release the
+GIL, and no result is pickled), joblib's loky processes, and a Dask ``distributed.Client`` (the
+cluster's own futures, so workers keep at most ``window`` results too).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 from smri import __version__
 from smri.errors import ConfigError, DataError
 
-BACKENDS = ("threading", "loky", "multiprocessing", "dask")
+# --backend's choices, in the order `smri preprocess --help` lists them; the first is the default.
+BACKENDS = ("threading", "loky", "dask")
+DEFAULT_BACKEND = BACKENDS[0]
 SCHEDULER_TIMEOUT_S = 10.0
 INSTALL_HINT = "pip install 'smri[distributed]'"
 
@@ -37,7 +40,7 @@ def check_backend(backend: str, scheduler: str | None) -> None:
     if backend not in BACKENDS:
         raise ConfigError(f"expected one of {', '.join(BACKENDS)}, got {backend!r}", "--backend")
     if scheduler is not None and backend != "dask":
-        raise ConfigError("--scheduler needs --backend dask", option="--scheduler")
+        raise ConfigError("--scheduler needs --backend dask")
     if backend == "dask":
         try:
             import distributed  # noqa: F401
@@ -69,24 +72,18 @@ def pool(
             yield (lambda fn, *args: client.submit(fn, *args, pure=False)), jobs or slots
         return
     jobs = jobs or os.cpu_count() or 1
-    threads = jobs == 1 or backend == "threading"
-    if threads:
-        from concurrent.futures import ThreadPoolExecutor
-
-        executor: Any = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="smri-preprocess")
-    elif backend == "loky":
+    if jobs > 1 and backend == "loky":  # shared and reused, as joblib does: not shut down
         from joblib.externals.loky import get_reusable_executor
 
-        executor = get_reusable_executor(max_workers=jobs)
-    else:
-        from concurrent.futures import ProcessPoolExecutor
+        yield get_reusable_executor(max_workers=jobs).submit, jobs
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-        executor = ProcessPoolExecutor(max_workers=jobs)
+    executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="smri-preprocess")
     try:
         yield executor.submit, jobs
     finally:
-        if threads or backend != "loky":  # loky's executor is shared and reused, as joblib does
-            executor.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def ordered_map(

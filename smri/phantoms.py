@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from smri.atomic import PARTIAL_SUFFIX, atomic_path, write_text
 from smri.errors import ConfigError
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
@@ -72,7 +74,6 @@ TRUTH_COLUMNS = (
 )
 P_IN_SLAB = 0.88
 P_ATYPICAL = 0.06
-PARTIAL_SUFFIX = ".partial"
 MARKER = ".smri-synth"  # hidden file that marks a folder as a synth cohort (for --overwrite)
 NOISE_OFFSET = 7919  # voxels between the noise windows of one patient's images
 
@@ -610,13 +611,6 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray, compress: bool) -> bytes:
     return gzip.compress(raw, compresslevel=1, mtime=0)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `path` through a hidden `.name.partial` sibling that preprocessing never reads."""
-    tmp = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_patient(
     seed: int, spec: PatientSpec, shape: tuple[int, int, int], root: Path, fmt: str
 ) -> dict[str, Any]:
@@ -629,23 +623,19 @@ def write_patient(
     folder.mkdir(parents=True, exist_ok=True)
     ext = "." + fmt
     parts = [(m, ph.volumes[m]) for m in MODALITIES] + [("seg", ph.seg)]
-    staged = []
-    for name, data in parts:
-        final = folder / f"{spec.patient_id}_{name}{ext}"
-        tmp = final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
-        tmp.write_bytes(nifti_bytes(data, ph.affine, compress=fmt == "nii.gz"))
-        staged.append((tmp, final))
-    for tmp, final in staged:  # all five exist before any takes its real name
-        os.replace(tmp, final)
+    with ExitStack() as staged:  # all five are written before any takes its real name
+        for name, data in parts:
+            tmp = staged.enter_context(atomic_path(folder / f"{spec.patient_id}_{name}{ext}"))
+            tmp.write_bytes(nifti_bytes(data, ph.affine, compress=fmt == "nii.gz"))
     return {"patient_id": spec.patient_id, **ph.truth}
 
 
-def _csv_bytes(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> bytes:
+def _csv_text(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return buf.getvalue().encode()
+    return buf.getvalue()
 
 
 def name_mapping_rows(specs: list[PatientSpec]) -> list[dict[str, str]]:
@@ -734,11 +724,11 @@ def synthesize(
     try:
         rows = list(_run(cfg, specs, root, jobs, progress))
         rows.sort(key=lambda r: r["patient_id"])
-        _write_atomic(root / "truth.csv", _csv_bytes(TRUTH_COLUMNS, rows))
+        write_text(root / "truth.csv", _csv_text(TRUTH_COLUMNS, rows))
         if cfg.layout == "2020":
-            _write_atomic(
+            write_text(
                 root / "name_mapping.csv",
-                _csv_bytes(NAME_MAPPING_COLUMNS, name_mapping_rows(specs)),
+                _csv_text(NAME_MAPPING_COLUMNS, name_mapping_rows(specs)),
             )
     except BaseException:
         remove_partials(root)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from smri.atomic import partial_path
 from smri.discovery import (
     DEFAULT_CLASSES,
     DEFAULT_MODALITIES,
@@ -32,9 +33,8 @@ from smri.discovery import (
     discover,
 )
 from smri.errors import ConfigError, DataError, PatientError
-from smri.memory import aligned_empty, keep_freed_memory
-from smri.parallel import DeferredInterrupt, check_backend, ordered_map, pool
-from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreWriter, resumable_path
+from smri.parallel import DEFAULT_BACKEND, DeferredInterrupt, check_backend, ordered_map, pool
+from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreReader, StoreWriter
 from smri.volume import open_volume
 
 # How often the unfinished store is flushed with its resume state: a crash loses at most this
@@ -137,8 +137,7 @@ def load_patient(
                     f"{expect_inplane[1]}x{expect_inplane[0]} (the most "
                     "common shape in this cohort)",
                 )
-            # page-aligned: the store writes each volume from here with O_DIRECT
-            images = aligned_empty((len(patient.files), cfg.slices, y, x), cfg.dtype)
+            images = np.empty((len(patient.files), cfg.slices, y, x), cfg.dtype)
         elif (y, x) != images.shape[2:]:
             raise PatientError(
                 pid,
@@ -169,22 +168,10 @@ def _relative(path: Path, root: Path | None) -> str:
         return str(path)
 
 
-def _work(
-    patient: Patient,
-    cfg: PreprocessConfig,
-    inplane: tuple[int, int] | None,
-    root: Path,
-    parent: int | None = None,
+def load_or_error(
+    patient: Patient, cfg: PreprocessConfig, inplane: tuple[int, int] | None, root: Path
 ) -> PatientResult | PatientError:
-    """Worker entry point: a result, or the patient's error as a value (never a lost traceback).
-
-    `parent` is the pid of the process that started the workers, or None for workers of a
-    cluster smri only connects to (`--scheduler`). Worker processes smri started (loky,
-    multiprocessing, a local Dask cluster) are asked to keep freed memory as the `smri` command
-    is; the caller's own process and other people's workers are left as they are.
-    """
-    if parent is not None and os.getpid() != parent:
-        keep_freed_memory()
+    """Worker entry point: a result, or the patient's error as a value (never a lost traceback)."""
     try:
         return load_patient(patient, cfg, inplane, root)
     except PatientError as exc:
@@ -324,6 +311,91 @@ def _resume(
     return writer, state
 
 
+@dataclass
+class Run:
+    """How a run fans out and reports, and what it has done so far (read after an interrupt too)."""
+
+    backend: str
+    jobs: int | None
+    scheduler: str | None
+    strict: bool
+    echo: Callable[[str], None]
+    bar: Any  # a tqdm progress bar
+    writer: StoreWriter | None = None
+    done: int = 0  # patients handled: written or skipped
+    added: list[tuple[str, int]] = field(default_factory=list)  # (patient id, label) written
+    skipped: list[PatientError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def write_patients(
+    run: Run,
+    patients: list[Patient],
+    cfg: PreprocessConfig,
+    inplane: tuple[int, int] | None,
+    root: Path,
+    open_writer: Callable[[PatientResult], StoreWriter],
+    *,
+    merge: StoreReader | None = None,
+    checkpoint: Callable[[], None] | None = None,
+) -> None:
+    """Preprocess `patients` on the run's backend and write them, in the order given.
+
+    The one loop of `smri preprocess` and `--append`. At most ``2 * jobs`` patients are in
+    flight; an unusable one is skipped with its reason (or stops the run, `strict`). The first
+    result opens the writer (`open_writer`) unless ``run.writer`` is set (a resumed store). With
+    `merge` (the store an append adds to), its rows are copied in before each new patient whose
+    id sorts after theirs, and the rest at the end. `checkpoint` is called every
+    CHECKPOINT_SECONDS. The first Ctrl-C stops between two patients with KeyboardInterrupt.
+    """
+    old = 0  # next row of `merge` to copy
+    with (
+        pool(run.backend, run.jobs, run.scheduler, run.echo) as (submit, slots),
+        DeferredInterrupt() as interrupt,
+    ):
+        calls = ((p, cfg, inplane, root) for p in patients)
+        results = ordered_map(submit, load_or_error, calls, window=2 * slots)
+        last_save = time.perf_counter()
+        try:
+            for res in results:
+                interrupt.check()
+                run.bar.update(1)
+                if isinstance(res, PatientError):
+                    skip(res, run.strict, run.skipped, run.echo)
+                else:
+                    if run.writer is None:
+                        run.writer = open_writer(res)
+                    old = _merge_rows(run.writer, merge, old, before=res.patient_id)
+                    run.notes += warn(res, run.echo)
+                    run.writer.append(
+                        images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
+                    )
+                    run.added.append((res.patient_id, res.label))
+                del res  # the writer has it; don't hold it while waiting for the next
+                run.done += 1
+                due = time.perf_counter() - last_save >= CHECKPOINT_SECONDS
+                if checkpoint is not None and run.writer is not None and due:
+                    checkpoint()
+                    last_save = time.perf_counter()
+        finally:
+            results.close()  # stops queued work when the run ends early
+    if run.writer is not None:
+        _merge_rows(run.writer, merge, old, before=None)
+
+
+def _merge_rows(
+    writer: StoreWriter, merge: StoreReader | None, start: int, before: str | None
+) -> int:
+    """Copy `merge`'s rows from `start` whose id sorts before `before` (all, if None); next row."""
+    if merge is None:
+        return start
+    i = start
+    while i < len(merge) and (before is None or merge.patient_ids[i] < before):
+        writer.copy_row(merge, i)
+        i += 1
+    return i
+
+
 def run_preprocess(
     input_dir: Path,
     output: Path,
@@ -334,7 +406,7 @@ def run_preprocess(
     overwrite: bool = False,
     strict: bool = False,
     resume: bool = False,
-    backend: str = "threading",
+    backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
@@ -344,113 +416,88 @@ def run_preprocess(
 
     Broken patients are skipped with a reason (or, with `strict`, stop the run). The store is
     written to a hidden file beside `output` (checkpointed every CHECKPOINT_SECONDS and on
-    Ctrl-C) and renamed
-    into place only when complete. Ctrl-C keeps that file; `resume` continues from it. Work runs
-    on `backend` (see `smri.parallel`), at most ``2 * jobs`` patients at a time, so the writer's
-    memory stays bounded whatever the cohort size.
+    Ctrl-C) and renamed into place only when complete. Ctrl-C keeps that file; `resume`
+    continues from it. Work runs on `backend` (see `smri.parallel`), at most ``2 * jobs``
+    patients at a time, so the writer's memory stays bounded whatever the cohort size.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     check_backend(backend, scheduler)
     check_output(output, overwrite)
     found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
-    root = Path(input_dir)
     patients = found.patients
     fingerprint = _fingerprint(config, patients)
-    partial = resumable_path(output)
+    partial = partial_path(output)
     writer, state = _resume(output, partial, fingerprint, overwrite, echo) if resume else (None, {})
     if writer is None and partial.exists():  # a stale leftover of an earlier interrupted run
         _remove_stale(partial)
     done = int(state.get("done", 0))
-    skipped += [PatientError(r["patient_id"], r["reason"]) for r in state.get("skipped", [])]
+    bar = progress_bar(len(patients), done, "preprocess", progress)
+    run = Run(backend, jobs, scheduler, strict, echo, bar, writer=writer, done=done)
+    run.skipped = [PatientError(r["patient_id"], r["reason"]) for r in state.get("skipped", [])]
+
+    def open_writer(first: PatientResult) -> StoreWriter:
+        return StoreWriter(
+            output,
+            n_patients=len(patients),
+            volume_shape=first.images.shape,
+            dtype=cfg.dtype,
+            compression=cfg.compression,
+            modalities=cfg.modalities,
+            classes=cfg.classes,
+            config=config,
+            overwrite=overwrite,
+            tmp_path=partial,
+        )
+
+    def save_state() -> None:
+        run.writer.checkpoint(
+            {"fingerprint": fingerprint, "done": run.done, "skipped": skip_rows(run.skipped)}
+        )
+
     # The store's in-plane shape: the cohort's most common one (header reads only).
     inplane = common_inplane(patients)
-    bar = tqdm(
-        total=len(patients),
-        initial=done,
-        unit="patient",
-        desc="preprocess",
-        disable=not (sys.stderr.isatty() if progress is None else progress),
-    )
-    notes: list[str] = []
-    run_skipped = len(found.skipped)  # reported by discovery, not part of the resume state
-    with (
-        pool(backend, jobs, scheduler, echo) as (submit, slots),
-        DeferredInterrupt() as interrupt,
-    ):
-        parent = os.getpid() if scheduler is None else None
-        calls = ((p, cfg, inplane, root, parent) for p in patients[done:])
-        results = ordered_map(submit, _work, calls, window=2 * slots)
-        saved, last_save = done, time.perf_counter()  # `saved`: patients fully handled
-
-        def save_state() -> None:
-            writer.checkpoint(
-                {"fingerprint": fingerprint, "done": saved,
-                 "skipped": skip_rows(skipped[run_skipped:])}
-            )  # fmt: skip
-
-        try:
-            for res in results:
-                interrupt.check()
-                done += 1
-                bar.update(1)
-                if isinstance(res, PatientError):
-                    skip(res, strict, skipped, echo)
-                else:
-                    if writer is None:
-                        writer = StoreWriter(
-                            output,
-                            n_patients=len(patients),
-                            volume_shape=res.images.shape,
-                            dtype=cfg.dtype,
-                            compression=cfg.compression,
-                            modalities=cfg.modalities,
-                            classes=cfg.classes,
-                            config=config,
-                            overwrite=overwrite,
-                            tmp_path=partial,
-                        )
-                    notes += warn(res, echo)
-                    writer.append(
-                        images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
-                    )
-                del res  # the writer has it; don't hold it while waiting for the next
-                saved = done
-                if writer is not None and time.perf_counter() - last_save >= CHECKPOINT_SECONDS:
-                    save_state()
-                    last_save = time.perf_counter()
-            if writer is None:
-                raise DataError(
-                    f"{input_dir}: all {len(skipped)} patients are unusable; first "
-                    f"problem: {skipped[0]}"
-                )
-            skipped.sort(key=lambda e: e.patient_id)
-            writer.set_skipped(skip_rows(skipped))
-            labels = writer.labels[: int(writer.rows)]
-            writer.commit()
-        except KeyboardInterrupt:
-            if writer is not None:
-                save_state()  # everything handled so far, however recent the last checkpoint
-                writer.close_partial()
-                echo(
-                    f"interrupted after {done} of {len(patients)} patients; {output} was not "
-                    f"written; `--resume` continues from {partial}"
-                )
-            raise
-        except BaseException as exc:
-            if writer is not None:
-                writer.abort()
-            if isinstance(exc, OSError) and exc.errno:  # h5py's text names the hidden temp file
-                raise OSError(exc.errno, os.strerror(exc.errno), str(output)) from None
-            raise
-        finally:
-            bar.close()
-            results.close()  # stops queued work when the run ends early
+    try:
+        root = Path(input_dir)
+        write_patients(run, patients[done:], cfg, inplane, root, open_writer, checkpoint=save_state)
+        skipped += run.skipped
+        if run.writer is None:
+            raise DataError(
+                f"{input_dir}: all {len(skipped)} patients are unusable; first "
+                f"problem: {skipped[0]}"
+            )
+        skipped.sort(key=lambda e: e.patient_id)
+        run.writer.set_skipped(skip_rows(skipped))
+        labels = run.writer.labels[: int(run.writer.rows)]
+        run.writer.commit()
+    except KeyboardInterrupt:
+        if run.writer is not None:
+            save_state()  # everything handled so far, however recent the last checkpoint
+            run.writer.close_partial()
+            echo(
+                f"interrupted after {run.done} of {len(patients)} patients; {output} was not "
+                f"written; `--resume` continues from {partial}"
+            )
+        raise
+    except BaseException as exc:
+        if run.writer is not None:
+            run.writer.abort()
+        if isinstance(exc, OSError) and exc.errno:  # h5py's text names the hidden temp file
+            raise OSError(exc.errno, os.strerror(exc.errno), str(output)) from None
+        raise
+    finally:
+        run.bar.close()
     seconds = time.perf_counter() - t0
     return PreprocessSummary(
-        Path(output), per_class(labels, cfg.classes), skip_rows(skipped), seconds, notes
+        Path(output), per_class(labels, cfg.classes), skip_rows(skipped), seconds, run.notes
     )
+
+
+def progress_bar(total: int, initial: int, desc: str, progress: bool | None) -> Any:
+    """A tqdm bar on stderr; shown when `progress`, or (None) when stderr is a terminal."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    return tqdm(total=total, initial=initial, unit="patient", desc=desc, disable=not show)
 
 
 def skip(res: PatientError, strict: bool, skipped: list[PatientError], echo: Callable) -> None:

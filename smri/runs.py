@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import platform
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from smri import __version__
+from smri.atomic import atomic_open, write_text
 from smri.data import Split
 from smri.errors import ConfigError, DataError
 
@@ -61,13 +61,6 @@ def _finite_only(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite_only(v) for v in obj]
     return obj
-
-
-def write_text(path: Path, text: str) -> None:
-    """`text` into `path`, written beside and renamed into place."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _json_default(obj: Any) -> Any:
@@ -148,13 +141,11 @@ def read_run_json(path: Path) -> Any:
 
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
 
 
 def _fmt(v: float) -> str:
@@ -171,7 +162,7 @@ def write_predictions(
 ) -> None:
     """predictions.csv: patient_id, label, probability of class 1, predicted class (and fold)."""
     names = {v: k for k, v in classes.items()}
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["patient_id", "label", "probability", "predicted", "fold"])
         for pid, y, p in zip(ids, labels, probs, strict=True):
@@ -237,4 +228,4 @@ def merge_predictions(out: Path, folds: int) -> None:
     for k in range(folds):
         text = (out / f"fold{k}" / "predictions.csv").read_text().splitlines()
         lines.extend(text if not lines else text[1:])
-    (out / "predictions.csv").write_text("\n".join(lines) + "\n")
+    write_text(out / "predictions.csv", "\n".join(lines) + "\n")

@@ -16,16 +16,10 @@ Attributes are plain HDF5 strings and numbers (JSON text for structures): nothin
 
 from __future__ import annotations
 
-import errno
 import json
-import math
-import os
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +27,8 @@ import h5py
 import numpy as np
 
 from smri import __version__
+from smri.atomic import partial_path, publish
 from smri.errors import DataError
-from smri.memory import PAGE_BYTES, aligned_empty, is_aligned
 
 FORMAT = "smri-store"
 SCHEMA_VERSION = 1
@@ -268,18 +262,6 @@ class StoreReader:
 PARTIAL_STATE = "partial_state"  # attr of an unfinished store: JSON resume state
 
 
-def temporary_path(path: Path) -> Path:
-    """A unique name beside `path` for writing before the final rename (same filesystem)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-
-
-def resumable_path(path: Path) -> Path:
-    """The fixed name beside `path` where an unfinished, resumable store is kept."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.partial")
-
-
 def _is_locked(exc: OSError) -> bool:
     """HDF5's refusal of a file another process holds ("unable to lock file, errno = 11").
 
@@ -310,117 +292,6 @@ def _create_h5(path: Path, **kwargs: Any) -> h5py.File:
         raise
 
 
-# The writer goes back to page-cache writes when waiting for O_DIRECT writes takes more than
-# this share of its time (checked from the DIRECT_PROBE_ROWS-th row written on): the disk, not
-# the CPU, is then the limit, and the page cache (RAM) absorbs what the disk cannot yet take.
-DIRECT_SHARE_MAX = 0.5
-DIRECT_PROBE_ROWS = 8
-
-
-def _raw_volume_chunks(images: h5py.Dataset) -> bool:
-    """Whether `images` stores each volume as one chunk of its bytes as in memory (no filters)."""
-    no_filters = images.id.get_create_plist().get_nfilters() == 0
-    return no_filters and images.chunks == (1, 1, *images.shape[2:])
-
-
-class DirectChunks:
-    """A store's whole-volume image chunks, written straight to their place in the file.
-
-    Through HDF5 every chunk is copied once more, into fresh page-cache pages of the kernel:
-    the largest CPU cost of preprocessing after decompression (BraTS, 2 cores: 5-7 ms per
-    patient on the writer's thread plus the kernel's writeback, about a tenth of all CPU time;
-    measured in benchmarks/RESULTS.md). Here the chunks are allocated when the dataset is
-    created (HDF5's early allocation, page-aligned, never filled), so each one's address in the
-    file is known, and a volume is written there with one ``pwrite`` on an ``O_DIRECT``
-    descriptor: the disk reads it from the worker's buffer, nothing is copied. HDF5 writes
-    everything else (metadata, labels, ids) through its own descriptor; the two never touch
-    the same bytes, and the file is an ordinary HDF5 file. Unavailable (no O_DIRECT, a file
-    system that refuses it, chunks that are not whole pages): the writer uses HDF5's direct
-    chunk write, with the same result. The writer also goes back to that when the disk is the
-    limit (`disk_bound`): O_DIRECT writes wait for the disk, page-cache writes only for RAM.
-    """
-
-    def __init__(self, fd: int, images: h5py.Dataset):
-        self._fd: int | None = fd
-        self._images = images
-        self._bounce: np.ndarray | None = None  # for volumes not on a page boundary
-        self._started = time.perf_counter()
-        self.rows: set[int] = set()  # patients (rows) with a chunk written here
-        self.waited = 0.0  # seconds spent in pwrite
-
-    def disk_bound(self) -> bool:
-        """Whether waiting for the disk has taken more than DIRECT_SHARE_MAX of the time since
-        this writer opened, once DIRECT_PROBE_ROWS rows are written."""
-        elapsed = time.perf_counter() - self._started
-        return len(self.rows) >= DIRECT_PROBE_ROWS and self.waited > DIRECT_SHARE_MAX * elapsed
-
-    @staticmethod
-    def supported(chunk_bytes: int) -> bool:
-        """Whether chunks of `chunk_bytes` can be written this way on this platform."""
-        return hasattr(os, "O_DIRECT") and chunk_bytes > 0 and chunk_bytes % PAGE_BYTES == 0
-
-    @staticmethod
-    def creation_plist() -> h5py.h5p.PropDCID:
-        """Image dataset creation properties: chunks allocated at creation and never filled."""
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-        return dcpl
-
-    @classmethod
-    def open(cls, path: Path, images: h5py.Dataset) -> DirectChunks | None:
-        """Direct writes to `images` in the file at `path`; None where they are not possible."""
-        placed = (
-            _raw_volume_chunks(images)
-            and images.id.get_create_plist().get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY
-            and DirectChunks.supported(math.prod(images.chunks) * images.dtype.itemsize)
-        )
-        if not placed:
-            return None
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-        except OSError:  # a file system without O_DIRECT (EINVAL)
-            return None
-        return cls(fd, images)
-
-    def write(self, index: tuple[int, int], volume: np.ndarray) -> bool:
-        """Write `volume` (the chunk's bytes, in any shape) as chunk ``(patient, modality)``.
-
-        False where the file system refuses O_DIRECT writes (EINVAL): the caller then writes
-        the chunk through HDF5. Other errors (a full disk) are raised.
-        """
-        assert self._fd is not None, "write after close"
-        info = self._images.id.get_chunk_info_by_coord((*index, 0, 0, 0))
-        if info.byte_offset is None or info.size != volume.nbytes or not volume.flags.c_contiguous:
-            return False
-        if not is_aligned(volume):
-            if self._bounce is None:
-                self._bounce = aligned_empty((volume.nbytes,), np.uint8)
-            self._bounce[:] = volume.reshape(-1).view(np.uint8)
-            volume = self._bounce
-        data, offset = memoryview(volume).cast("B"), info.byte_offset
-        t0 = time.perf_counter()
-        try:
-            while data:
-                n = os.pwrite(self._fd, data, offset)
-                if not n:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                data, offset = data[n:], offset + n
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:  # stricter alignment than a page, or no O_DIRECT
-                return False
-            raise
-        finally:
-            self.waited += time.perf_counter() - t0
-        self.rows.add(index[0])
-        return True
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 class StoreWriter:
     """Writes a store to a temporary file beside `path`; renames it into place on success.
 
@@ -448,16 +319,11 @@ class StoreWriter:
         comp = COMPRESSIONS[compression or "none"]
         self.path = Path(path)
         self.overwrite = overwrite
-        self.tmp_path = Path(tmp_path) if tmp_path else temporary_path(self.path)
+        self.tmp_path = Path(tmp_path) if tmp_path else partial_path(self.path, unique=True)
         self.n_patients = n_patients
         self._written = np.zeros(n_patients, dtype=bool)
         m, s, h, w = volume_shape
-        chunk_bytes = s * h * w * np.dtype(dtype).itemsize
-        placed = not comp and DirectChunks.supported(chunk_bytes)
-        # Placed chunks: page-aligned, allocated now (addresses known), never filled.
-        align = {"alignment_threshold": chunk_bytes, "alignment_interval": PAGE_BYTES}
-        self._file = _create_h5(self.tmp_path, **(align if placed else {}))
-        self._direct: DirectChunks | None = None
+        self._file = _create_h5(self.tmp_path)
         try:
             f = self._file
             f.attrs["format"] = FORMAT
@@ -477,7 +343,6 @@ class StoreWriter:
                 maxshape=(None, m, s, h, w),
                 dtype=dtype,
                 chunks=(1, 1, s, h, w),
-                dcpl=DirectChunks.creation_plist() if placed else None,
                 **comp,
             )
             self.labels = f.create_dataset(
@@ -494,7 +359,6 @@ class StoreWriter:
                 for name, (dt, shape) in META_FIELDS.items()
             }
             self._datasets = [self.images, self.labels, self.ids, *self.meta.values()]
-            self._direct = DirectChunks.open(self.tmp_path, self.images)
         except BaseException:
             self.abort()
             raise
@@ -509,47 +373,12 @@ class StoreWriter:
         meta: dict[str, Any] | None = None,
     ) -> None:
         """Write row `i`: images ``(M, S, H, W)`` (cast to the store dtype), label and id."""
-        images = np.asarray(images)
-        if self._raw_chunks and images.dtype == self.images.dtype and images.flags.c_contiguous:
-            for m in range(images.shape[0]):  # a chunk is one whole volume (1, 1, S, H, W)
-                if not self._write_direct((i, m), images[m]):
-                    self.images.id.write_direct_chunk((i, m, 0, 0, 0), images[m])
-        else:
-            self.images[i] = images
+        self.images[i] = images
         self.labels[i] = label
         self.ids[i] = patient_id
         for name, value in (meta or {}).items():
             self.meta[name][i] = value
-        self._row_written(i)
-
-    def _write_direct(self, index: tuple[int, int], volume: np.ndarray) -> bool:
-        """Write one chunk past the page cache; False when that is not possible (the caller
-        then writes it through HDF5)."""
-        if self._direct is None:
-            return False
-        if self._direct.write(index, volume):
-            return True
-        self._close_direct()  # the file system refused: HDF5 writes this and every later chunk
-        return False
-
-    def _row_written(self, i: int) -> None:
         self._written[i] = True
-        if self._direct is not None and self._direct.disk_bound():
-            self._close_direct()  # HDF5 and the page cache from the next row on
-
-    def _close_direct(self) -> None:
-        if self._direct is not None:
-            self._direct.close()
-            self._direct = None
-
-    @cached_property
-    def _raw_chunks(self) -> bool:
-        """Whether image chunks are stored as they are in memory (no filters, whole volumes).
-
-        They are then written with HDF5's direct chunk write: the same bytes in the file, a
-        quarter less CPU time than the selection machinery of ``images[i] = ...``.
-        """
-        return _raw_volume_chunks(self.images)
 
     @property
     def rows(self) -> int:
@@ -565,24 +394,24 @@ class StoreWriter:
     def copy_row(self, reader: StoreReader, i: int) -> int:
         """Append row `i` of another store as the next row; returns its index.
 
-        Image chunks are copied as stored bytes (no decode, no re-compression) when both stores
-        share chunk layout, dtype and filters; otherwise they are read and written.
+        Compressed image chunks are copied as stored bytes (no decompression, no compressing
+        again) when both stores share chunk layout, dtype and filters; otherwise they are read
+        and written (for uncompressed chunks that is as fast).
         """
         src, dst = reader._images, self.images
         j = int(self._written.sum())
         a, b = ((d.chunks, d.dtype, d.compression, d.compression_opts) for d in (src, dst))
-        if a == b and src.shuffle == dst.shuffle:  # chunks: whole volumes (1, 1, S, H, W)
+        if a == b and src.shuffle == dst.shuffle and src.compression is not None:
             for m in range(src.shape[1]):
                 mask, chunk = src.id.read_direct_chunk((i, m, 0, 0, 0))
-                if mask or not self._write_direct((j, m), np.frombuffer(chunk, np.uint8)):
-                    dst.id.write_direct_chunk((j, m, 0, 0, 0), chunk, mask)
+                dst.id.write_direct_chunk((j, m, 0, 0, 0), chunk, mask)
         else:
             dst[j] = src[i]
         self.labels[j] = reader.labels[i]
         self.ids[j] = reader.patient_ids[i]
         for name, value in reader.meta(i).items():
             self.meta[name][j] = value
-        self._row_written(j)
+        self._written[j] = True
         return j
 
     @classmethod
@@ -596,7 +425,6 @@ class StoreWriter:
         """
         self = cls.__new__(cls)
         self.path, self.overwrite, self.tmp_path = Path(path), overwrite, Path(tmp_path)
-        self._direct = None
         try:
             self._file = h5py.File(self.tmp_path, "r+")
         except OSError as exc:
@@ -610,7 +438,6 @@ class StoreWriter:
             self.n_patients = self.images.shape[0]
             self._written = np.zeros(self.n_patients, dtype=bool)
             self._written[: int(state["rows"])] = True
-            self._direct = DirectChunks.open(self.tmp_path, self.images)
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             self._file.close()
             raise DataError(
@@ -625,7 +452,6 @@ class StoreWriter:
 
     def close_partial(self) -> None:
         """Close, keeping the unfinished file for a later `reopen`."""
-        self._close_direct()
         self._file.close()
 
     def set_config(self, config: dict[str, Any]) -> None:
@@ -639,7 +465,6 @@ class StoreWriter:
     def abort(self) -> None:
         """Close and delete the temporary file; `path` is untouched."""
         try:
-            self._close_direct()
             self._file.close()
         finally:
             self.tmp_path.unlink(missing_ok=True)
@@ -655,12 +480,11 @@ class StoreWriter:
                 ds.resize(n, axis=0)
         if PARTIAL_STATE in self._file.attrs:
             del self._file.attrs[PARTIAL_STATE]
-        self._close_direct()
         self._file.close()
         if not self.overwrite and self.path.exists():
             self.tmp_path.unlink(missing_ok=True)
             raise DataError(f"{self.path} appeared while writing; not replaced (use --overwrite)")
-        os.replace(self.tmp_path, self.path)
+        publish(self.tmp_path, self.path)
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -14,7 +14,6 @@ max are taken on the raw array: rounding to float32 is monotonic, so they agree)
 
 from __future__ import annotations
 
-import gzip
 import io
 import math
 import os
@@ -25,17 +24,14 @@ from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 
 from smri.errors import DataError
 
-try:  # Intel ISA-L inflates gzip about 1.7x faster than zlib: the floor of preprocessing
-    from isal import igzip as _gzip
-except ImportError:  # pragma: no cover - isal is a dependency; stay usable without it
-    _gzip = gzip
-try:  # the C reader inside isal.igzip.GzipFile (isal >= 1.4), whose readinto inflates in place
-    from isal.isal_zlib import _GzipReader as _InplaceGzipReader
-except ImportError:  # pragma: no cover - then GzipFile, one copy more
-    _InplaceGzipReader = None
+# Intel ISA-L's gzip (the standard library's interface): inflating is most of preprocessing,
+# and ISA-L does it about 1.7x faster than zlib (benchmarks/RESULTS.md). A module attribute,
+# so the benchmark can measure the standard library's `gzip` in its place.
+GZIP = igzip
 
 EPS = 1e-8
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -58,7 +54,7 @@ def read_nifti_bytes(path: Path) -> bytes:
     if raw[:2] != GZIP_MAGIC:
         return raw
     try:
-        return _gzip.decompress(raw)
+        return GZIP.decompress(raw)
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise DataError(f"{path}: corrupt gzip stream ({_reason(exc)})") from None
 
@@ -146,10 +142,10 @@ def _scaled(header: nib.Nifti1Header) -> bool:
 
 
 def _voxels(header: nib.Nifti1Header, raw: bytes) -> np.ndarray:
-    """The unscaled voxel array: a zero-copy view of `raw`.
+    """The unscaled voxel array: a view of `raw` with nibabel's dtype, shape and Fortran order.
 
-    nibabel's array proxy copies the whole buffer (about 3.5 ms per BraTS volume); unscaled
-    data (the usual case) is read in place with the same dtype, shape and Fortran order.
+    Checks first that `raw` holds all the voxels the header declares: nibabel's array proxy
+    would allocate that much before finding out (72 GB for a forged 30000 x 30000 x 40 header).
     """
     shape = header.get_data_shape()
     dtype = header.get_data_dtype()
@@ -189,12 +185,10 @@ def cast_into(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[...] = src`` with numpy's rounding (to nearest, ties to even).
 
     float32 -> float16, the store's default, goes through torch's vectorised conversion:
-    bit-identical to numpy's (tested), and about 30x faster than numpy's scalar loop, which cost
-    a fifth of all preprocessing time (4.7 ms per BraTS slab). It runs in pieces of
-    CAST_CHUNK elements, each below torch's parallel grain (32768), so it stays on the calling
-    thread: one whole-slab copy woke torch's OpenMP pool, whose threads then spun for
-    milliseconds on the other cores and took a whole core from the other preprocessing
-    workers (measured on 2 cores: 5 ms of CPU burnt for every 5 ms of Python after a cast).
+    bit-identical to numpy's (tested) and many times faster than numpy's scalar loop (gain in
+    benchmarks/RESULTS.md). It runs in pieces of CAST_CHUNK elements, each below torch's
+    parallel grain (32768), so it stays on the calling thread: a whole-slab copy wakes torch's
+    OpenMP pool, whose threads then spin on the cores the other preprocessing workers need.
     """
     if (
         dst.dtype == np.float16
@@ -255,12 +249,11 @@ class SlabSource:
 
     `open_volume` makes it. `normalized_slab_into` then reads the voxels once, in pieces of
     STREAM_CHUNK bytes: each piece's min and max are taken while it is in the CPU cache and
-    only the central slab is kept. The whole volume is never in memory, and inflating into a
-    buffer that stays in cache is itself faster (BraTS volume, ISA-L: 12.1 ms vs 14.3 ms to a
-    new 18 MB buffer, then 1.4 ms more for its min and max from memory). Volumes the stream
-    does not handle (reoriented, scaled, odd headers, multi-member gzip such as bgzip's, and
-    every error) go through `load_volume`, so results and error messages are the same either
-    way.
+    only the central slab is kept. The whole volume is never in memory: no fresh 18 MB buffer
+    per BraTS volume for the allocator to fault in (the measured gain is in
+    benchmarks/RESULTS.md). Volumes the stream does not handle (reoriented, scaled, odd
+    headers, multi-member gzip such as bgzip's, and every error) go through `load_volume`, so
+    results and error messages are the same either way.
     """
 
     path: Path
@@ -360,57 +353,12 @@ def _open_stream(path: Path) -> tuple[BinaryIO, int]:
     """The file's uncompressed bytes as a stream (gzip-compressed or not), and their number as
     far as the file tells it cheaply: its size, or for gzip the size in its trailer (ISIZE:
     modulo 4 GiB, of the last member only, so a file with more members shows less)."""
-    f = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it
-    try:
+    with open(path, "rb") as f:
         if f.read(2) != GZIP_MAGIC:
-            f.seek(0)
-            return f, os.fstat(f.fileno()).st_size
+            return open(path, "rb"), os.fstat(f.fileno()).st_size
         f.seek(-4, os.SEEK_END)
         isize = int.from_bytes(f.read(4), "little")
-        f.seek(0)
-        return _GzipStream(f), isize
-    except BaseException:
-        f.close()
-        raise
-
-
-GZIP_READ_BYTES = 1 << 19  # compressed bytes read from the file at a time (as igzip reads)
-
-
-class _GzipStream(io.RawIOBase):
-    """The uncompressed bytes of a gzip file, inflated straight into the caller's buffer.
-
-    ISA-L's C reader (what `isal.igzip.GzipFile` wraps) inflates in place in `readinto`;
-    GzipFile's own readinto is io's generic one, which inflates into a new bytes object and
-    copies it (0.5-0.9 ms of a BraTS volume's 12). Closes the file it reads, as `open` would.
-    Without that reader, a GzipFile (ISA-L's, or without ISA-L the standard library's). Like
-    any raw stream, a read may return fewer bytes than asked for before the end: read with
-    `_read_into`.
-    """
-
-    def __init__(self, f: BinaryIO) -> None:
-        super().__init__()
-        self._file = f
-        self._reader: BinaryIO = (
-            _InplaceGzipReader(f, GZIP_READ_BYTES)
-            if _InplaceGzipReader is not None
-            else _gzip.GzipFile(fileobj=f, mode="rb")
-        )
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
-        return self._reader.readinto(b)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self._reader.close()
-            self._file.close()
-        finally:
-            super().close()
+    return GZIP.open(path, "rb"), isize
 
 
 def _read_into(f: BinaryIO, buf: memoryview) -> int:

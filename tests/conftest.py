@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,16 +115,3 @@ def expected_images(
         start = (v.shape[2] - slices) // 2
         out.append(v[:, :, start : start + slices].T)
     return np.stack(out).astype(dtype)
-
-
-def direct_io_works(directory: Path) -> bool:
-    """Whether files in `directory` can be opened with O_DIRECT (the store's chunk writes)."""
-    probe = directory / ".o_direct_probe"
-    probe.write_bytes(b"")
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
-        return True
-    except (OSError, AttributeError):
-        return False
-    finally:
-        probe.unlink()

@@ -146,8 +146,6 @@ def test_cache_resolution_on_cpu():
 REUSE_SCRIPT = """
 import resource, sys
 import numpy as np, torch
-from smri.memory import keep_freed_memory
-keep_freed_memory()  # as the smri command does
 from smri.data import Batches
 b = Batches(sys.argv[1], np.arange(16), batch_size=8, seed=0, shuffle=True, cache=sys.argv[2],
             device=torch.device("cpu"), workers=int(sys.argv[3]))
@@ -162,13 +160,21 @@ print(max(faults[4:]))
 """
 
 
-@pytest.mark.parametrize(("cache", "workers"), [("none", 0), ("none", 2), ("ram", 0)])
-def test_cpu_batches_reuse_their_memory_epoch_after_epoch(tmp_path, cache, workers):
-    """No page faults in the steady state: batches come from plain malloc, which glibc reuses.
+def _huge_pages_on_request() -> bool:
+    """Whether the kernel gives transparent huge pages to memory that asks (madvise) for them."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
 
-    torch's aligned allocations of the same size were not reused with freed memory kept
-    mapped: each 37 MB float32 batch here faulted in ~9,000 fresh pages, epoch after epoch,
-    and the heap grew (3 GB for 236 MB BraTS batches)."""
+
+@pytest.mark.skipif(not _huge_pages_on_request(), reason="no transparent huge pages here")
+@pytest.mark.parametrize(("cache", "workers"), [("none", 0), ("none", 2), ("ram", 0)])
+def test_cpu_batches_fault_in_few_pages_epoch_after_epoch(tmp_path, cache, workers):
+    """Batch-sized CPU tensors come from numpy (`smri.data.host_empty`), which asks for huge
+    pages: each 37 MB float32 batch here faults in 40-1,100 pages epoch after epoch, where
+    torch's own allocation faulted in 18,000-23,000 (4 KiB pages, fresh for every batch)."""
     import subprocess
     import sys
 
@@ -180,4 +186,4 @@ def test_cpu_batches_reuse_their_memory_epoch_after_epoch(tmp_path, cache, worke
         check=True,
     )
     worst = int(out.stdout.strip())
-    assert worst < 2000, f"{worst} page faults in one epoch after warm-up"
+    assert worst < 5000, f"{worst} page faults in one epoch after warm-up"

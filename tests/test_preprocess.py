@@ -10,23 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from smri.cli import main
-from smri.discovery import DEFAULT_MODALITIES, patient_from_folder
-from smri.errors import ConfigError, DataError, PatientError
+from smri.errors import ConfigError, DataError
 from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
-from tests.conftest import SHAPE, expected_images, write_nifti, write_patient
+from tests.conftest import SHAPE, expected_images, write_nifti
 
 CFG = PreprocessConfig(slices=16)
-# Two ways a store's images reach the file: at SHAPE a slab (16 x 24 x 20 float16) is not whole
-# pages, so HDF5 writes it; at PLACED (16 x 24 x 32) it is, so smri writes it with O_DIRECT.
-PLACED = (32, 24, 40)
-SHAPES = pytest.mark.parametrize("shape", [SHAPE, PLACED], ids=["hdf5-writes", "placed"])
-
-
-def placed(path) -> bool:
-    """Whether the store's image chunks were allocated up front (the O_DIRECT layout)."""
-    with h5py.File(path) as f:
-        return f["images"].id.get_create_plist().get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY
 
 
 def quiet(*_):
@@ -38,14 +27,13 @@ def run(root, out, cfg=CFG, **kw):
     return run_preprocess(root, out, cfg, echo=quiet, progress=False, **kw)
 
 
-@SHAPES
 @pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
-def test_store_equals_direct_numpy(brats2019, tmp_path, ext, shape):
-    root, truth = brats2019(n_hgg=2, n_lgg=2, ext=ext, shape=shape)
+def test_store_equals_direct_numpy(brats2019, tmp_path, ext):
+    root, truth = brats2019(n_hgg=2, n_lgg=2, ext=ext)
+    shape = SHAPE
     out = tmp_path / "s.h5"
     summary = run(root, out)
     assert summary.written == {"HGG": 2, "LGG": 2} and summary.skipped == []
-    assert placed(out) == (shape == PLACED)
     with StoreReader(out) as r:
         assert r.patient_ids == sorted(truth)
         assert r.info.volume_shape == (4, 16, shape[1], shape[0])
@@ -69,9 +57,8 @@ def test_float32_store_equals_direct_numpy(brats2020, tmp_path):
             np.testing.assert_array_equal(r.read(i), expected_images(truth[pid][1], 8, "float32"))
 
 
-@SHAPES
-def test_jobs_1_and_2_give_identical_bytes(brats2019, tmp_path, shape):
-    root, _ = brats2019(n_hgg=4, n_lgg=3, shape=shape)
+def test_jobs_1_and_2_give_identical_bytes(brats2019, tmp_path):
+    root, _ = brats2019(n_hgg=4, n_lgg=3)
     run(root, tmp_path / "a.h5", jobs=1)
     run(root, tmp_path / "b.h5", jobs=2)
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
@@ -173,6 +160,12 @@ def test_cli_preprocess_and_info(brats2019, tmp_path):
         (["--modalities", "t1,t1"], 2, "modality listed twice"),
         (["--labels", "nope.csv"], 2, "nope.csv: no such file"),
         (["--dtype", "int8"], 2, "Invalid value for '--dtype'"),
+        (
+            ["--backend", "multiprocessing"],
+            2,
+            "Invalid value for '--backend': 'multiprocessing' is not one of 'threading', 'loky', "
+            "'dask'.",
+        ),
     ],
 )
 def test_cli_bad_options(brats2019, tmp_path, args, code, message):
@@ -206,9 +199,8 @@ def _interrupt_after(monkeypatch, n_rows):
     monkeypatch.setattr(smri.store.StoreWriter, "append", append)
 
 
-@SHAPES
-def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkeypatch, shape):
-    root, truth = brats2019(n_hgg=3, n_lgg=3, shape=shape)
+def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkeypatch):
+    root, truth = brats2019(n_hgg=3, n_lgg=3)
     pid = sorted(truth)[1]
     (root / "HGG" / pid / f"{pid}_t1.nii.gz").write_bytes(b"")  # a skip before the interrupt
     run(root, tmp_path / "ref.h5")
@@ -254,21 +246,3 @@ def test_stale_partial_is_replaced_and_other_settings_start_over(brats2019, tmp_
     (tmp_path / ".s.h5.partial").write_bytes(b"garbage")
     run(root, out, overwrite=True)  # without --resume a leftover is simply removed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "s.h5"]
-
-
-def test_only_worker_processes_smri_started_change_the_malloc_policy(tmp_path, monkeypatch):
-    """The caller's process (threads, --jobs 1) and a cluster's workers are left as they are."""
-    import os
-
-    import smri.preprocessing as pre
-
-    calls = []
-    monkeypatch.setattr(pre, "keep_freed_memory", lambda: calls.append(os.getpid()))
-    folder = tmp_path / "HGG" / "P1"
-    write_patient(folder, "P1", seed=0)
-    patient = patient_from_folder(folder, DEFAULT_MODALITIES, label=1)
-    cfg = PreprocessConfig(slices=4)
-    for parent, want in [(os.getpid(), 0), (None, 0), (os.getpid() + 1, 1)]:
-        calls.clear()
-        assert not isinstance(pre._work(patient, cfg, None, tmp_path, parent), PatientError)
-        assert len(calls) == want, parent

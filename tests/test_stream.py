@@ -59,14 +59,11 @@ def chunk(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["isal-inplace", "isal-gzipfile", "stdlib"])
+@pytest.fixture(params=["isal", "stdlib"])
 def gzip_reader(request, monkeypatch):
-    """ISA-L's in-place reader; its GzipFile (an isal without that reader); the standard
-    library's GzipFile (smri without ISA-L)."""
-    if request.param != "isal-inplace":
-        monkeypatch.setattr(volume, "_InplaceGzipReader", None)
+    """ISA-L's gzip (smri's), and the standard library's (the plain path it is measured against)."""
     if request.param == "stdlib":
-        monkeypatch.setattr(volume, "_gzip", gzip)
+        monkeypatch.setattr(volume, "GZIP", gzip)
     return request.param
 
 

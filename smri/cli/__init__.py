@@ -13,7 +13,6 @@ import signal
 import click
 
 from smri import __version__
-from smri.memory import keep_freed_memory
 
 # command name -> "module:function"; one line per command, kept in the order `--help` shows.
 COMMANDS: dict[str, str] = {
@@ -70,7 +69,6 @@ def main() -> None:
 def entry() -> None:
     """The console script: run `main`; a Ctrl-C during interpreter teardown (after the command
     has finished and its outputs are in place) is ignored instead of printing a traceback."""
-    keep_freed_memory()
     try:
         main()
     finally:

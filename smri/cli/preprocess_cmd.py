@@ -124,10 +124,9 @@ PREPROCESS = api_defaults(api.preprocess)
     default=PREPROCESS["backend"],
     show_default=True,
     help="Where patients are processed: threads share memory and ISA-L gzip and numpy release "
-    "the GIL, so no array is pickled back to the writer (see docs/performance.md); loky and "
-    "multiprocessing use local processes; dask a Dask cluster (--scheduler, or a local one with "
-    "--jobs worker processes; needs pip install 'smri[distributed]'). This process is always "
-    "the only writer.",
+    "the GIL, so no array is pickled back to the writer (see docs/performance.md); loky uses "
+    "local processes; dask a Dask cluster (--scheduler, or a local one with --jobs worker "
+    "processes; needs pip install 'smri[distributed]'). This process is always the only writer.",
 )
 @click.option(
     "--scheduler",
