@@ -151,10 +151,12 @@ def report(runs: list[Path]) -> None:
         ratios = sorted(f["last"] / f["val_last"] for f in folds)
         trv = sorted((f["last"], f["val_last"]) for f in folds)[len(folds) // 2]
         shown = ", ".join(f"{f['ratio']:.2f}" for f in folds)
-        print(f"| {run.name} | {mean:.3f} ± {std:.3f} | {', '.join(f'{a:.3f}' for a in aucs)} | "
-              f"{sum(bacc) / len(bacc):.3f} | {falls} of {len(folds)} "
-              f"({shown}) | "
-              f"{trv[0]:.3f} / {trv[1]:.3f} (ratio {ratios[len(ratios) // 2]:.2f}) |")
+        print(
+            f"| {run.name} | {mean:.3f} ± {std:.3f} | {', '.join(f'{a:.3f}' for a in aucs)} | "
+            f"{sum(bacc) / len(bacc):.3f} | {falls} of {len(folds)} "
+            f"({shown}) | "
+            f"{trv[0]:.3f} / {trv[1]:.3f} (ratio {ratios[len(ratios) // 2]:.2f}) |"
+        )
 
 
 def main() -> None:
