@@ -23,11 +23,13 @@ import csv as csv_module
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smri.atomic import OutputLock
 from smri.config import ModelConfig, TrainConfig
 from smri.errors import ConfigError, RunInterrupted
 from smri.parallel import DEFAULT_BACKEND
@@ -85,8 +87,11 @@ def synth(
 
     cfg = SynthConfig(patients=patients, hgg_fraction=hgg_fraction, shape=tuple(shape),
                       layout=layout, fmt=format, seed=seed)  # fmt: skip
-    synthesize(cfg, Path(out), jobs=jobs or -1, overwrite=overwrite,
-               progress=_bars(progress, quiet))  # fmt: skip
+    cfg.validate()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(Path(out)):  # a second synth into OUT stops here, before it deletes a file
+        synthesize(cfg, Path(out), jobs=jobs or -1, overwrite=overwrite,
+                   progress=_bars(progress, quiet))  # fmt: skip
     return Path(out)
 
 
@@ -306,6 +311,30 @@ def evaluate(
     # best.pt and last.pt of a run share the default out: never replace one's results silently
     beside = model if model.is_dir() else model.parent
     where = Path(out) if out is not None else beside / f"eval-{store.stem}"
+    _check_eval_out(where, overwrite)
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(where):  # one evaluate at a time writes a folder
+        _check_eval_out(where, overwrite)  # again: another may have written it meanwhile
+        result = evaluate_store(model, store, device=device, batch_size=batch_size,
+                                cache=cache, workers=workers,
+                                progress=_bars(progress, quiet))  # fmt: skip
+        where.mkdir(parents=True, exist_ok=True)
+        report = {"checkpoint": str(model), "store": str(store), **result.metrics}
+        write_json(where / "metrics.json", report)
+        write_predictions(where / "predictions.csv", result.patient_ids, result.labels,
+                          result.probabilities, result.classes)  # fmt: skip
+        known = result.labels >= 0
+        if len(set(result.labels[known].tolist())) == 2:
+            name = beside.name or "model"
+            curves = {name: [(result.labels[known], result.probabilities[known])]}
+            save_figure(roc_figure(curves, f"ROC on {store.name}"), where / "roc.png")
+        else:
+            log("no ROC curve: the store does not have labelled patients of both classes")
+    return {**report, "out": str(where)}
+
+
+def _check_eval_out(where: Path, overwrite: bool) -> None:
+    """ConfigError (--out) when `where` holds results of an earlier evaluate and not `overwrite`."""
     held = [n for n in EVAL_FILES if (where / n).exists()]
     if held and not overwrite:
         raise ConfigError(
@@ -313,21 +342,6 @@ def evaluate(
             "--out, or pass --overwrite to replace them",
             option="--out",
         )
-    result = evaluate_store(model, store, device=device, batch_size=batch_size, cache=cache,
-                            workers=workers, progress=_bars(progress, quiet))  # fmt: skip
-    where.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(model), "store": str(store), **result.metrics}
-    write_json(where / "metrics.json", report)
-    write_predictions(where / "predictions.csv", result.patient_ids, result.labels,
-                      result.probabilities, result.classes)  # fmt: skip
-    known = result.labels >= 0
-    if len(set(result.labels[known].tolist())) == 2:
-        name = beside.name or "model"
-        curves = {name: [(result.labels[known], result.probabilities[known])]}
-        save_figure(roc_figure(curves, f"ROC on {store.name}"), where / "roc.png")
-    else:
-        log("no ROC curve: the store does not have labelled patients of both classes")
-    return {**report, "out": str(where)}
 
 
 # ---------------------------------------------------------------------------------- predict
@@ -357,13 +371,17 @@ def predict(
 
     folders = [Path(patient_dirs)] if isinstance(patient_dirs, (str, os.PathLike)) else [
         Path(p) for p in patient_dirs]  # fmt: skip
-    if csv is not None:  # before the work: an existing file (a labels CSV?) is kept
-        check_output(Path(csv), overwrite)
-    results = predict_folders(Path(model), folders, device=device, batch_size=batch_size,
-                              warn=log, progress=_bars(progress, quiet))  # fmt: skip
-    if csv is not None:  # written beside, renamed into place: never a half-written CSV
-        with atomic_open(Path(csv), "w", newline="") as fh:
-            writer = csv_module.writer(fh)
-            writer.writerow(["patient_id", "probability", "predicted"])
-            writer.writerows([r.patient_id, f"{r.probability:.6f}", r.predicted] for r in results)
+    with ExitStack() as held:
+        if csv is not None:  # before the work: an existing file (a labels CSV?) is kept
+            check_output(Path(csv), overwrite)
+            held.enter_context(OutputLock(Path(csv)))  # one predict at a time writes the CSV
+        results = predict_folders(Path(model), folders, device=device, batch_size=batch_size,
+                                  warn=log, progress=_bars(progress, quiet))  # fmt: skip
+        if csv is not None:  # written beside, renamed into place: never a half-written CSV
+            with atomic_open(Path(csv), "w", newline="") as fh:
+                writer = csv_module.writer(fh)
+                writer.writerow(["patient_id", "probability", "predicted"])
+                writer.writerows(
+                    [r.patient_id, f"{r.probability:.6f}", r.predicted] for r in results
+                )
     return results

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from smri import __version__
+from smri.atomic import OutputLock, remove_unique_partials
 from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DEFAULT_BACKEND, check_backend
@@ -103,6 +104,29 @@ def append_preprocess(
     output = Path(output)
     if not output.is_file():
         raise DataError(f"{output}: no such store; --append adds to an existing smri store")
+    with OutputLock(output):  # before the store is read: another run may be replacing it
+        return _append(input_dir, output, cfg, t0, jobs=jobs, labels_csv=labels_csv,
+                       strict=strict, backend=backend, scheduler=scheduler, progress=progress,
+                       echo=echo, bids=bids)  # fmt: skip
+
+
+def _append(
+    input_dir: Path,
+    output: Path,
+    cfg: PreprocessConfig,
+    t0: float,
+    *,
+    jobs: int | None,
+    labels_csv: Path | None,
+    strict: bool,
+    backend: str,
+    scheduler: str | None,
+    progress: bool | None,
+    echo: Callable[[str], None],
+    bids: BidsOptions | None,
+) -> PreprocessSummary:
+    """`append_preprocess` while holding OUTPUT's lock."""
+    remove_unique_partials(output)  # of appends killed before they could clean up
     base = StoreReader(output)
     run: Run | None = None
     try:

@@ -4,10 +4,15 @@ Readers see the old file or the new one, never a part of either, and a killed or
 leaves at most a hidden ``.NAME.partial`` beside the target (synth and preprocess recognise and
 remove those). `durable` also flushes the data and the rename to the disk (fsync), for files
 whose loss after a crash would cost hours (training checkpoints).
+
+`OutputLock` keeps two smri processes from writing one output (a store, a run folder, ...) at
+once: the second is refused before it touches a byte.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,7 +20,92 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from smri.errors import DataError
+
 PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+
+
+class OutputLocked(DataError):
+    """Another smri process is writing the same output."""
+
+
+class OutputLock:
+    """An exclusive lock on an output path, held by this process until `release` (or its end).
+
+    The lock is `fcntl.flock` on a hidden ``.NAME.lock`` file beside the output (a file or a
+    folder): the kernel drops it when the process ends, however it ends, so a killed run never
+    leaves a stale lock behind, and no process ids need checking. The lock file is removed on
+    release; a process that opened it just before checks, once it holds the lock, that the
+    name still leads to the file it locked, and starts again if not.
+    """
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        self.path = path
+        self.lock_file = path.parent.resolve() / f".{path.name}{LOCK_SUFFIX}"
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        """Take the lock; OutputLocked naming the output when another process holds it."""
+        if self._fd is not None:
+            return self
+        while True:
+            try:
+                fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(self.lock_file)) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_pid(fd)
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                who = f" (pid {holder})" if holder else ""
+                raise OutputLocked(
+                    f"{self.path}: another smri process{who} is writing it; wait for it to "
+                    "finish or stop it"
+                ) from None
+            if _same_file(fd, self.lock_file):
+                break
+            os.close(fd)  # removed (and maybe made again) by its holder meanwhile: try again
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (nothing if it is not held)."""
+        if self._fd is None:
+            return
+        try:
+            self.lock_file.unlink(missing_ok=True)  # while still holding it: see the class doc
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def partial_path(path: Path, *, unique: bool = False) -> Path:
@@ -26,6 +116,21 @@ def partial_path(path: Path, *, unique: bool = False) -> Path:
     path = Path(path)
     tag = f".{uuid.uuid4().hex[:8]}" if unique else ""
     return path.with_name(f".{path.name}{tag}{PARTIAL_SUFFIX}")
+
+
+def remove_unique_partials(path: Path) -> None:
+    """Delete the ``partial_path(path, unique=True)`` files that killed runs left beside `path`.
+
+    Call it only while holding `path`'s `OutputLock`: no other smri process is writing them.
+    """
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.????????{PARTIAL_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def publish(tmp: Path, path: Path, *, durable: bool = False) -> None:

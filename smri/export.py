@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from smri import __version__
-from smri.atomic import atomic_path
+from smri.atomic import OutputLock, atomic_path
 from smri.checkpoint import load_checkpoint
 from smri.errors import ConfigError, DataError, SmriError
 from smri.model_card import model_card
@@ -141,8 +141,16 @@ def export_run(
                           option="--license")  # fmt: skip
     source = model_dir(Path(run), fold)
     check_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):  # one export at a time writes a folder
+        check_out_dir(out, overwrite)  # again: another may have written it meanwhile
+        return _export(st, source, Path(run), out, license)
+
+
+def _export(st: Any, source: Path, run: Path, out: Path, license: str | None) -> list[Path]:
+    """The three files of an export of `source` (run or fold folder) into `out`."""
     ckpt = load_checkpoint(source / "best.pt")
-    config = export_config(ckpt, source, Path(run))
+    config = export_config(ckpt, source, run)
     title = out.resolve().name
     card = model_card(config, _read_json(source / "config.json") or {}, title, license, WEIGHTS)
     tensors = {k: v.detach().contiguous() for k, v in ckpt["model"].items()}

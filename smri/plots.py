@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from smri.atomic import OutputLock
 from smri.errors import DataError
 from smri.metrics import roc_auc, roc_curve
 from smri.runs import (
@@ -183,7 +184,7 @@ def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> lis
     summary.md (`smri.compare`: intervals, paired tests, baselines); returns the files.
 
     Every run file is read, and the comparison computed, before anything is written."""
-    from smri.compare import compare, summary_markdown
+    from smri.compare import compare
 
     by_model: dict[str, RunData] = {}
     for run in runs:
@@ -192,8 +193,16 @@ def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> lis
         merged.metrics += data.metrics
         merged.predictions += data.predictions
     by_model = dict(sorted(by_model.items()))
-    summary = compare(runs, store)
+    summary = compare(runs, store)  # every problem found before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):  # one `smri plot` at a time writes a folder
+        return _write_plots(out, by_model, summary)
+
+
+def _write_plots(out: Path, by_model: dict[str, RunData], summary: dict) -> list[Path]:
+    """The figures, summary.json and summary.md of `plot_runs` into `out`."""
+    from smri.compare import summary_markdown
+
     written = []
     for model, data in by_model.items():
         fig = fold_loss_figure(data.metrics, f"{model.upper()}-LSTM loss", color_for(model))

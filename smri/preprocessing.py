@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from smri.atomic import partial_path
+from smri.atomic import OutputLock, partial_path, remove_unique_partials
 from smri.discovery import (
     DEFAULT_CLASSES,
     DEFAULT_MODALITIES,
@@ -423,73 +423,79 @@ def run_preprocess(
     t0 = time.perf_counter()
     check_backend(backend, scheduler)
     check_output(output, overwrite)
-    found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
-    patients = found.patients
-    fingerprint = _fingerprint(config, patients)
-    partial = partial_path(output)
-    writer, state = _resume(output, partial, fingerprint, overwrite, echo) if resume else (None, {})
-    if writer is None and partial.exists():  # a stale leftover of an earlier interrupted run
-        _remove_stale(partial)
-    done = int(state.get("done", 0))
-    bar = progress_bar(len(patients), done, "preprocess", progress)
-    run = Run(backend, jobs, scheduler, strict, echo, bar, writer=writer, done=done)
-    run.skipped = [PatientError(r["patient_id"], r["reason"]) for r in state.get("skipped", [])]
-
-    def open_writer(first: PatientResult) -> StoreWriter:
-        return StoreWriter(
-            output,
-            n_patients=len(patients),
-            volume_shape=first.images.shape,
-            dtype=cfg.dtype,
-            compression=cfg.compression,
-            modalities=cfg.modalities,
-            classes=cfg.classes,
-            config=config,
-            overwrite=overwrite,
-            tmp_path=partial,
+    with OutputLock(output):  # before any byte of OUTPUT or its partial file is touched
+        remove_unique_partials(output)  # of appends killed before they could clean up
+        found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
+        patients = found.patients
+        fingerprint = _fingerprint(config, patients)
+        partial = partial_path(output)
+        writer, state = (
+            _resume(output, partial, fingerprint, overwrite, echo) if resume else (None, {})
         )
+        if writer is None and partial.exists():  # a stale leftover of an earlier interrupted run
+            _remove_stale(partial)
+        done = int(state.get("done", 0))
+        bar = progress_bar(len(patients), done, "preprocess", progress)
+        run = Run(backend, jobs, scheduler, strict, echo, bar, writer=writer, done=done)
+        run.skipped = [PatientError(r["patient_id"], r["reason"]) for r in state.get("skipped", [])]
 
-    def save_state() -> None:
-        run.writer.checkpoint(
-            {"fingerprint": fingerprint, "done": run.done, "skipped": skip_rows(run.skipped)}
+        def open_writer(first: PatientResult) -> StoreWriter:
+            return StoreWriter(
+                output,
+                n_patients=len(patients),
+                volume_shape=first.images.shape,
+                dtype=cfg.dtype,
+                compression=cfg.compression,
+                modalities=cfg.modalities,
+                classes=cfg.classes,
+                config=config,
+                overwrite=overwrite,
+                tmp_path=partial,
+            )
+
+        def save_state() -> None:
+            run.writer.checkpoint(
+                {"fingerprint": fingerprint, "done": run.done, "skipped": skip_rows(run.skipped)}
+            )
+
+        # The store's in-plane shape: the cohort's most common one (header reads only).
+        inplane = common_inplane(patients)
+        try:
+            root = Path(input_dir)
+            write_patients(
+                run, patients[done:], cfg, inplane, root, open_writer, checkpoint=save_state
+            )
+            skipped += run.skipped
+            if run.writer is None:
+                raise DataError(
+                    f"{input_dir}: all {len(skipped)} patients are unusable; first "
+                    f"problem: {skipped[0]}"
+                )
+            skipped.sort(key=lambda e: e.patient_id)
+            run.writer.set_skipped(skip_rows(skipped))
+            labels = run.writer.labels[: int(run.writer.rows)]
+            run.writer.commit()
+        except KeyboardInterrupt:
+            if run.writer is not None:
+                save_state()  # everything handled so far, however recent the last checkpoint
+                run.writer.close_partial()
+                echo(
+                    f"interrupted after {run.done} of {len(patients)} patients; {output} was not "
+                    f"written; `--resume` continues from {partial}"
+                )
+            raise
+        except BaseException as exc:
+            if run.writer is not None:
+                run.writer.abort()
+            if isinstance(exc, OSError) and exc.errno:  # h5py's text names the hidden temp file
+                raise OSError(exc.errno, os.strerror(exc.errno), str(output)) from None
+            raise
+        finally:
+            run.bar.close()
+        seconds = time.perf_counter() - t0
+        return PreprocessSummary(
+            Path(output), per_class(labels, cfg.classes), skip_rows(skipped), seconds, run.notes
         )
-
-    # The store's in-plane shape: the cohort's most common one (header reads only).
-    inplane = common_inplane(patients)
-    try:
-        root = Path(input_dir)
-        write_patients(run, patients[done:], cfg, inplane, root, open_writer, checkpoint=save_state)
-        skipped += run.skipped
-        if run.writer is None:
-            raise DataError(
-                f"{input_dir}: all {len(skipped)} patients are unusable; first "
-                f"problem: {skipped[0]}"
-            )
-        skipped.sort(key=lambda e: e.patient_id)
-        run.writer.set_skipped(skip_rows(skipped))
-        labels = run.writer.labels[: int(run.writer.rows)]
-        run.writer.commit()
-    except KeyboardInterrupt:
-        if run.writer is not None:
-            save_state()  # everything handled so far, however recent the last checkpoint
-            run.writer.close_partial()
-            echo(
-                f"interrupted after {run.done} of {len(patients)} patients; {output} was not "
-                f"written; `--resume` continues from {partial}"
-            )
-        raise
-    except BaseException as exc:
-        if run.writer is not None:
-            run.writer.abort()
-        if isinstance(exc, OSError) and exc.errno:  # h5py's text names the hidden temp file
-            raise OSError(exc.errno, os.strerror(exc.errno), str(output)) from None
-        raise
-    finally:
-        run.bar.close()
-    seconds = time.perf_counter() - t0
-    return PreprocessSummary(
-        Path(output), per_class(labels, cfg.classes), skip_rows(skipped), seconds, run.notes
-    )
 
 
 def progress_bar(total: int, initial: int, desc: str, progress: bool | None) -> Any:

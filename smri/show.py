@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from smri.atomic import OutputLock
 from smri.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -277,5 +278,8 @@ def show_patient(
             )
     else:
         raise DataError(f"{source}: neither a folder nor an .h5/.hdf5 store")
-    save_figure(slab_figure(patient, montage=montage, contours=contours), out)
+    fig = slab_figure(patient, montage=montage, contours=contours)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(Path(out)):
+        save_figure(fig, out)
     return patient

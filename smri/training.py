@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from smri.atomic import OutputLock
 from smri.checkpoint import (
     checkpoint_header,
     load_checkpoint,
@@ -609,7 +610,11 @@ def train(
     setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
     split_dicts = [split_json(s, setup.patient_ids) for s in splits]
 
+    lock = OutputLock(out)
+
     def start_run() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # a second `smri train` (or --resume) of this folder stops here
         if resume:
             _check_resume(out, setup, split_dicts)
         else:
@@ -618,9 +623,27 @@ def train(
         single = cfg.folds is None or cfg.fold is not None
         write_json(out / "split.json", split_dicts[0] if single else split_dicts)
 
-    dist.on_main(start_run)
-    if cfg.folds is None or cfg.fold is not None:
-        return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, **extra)
+    try:
+        dist.on_main(start_run)
+        if cfg.folds is None or cfg.fold is not None:
+            return fit(store, model_cfg, cfg, out, splits[0], setup, resume=resume, **extra)
+        return _train_folds(store, model_cfg, cfg, out, splits, setup, resume, extra)
+    finally:
+        lock.release()
+
+
+def _train_folds(
+    store: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: Path,
+    splits: list[Split],
+    setup: _Setup,
+    resume: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Every fold of a K-fold run (already started in `out`); the summary over folds."""
+    log, dist, tensorboard = extra["log"], extra["dist"], extra["tensorboard"]
     summaries: dict[int, dict[str, Any]] = {}
     pending = []
     for split in splits:

@@ -1,0 +1,76 @@
+"""Running `smri` as a real subprocess, as a user's shell does, and checking what it left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+DEADLINE_S = 180.0  # generous: the machine may be busy with other work
+
+
+def smri_cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "smri", *(str(a) for a in args)]
+
+
+def run_smri(*args: object, timeout: float = DEADLINE_S, **kw) -> subprocess.CompletedProcess:
+    """`smri ARGS` to completion; stdout and stderr as text."""
+    return subprocess.run(
+        smri_cmd(*args), capture_output=True, text=True, timeout=timeout, env=ENV, **kw
+    )
+
+
+def error_line(res: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The one `Error:` line of a refused command (exit `code`), and no traceback."""
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden partial and lock files anywhere under `folder`: debris of a run."""
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob(".*")
+        if p.name.endswith((".partial", ".lock"))
+    )
+
+
+def wait_for(proc: subprocess.Popen, path: Path, timeout: float = DEADLINE_S) -> None:
+    """Poll until `path` exists; fail if `proc` ends first or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            _out, err = proc.communicate()
+            raise AssertionError(f"ended (exit {proc.returncode}) before {path}: {err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {path} after {timeout} s")
+        time.sleep(0.01)
+
+
+@contextmanager
+def paused_holder(cmd: list[str], lock: Path) -> Iterator[subprocess.Popen]:
+    """Start `cmd`, wait until it holds its output lock (`lock` exists), and stop it there
+    (SIGSTOP) while the block runs; then let it go on. No timing luck is involved.
+
+    After the block the process has ended: ``proc.returncode``, ``proc.out`` and ``proc.err``.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        wait_for(proc, lock)
+        proc.send_signal(signal.SIGSTOP)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        if sys.exc_info()[0] is not None:
+            proc.kill()
+        out, err = proc.communicate(timeout=DEADLINE_S)
+        proc.out, proc.err = out.decode(), err.decode()
