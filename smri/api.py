@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from smri.atomic import OutputLock
 from smri.config import ModelConfig, TrainConfig
 from smri.errors import ConfigError, RunInterrupted
-from smri.parallel import DEFAULT_BACKEND
+from smri.parallel import DEFAULT_BACKEND, cap_jobs
 from smri.phantoms import SynthConfig
 from smri.preprocessing import PreprocessConfig, PreprocessSummary
 
@@ -89,8 +89,9 @@ def synth(
                       layout=layout, fmt=format, seed=seed)  # fmt: skip
     cfg.validate()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    jobs = cap_jobs(jobs, _silent)  # worker processes: at most one per core
     with OutputLock(Path(out)):  # a second synth into OUT stops here, before it deletes a file
-        synthesize(cfg, Path(out), jobs=jobs or -1, overwrite=overwrite,
+        synthesize(cfg, Path(out), jobs=jobs, overwrite=overwrite,
                    progress=_bars(progress, quiet))  # fmt: skip
     return Path(out)
 

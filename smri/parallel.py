@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -68,14 +69,14 @@ def pool(
     """
     check_backend(backend, scheduler)
     if backend == "dask":
+        if scheduler is None:  # a local cluster: worker processes on this machine
+            jobs = cap_jobs(jobs, echo)
         with _dask_client(scheduler, jobs, echo) as (client, slots):
             yield (lambda fn, *args: client.submit(fn, *args, pure=False)), jobs or slots
         return
-    jobs = jobs or os.cpu_count() or 1
-    if jobs > 1 and backend == "loky":  # shared and reused, as joblib does: not shut down
-        from joblib.externals.loky import get_reusable_executor
-
-        yield get_reusable_executor(max_workers=jobs).submit, jobs
+    jobs = cap_jobs(jobs, echo)
+    if jobs > 1 and backend == "loky":
+        yield from _loky(jobs)
         return
     from concurrent.futures import ThreadPoolExecutor
 
@@ -84,6 +85,57 @@ def pool(
         yield executor.submit, jobs
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def cap_jobs(jobs: int | None, echo: Callable[[str], None]) -> int:
+    """`jobs` local workers, at most one per usable core (None: one per core).
+
+    The work is CPU-bound, so more workers only add memory: each holds up to two patients in
+    flight (--jobs 10000 with loky had started hundreds of processes and run out of memory).
+    """
+    cores = usable_cores()
+    if jobs is not None and jobs > cores:
+        echo(f"note: --jobs {jobs} is more than the {cores} cores this process may use; "
+             f"using {cores}")  # fmt: skip
+    return min(jobs or cores, cores)
+
+
+def _loky(jobs: int) -> Iterator[tuple[Submit, int]]:
+    """A loky process pool of its own for this run, whose workers end with it however it ends:
+    shut down when the run ends (after Ctrl-C or SIGTERM too: the patients being processed are
+    finished, the queued ones cancelled), and each worker leaves if this process dies without a
+    word (SIGKILL). Not loky's `kill_workers`: with tasks still queued it fails in loky's own
+    thread (joblib 1.6) and can hang the shutdown."""
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(
+        max_workers=jobs, initializer=worker_init, initargs=(os.getpid(),)
+    )
+    try:
+        yield executor.submit, jobs
+    finally:  # the tasks not started were cancelled: this waits for those running (<= jobs)
+        executor.shutdown(wait=True)
+
+
+def worker_init(parent: int) -> None:
+    """In a worker process: Ctrl-C is the parent's to handle (a terminal sends it to the whole
+    process group); exit when the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="smri-parent-watch").start()
 
 
 def ordered_map(

@@ -710,35 +710,39 @@ def fit_folds_in_parallel(
     """
     import multiprocessing
 
-    jobs = min(jobs, len(splits))
+    from smri.parallel import cap_jobs
+
+    jobs = min(cap_jobs(jobs, log), len(splits))
     threads = max(1, torch.get_num_threads() // jobs)
     log(f"folds {', '.join(str(s.fold) for s in splits)}: {jobs} at a time, "
         f"{threads} thread{'s' if threads > 1 else ''} each")  # fmt: skip
     ctx = multiprocessing.get_context("spawn")  # no forked torch or HDF5 state in the workers
     pool = ctx.Pool(jobs, initializer=_fold_worker_init, initargs=(os.getpid(), threads))
+    done = False
     try:
         results = dict(pool.imap_unordered(_fold_worker, [(job, s) for s in splits]))
-        pool.close()
+        pool.close()  # done: the workers leave on their own (terminating them here would
+        done = True  # leave their semaphores to a resource_tracker warning)
         return results
     finally:
-        pool.terminate()  # Ctrl-C, an error in one fold, or done: no worker outlives this
+        if not done:
+            pool.terminate()  # Ctrl-C, SIGTERM or an error in one fold: no worker outlives this
         pool.join()
 
 
 def _fold_worker_init(parent: int, threads: int) -> None:
     """A fold worker: Ctrl-C is the parent's to handle; end if the parent is gone."""
-    import signal
     import threading
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from tqdm import tqdm
+
+    from smri.parallel import worker_init
+
+    worker_init(parent)  # the parent was killed: stop training into its run folder
     torch.set_num_threads(threads)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)  # the parent was killed: stop training into its run folder
-
-    threading.Thread(target=watch, daemon=True).start()
+    # tqdm's default lock is a multiprocessing semaphore; a worker ended by the parent (Ctrl-C,
+    # SIGTERM) cannot release it, and Python would warn of "leaked semaphore objects"
+    tqdm.set_lock(threading.RLock())
 
 
 def _fold_worker(task: tuple[FoldJob, Split]) -> tuple[int, dict[str, Any]]:

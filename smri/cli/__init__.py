@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import signal
+import sys
+from typing import Any
 
 import click
 
@@ -68,8 +70,28 @@ def main() -> None:
 
 def entry() -> None:
     """The console script: run `main`; a Ctrl-C during interpreter teardown (after the command
-    has finished and its outputs are in place) is ignored instead of printing a traceback."""
+    has finished and its outputs are in place) is ignored instead of printing a traceback.
+
+    SIGTERM (`kill`, a job scheduler, `docker stop`) is handled as Ctrl-C is: finished work is
+    kept, temporary files are removed and worker processes ended; the exit code is then 143.
+    """
+    terminated: list[int] = []
+
+    def on_term(signum: int, frame: Any) -> None:
+        terminated.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signal.SIGINT, frame)  # smri's own Ctrl-C handler: stop at the next patient
+        else:  # the default, or Ctrl-C ignored (a background job): stop as Ctrl-C would
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         main()
+    except SystemExit as exc:
+        if terminated and exc.code == 130:
+            sys.exit(128 + signal.SIGTERM)
+        raise
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -25,8 +25,9 @@ PREPROCESS = api_defaults(api.preprocess)
     "-j",
     type=click.IntRange(min=1),
     default=None,
-    help="Parallel workers (threads, processes, or local Dask workers); with --scheduler, "
-    "patients in flight at once [default: all cores, or the cluster's worker threads].",
+    help="Parallel workers (threads, processes, or local Dask workers), at most one per usable "
+    "core; with --scheduler, patients in flight at once [default: all cores, or the cluster's "
+    "worker threads].",
 )
 @click.option(
     "--modalities",

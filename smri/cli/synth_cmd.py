@@ -60,7 +60,7 @@ SYNTH = api_defaults(api.synth)
     "-j",
     type=click.IntRange(min=1),
     default=SYNTH["jobs"],
-    help="Parallel worker processes [default: all cores].",
+    help="Parallel worker processes, at most one per usable core [default: all cores].",
 )
 @click.option(
     "--overwrite",

@@ -225,7 +225,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     default=TRAIN["jobs"],
     show_default=True,
     help="With --folds on a CPU: folds trained at once, each in its own process on its share "
-    "of the cores (2 on 2 cores: about 1.4x the folds per hour).",
+    "of the cores, at most one per core (2 on 2 cores: about 1.4x the folds per hour).",
 )
 @click.option(
     "--out",
