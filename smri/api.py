@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smri.atomic import OutputLock
+from smri.atomic import OutputLock, check_not_input
 from smri.config import ModelConfig, TrainConfig
 from smri.errors import ConfigError, RunInterrupted
 from smri.parallel import DEFAULT_BACKEND, cap_jobs
@@ -312,10 +312,10 @@ def evaluate(
     # best.pt and last.pt of a run share the default out: never replace one's results silently
     beside = model if model.is_dir() else model.parent
     where = Path(out) if out is not None else beside / f"eval-{store.stem}"
-    _check_eval_out(where, overwrite)
+    _check_eval_out(where, overwrite, model, store)
     where.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(where):  # one evaluate at a time writes a folder
-        _check_eval_out(where, overwrite)  # again: another may have written it meanwhile
+        _check_eval_out(where, overwrite, model, store)  # again: another may have written it
         result = evaluate_store(model, store, device=device, batch_size=batch_size,
                                 cache=cache, workers=workers,
                                 progress=_bars(progress, quiet))  # fmt: skip
@@ -334,8 +334,21 @@ def evaluate(
     return {**report, "out": str(where)}
 
 
-def _check_eval_out(where: Path, overwrite: bool) -> None:
-    """ConfigError (--out) when `where` holds results of an earlier evaluate and not `overwrite`."""
+def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> None:
+    """ConfigError (--out) when `where` is a run folder (whose predictions.csv it would
+    replace), when a file it writes is MODEL or STORE, or when it holds results of an earlier
+    evaluate and not `overwrite`."""
+    from smri.export import RUN_FILES
+
+    run_files = [n for n in RUN_FILES if (where / n).exists()]
+    if run_files:
+        raise ConfigError(
+            f"{where} is an smri run folder ({', '.join(run_files)}); evaluate would replace "
+            "its predictions.csv; choose another --out (e.g. a new subfolder)",
+            option="--out",
+        )
+    for name in EVAL_FILES:
+        check_not_input(where / name, {"MODEL": model, "STORE": store}, "--out", inside=False)
     held = [n for n in EVAL_FILES if (where / n).exists()]
     if held and not overwrite:
         raise ConfigError(
@@ -374,6 +387,8 @@ def predict(
         Path(p) for p in patient_dirs]  # fmt: skip
     with ExitStack() as held:
         if csv is not None:  # before the work: an existing file (a labels CSV?) is kept
+            check_not_input(Path(csv), {"MODEL": Path(model)}, "--csv", inside=False)
+            check_not_input(Path(csv), [("PATIENT_DIR", f) for f in folders], "--csv")
             check_output(Path(csv), overwrite)
             held.enter_context(OutputLock(Path(csv)))  # one predict at a time writes the CSV
         results = predict_folders(Path(model), folders, device=device, batch_size=batch_size,

@@ -26,6 +26,7 @@ from smri.preprocessing import (
     PreprocessConfig,
     PreprocessSummary,
     Run,
+    check_not_inputs,
     common_inplane,
     discover_for_store,
     per_class,
@@ -102,6 +103,7 @@ def append_preprocess(
     t0 = time.perf_counter()
     check_backend(backend, scheduler)
     output = Path(output)
+    check_not_inputs(output, input_dir, labels_csv)
     if not output.is_file():
         raise DataError(f"{output}: no such store; --append adds to an existing smri store")
     with OutputLock(output):  # before the store is read: another run may be replacing it

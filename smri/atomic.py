@@ -6,7 +6,8 @@ remove those). `durable` also flushes the data and the rename to the disk (fsync
 whose loss after a crash would cost hours (training checkpoints).
 
 `OutputLock` keeps two smri processes from writing one output (a store, a run folder, ...) at
-once: the second is refused before it touches a byte.
+once: the second is refused before it touches a byte; `check_not_input` keeps an output from
+replacing, or landing inside, what the command reads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from smri.errors import DataError
+from smri.errors import ConfigError, DataError
 
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
@@ -118,6 +119,42 @@ def partial_path(path: Path, *, unique: bool = False) -> Path:
     return path.with_name(f".{path.name}{tag}{PARTIAL_SUFFIX}")
 
 
+def check_not_input(
+    output: Path,
+    inputs: dict[str, Path | None] | list[tuple[str, Path | None]],
+    option: str,
+    *,
+    folder: bool = False,
+    inside: bool = True,
+    holding: bool = False,
+) -> None:
+    """ConfigError naming `option` when writing `output` would replace one of `inputs` (role,
+    such as "INPUT" or "--labels", and path), or (with `inside`) land inside an input folder,
+    or (with `holding`: an output folder replaced whole) hold an input.
+
+    Paths are compared resolved (``..``, links). A file output that is a link is itself
+    replaced (writes rename over the name), so only its folder is resolved; an output
+    `folder` is written through its links, so it is resolved whole.
+    """
+    out = Path(output).resolve() if folder else Path(output).parent.resolve() / Path(output).name
+    pairs = inputs.items() if isinstance(inputs, dict) else inputs
+    for role, given in pairs:
+        if given is None:
+            continue
+        src = Path(given).resolve()
+        if out == src:
+            problem = f"is {role} {given}"
+        elif inside and src.is_dir() and out.is_relative_to(src):
+            problem = f"is inside {role} {given}"
+        elif holding and out.is_dir() and src.is_relative_to(out):
+            problem = f"holds {role} {given}"
+        else:
+            continue
+        raise ConfigError(
+            f"{output} {problem}, which this command reads; write it elsewhere", option=option
+        )
+
+
 def remove_unique_partials(path: Path) -> None:
     """Delete the ``partial_path(path, unique=True)`` files that killed runs left beside `path`.
 
@@ -162,8 +199,23 @@ def atomic_path(path: Path, *, durable: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         publish(tmp, path, durable=durable)
+    except OSError as exc:
+        raise naming(exc, path, tmp) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# errno of a failed write that names no file (a full disk, a file size limit, a quota)
+WRITE_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO)
+
+
+def naming(exc: OSError, path: Path, tmp: Path | None = None) -> OSError:
+    """`exc`, or for a write that failed on `tmp` or named no file (``write()`` of a full disk
+    does not) the same error naming `path`: the file the user asked for, not a hidden one."""
+    hidden = tmp is not None and exc.filename in (str(tmp), tmp)
+    if exc.errno and (hidden or (exc.filename is None and exc.errno in WRITE_ERRORS)):
+        return OSError(exc.errno, os.strerror(exc.errno), str(path))
+    return exc
 
 
 @contextmanager

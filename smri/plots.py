@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from smri.atomic import OutputLock
-from smri.errors import DataError
+from smri.atomic import OutputLock, atomic_path, check_not_input
+from smri.errors import ConfigError, DataError
 from smri.metrics import roc_auc, roc_curve
 from smri.runs import (
     DAMAGED,
@@ -45,7 +45,8 @@ def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write `fig` as PNG at `dpi`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path) as tmp:  # never a half-written PNG, never through a link
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return path
 
 
@@ -186,6 +187,7 @@ def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> lis
     Every run file is read, and the comparison computed, before anything is written."""
     from smri.compare import compare
 
+    check_plot_out(out, runs)
     by_model: dict[str, RunData] = {}
     for run in runs:
         data = load_run(run)
@@ -197,6 +199,24 @@ def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> lis
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):  # one `smri plot` at a time writes a folder
         return _write_plots(out, by_model, summary)
+
+
+def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
+    """ConfigError (--out) when `out` is a file, or a run or fold folder: its summary.json
+    would replace the run's own, and the run could not be plotted again."""
+    from smri.export import RUN_FILES
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder", option="--out")
+    check_not_input(out, [("RUN_DIR", run) for run in runs], "--out", folder=True, inside=False)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:
+        raise ConfigError(
+            f"{out} is an smri run folder ({', '.join(held)}); its summary.json would be "
+            "replaced; choose another --out (e.g. figures/)",
+            option="--out",
+        )
 
 
 def _write_plots(out: Path, by_model: dict[str, RunData], summary: dict) -> list[Path]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from smri.atomic import OutputLock, partial_path, remove_unique_partials
+from smri.atomic import OutputLock, check_not_input, partial_path, remove_unique_partials
 from smri.discovery import (
     DEFAULT_CLASSES,
     DEFAULT_MODALITIES,
@@ -248,6 +248,12 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise DataError(f"{output}: folder {parent} is not writable ({exc.strerror})") from None
 
 
+def check_not_inputs(output: Path, input_dir: Path, labels_csv: Path | None) -> None:
+    """ConfigError when the store OUTPUT is, or is inside, what preprocessing reads: INPUT
+    (an input scan, `INPUT/x.h5`) or the labels CSV."""
+    check_not_input(output, {"INPUT": input_dir, "--labels": labels_csv}, "OUTPUT")
+
+
 def discover_for_store(
     input_dir: Path,
     cfg: PreprocessConfig,
@@ -422,6 +428,7 @@ def run_preprocess(
     """
     t0 = time.perf_counter()
     check_backend(backend, scheduler)
+    check_not_inputs(output, input_dir, labels_csv)
     check_output(output, overwrite)
     with OutputLock(output):  # before any byte of OUTPUT or its partial file is touched
         remove_unique_partials(output)  # of appends killed before they could clean up

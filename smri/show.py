@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from smri.atomic import OutputLock
+from smri.atomic import OutputLock, atomic_path, check_not_input
 from smri.errors import ConfigError, DataError
+from smri.files import special_kind
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -237,7 +238,8 @@ def save_figure(fig: Figure, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=DPI, format="png")
+    with atomic_path(out) as tmp:  # never a half-written PNG, never through a link
+        fig.savefig(tmp, dpi=DPI, format="png")
     return out
 
 
@@ -250,8 +252,13 @@ def show_patient(
     slices: int = 32,
     montage: bool = False,
     contours: bool = False,
+    overwrite: bool = False,
 ) -> ShownPatient:
-    """Draw one patient (raw folder, cohort root + id, or store + id) into the PNG `out`."""
+    """Draw one patient (raw folder, cohort root + id, or store + id) into the PNG `out`.
+
+    `out` must not be, or lie inside, what is read (the store, the patient folder); an existing
+    file there that is not a PNG is replaced only with `overwrite`.
+    """
     from smri.discovery import DEFAULT_MODALITIES
 
     source = Path(source)
@@ -267,9 +274,11 @@ def show_patient(
                 "--contours outlines a raw folder's *seg* file; a store keeps no segmentation",
                 option="--contours",
             )
+        check_out_png(out, {"SOURCE": source}, overwrite)
         patient = slab_from_store(source, patient_id, modalities)
     elif source.is_dir():
         folder = find_patient_folder(source, patient_id) if patient_id else source
+        check_out_png(out, {"the patient folder": folder}, overwrite)
         patient = slab_from_folder(folder, tuple(modalities or DEFAULT_MODALITIES), slices)
         if contours and patient.seg is None:
             raise DataError(
@@ -281,5 +290,32 @@ def show_patient(
     fig = slab_figure(patient, montage=montage, contours=contours)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(Path(out)):
+        check_out_png(out, {}, overwrite)  # again: another may have written it meanwhile
         save_figure(fig, out)
     return patient
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_out_png(out: Path, inputs: dict[str, Path], overwrite: bool) -> None:
+    """ConfigError (--out) when `out` is, or is inside, one of `inputs`, is not a regular file,
+    or holds something other than a PNG image and `overwrite` is off."""
+    check_not_input(out, inputs, "--out")
+    out = Path(out)
+    kind = special_kind(out)
+    if kind is not None:
+        raise ConfigError(f"{out} is {kind}, not a file to write a PNG to", option="--out")
+    if overwrite or not out.is_file():
+        return
+    try:
+        with open(out, "rb") as fh:
+            head = fh.read(len(PNG_SIGNATURE))
+    except OSError:
+        head = b""
+    if head != PNG_SIGNATURE:
+        raise ConfigError(
+            f"{out} exists and is not a PNG image; choose another --out, or pass --overwrite "
+            "to replace it",
+            option="--out",
+        )

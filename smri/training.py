@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smri.atomic import OutputLock
+from smri.atomic import OutputLock, check_not_input
 from smri.checkpoint import (
     checkpoint_header,
     load_checkpoint,
@@ -617,7 +617,9 @@ def train(
         lock.acquire()  # a second `smri train` (or --resume) of this folder stops here
         if resume:
             _check_resume(out, setup, split_dicts)
-        else:
+        else:  # --overwrite deletes the folder: never with the store in it
+            check_not_input(out, {"STORE": store}, "--out", folder=True, inside=False,
+                            holding=True)  # fmt: skip
             prepare_out(out, overwrite)
         write_json(out / "config.json", run_config(model_cfg, cfg, setup, dist))
         single = cfg.folds is None or cfg.fold is not None

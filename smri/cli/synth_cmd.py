@@ -133,6 +133,12 @@ def synth(
     show_default=True,
     help="Outline the tumour regions of the folder's *seg* file (raw folders only).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing --out file that is not a PNG image (a PNG is always replaced; "
+    "what SOURCE reads never is) [default: off].",
+)
 @handle_errors
 def show(
     source: Path,
@@ -142,6 +148,7 @@ def show(
     modalities: str | None,
     slices: int,
     contours: bool,
+    overwrite: bool,
 ) -> None:
     """Draw what preprocessing keeps of one patient as a PNG (middle slice of each modality).
 
@@ -164,5 +171,6 @@ def show(
         slices=slices,
         montage=montage,
         contours=contours,
+        overwrite=overwrite,
     )
     click.echo(f"wrote {out} ({patient.patient_id}, class {patient.label_text})")
