@@ -132,6 +132,7 @@ def preprocess(
     hides the progress bar, since preprocessing prints nothing else.
     """
     from smri.discovery import BidsOptions, parse_classes, parse_modalities
+    from smri.files import special_kind
 
     if append and (overwrite or resume):
         raise ConfigError(
@@ -140,7 +141,9 @@ def preprocess(
         )
     labels_csv = None if labels is None else Path(labels)
     if labels_csv is not None and not labels_csv.is_file():
-        problem = "is a folder; expected a CSV file" if labels_csv.is_dir() else "no such file"
+        kind = special_kind(labels_csv)
+        problem = (f"is {kind}, not a regular file" if kind else "is a folder; expected a CSV "
+                   "file" if labels_csv.is_dir() else "no such file")  # fmt: skip
         raise ConfigError(f"{labels_csv}: {problem}", option="--labels")
     if classes is None:
         class_names = {f"not {positive}": 0, positive: 1} if positive else dict(_PRE.classes)

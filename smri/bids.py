@@ -35,6 +35,7 @@ from smri.discovery import (
     read_labels_csv,
 )
 from smri.errors import ConfigError, DataError, PatientError
+from smri.files import check_regular, special_kind
 
 PARTICIPANTS = "participants.tsv"
 DESCRIPTION = "dataset_description.json"
@@ -143,7 +144,7 @@ def read_participants(
     Ids without the ``sub-`` prefix are read as if they had it.
     """
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with open(check_regular(path), newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh, delimiter="\t"))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read participants table ({exc})") from None
@@ -223,6 +224,8 @@ def _labels(
 
 
 def _columns(path: Path) -> str:
+    if special_kind(path) is not None:
+        return "unreadable"
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             header = next(csv.reader(fh, delimiter="\t"), [])

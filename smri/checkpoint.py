@@ -17,6 +17,7 @@ import torch
 from smri import __version__
 from smri.atomic import atomic_open
 from smri.errors import ConfigError, DataError
+from smri.files import check_regular
 from smri.models import CNNLSTM, ModelConfig, build_model
 from smri.store import StoreInfo
 
@@ -80,7 +81,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     DataError naming the file when it is empty, truncated, not a torch file, not written by smri,
     missing a key, or holding Python objects that unpickling would run (refused, never loaded).
     """
-    path = Path(path)
+    path = check_regular(Path(path))  # a FIFO or a device is named as such, never opened
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected an smri checkpoint file (a run's best.pt)")
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
     if path.stat().st_size == 0:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smri.errors import ConfigError, DataError, PatientError
+from smri.files import check_regular
 
 DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
 DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}
@@ -225,7 +226,7 @@ def list_subfolders(path: Path) -> list[Path]:
 def read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
     """Patient id -> label from a CSV (label column: 0/1 or a class name)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with open(check_regular(path), newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             rows = list(reader)

@@ -23,6 +23,7 @@ from smri import __version__
 from smri.atomic import OutputLock, atomic_path
 from smri.checkpoint import load_checkpoint
 from smri.errors import ConfigError, DataError, SmriError
+from smri.files import check_regular
 from smri.model_card import model_card
 from smri.models import ModelConfig, build_model
 
@@ -88,14 +89,14 @@ def model_dir(run: Path, fold: int | None) -> Path:
 
 def _fold_auc(fold: Path) -> str:
     try:
-        return f"{float(json.loads((fold / 'summary.json').read_text())['best']['auc']):.3f}"
-    except (OSError, ValueError, KeyError, TypeError):
+        return f"{float(_read_json(fold / 'summary.json')['best']['auc']):.3f}"
+    except (SmriError, OSError, ValueError, KeyError, TypeError):
         return "unfinished"
 
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(check_regular(path).read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -234,7 +235,7 @@ def _field(config: dict, where: Path, *keys: str, kind: type | tuple[type, ...])
 
 
 def _read_export_config(folder: Path) -> dict[str, Any]:
-    where = folder / CONFIG
+    where = check_regular(folder / CONFIG)
     if not where.is_file():
         raise DataError(f"{folder}: no {CONFIG}; expected a folder written by `smri export`")
     config = _read_json(where)
@@ -302,7 +303,7 @@ def _read_weights(
     st = _safetensors()
     from safetensors import safe_open
 
-    if not path.is_file():
+    if not check_regular(path).is_file():
         raise DataError(f"{path}: no such file; an exported model holds its weights there")
     try:
         with safe_open(str(path), framework="pt") as fh:

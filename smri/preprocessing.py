@@ -35,7 +35,7 @@ from smri.discovery import (
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DEFAULT_BACKEND, DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreReader, StoreWriter
-from smri.volume import open_volume
+from smri.volume import header_shape, open_volume
 
 # How often the unfinished store is flushed with its resume state: a crash loses at most this
 # much work. Flushing after every patient cost 4-19 ms each, taken from the workers on 2 cores.
@@ -150,6 +150,7 @@ def load_patient(
             raise PatientError(pid, str(exc)) from None
         if hi == lo:
             notes.append(f"patient {pid}: {path.name} is constant ({lo:g}); normalised to zeros")
+        notes += [f"patient {pid}: {path.name}: {note}" for note in vol.notes]
         meta["original_shape"].append([x, y, z])
         meta["spacing"].append(list(vol.spacing))
         meta["intensity_min"].append(lo)
@@ -182,13 +183,8 @@ def load_or_error(
 
 def _inplane_of(patient: Patient) -> tuple[int, int] | None:
     """The (y, x) shape of a patient's first volume from its header alone (no voxel data)."""
-    import nibabel as nib
-
-    try:
-        shape = nib.load(patient.files[0]).shape
-    except Exception:  # unreadable headers are reported by the worker that loads them
-        return None
-    return (int(shape[1]), int(shape[0])) if len(shape) >= 3 else None
+    shape = header_shape(patient.files[0])  # None: the worker that loads it says why
+    return (int(shape[1]), int(shape[0])) if shape is not None and len(shape) >= 3 else None
 
 
 def common_inplane(patients: list[Patient]) -> tuple[int, int] | None:

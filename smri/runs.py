@@ -16,6 +16,7 @@ from smri import __version__
 from smri.atomic import atomic_open, write_text
 from smri.data import Split
 from smri.errors import ConfigError, DataError
+from smri.files import check_regular
 
 METRIC_COLUMNS = (
     "epoch",
@@ -99,7 +100,7 @@ DAMAGED = (ValueError, TypeError, KeyError, IndexError, AttributeError, csv.Erro
 def read_metrics_csv(path: Path, upto: int | None = None) -> Rows:
     """metrics.csv as a list of float rows (epochs up to `upto`); DataError if it is damaged."""
     try:
-        with open(path, newline="") as fh:
+        with open(check_regular(path), newline="") as fh:
             rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
         return [r for r in rows if upto is None or r["epoch"] <= upto]
     except DAMAGED as exc:
@@ -110,7 +111,7 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Patient ids, labels and probabilities of class 1 from predictions.csv (unlabelled rows
     dropped); DataError if it is damaged or holds a probability that is not a number in [0, 1]."""
     try:
-        with open(path, newline="") as fh:
+        with open(check_regular(path), newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["label"]) >= 0]
         ids = [r["patient_id"] for r in rows]
         labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
@@ -135,7 +136,7 @@ def read_predictions_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def read_run_json(path: Path) -> Any:
     """A run folder's JSON file (config.json, summary.json); DataError if it is not JSON."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(check_regular(path).read_text())
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DataError(f"{path}: damaged run file ({type(exc).__name__}: {exc})") from None
 

@@ -29,6 +29,7 @@ import numpy as np
 from smri import __version__
 from smri.atomic import partial_path, publish
 from smri.errors import DataError
+from smri.files import check_regular
 
 FORMAT = "smri-store"
 SCHEMA_VERSION = 1
@@ -137,6 +138,7 @@ def _open_h5(path: Path) -> h5py.File:
         raise DataError(f"{path}: no such store")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected an .h5 store written by `smri preprocess`")
+    check_regular(path)
     try:
         return h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
     except OSError as exc:

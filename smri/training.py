@@ -52,6 +52,7 @@ from smri.data import (
 from smri.distributed import SINGLE, Dist
 from smri.distributed import describe as describe_dist
 from smri.errors import ConfigError, DataError
+from smri.files import check_regular
 from smri.metrics import binary_metrics
 from smri.models import ModelConfig, build_model, count_parameters
 from smri.runs import (
@@ -59,6 +60,7 @@ from smri.runs import (
     merge_predictions,
     prepare_out,
     read_metrics,
+    read_run_json,
     split_json,
     summary_line,
     versions,
@@ -652,7 +654,7 @@ def _train_folds(
         fold_dir = out / f"fold{split.fold}"
         done = fold_dir / "summary.json"
         finished = dist.on_main(
-            lambda done=done: json.loads(done.read_text()) if resume and done.exists() else None
+            lambda done=done: read_run_json(done) if resume and done.exists() else None
         )
         if finished is not None:
             log(f"fold {split.fold}/{cfg.folds}: already finished")
@@ -781,7 +783,7 @@ def _finish_folds(
 def _check_resume(out: Path, setup: _Setup, splits: list[dict[str, Any]]) -> None:
     if not (out / "config.json").exists():
         raise ConfigError(f"{out} is not an smri run folder (no config.json)", option="--resume")
-    saved = json.loads((out / "config.json").read_text())["store"]
+    saved = read_run_json(out / "config.json")["store"]
     diffs = [
         f"{k} {getattr(setup.info, k)} vs {saved[k]}"
         for k in ("modalities", "volume_shape")
@@ -789,9 +791,7 @@ def _check_resume(out: Path, setup: _Setup, splits: list[dict[str, Any]]) -> Non
     ]
     if diffs:
         raise DataError(f"the store differs from the one {out} was trained on: " + "; ".join(diffs))
-    saved_split = (
-        json.loads((out / "split.json").read_text()) if (out / "split.json").exists() else None
-    )
+    saved_split = read_run_json(out / "split.json") if (out / "split.json").exists() else None
     if saved_split is not None:
         saved_list = saved_split if isinstance(saved_split, list) else [saved_split]
         if [(d["train"], d["val"]) for d in saved_list] != [(d["train"], d["val"]) for d in splits]:
@@ -807,7 +807,7 @@ def load_run_config(run: Path) -> tuple[Path, ModelConfig, TrainConfig]:
     if not path.exists():
         raise ConfigError(f"{run} is not an smri run folder (no config.json)", option="--resume")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(check_regular(path).read_text())
         return (
             Path(config["store"]["path"]),
             ModelConfig.from_dict(config["model"]),

@@ -15,9 +15,14 @@ max are taken on the raw array: rounding to float32 is monotonic, so they agree)
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
+import threading
+import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +32,7 @@ import numpy as np
 from isal import igzip
 
 from smri.errors import DataError
+from smri.files import check_regular, special_kind
 
 # Intel ISA-L's gzip (the standard library's interface): inflating is most of preprocessing,
 # and ISA-L does it about 1.7x faster than zlib (benchmarks/RESULTS.md). A module attribute,
@@ -46,17 +52,89 @@ class Volume:
     data: np.ndarray
     spacing: tuple[float, float, float]
     affine: np.ndarray
+    notes: tuple[str, ...] = ()  # what nibabel said of the header (and fixed), for a warning
 
 
 def read_nifti_bytes(path: Path) -> bytes:
-    """The uncompressed NIfTI bytes of `path` (`.nii` or gzip-compressed `.nii.gz`)."""
-    raw = Path(path).read_bytes()
-    if raw[:2] != GZIP_MAGIC:
-        return raw
+    """The uncompressed NIfTI bytes of `path` (`.nii` or gzip-compressed `.nii.gz`) that its
+    header accounts for: header, extensions and the voxels it declares.
+
+    No more is inflated than that (a small file can inflate to gigabytes), plus TRAILING_SLACK
+    to see where the data end: DataError when more follows, or when the header declares more
+    voxels than MAX_WHOLE_VOXELS (this path holds the volume whole; the streamed one does not).
+    OSError when the file cannot be read.
+    """
+    path = check_regular(Path(path))
+    with open(path, "rb") as f:
+        compressed = f.read(2) == GZIP_MAGIC
     try:
-        return GZIP.decompress(raw)
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        with (GZIP.open if compressed else open)(path, "rb") as f:
+            head = _read_bytes(f, 544)  # NIfTI-2's header + extension flag; NIfTI-1 needs 352
+            need = _declared_bytes(head)
+            if need is None:  # not a header smri reads: enough for the parser to say why
+                return head + _read_bytes(f, MAX_HEADER_BYTES)
+            offset, count, size = need
+            if count > MAX_WHOLE_VOXELS:  # read (and drop) no more than the limit allows
+                held = _skip(f, offset - len(head) + MAX_WHOLE_VOXELS * size + 1)
+                held_voxel_bytes = max(held + len(head) - offset, 0)
+                if held_voxel_bytes <= MAX_WHOLE_VOXELS * size:  # a short file: as ever
+                    raise ValueError(
+                        f"expected {count * size} bytes of voxel data after the header, the "
+                        f"file holds {held_voxel_bytes}"
+                    )
+                raise DataError(
+                    f"{path}: its header declares {count:,} voxels, more than smri loads whole "
+                    f"({MAX_WHOLE_VOXELS:,}: scaled or reoriented volumes, `smri show`)"
+                )
+            body = _read_bytes(f, offset + count * size - len(head))
+            if len(head) + len(body) == offset + count * size and _skip(f, TRAILING_SLACK + 1) > (
+                TRAILING_SLACK
+            ):
+                raise DataError(f"{path}: {TRAILING_MESSAGE}")
+            return head + body
+    except ValueError as exc:  # a header that declares more than the file holds
+        raise DataError(f"{path}: not a readable NIfTI volume ({_reason(exc)})") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        if not compressed:
+            raise
         raise DataError(f"{path}: corrupt gzip stream ({_reason(exc)})") from None
+
+
+# Volumes read whole (scaled, reoriented, `smri show`): at most 512^3 voxels (BraTS: 240x240x155)
+MAX_WHOLE_VOXELS = 2**27
+TRAILING_SLACK = 1 << 20  # bytes after the declared voxels that are ignored; more is refused
+TRAILING_MESSAGE = (
+    "more data follow the voxels its header declares (over 1 MiB more); not a NIfTI volume "
+    "smri reads (a damaged file, or one made to inflate without end)"
+)
+
+
+def _declared_bytes(head: bytes) -> tuple[int, int, int] | None:
+    """(voxel offset, voxel count, bytes per voxel) of a header's fixed part; None when it
+    cannot say (not a NIfTI header, an unknown data type: the full parser names the problem)."""
+    try:
+        header = _header_from_bytes(head, extensions=False)
+        offset = int(header.get_data_offset())
+        count = math.prod(int(n) for n in header.get_data_shape())
+        size = header.get_data_dtype().itemsize
+    except Exception:
+        return None
+    if offset < 0 or count < 0 or offset > MAX_HEADER_BYTES:
+        return None
+    return max(offset, len(head)), count, size
+
+
+def _skip(f: BinaryIO, n: int) -> int:
+    """Read and drop up to `n` bytes of `f`, a small buffer at a time; how many there were."""
+    buf = memoryview(bytearray(min(max(n, 1), 1 << 16)))
+    total = 0
+    while total < n:
+        want = min(len(buf), n - total)
+        got = _read_into(f, buf[:want])
+        total += got
+        if got < want:
+            break
+    return total
 
 
 def _reason(exc: BaseException) -> str:
@@ -72,6 +150,11 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
     the closest canonical (RAS+) orientation.
     """
     path = Path(path)
+    with nibabel_notes() as notes:
+        return _load_volume(path, canonical, notes)
+
+
+def _load_volume(path: Path, canonical: bool, notes: list[str]) -> Volume:
     try:
         raw = read_nifti_bytes(path)
     except OSError as exc:
@@ -89,7 +172,11 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
         else:
             data, affine = _voxels(header, raw), header.get_best_affine()
     except Exception as exc:  # nibabel raises many types for malformed headers and data
-        raise DataError(f"{path}: not a readable NIfTI volume ({_reason(exc)})") from None
+        reason = _reason(exc)  # nibabel logs its refusal too: said once, here
+        extra = [n for n in notes if n not in reason and reason not in n][:1]
+        raise DataError(
+            f"{path}: not a readable NIfTI volume ({'; '.join([reason, *extra])})"
+        ) from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -109,7 +196,7 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
                 f"(±{FLOAT32_MAX:.3g}) in which they are normalised"
             )
     zooms = tuple(float(z) for z in header.get_zooms()[:3])
-    return Volume(data=data, spacing=zooms, affine=np.asarray(affine))
+    return Volume(data=data, spacing=zooms, affine=np.asarray(affine), notes=tuple(notes))
 
 
 def _header_from_bytes(raw: bytes, *, extensions: bool = True) -> nib.Nifti1Header:
@@ -128,7 +215,77 @@ def _header_from_bytes(raw: bytes, *, extensions: bool = True) -> nib.Nifti1Head
     klass = nib.Nifti2Header if header_size == 540 else nib.Nifti1Header
     if not extensions:
         return klass(raw[:header_size], check=False)
-    return klass.from_fileobj(io.BytesIO(raw), check=True)
+    header = klass.from_fileobj(io.BytesIO(raw), check=False)
+    header.check_fix(logger=_NIBABEL_LOG, error_level=40)  # as nibabel's check=True, but logged
+    magic, offset = bytes(header["magic"]), int(header.get_data_offset())  # to smri's notes
+    if magic.rstrip(b"\0") not in (b"n+1", b"n+2"):
+        raise ValueError(
+            f"magic {magic!r} is not that of a single-file NIfTI (n+1 or n+2): its voxels are "
+            "in another file"
+        )
+    if offset < header_size + 4:
+        raise ValueError(
+            f"voxel offset {offset} is inside the header: a single-file NIfTI's voxels start at "
+            f"byte {header_size + 4} or later, else its header is read as voxels"
+        )
+    return header
+
+
+# --- nibabel's header-check log lines -------------------------------------------------------
+# nibabel logs what it finds wrong in a header (and raises the same text when it cannot go on);
+# printed by its own handler they would stand beside smri's one-line message, once per reading.
+# While smri reads a file they are collected instead: folded into the error, or a warning.
+_NIBABEL_LOG = logging.getLogger("nibabel.global")
+_NOTES = threading.local()
+
+
+class _Collect(logging.Filter):
+    """Divert nibabel's records to the notes of the reading in progress on this thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        notes = getattr(_NOTES, "notes", None)
+        if notes is None:
+            return True
+        if record.levelno >= logging.WARNING and record.getMessage() not in notes:
+            notes.append(record.getMessage())
+        return False
+
+
+_NIBABEL_LOG.addFilter(_Collect())
+_show_warning = warnings.showwarning
+
+
+def _divert_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """nibabel's warnings (an odd extension size, ...) go to the notes of the reading in
+    progress on this thread, like its log lines; any other warning is shown as before."""
+    notes = getattr(_NOTES, "notes", None)
+    if notes is not None and "nibabel" in str(filename):
+        if str(message) not in notes:
+            notes.append(str(message))
+        return
+    _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _divert_warning
+
+
+@contextmanager
+def nibabel_notes() -> Iterator[list[str]]:
+    """Collect (not print) what nibabel logs on this thread while the block runs."""
+    outer = getattr(_NOTES, "notes", None)
+    notes: list[str] = [] if outer is None else outer
+    _NOTES.notes = notes
+    try:
+        yield notes
+    finally:
+        _NOTES.notes = outer
 
 
 def _image_class(header: nib.Nifti1Header) -> type[nib.Nifti1Image]:
@@ -261,6 +418,7 @@ class SlabSource:
     spacing: tuple[float, float, float]
     header: nib.Nifti1Header | None = None  # streamed: the parsed header
     volume: Volume | None = None  # not streamed: the volume, loaded whole
+    notes: tuple[str, ...] = ()  # what nibabel said of the header (and fixed), for a warning
 
     @property
     def streamed(self) -> bool:
@@ -303,10 +461,11 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
 
     DataError naming the file when it is unusable; anything `load_volume` accepts is accepted.
     """
-    path = Path(path)
+    path = check_regular(Path(path))
     if not canonical:
         try:  # every reading of the header: nibabel raises for values it cannot interpret
-            header, limit = _stream_header(path)
+            with nibabel_notes() as notes:  # load_volume below reads it again if unusable
+                header, limit = _stream_header(path)
             shape = _streamable_shape(header)
             zooms = tuple(float(z) for z in header.get_zooms()[:3])
             if shape is not None and not _holds_voxels(header, shape, limit):
@@ -314,9 +473,22 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
         except Exception:  # load_volume below names the problem
             shape = None
         if shape is not None:
-            return SlabSource(path, shape, zooms, header=header)  # type: ignore[arg-type]
+            return SlabSource(path, shape, zooms, header=header, notes=tuple(notes))  # type: ignore[arg-type]
     vol = load_volume(path, canonical=canonical)
-    return SlabSource(path, vol.data.shape, vol.spacing, volume=vol)
+    return SlabSource(path, vol.data.shape, vol.spacing, volume=vol, notes=vol.notes)
+
+
+def header_shape(path: Path) -> tuple[int, ...] | None:
+    """The data shape a NIfTI file's header declares (header only, nothing printed); None when
+    the file or its header is unusable (the loading reports why)."""
+    try:
+        if special_kind(path) is not None:
+            return None
+        with nibabel_notes():
+            header, _ = _stream_header(Path(path))
+        return tuple(int(n) for n in header.get_data_shape())
+    except Exception:
+        return None
 
 
 def _slab_from(vol: Volume, slices: int, out: np.ndarray) -> tuple[float, float]:
@@ -353,7 +525,7 @@ def _open_stream(path: Path) -> tuple[BinaryIO, int]:
     """The file's uncompressed bytes as a stream (gzip-compressed or not), and their number as
     far as the file tells it cheaply: its size, or for gzip the size in its trailer (ISIZE:
     modulo 4 GiB, of the last member only, so a file with more members shows less)."""
-    with open(path, "rb") as f:
+    with open(check_regular(path), "rb") as f:
         if f.read(2) != GZIP_MAGIC:
             return open(path, "rb"), os.fstat(f.fileno()).st_size
         f.seek(-4, os.SEEK_END)
@@ -439,6 +611,10 @@ def _stream_slab(
                     slab[a - s0 : b - s0] = piece[a - done : b - done]
                 done += take
                 del piece  # the buffer is refilled next
+            if done == count:  # what follows the voxels: a little is ignored, more refused
+                if n - take * size + _skip(f, TRAILING_SLACK + 1) > TRAILING_SLACK:
+                    raise DataError(f"{path}: {TRAILING_MESSAGE}")
+                break
             if n < len(buf):  # end of stream
                 break
             carry = n - whole * size
