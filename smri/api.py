@@ -106,6 +106,7 @@ def preprocess(
     dtype: str = _PRE.dtype,
     compression: str = _PRE.compression,
     canonical: bool = _PRE.canonical,
+    masks: bool = _PRE.masks,
     overwrite: bool = False,
     append: bool = False,
     resume: bool = False,
@@ -122,8 +123,9 @@ def preprocess(
 
     `modalities`: names in order (``"flair,t1"`` or a sequence); `classes`: ``"LGG=0,HGG=1"``
     or a mapping (None: LGG=0,HGG=1, or with `positive`, ``not VALUE``=0 and VALUE=1);
-    `labels`: a labels CSV. Messages (skipped patients, warnings) go to `log`; `quiet` only
-    hides the progress bar, since preprocessing prints nothing else.
+    `labels`: a labels CSV. `masks`: store each patient's segmentation of the slab (schema
+    version 2; never used in training). Messages (skipped patients, warnings) go to `log`;
+    `quiet` only hides the progress bar, since preprocessing prints nothing else.
     """
     from smri.discovery import BidsOptions, parse_classes, parse_modalities
 
@@ -145,7 +147,7 @@ def preprocess(
     names = modalities if isinstance(modalities, str) else ",".join(modalities)
     cfg = PreprocessConfig(modalities=parse_modalities(names), slices=slices, dtype=dtype,
                            compression=compression, canonical=canonical,
-                           classes=class_names)  # fmt: skip
+                           classes=class_names, masks=masks)  # fmt: skip
     common = {
         "jobs": jobs, "labels_csv": labels_csv, "strict": strict, "backend": backend,
         "scheduler": scheduler, "progress": _bars(progress, quiet), "echo": log,

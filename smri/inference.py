@@ -111,7 +111,7 @@ def predict_folders(
 
     ckpt = load_model(checkpoint)
     try:
-        cfg = PreprocessConfig.from_dict(ckpt["preprocess_config"])
+        cfg = PreprocessConfig.from_dict({**ckpt["preprocess_config"], "masks": False})
     except (TypeError, ValueError) as exc:
         raise DataError(
             f"{checkpoint}: damaged smri checkpoint or export: bad preprocess_config ({exc})"
