@@ -180,7 +180,8 @@ def label_slab(seg: np.ndarray, slices: int) -> tuple[np.ndarray, int, int]:
         bad = (slab < 0) | (slab > 255) | (slab != np.round(slab))
         if bad.any():
             raise ValueError(
-                f"labels must be whole numbers 0..255; found {slab[bad].ravel()[0]!r} in the slab"
+                f"labels must be whole numbers 0..255; found {float(slab[bad].ravel()[0]):g} "
+                "in the slab"
             )
     total = np.count_nonzero(seg) if seg.dtype.kind == "u" else np.count_nonzero(seg > 0)
     out = np.ascontiguousarray(slab, dtype=np.uint8)
