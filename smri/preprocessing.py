@@ -203,13 +203,19 @@ def _load_mask(
     except DataError as exc:
         return None, {}, str(exc)
     if seg.data.shape != shape:
-        return None, {}, (
-            f"{path}: segmentation shape {seg.data.shape} differs from the images' {shape}"
+        return (
+            None,
+            {},
+            (f"{path}: segmentation shape {seg.data.shape} differs from the images' {shape}"),
         )
     if axis_codes(seg.affine) != codes:
-        return None, {}, (
-            f"{path}: segmentation orientation {axis_codes(seg.affine)} differs from the "
-            f"images' {codes} (it would be stored flipped; --canonical reorients both)"
+        return (
+            None,
+            {},
+            (
+                f"{path}: segmentation orientation {axis_codes(seg.affine)} differs from the "
+                f"images' {codes} (it would be stored flipped; --canonical reorients both)"
+            ),
         )
     try:
         mask, total, in_slab = label_slab(seg.data, cfg.slices)

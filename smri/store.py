@@ -537,7 +537,9 @@ class StoreWriter:
         if meta.get("has_mask"):
             src = reader._file[MASKS]
             if (src.chunks, src.compression, src.compression_opts) == (
-                self.masks.chunks, self.masks.compression, self.masks.compression_opts
+                self.masks.chunks,
+                self.masks.compression,
+                self.masks.compression_opts,
             ):  # the chunk as its stored bytes
                 mask, chunk = src.id.read_direct_chunk((i, 0, 0, 0))
                 self.masks.id.write_direct_chunk((j, 0, 0, 0), chunk, mask)

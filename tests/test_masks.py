@@ -137,9 +137,16 @@ def test_a_bad_seg_costs_the_mask_never_the_images(tmp_path):
     summary, lines = run(root, tmp_path / "s.h5")
     assert summary.written["HGG"] == 5 and summary.skipped == []
     text = "\n".join(lines)
-    assert "patient P1: " in text and "segmentation shape (20, 24, 30) differs from the images' (20, 24, 40); stored without a mask" in text
+    assert (
+        "patient P1: " in text
+        and "segmentation shape (20, 24, 30) differs from the images' (20, 24, 40); stored without a mask"
+        in text
+    )
     assert "patient P2: " in text and "labels must be whole numbers 0..255; found 0.5" in text
-    assert "patient P3: 2 segmentation files (P3_seg.nii, P3_seg.nii.gz); stored without a mask" in text
+    assert (
+        "patient P3: 2 segmentation files (P3_seg.nii, P3_seg.nii.gz); stored without a mask"
+        in text
+    )
     assert "segmentation orientation LPS differs from the images' RAS" in text
     with StoreReader(tmp_path / "s.h5") as r:
         assert r.mask_table()["has_mask"].tolist() == [True, False, False, False, False]
@@ -179,7 +186,9 @@ def test_mixed_orientations_are_recorded_and_warned_once(tmp_path):
     info = read_info(out)
     assert info.orientations == {"LPS": 1, "RAS": 1, "RAS/RAS/RAS/LPS": 1}
     text = CliRunner().invoke(main, ["info", str(out)]).output
-    assert "orientation LPS 1, RAS 1, RAS/RAS/RAS/LPS 1 (patients per NIfTI axis codes); MIXED" in text
+    assert (
+        "orientation LPS 1, RAS 1, RAS/RAS/RAS/LPS 1 (patients per NIfTI axis codes); MIXED" in text
+    )
     _, lines = run(root, tmp_path / "c.h5", PreprocessConfig(slices=16, canonical=True))
     assert lines == [] and read_info(tmp_path / "c.h5").orientations == {"RAS": 3}
 

@@ -213,8 +213,9 @@ def _coverage_lines(meta: StoreInfo) -> list[str]:
         line += (
             f"; tumour voxels in the slab: median {100 * cov['median_share_in_slab']:.0f} %, "
             f"{n_low} patient{'s' if n_low != 1 else ''} under "
-            f"{100 * cov['low_coverage_threshold']:.0f} %" + (" (--json names them)" if n_low else "")
+            f"{100 * cov['low_coverage_threshold']:.0f} %"
         )
+        line += " (--json names them)" if n_low else ""
     if cov["empty_masks"]:
         line += f"; {len(cov['empty_masks'])} without tumour voxels"
     codes = ", ".join(f"{code} {n}" for code, n in meta.orientations.items())
