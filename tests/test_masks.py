@@ -139,7 +139,8 @@ def test_a_bad_seg_costs_the_mask_never_the_images(tmp_path):
     text = "\n".join(lines)
     assert (
         "patient P1: " in text
-        and "segmentation shape (20, 24, 30) differs from the images' (20, 24, 40); stored without a mask"
+        and "segmentation shape (20, 24, 30) differs from the images' (20, 24, 40); stored "
+        "without a mask"
         in text
     )
     assert "patient P2: " in text and "labels must be whole numbers 0..255; found 0.5" in text
