@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DEFAULT_PATIENTS = 8  # explained when no ids are given and the run's split is unknown
+CHANCE_FACTOR = 1.5  # a mean share under this many times chance is called no better than chance
 SALIENCY_CMAP = "inferno"
 CONTOUR_COLOUR = "#00e5ff"
 
@@ -154,12 +155,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     shares = [r["share_in_tumour"] for r in rows if r["share_in_tumour"] is not None]
     chance = [r["chance_share"] for r in rows if r["chance_share"] is not None]
     mean = _round(float(np.mean(shares))) if shares else None
+    chance_mean = _round(float(np.mean(chance))) if chance else None
     out = {
         "n": len(rows),
         "n_with_tumour": len(shares),
         "share_in_tumour_mean": mean,
         "share_in_tumour_median": _round(float(np.median(shares))) if shares else None,
-        "chance_share_mean": _round(float(np.mean(chance))) if chance else None,
+        "chance_share_mean": chance_mean,
+        "share_over_chance": _round(mean / chance_mean)
+        if mean is not None and chance_mean
+        else None,
         "mostly_outside": None if mean is None else mean < MOSTLY_OUTSIDE,
     }
     out["verdict"] = verdict(out)
@@ -174,16 +179,22 @@ def verdict(s: dict[str, Any]) -> str:
             "against the tumour is unknown (preprocess a cohort with *_seg files into the store)"
         )
     where = (
-        f"mean share of positive saliency inside the tumour {s['share_in_tumour_mean']:.2f} "
-        f"over {s['n_with_tumour']} patients (a saliency spread evenly over the head would put "
-        f"{s['chance_share_mean']:.2f} there)"
+        f"mean share of the positive saliency inside the tumour {s['share_in_tumour_mean']:.2f} "
+        f"over {s['n_with_tumour']} patients, {s['share_over_chance'] or 0:.1f} times the "
+        f"{s['chance_share_mean']:.2f} of a saliency spread evenly over the head"
     )
-    if s["mostly_outside"]:
+    if not s["mostly_outside"]:
+        return f"the saliency lies mostly inside the tumour ({where})"
+    if (s["share_over_chance"] or 0) < CHANCE_FACTOR:
         return (
-            f"WARNING: the saliency lies mostly outside the tumour ({where}): the model may rely "
-            "on something other than the tumour; look at the montages"
+            f"WARNING: the saliency lies mostly outside the tumour ({where}): no better than "
+            "chance, the model may rely on something other than the tumour; look at the montages"
         )
-    return f"the saliency lies mostly inside the tumour ({where})"
+    return (
+        f"WARNING: the saliency lies mostly outside the tumour ({where}): the model looks at "
+        "the tumour more than at the rest, but most of its evidence lies elsewhere; look at "
+        "the montages"
+    )
 
 
 def saliency_figure(
@@ -202,7 +213,7 @@ def saliency_figure(
     rows = math.ceil(s / columns)
     panel_w = 12.0
     panel_h = panel_w * rows * tiles_h / (columns * tiles_w)
-    fig = Figure(figsize=(panel_w, m * (panel_h + 0.4) + 1.0), layout="constrained")
+    fig = Figure(figsize=(panel_w, m * (panel_h + 0.3) + 0.8), layout="compressed")
     axes = fig.subplots(m, 1, squeeze=False)[:, 0]
     positive = np.clip(p.attributions, 0, None)
     if (positive > 0).any():  # one scale for the patient: modalities compare

@@ -65,9 +65,12 @@ def test_summary_calls_out_a_model_looking_elsewhere():
     rows = [{"share_in_tumour": s, "chance_share": 0.1} for s in (0.2, 0.3, None)]
     s = summarise(rows)
     assert (s["n"], s["n_with_tumour"], s["share_in_tumour_mean"]) == (3, 2, 0.25)
-    assert s["mostly_outside"] is True
+    assert s["mostly_outside"] is True and s["share_over_chance"] == 2.5
     assert s["verdict"].startswith("WARNING: the saliency lies mostly outside the tumour (mean")
-    assert "0.25 over 2 patients" in s["verdict"] and "would put 0.10 there" in s["verdict"]
+    assert "0.25 over 2 patients, 2.5 times the 0.10 of a saliency spread evenly" in s["verdict"]
+    assert "looks at the tumour more than at the rest" in s["verdict"]
+    s = summarise([{"share_in_tumour": 0.25, "chance_share": 0.2}])
+    assert "no better than chance, the model may rely on something other" in s["verdict"]
     s = summarise([{"share_in_tumour": 0.8, "chance_share": 0.1}])
     assert s["mostly_outside"] is False and s["verdict"].startswith("the saliency lies mostly in")
     s = summarise([{"share_in_tumour": None, "chance_share": None}])
