@@ -188,7 +188,8 @@ def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> lis
     summary.md (`smri.compare`: intervals, paired tests, baselines); returns the files.
 
     Every run file is read, and the comparison computed, before anything is written."""
-    from smri.compare import compare, summary_markdown
+    from smri.compare import compare
+    from smri.report import summary_markdown
 
     by_model: dict[str, RunData] = {}
     for run in runs:
