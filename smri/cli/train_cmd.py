@@ -216,9 +216,12 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @cache_options(TRAIN)
 @click.option(
-    "--augment", is_flag=True, default=TRAIN["augment"],
-    help="Random flips along each spatial axis [default: off].",
-)  # fmt: skip
+    "--augment/--no-augment",
+    default=TRAIN["augment"],
+    show_default=True,
+    help="Random flips along each spatial axis, all modalities of a patient together (not in "
+    "the seed: smri's choice, by 5-fold CV on the demo cohort: docs/results.md).",
+)
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
