@@ -39,7 +39,7 @@ from smri.errors import ConfigError
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 FOV_MM: tuple[float, float, float] = (240.0, 240.0, 155.0)  # x, y, z: BraTS geometry at 1 mm
 DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
-SLAB = 32  # the central slab preprocessing keeps; tumour centres fall mostly inside it
+SLAB = 32  # the central slab preprocessing keeps; most tumours overlap it (see Z_SD_MM)
 MIN_INPLANE = 16
 MAX_DIM = 1024
 LAYOUTS = ("2019", "2020")

@@ -153,6 +153,41 @@ def test_a_bad_seg_costs_the_mask_never_the_images(tmp_path):
         assert r.mask_table()["has_mask"].tolist() == [True, False, False, False, False]
 
 
+def test_predict_never_reads_the_seg(tmp_path, monkeypatch):
+    """smri predict preprocesses raw folders with masks off: the seg file is never opened."""
+    from dataclasses import asdict
+
+    import torch
+
+    import smri.preprocessing as pre
+    from smri.checkpoint import checkpoint_header
+    from smri.discovery import patient_from_folder
+    from smri.models import ModelConfig, build_model
+
+    root, _ = cohort(tmp_path, {"P0": tumour(0)})
+    cfg = ModelConfig(name="cnn2", volume_shape=(16, SHAPE[1], SHAPE[0]), width=0.25)
+    ckpt = {**checkpoint_header(), "model_config": asdict(cfg), "epoch": 1,
+            "model": build_model(cfg).state_dict(), "preprocess_config": CFG.to_dict(),
+            "store": {"modalities": ["flair", "t1", "t1ce", "t2"], "slices": 16,
+                      "volume_shape": [4, 16, SHAPE[1], SHAPE[0]],
+                      "classes": {"LGG": 0, "HGG": 1}}}  # fmt: skip
+    torch.save(ckpt, tmp_path / "m.pt")
+    opened: list[str] = []
+    real = pre.load_volume
+    monkeypatch.setattr(pre, "load_volume", lambda p, **kw: opened.append(p.name) or real(p, **kw))
+    folder = root / "HGG" / "P0"
+    (result,) = smri_predict(tmp_path / "m.pt", folder)
+    assert result.patient_id == "P0" and opened == []
+    res = pre.load_patient(patient_from_folder(folder, CFG.modalities), CFG)
+    assert res.mask is not None and opened == ["P0_seg.nii.gz"]  # preprocess does read it
+
+
+def smri_predict(model, folder):
+    import smri
+
+    return smri.predict(model, folder, device="cpu", quiet=True, log=lambda _: None)
+
+
 def test_no_masks_stores_none_and_records_it(tmp_path):
     root, _ = cohort(tmp_path, {"P0": tumour(0), "P1": tumour(1)})
     out = tmp_path / "s.h5"
