@@ -180,49 +180,42 @@ def load_patient(
         )
     mask = None
     meta.update(NO_MASK)
-    if cfg.masks and patient.seg_files:
-        mask, counts, problem = _load_mask(patient, cfg, first_shape, meta["axis_codes"][0])
-        if problem:
-            notes.append(f"patient {pid}: {problem}; stored without a mask")
-        else:
+    if cfg.masks and patient.seg_files:  # a bad segmentation costs the mask, never the images
+        try:
+            mask, counts = _load_mask(patient, cfg, first_shape, meta["axis_codes"][0])
             meta.update(counts)
+        except ValueError as exc:
+            notes.append(f"patient {pid}: {exc}; stored without a mask")
     return PatientResult(pid, patient.label, images, meta, notes, mask)
 
 
 def _load_mask(
     patient: Patient, cfg: PreprocessConfig, shape: tuple[int, int, int], codes: str
-) -> tuple[np.ndarray | None, dict[str, Any], str | None]:
-    """The patient's segmentation cropped as its images were: (mask, counts, None), or
-    (None, {}, the reason it cannot be used). A bad segmentation never costs the images."""
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The patient's segmentation cropped as its images were (`codes`: their axis codes), and
+    its tumour voxel counts. ValueError saying why it cannot be used."""
     if len(patient.seg_files) > 1:
         names = ", ".join(p.name for p in patient.seg_files)
-        return None, {}, f"{len(patient.seg_files)} segmentation files ({names})"
+        raise ValueError(f"{len(patient.seg_files)} segmentation files ({names})")
     path = patient.seg_files[0]
     try:
         seg = load_volume(path, canonical=cfg.canonical)
     except DataError as exc:
-        return None, {}, str(exc)
+        raise ValueError(str(exc)) from None
     if seg.data.shape != shape:
-        return (
-            None,
-            {},
-            (f"{path}: segmentation shape {seg.data.shape} differs from the images' {shape}"),
+        raise ValueError(
+            f"{path}: segmentation shape {seg.data.shape} differs from the images' {shape}"
         )
     if axis_codes(seg.affine) != codes:
-        return (
-            None,
-            {},
-            (
-                f"{path}: segmentation orientation {axis_codes(seg.affine)} differs from the "
-                f"images' {codes} (it would be stored flipped; --canonical reorients both)"
-            ),
+        raise ValueError(
+            f"{path}: segmentation orientation {axis_codes(seg.affine)} differs from the "
+            f"images' {codes} (it would be stored flipped; --canonical reorients both)"
         )
     try:
         mask, total, in_slab = label_slab(seg.data, cfg.slices)
     except ValueError as exc:
-        return None, {}, f"{path}: {exc}"
-    counts = {"has_mask": True, "tumour_voxels": total, "tumour_voxels_in_slab": in_slab}
-    return mask, counts, None
+        raise ValueError(f"{path}: {exc}") from None
+    return mask, {"has_mask": True, "tumour_voxels": total, "tumour_voxels_in_slab": in_slab}
 
 
 def _relative(path: Path, root: Path | None) -> str:
