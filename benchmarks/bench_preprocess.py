@@ -8,8 +8,10 @@ so each row starts from the same state. smri's kept fast paths are:
   max taken piece by piece, only the slab kept; without it, `load_volume` reads it whole;
 - the float32 -> float16 cast through torch (`smri.volume.cast_into`) in place of numpy's.
 
-"smri without X" turns off one of them; the plain path turns off all three and reads with
-nibabel (`nib.load`, `np.asanyarray(img.dataobj)`) and h5py, as a script without smri would.
+"smri without X" turns off one of them; "smri --no-masks" stores no segmentation masks (their
+cost: smri's time over its time, target at most 1.15x); the plain path turns off all three and
+reads with nibabel (`nib.load`, `np.asanyarray(img.dataobj)`) and h5py, as a script without smri
+would.
 The same normalisation and crop (`normalized_slab`, numpy) run in every row. A path's gain is
 smri / (smri without it), measured in the same round; rounds interleave the rows, and the
 ratios reported are medians over rounds. patients/s is a median of 3 runs after a warm-up;
@@ -43,13 +45,16 @@ LABEL = {
 }
 
 
-def configs() -> list[tuple[str, frozenset[str], int]]:
-    """(row name, fast paths on, workers) for every row."""
-    rows = [("smri", frozenset(FAST), CORES)]
-    rows += [(f"smri without {p}", frozenset(FAST) - {p}, CORES) for p in FAST]
-    rows += [("plain: nibabel + numpy + h5py", frozenset(), CORES)]
+NO_MASKS = "smri --no-masks"
+
+
+def configs() -> list[tuple[str, frozenset[str], int, bool]]:
+    """(row name, fast paths on, workers, masks) for every row."""
+    rows = [("smri", frozenset(FAST), CORES, True), (NO_MASKS, frozenset(FAST), CORES, False)]
+    rows += [(f"smri without {p}", frozenset(FAST) - {p}, CORES, True) for p in FAST]
+    rows += [("plain: nibabel + numpy + h5py", frozenset(), CORES, False)]
     if CORES > 1:
-        rows += [("smri, 1 worker", frozenset(FAST), 1)]
+        rows += [("smri, 1 worker", frozenset(FAST), 1, True)]
     return rows
 
 
@@ -85,7 +90,9 @@ def use_paths(paths: frozenset[str]) -> None:
         pre.open_volume = whole
 
 
-def child(paths: frozenset[str], jobs: int, root: Path, runs: int = 3) -> dict[str, float]:
+def child(
+    paths: frozenset[str], jobs: int, root: Path, masks: bool = True, runs: int = 3
+) -> dict[str, float]:
     """patients/s (median of `runs` after a warm-up) and CPU ms per patient of this process."""
     use_paths(paths)
     from smri.preprocessing import PreprocessConfig, run_preprocess
@@ -98,7 +105,8 @@ def child(paths: frozenset[str], jobs: int, root: Path, runs: int = 3) -> dict[s
                 old.unlink()
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             out = Path(tmp) / f"b{i}.h5"
-            run_preprocess(root, out, PreprocessConfig(), jobs=jobs, progress=False, echo=quiet)
+            cfg = PreprocessConfig(masks=masks)
+            run_preprocess(root, out, cfg, jobs=jobs, progress=False, echo=quiet)
             r1 = resource.getrusage(resource.RUSAGE_SELF)
             times.append(time.perf_counter() - t0)
             cpus.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
@@ -125,17 +133,17 @@ def med(values: list[float]) -> float:
 
 def preprocess_rows(root: Path, rounds: int) -> None:
     rows = configs()
-    got: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in rows}
+    got: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in rows}
     for _ in range(rounds):
-        for name, paths, jobs in rows:
-            args = ["preprocess", ",".join(sorted(paths)), str(jobs), str(root)]
+        for name, paths, jobs, masks in rows:
+            args = ["preprocess", ",".join(sorted(paths)), str(jobs), str(root), str(int(masks))]
             got[name].append(run_child(args))
 
     def ratio(a: str, b: str, key: str) -> float:  # median over rounds of a/b within a round
         return med([x[key] / y[key] for x, y in zip(got[a], got[b], strict=True)])
 
     out = []
-    for name, _, jobs in rows:
+    for name, _, jobs, _ in rows:
         rates = [r["rate"] for r in got[name]]
         cpu = med([r["cpu"] for r in got[name]])
         span = f"{min(rates):.3g}-{max(rates):.3g}"
@@ -149,6 +157,13 @@ def preprocess_rows(root: Path, rounds: int) -> None:
         rate, cpu = ratio("smri", other, "rate"), ratio(other, "smri", "cpu")
         gains.append((label, f"{rate:.2f}x", f"{cpu:.2f}x"))
     print(table(("fast path", "patients/s gain", "CPU per patient gain"), gains))
+    each = ", ".join(f"{y['rate'] / x['rate']:.2f}" for x, y in zip(got["smri"], got[NO_MASKS],
+                                                                    strict=True))  # fmt: skip
+    print(
+        f"\nmasks (the seg of each patient, schema v2): {ratio(NO_MASKS, 'smri', 'rate'):.2f}x "
+        f"the time of {NO_MASKS} (each round: {each}), {ratio('smri', NO_MASKS, 'cpu'):.2f}x "
+        "its CPU per patient; target at most 1.15x"
+    )
     if CORES > 1:
         one = "smri, 1 worker"
         pairs = zip(got["smri"], got[one], strict=True)
@@ -218,7 +233,7 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["--child"]:
         if argv[1] == "preprocess":
             paths = frozenset(p for p in argv[2].split(",") if p)
-            print(json.dumps(child(paths, int(argv[3]), Path(argv[4]))))
+            print(json.dumps(child(paths, int(argv[3]), Path(argv[4]), argv[5] == "1")))
         else:
             print(json.dumps(append_child(argv[2], argv[3] == "1", Path(argv[4]), Path(argv[5]))))
         return

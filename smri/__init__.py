@@ -2,8 +2,8 @@
 
 The Python API (docs/api.md) is the library the `smri` commands call, with their options as
 keyword arguments: `smri.synth`, `smri.preprocess`, `smri.train`, `smri.evaluate`,
-`smri.predict`, and `smri.StoreDataset`, a torch Dataset of a store's patients. They are
-imported on first use, so `import smri` loads no torch.
+`smri.explain`, `smri.predict`, and `smri.StoreDataset`, a torch Dataset of a store's patients.
+They are imported on first use, so `import smri` loads no torch.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _LAZY = {
     "train": "smri.api",
     "evaluate": "smri.api",
     "predict": "smri.api",
+    "explain": "smri.api",
     "StoreDataset": "smri.dataset",
 }
 
@@ -31,6 +32,7 @@ __all__ = [
     "SmriError",
     "StoreDataset",
     "evaluate",
+    "explain",
     "predict",
     "preprocess",
     "synth",

@@ -5,6 +5,7 @@
     smri.preprocess(cohort, "demo.h5")
     run = smri.train("demo.h5", model="cnn2", epochs=2, width=0.25)
     metrics = smri.evaluate(run / "best.pt", "demo.h5")
+    report = smri.explain(run / "best.pt", "demo.h5")   # saliency against the tumour
 
 Keyword arguments are the commands' options (`--batch-size` is `batch_size=`) with the same
 defaults: those of the settings dataclasses (`smri.config`, `PreprocessConfig`, `SynthConfig`)
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smri.atomic import OutputLock, check_not_input
-from smri.config import ModelConfig, TrainConfig
+from smri.config import MOSTLY_OUTSIDE, SALIENCY_STEPS, ModelConfig, TrainConfig
 from smri.errors import ConfigError, RunInterrupted
 from smri.parallel import DEFAULT_BACKEND, cap_jobs
 from smri.phantoms import SynthConfig
@@ -112,6 +113,7 @@ def preprocess(
     dtype: str = _PRE.dtype,
     compression: str = _PRE.compression,
     canonical: bool = _PRE.canonical,
+    masks: bool = _PRE.masks,
     overwrite: bool = False,
     append: bool = False,
     resume: bool = False,
@@ -128,8 +130,9 @@ def preprocess(
 
     `modalities`: names in order (``"flair,t1"`` or a sequence); `classes`: ``"LGG=0,HGG=1"``
     or a mapping (None: LGG=0,HGG=1, or with `positive`, ``not VALUE``=0 and VALUE=1);
-    `labels`: a labels CSV. Messages (skipped patients, warnings) go to `log`; `quiet` only
-    hides the progress bar, since preprocessing prints nothing else.
+    `labels`: a labels CSV. `masks`: store each patient's segmentation of the slab (schema
+    version 2; never used in training). Messages (skipped patients, warnings) go to `log`;
+    `quiet` only hides the progress bar, since preprocessing prints nothing else.
     """
     from smri.discovery import BidsOptions, parse_classes, parse_modalities
     from smri.files import special_kind
@@ -154,7 +157,7 @@ def preprocess(
     names = modalities if isinstance(modalities, str) else ",".join(modalities)
     cfg = PreprocessConfig(modalities=parse_modalities(names), slices=slices, dtype=dtype,
                            compression=compression, canonical=canonical,
-                           classes=class_names)  # fmt: skip
+                           classes=class_names, masks=masks)  # fmt: skip
     common = {
         "jobs": jobs, "labels_csv": labels_csv, "strict": strict, "backend": backend,
         "scheduler": scheduler, "progress": _bars(progress, quiet), "echo": log,
@@ -294,6 +297,7 @@ def evaluate(
     device: str = "auto",
     cache: str = "auto",
     workers: int = 2,
+    saliency_patients: int = 16,
     overwrite: bool = False,
     progress: bool | None = None,
     quiet: bool = False,
@@ -306,6 +310,10 @@ def evaluate(
     beside the checkpoint, or inside an exported folder) and returns metrics.json's content
     (checkpoint, store, n, accuracy, balanced_accuracy, auc, sensitivity, specificity, ...)
     plus ``"out"``, the folder. Earlier results in `out` are kept unless `overwrite`.
+    When the store has masks, metrics.json also holds ``saliency_in_tumour_mean`` (and ``_n``):
+    the mean share of the positive saliency inside the tumour (as `explain` computes it) over
+    the first `saliency_patients` patients with tumour in the slab: of the run's validation
+    patients when the store holds them, else of all (0: skip it).
     """
     from smri.inference import evaluate_store
     from smri.plots import roc_figure, save_figure
@@ -316,14 +324,23 @@ def evaluate(
     beside = model if model.is_dir() else model.parent
     where = Path(out) if out is not None else beside / f"eval-{store.stem}"
     _check_eval_out(where, overwrite, model, store)
+    if saliency_patients < 0:
+        raise ConfigError(f"must be 0 or more, got {saliency_patients}",
+                          option="--saliency-patients")  # fmt: skip
     where.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(where):  # one evaluate at a time writes a folder
         _check_eval_out(where, overwrite, model, store)  # again: another may have written it
         result = evaluate_store(model, store, device=device, batch_size=batch_size,
-                                cache=cache, workers=workers,
-                                progress=_bars(progress, quiet))  # fmt: skip
+                                cache=cache, workers=workers, progress=_bars(progress, quiet),
+                                saliency_patients=saliency_patients,
+                                saliency_steps=SALIENCY_STEPS)  # fmt: skip
         where.mkdir(parents=True, exist_ok=True)
         report = {"checkpoint": str(model), "store": str(store), **result.metrics}
+        share = report.get("saliency_in_tumour_mean")
+        if share is not None and share < MOSTLY_OUTSIDE:
+            log(f"warning: the saliency lies mostly outside the tumour (mean share {share:.2f} "
+                f"over {report['saliency_in_tumour_n']} patients): the model may rely on "
+                "something other than the tumour; see smri explain")  # fmt: skip
         write_json(where / "metrics.json", report)
         write_predictions(where / "predictions.csv", result.patient_ids, result.labels,
                           result.probabilities, result.classes)  # fmt: skip
@@ -359,6 +376,48 @@ def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> N
             "--out, or pass --overwrite to replace them",
             option="--out",
         )
+
+
+# ---------------------------------------------------------------------------------- explain
+def explain(
+    model: PathLike,
+    store: PathLike,
+    patient_ids: str | Iterable[str] | None = None,
+    *,
+    out: PathLike | None = None,
+    steps: int = SALIENCY_STEPS,
+    batch_size: int = 8,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool | None = None,
+    quiet: bool = False,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Where `model` looks (`smri explain`): integrated gradients of every modality of each
+    patient of `store`, a PNG montage per patient with the tumour's contour, and the share of
+    the positive saliency inside the tumour.
+
+    `patient_ids`: one id or several (None: the validation patients of the model's run, from
+    the split.json beside it, else the store's first 8). Writes ``<id>.png`` and explain.json
+    to `out` (default ``explain-<store name>`` beside the checkpoint, or inside an exported
+    folder) and returns explain.json's content (method, the summary: ``share_in_tumour_mean``,
+    ``mostly_outside``, ``verdict``; ``rows``, one per patient) plus ``"out"``. `steps`:
+    integration steps (forward and backward passes per patient). An earlier explain.json in
+    `out` is kept unless `overwrite`.
+    """
+    from smri.explanation import check_out, explain_store
+
+    if steps < 1:
+        raise ConfigError(f"must be at least 1, got {steps}", option="--steps")
+    model, store = Path(model), Path(store)
+    ids = [patient_ids] if isinstance(patient_ids, str) else list(patient_ids or ())
+    beside = model if model.is_dir() else model.parent
+    where = Path(out) if out is not None else beside / f"explain-{store.stem}"
+    check_out(where, overwrite)
+    report = explain_store(model, store, where, ids, steps=steps, batch_size=batch_size,
+                           device=device, progress=_bars(progress, quiet),
+                           log=_silent if quiet else log)  # fmt: skip
+    return {**report, "out": str(where)}
 
 
 # ---------------------------------------------------------------------------------- predict

@@ -32,6 +32,7 @@ from smri.preprocessing import (
     per_class,
     progress_bar,
     skip_rows,
+    warn_orientations,
     write_patients,
 )
 from smri.store import StoreInfo, StoreReader, StoreWriter
@@ -185,10 +186,12 @@ def _append(
             "added": len(added),
             "already_in_store": len(already),
             "skipped": len(skipped),
+            "masks": cfg.masks,
         }
         history = [*base.info.config.get("appended", []), entry]
         run.writer.set_config({**base.info.config, "appended": history})
         total = int(run.writer.rows)
+        warn_orientations(run)
         base.close()
         run.writer.commit()
     except BaseException as exc:

@@ -13,7 +13,8 @@ Layouts (checked in this order):
 
 A modality file ends exactly in ``_<modality>.nii`` or ``_<modality>.nii.gz`` (case-insensitive),
 so ``_t1`` never matches ``_t1ce``, or is a BraTS 2023 file ``<id>-<t2f|t1n|t1c|t2w>.nii[.gz]``;
-segmentations and any other files are ignored.
+a patient's segmentation (``_seg.nii[.gz]``, BraTS 2023 ``-seg``) is recorded beside its
+modalities (`Patient.seg_files`) but is never one; any other file is ignored.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ BRATS2023_ID = re.compile(r"BraTS-[A-Za-z]+-[0-9]{5}-[0-9]{3}\Z", re.IGNORECASE)
 _BRATS2023_FILE = re.compile(
     r"(BraTS-[A-Za-z]+-[0-9]{5}-[0-9]{3})-([A-Za-z0-9]+)\.nii(\.gz)?\Z", re.IGNORECASE
 )
+SEG = "seg"  # the segmentation's name ending: `_seg.nii.gz`, BraTS 2023's `-seg.nii.gz`
 BRATS2023_NAMES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2", "seg": "seg"}
 # Characters that break a one-line message (and can forge lines of output): controls such as
 # newline, carriage return and escape, and the Unicode line and paragraph separators.
@@ -51,12 +53,14 @@ _LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 @dataclass(frozen=True)
 class Patient:
-    """One patient: id, label (0/1, or -1 when unknown), and a file per modality in order."""
+    """One patient: id, label (0/1, or -1 when unknown), a file per modality in order, and the
+    folder's segmentation files (none, one, or several: preprocessing uses exactly one)."""
 
     patient_id: str
     label: int
     files: tuple[Path, ...]
     folder: Path
+    seg_files: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -181,12 +185,17 @@ def patient_from_folder(
     if not folder.is_dir():
         raise PatientError(pid, f"{folder} is not a folder")
     found: dict[str, list[Path]] = {m: [] for m in modalities}
+    segs: list[Path] = []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         raise PatientError(pid, f"cannot list {folder} ({exc.strerror})") from None
     for entry in entries:
         mod, named = parse(entry.name)
+        if mod == SEG and not entry.name.startswith(".") and not has_control_characters(entry.name):
+            if owner is None or named is None or named.lower() == owner.lower():
+                segs.append(Path(entry.path))  # a seg named for another case is not this one's
+            continue
         if mod in found and not entry.name.startswith("."):
             if has_control_characters(entry.name):
                 raise PatientError(
@@ -210,7 +219,7 @@ def patient_from_folder(
         raise PatientError(
             pid, f"modality {m} present {len(files)} times: " + ", ".join(f.name for f in files)
         )
-    return Patient(pid, label, tuple(found[m][0] for m in modalities), folder)
+    return Patient(pid, label, tuple(found[m][0] for m in modalities), folder, tuple(segs))
 
 
 def list_subfolders(path: Path) -> list[Path]:

@@ -56,9 +56,13 @@ def evaluate_store(
     workers: int = 0,
     amp: bool = True,
     progress: bool = False,
+    saliency_patients: int = 0,
+    saliency_steps: int = 32,
 ) -> Evaluation:
     """Run the checkpoint (or exported folder) on every patient of `store` (which must match
-    its training store); `progress` shows a bar over the batches."""
+    its training store); `progress` shows a bar over the batches. With `saliency_patients`
+    and a store with masks, the metrics add the mean share of saliency inside the tumour over
+    that many patients at most (`smri.explanation.saliency_in_tumour`)."""
     from tqdm import tqdm
 
     ckpt = load_model(checkpoint)
@@ -85,8 +89,17 @@ def evaluate_store(
         bar.close()
         batches.close()
     known = labels >= 0
-    metrics = binary_metrics(labels[known], probs[known]) if known.any() else {}
-    return Evaluation(ids, labels, probs, {"n": int(known.sum()), **metrics}, dict(info.classes))
+    metrics = {"n": int(known.sum()), **(binary_metrics(labels[known], probs[known]) if
+                                         known.any() else {})}  # fmt: skip
+    if saliency_patients > 0:
+        from smri.explanation import saliency_in_tumour
+
+        with StoreReader(store) as reader:
+            metrics.update(saliency_in_tumour(
+                model, reader, Path(checkpoint), dev, limit=saliency_patients,
+                steps=saliency_steps, batch_size=batch_size, progress=progress,
+            ) or {})  # fmt: skip
+    return Evaluation(ids, labels, probs, metrics, dict(info.classes))
 
 
 def predict_folders(
@@ -111,7 +124,7 @@ def predict_folders(
 
     ckpt = load_model(checkpoint)
     try:
-        cfg = PreprocessConfig.from_dict(ckpt["preprocess_config"])
+        cfg = PreprocessConfig.from_dict({**ckpt["preprocess_config"], "masks": False})
     except (TypeError, ValueError) as exc:
         raise DataError(
             f"{checkpoint}: damaged smri checkpoint or export: bad preprocess_config ({exc})"

@@ -39,7 +39,7 @@ from smri.errors import ConfigError
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 FOV_MM: tuple[float, float, float] = (240.0, 240.0, 155.0)  # x, y, z: BraTS geometry at 1 mm
 DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
-SLAB = 32  # the central slab preprocessing keeps; tumour centres fall mostly inside it
+SLAB = 32  # the central slab preprocessing keeps; most tumours overlap it (see Z_SD_MM)
 MIN_INPLANE = 16
 MAX_DIM = 1024
 LAYOUTS = ("2019", "2020")
@@ -71,8 +71,14 @@ TRUTH_COLUMNS = (
     "voxels_necrotic_core",
     "voxels_oedema",
     "voxels_enhancing",
+    "tumour_voxels",
+    "tumour_voxels_in_slab",
+    "share_in_slab",
 )
-P_IN_SLAB = 0.88
+# Tumour centres along the slice axis: normal around the slab's middle, this spread in mm. An
+# assumption (gliomas anywhere in the cerebrum, most near the ventricles' level), not measured on
+# BraTS; it leaves about a third of the centres outside the 32-mm slab (docs/demo-data.md).
+Z_SD_MM = 20.0
 P_ATYPICAL = 0.06
 MARKER = ".smri-synth"  # hidden file that marks a folder as a synth cohort (for --overwrite)
 NOISE_OFFSET = 7919  # voxels between the noise windows of one patient's images
@@ -428,28 +434,29 @@ def _make_head(rng: np.random.Generator, shape: tuple[int, int, int]) -> _Head:
 def _tumour_centre(
     rng: np.random.Generator, head: _Head, shape: tuple[int, int, int]
 ) -> np.ndarray:
-    """A tumour centre (local z, y, x mm) in one hemisphere, mostly inside the central slab."""
-    nz = shape[2]
+    """A tumour centre (local z, y, x mm) in one hemisphere, spread along the slice axis.
+
+    Along the slice axis the centre is drawn around the middle of the central slab, normal
+    with a standard deviation of Z_SD_MM: as in BraTS, most tumours overlap the slab that
+    preprocessing keeps, some lie partly or wholly outside it. Centres stay inside the brain.
+    """
     sz = spacing_of(shape)[2]
     ax, ay, az = head.semi_axes
     cz = head.centre[2]
-    slab0 = (nz - SLAB) // 2
-    in_slab = bool(rng.random() < P_IN_SLAB)
+    slab_mid = ((shape[2] - SLAB) // 2 + SLAB / 2) * sz  # mm
     side = 1.0 if rng.random() < 0.5 else -1.0
+    tz = slab_mid - cz  # the slab's middle, should no draw fit (never seen)
+    for _ in range(200):  # z first, so that its distribution is not bent by the fit in-plane
+        z = slab_mid + rng.normal(0.0, Z_SD_MM) - cz
+        if (z / az) ** 2 < 0.6**2 - 0.15**2:  # leaves room for the in-plane offset below
+            tz = z
+            break
     for _ in range(200):
-        if in_slab:
-            zi = rng.uniform(slab0 + 1.5, slab0 + SLAB - 1.5)
-        else:
-            zi = rng.uniform(0, nz)
-            if slab0 <= zi < slab0 + SLAB:
-                continue
-        tz = zi * sz - cz
         bx = side * rng.uniform(0.15, 0.55) * ax
         by = rng.uniform(-0.55, 0.55) * ay
         if (bx / ax) ** 2 + (by / ay) ** 2 + (tz / az) ** 2 < 0.6**2:
             return head.to_local(bx, by, tz)
-    tz = (slab0 + SLAB / 2) * sz - cz  # few slices: fall back to the middle of the slab
-    return head.to_local(side * 0.35 * ax, 0.0, tz)
+    return head.to_local(side * 0.15 * ax, 0.0, tz)  # inside the bound above: always fits
 
 
 def _paint_tumour(
@@ -555,6 +562,8 @@ def make_phantom(seed: int, index: int, grade: str, shape: tuple[int, int, int])
     ]
     slab0 = (nz - SLAB) // 2
     counts = np.bincount(seg.ravel(), minlength=5)
+    total = int(counts[1:].sum())
+    in_slab = int(np.count_nonzero(seg[slab0 : slab0 + SLAB]))  # seg is (z, y, x) here
     radii = tp["radii"]
     truth = {
         "grade": grade,
@@ -574,6 +583,9 @@ def make_phantom(seed: int, index: int, grade: str, shape: tuple[int, int, int])
         "voxels_necrotic_core": int(counts[1]),
         "voxels_oedema": int(counts[2]),
         "voxels_enhancing": int(counts[4]),
+        "tumour_voxels": total,
+        "tumour_voxels_in_slab": in_slab,
+        "share_in_slab": round(in_slab / total, 4) if total else "",
     }
     return Phantom(
         volumes=volumes, seg=seg.T, tissue=tissue.T, affine=affine_of(shape), truth=truth

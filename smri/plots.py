@@ -66,7 +66,8 @@ def _band(ax, x, mean, std, color: str, label: str, linestyle: str = "-") -> Non
 
 
 def fold_loss_figure(runs: Sequence[Rows], title: str, color: str = "tab:blue") -> Figure:
-    """Training (solid) and validation (dashed) loss per epoch; mean ± std band over runs."""
+    """Training (solid) and validation (dashed) loss per epoch; with several runs (folds), the
+    mean ± std band over them and each run's own curve as a thin line."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     n = len(runs)
@@ -74,6 +75,10 @@ def fold_loss_figure(runs: Sequence[Rows], title: str, color: str = "tab:blue") 
     for key, style, name in (("train_loss", "-", "training"), ("val_loss", "--", "validation")):
         x, mean, std = mean_std_by_epoch(runs, key)
         _band(ax, x, mean, std, color, f"{name}{suffix}", style)
+        for k, rows in enumerate(runs if n > 1 else ()):
+            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], color=color,
+                    linestyle=style, linewidth=0.6, alpha=0.45,
+                    label=f"each fold's {name}" if k == 0 else None)  # fmt: skip
     ax.set(title=title, xlabel="epoch", ylabel="BCE loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -221,7 +226,7 @@ def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
 
 def _write_plots(out: Path, by_model: dict[str, RunData], summary: dict) -> list[Path]:
     """The figures, summary.json and summary.md of `plot_runs` into `out`."""
-    from smri.compare import summary_markdown
+    from smri.report import summary_markdown
 
     written = []
     for model, data in by_model.items():

@@ -1,7 +1,8 @@
 """NIfTI patient folders -> one HDF5 store, in parallel, with the parent as the only writer.
 
-`load_patient` turns one patient into its ``(M, S, H, W)`` array (a picklable top-level
-function, also used by `smri predict`); `run_preprocess` fans it out (threads, processes or a
+`load_patient` turns one patient into its ``(M, S, H, W)`` array, and its segmentation into the
+``(S, H, W)`` mask of the same slab (a picklable top-level function, also used by
+`smri predict`); `run_preprocess` fans it out (threads, processes or a
 Dask cluster, see `smri.parallel`) and streams the results, in sorted patient order, into a
 `StoreWriter`. At most ``2 * jobs`` patients are in flight, so memory stays bounded whatever the
 cohort size.
@@ -34,8 +35,16 @@ from smri.discovery import (
 )
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DEFAULT_BACKEND, DeferredInterrupt, check_backend, ordered_map, pool
-from smri.store import COMPRESSIONS, DTYPES, LockedError, StoreReader, StoreWriter
-from smri.volume import header_shape, open_volume
+from smri.store import (
+    COMPRESSIONS,
+    DTYPES,
+    NO_MASK,
+    LockedError,
+    StoreReader,
+    StoreWriter,
+    orientation_counts,
+)
+from smri.volume import axis_codes, header_shape, label_slab, load_volume, open_volume
 
 # How often the unfinished store is flushed with its resume state: a crash loses at most this
 # much work. Flushing after every patient cost 4-19 ms each, taken from the workers on 2 cores.
@@ -54,6 +63,7 @@ class PreprocessConfig:
     compression: str = "none"
     canonical: bool = False
     classes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+    masks: bool = True  # store each patient's segmentation of the slab (never used in training)
 
     def __post_init__(self) -> None:
         if self.slices < 1:
@@ -85,13 +95,15 @@ class PreprocessConfig:
 
 @dataclass
 class PatientResult:
-    """One preprocessed patient: images ``(M, S, H, W)`` in the store dtype, plus metadata."""
+    """One preprocessed patient: images ``(M, S, H, W)`` in the store dtype, plus metadata, and
+    the ``(S, H, W)`` uint8 mask of its segmentation when it has one."""
 
     patient_id: str
     label: int
     images: np.ndarray
     meta: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    mask: np.ndarray | None = None
 
 
 def load_patient(
@@ -112,9 +124,11 @@ def load_patient(
         "intensity_min": [],
         "intensity_max": [],
         "source_files": [],
+        "axis_codes": [],
     }
     notes: list[str] = []
     first_file: Path | None = None
+    first_shape: tuple[int, int, int] | None = None
     for m, path in enumerate(patient.files):
         try:
             vol = open_volume(path, canonical=cfg.canonical)
@@ -128,7 +142,7 @@ def load_patient(
                 f"{cfg.slices} asked for (--slices)",
             )
         if images is None:
-            first_file = path
+            first_file, first_shape = path, vol.shape
             inplane = (y, x)
             if expect_inplane is not None and inplane != tuple(expect_inplane):
                 raise PatientError(
@@ -156,8 +170,53 @@ def load_patient(
         meta["intensity_min"].append(lo)
         meta["intensity_max"].append(hi)
         meta["source_files"].append(_relative(path, relative_to))
+        meta["axis_codes"].append(vol.axis_codes)
     assert images is not None  # a Patient always has at least one modality file
-    return PatientResult(pid, patient.label, images, meta, notes)
+    if len(set(meta["axis_codes"])) > 1:
+        codes = ", ".join(f"{p.name} {c}" for p, c in zip(patient.files, meta["axis_codes"],
+                                                          strict=True))  # fmt: skip
+        notes.append(
+            f"patient {pid}: its volumes have different orientations ({codes}) and are stored "
+            "flipped against each other; --canonical reorients every volume to RAS"
+        )
+    mask = None
+    meta.update(NO_MASK)
+    if cfg.masks and patient.seg_files:  # a bad segmentation costs the mask, never the images
+        try:
+            mask, counts = _load_mask(patient, cfg, first_shape, meta["axis_codes"][0])
+            meta.update(counts)
+        except ValueError as exc:
+            notes.append(f"patient {pid}: {exc}; stored without a mask")
+    return PatientResult(pid, patient.label, images, meta, notes, mask)
+
+
+def _load_mask(
+    patient: Patient, cfg: PreprocessConfig, shape: tuple[int, int, int], codes: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The patient's segmentation cropped as its images were (`codes`: their axis codes), and
+    its tumour voxel counts. ValueError saying why it cannot be used."""
+    if len(patient.seg_files) > 1:
+        names = ", ".join(p.name for p in patient.seg_files)
+        raise ValueError(f"{len(patient.seg_files)} segmentation files ({names})")
+    path = patient.seg_files[0]
+    try:
+        seg = load_volume(path, canonical=cfg.canonical)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
+    if seg.data.shape != shape:
+        raise ValueError(
+            f"{path}: segmentation shape {seg.data.shape} differs from the images' {shape}"
+        )
+    if axis_codes(seg.affine) != codes:
+        raise ValueError(
+            f"{path}: segmentation orientation {axis_codes(seg.affine)} differs from the "
+            f"images' {codes} (it would be stored flipped; --canonical reorients both)"
+        )
+    try:
+        mask, total, in_slab = label_slab(seg.data, cfg.slices)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return mask, {"has_mask": True, "tumour_voxels": total, "tumour_voxels_in_slab": in_slab}
 
 
 def _relative(path: Path, root: Path | None) -> str:
@@ -285,7 +344,7 @@ def discover_for_store(
 
 def _fingerprint(config: dict[str, Any], patients: list[Patient]) -> str:
     """What a resumed run must share with the interrupted one: settings and the patient list."""
-    items = [(p.patient_id, p.label, [str(f) for f in p.files]) for p in patients]
+    items = [(p.patient_id, p.label, [str(f) for f in [*p.files, *p.seg_files]]) for p in patients]
     blob = json.dumps({"config": config, "patients": items}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -370,8 +429,9 @@ def write_patients(
                     old = _merge_rows(run.writer, merge, old, before=res.patient_id)
                     run.notes += warn(res, run.echo)
                     run.writer.append(
-                        images=res.images, label=res.label, patient_id=res.patient_id, meta=res.meta
-                    )
+                        images=res.images, label=res.label, patient_id=res.patient_id,
+                        meta=res.meta, mask=res.mask,
+                    )  # fmt: skip
                     run.added.append((res.patient_id, res.label))
                 del res  # the writer has it; don't hold it while waiting for the next
                 run.done += 1
@@ -477,6 +537,7 @@ def run_preprocess(
             skipped.sort(key=lambda e: e.patient_id)
             run.writer.set_skipped(skip_rows(skipped))
             labels = run.writer.labels[: int(run.writer.rows)]
+            warn_orientations(run)
             run.writer.commit()
         except KeyboardInterrupt:
             if run.writer is not None:
@@ -499,6 +560,33 @@ def run_preprocess(
         return PreprocessSummary(
             Path(output), per_class(labels, cfg.classes), skip_rows(skipped), seconds, run.notes
         )
+
+
+def orientation_warning(counts: dict[str, int]) -> str | None:
+    """The warning for a store whose patients are not all oriented alike (None when they are).
+
+    `counts`: patients per orientation (`smri.store.orientation_counts`); "unknown" (rows of a
+    version-1 store) is left out of the comparison.
+    """
+    known = {k: n for k, n in counts.items() if k != "unknown"}
+    if len(known) < 2:
+        return None
+    listed = ", ".join(f"{n} {code}" for code, n in known.items())
+    return (
+        f"the cohort mixes orientations (patients per NIfTI axis codes: {listed}); stored as "
+        "read, their arrays are flipped against each other: preprocess with --canonical to "
+        "reorient every volume to RAS"
+    )
+
+
+def warn_orientations(run: Run) -> None:
+    """Warn once per run when the store's patients mix orientations (all rows, resumed or
+    copied ones too)."""
+    rows = int(run.writer.rows)
+    text = orientation_warning(orientation_counts(run.writer.meta["axis_codes"][:rows]))
+    if text:
+        run.echo(f"warning: {text}")
+        run.notes.append(text)
 
 
 def progress_bar(total: int, initial: int, desc: str, progress: bool | None) -> Any:

@@ -38,6 +38,7 @@ class ShownPatient:
     first_slice: int | None  # index of the slab's first slice in the original volume
     depth: int | None  # slices in the original volume
     seg: np.ndarray | None = None  # (S, H, W) labels of the same slab, when a segmentation exists
+    store_version: int | None = None  # the schema version, when drawn from a store
 
 
 def is_store(path: Path) -> bool:
@@ -130,6 +131,8 @@ def slab_from_store(path: Path, patient_id: str, modalities: Sequence[str] | Non
         images = reader.read(i)
         label = int(reader.labels[i])
         meta = reader.meta(i)
+        seg = reader.read_mask(i)
+        version = reader.version
     names = {v: k for k, v in info.classes.items()}
     label_text = f"{names.get(label, label)} ({label})" if label >= 0 else "unlabelled"
     order = [info.modalities.index(m) for m in wanted]
@@ -142,6 +145,8 @@ def slab_from_store(path: Path, patient_id: str, modalities: Sequence[str] | Non
         slab=np.asarray(images[order], dtype=np.float32),
         first_slice=first,
         depth=depth,
+        seg=seg,
+        store_version=version,
     )
 
 
@@ -269,13 +274,15 @@ def show_patient(
             raise ConfigError(
                 f"{source} is a store: name the patient to show (PATIENT_ID)", option="PATIENT_ID"
             )
-        if contours:
-            raise ConfigError(
-                "--contours outlines a raw folder's *seg* file; a store keeps no segmentation",
-                option="--contours",
-            )
         check_out_png(out, {"SOURCE": source}, overwrite)
         patient = slab_from_store(source, patient_id, modalities)
+        if contours and patient.seg is None:
+            why = (
+                "a schema v1 store keeps no segmentation; preprocess it again"
+                if patient.store_version == 1
+                else "the store holds no mask for this patient (no *seg* file, or --no-masks)"
+            )
+            raise DataError(f"{source}: cannot outline {patient_id}'s tumour (--contours): {why}")
     elif source.is_dir():
         folder = find_patient_folder(source, patient_id) if patient_id else source
         check_out_png(out, {"the patient folder": folder}, overwrite)

@@ -2,15 +2,21 @@
 
 Every key name, the schema version and the validation live here; no other module spells a key.
 
-Schema version 1
-----------------
+Schema version 2 (version 1 is the same without the items marked v2)
+--------------------------------------------------------------------
 - ``images``     float16/float32 ``(N, M, S, H, W)``, chunk ``(1, 1, S, H, W)``
 - ``labels``     int8 ``(N,)``: 0/1, -1 where unlabelled
 - ``patient_id`` UTF-8 strings ``(N,)``, sorted
-- ``meta/*``     per patient: original shape, voxel spacing, min and max used, source files
+- ``masks``      v2: uint8 ``(N, S, H, W)``, chunk ``(1, S, H, W)``, gzip-1: the segmentation
+  labels of the same slab, in the images' axis order (0 where a patient has none)
+- ``meta/*``     per patient: original shape, voxel spacing, min and max used, source files;
+  v2: ``has_mask``, ``tumour_voxels`` and ``tumour_voxels_in_slab`` (label > 0 in the whole
+  segmentation and in the slab; -1 without one), ``axis_codes`` (NIfTI axis codes per volume)
 - root attrs     ``format``, ``schema_version``, ``smri_version``, ``created``, ``modalities``,
   ``slices``, ``axis_order``, ``classes`` (JSON), ``config`` (JSON), ``skipped`` (JSON)
 
+Version 2 adds keys and changes none of version 1's, so v1 stores are read as v2 stores whose
+patients have no mask and unknown axis codes. Training never reads ``masks``.
 Attributes are plain HDF5 strings and numbers (JSON text for structures): nothing is pickled.
 """
 
@@ -32,13 +38,15 @@ from smri.errors import DataError
 from smri.files import check_regular
 
 FORMAT = "smri-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 AXIS_ORDER = "modality,slice,y,x"  # (M, S, H, W): NIfTI axes (k, j, i) after the central crop
 
 IMAGES = "images"
 LABELS = "labels"
 PATIENT_ID = "patient_id"
 META = "meta"
+MASKS = "masks"  # v2
 META_FIELDS = {  # name -> (dtype, per-patient shape given M)
     "original_shape": ("int32", lambda m: (m, 3)),
     "spacing": ("float32", lambda m: (m, 3)),
@@ -46,6 +54,17 @@ META_FIELDS = {  # name -> (dtype, per-patient shape given M)
     "intensity_max": ("float64", lambda m: (m,)),
     "source_files": (h5py.string_dtype("utf-8"), lambda m: (m,)),
 }
+# Version 2's per-patient fields: name -> (dtype, per-patient shape given M, value when unknown).
+META_FIELDS_V2 = {
+    "has_mask": ("bool", lambda m: (), False),
+    "tumour_voxels": ("int64", lambda m: (), -1),
+    "tumour_voxels_in_slab": ("int64", lambda m: (), -1),
+    "axis_codes": (h5py.string_dtype("utf-8"), lambda m: (m,), ""),
+}
+NO_MASK = {"has_mask": False, "tumour_voxels": -1, "tumour_voxels_in_slab": -1}
+# Masks are mostly zeros: gzip-1 keeps about 1 % of the bytes and costs ~2 ms a BraTS patient.
+MASK_COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1}
+LOW_COVERAGE = 0.10  # `smri info` names patients with less of their tumour in the slab
 
 # Compression names accepted by `--compression`, mapped to h5py's create_dataset arguments.
 # Only filters built into every HDF5 library: any h5py can read the store without plugins.
@@ -83,6 +102,8 @@ class StoreInfo:
     axis_order: str
     class_counts: dict[str, int] = field(default_factory=dict)
     file_bytes: int = 0
+    coverage: dict[str, Any] | None = None  # v2: how much tumour the slab holds (see `coverage`)
+    orientations: dict[str, int] = field(default_factory=dict)  # v2: patients per axis codes
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for `smri info --json`, run configs and checkpoints)."""
@@ -114,10 +135,10 @@ def _validate(f: h5py.File, path: Path) -> None:
             f"{path}: store schema version {version} is newer than this smri "
             f"({__version__}) reads (version {SCHEMA_VERSION}); upgrade smri"
         )
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise DataError(
             f"{path}: unsupported store schema version {version} "
-            f"(expected {SCHEMA_VERSION}); re-run `smri preprocess`"
+            f"(expected {' or '.join(map(str, READABLE_VERSIONS))}); re-run `smri preprocess`"
         )
     for key in (IMAGES, LABELS, PATIENT_ID):
         if key not in f:
@@ -130,6 +151,17 @@ def _validate(f: h5py.File, path: Path) -> None:
             f"{path}: store datasets disagree: images {f[IMAGES].shape}, "
             f"labels {f[LABELS].shape}, patient_id {f[PATIENT_ID].shape}"
         )
+    if version >= 2:
+        expected = {MASKS: (n, *f[IMAGES].shape[2:])}
+        expected.update({f"{META}/{k}": (n, *v[1](f[IMAGES].shape[1])) for k, v in
+                         META_FIELDS_V2.items()})  # fmt: skip
+        for key, shape in expected.items():
+            if key not in f or f[key].shape != shape:
+                got = f"shape {f[key].shape}" if key in f else "missing"
+                raise DataError(
+                    f"{path}: damaged smri store: '{key}' is {got}, expected {shape}; "
+                    "re-run `smri preprocess`"
+                )
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -157,6 +189,7 @@ def _h5_reason(exc: OSError) -> str:
 def _info_from_file(f: h5py.File, path: Path) -> StoreInfo:
     images = f[IMAGES]
     labels = f[LABELS][:]
+    v2 = int(f.attrs["schema_version"]) >= 2
     classes = json.loads(f.attrs["classes"])
     counts = {name: int(np.sum(labels == value)) for name, value in classes.items()}
     unlabelled = int(np.sum(labels < 0))
@@ -179,7 +212,55 @@ def _info_from_file(f: h5py.File, path: Path) -> StoreInfo:
         axis_order=str(f.attrs["axis_order"]),
         class_counts=counts,
         file_bytes=path.stat().st_size,
+        coverage=coverage(_ids(f), *(f[META][k][:] for k in NO_MASK)) if v2 else None,
+        orientations=orientation_counts(f[META]["axis_codes"][:]) if v2 else {},
     )
+
+
+def _ids(f: h5py.File) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f[PATIENT_ID][:]]
+
+
+def coverage(
+    ids: Sequence[str], has_mask: np.ndarray, total: np.ndarray, in_slab: np.ndarray
+) -> dict[str, Any]:
+    """How much of each tumour the slab holds, over the patients with a mask.
+
+    `has_mask`, `total` and `in_slab` are per patient (``(N,)``): whether a segmentation was
+    stored, and its voxels with label > 0 in the whole volume and in the slab. The share is
+    ``in_slab / total``; masks without a tumour voxel are listed apart (no share).
+    """
+    masked = np.asarray(has_mask, dtype=bool)
+    with_tumour = masked & (np.asarray(total) > 0)
+    share = np.asarray(in_slab, dtype=np.float64)[with_tumour] / np.asarray(total)[with_tumour]
+    rows = np.flatnonzero(with_tumour)
+    return {
+        "patients": len(ids),
+        "patients_with_mask": int(masked.sum()),
+        "median_share_in_slab": round(float(np.median(share)), 4) if share.size else None,
+        "low_coverage_threshold": LOW_COVERAGE,
+        "low_coverage": [ids[i] for i, s in zip(rows, share, strict=True) if s < LOW_COVERAGE],
+        "empty_masks": [ids[i] for i in np.flatnonzero(masked & (np.asarray(total) == 0))],
+    }
+
+
+def patient_axis_codes(codes: Sequence[str]) -> str:
+    """One patient's orientation from its volumes' axis codes: ``"LPS"``; ``"LPS/RAS/LPS/LPS"``
+    when its volumes disagree; ``"unknown"`` when not recorded (rows of a version-1 store)."""
+    codes = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in codes]
+    if not any(codes):
+        return "unknown"
+    return codes[0] if len(set(codes)) == 1 else "/".join(codes)
+
+
+def orientation_counts(codes: np.ndarray) -> dict[str, int]:
+    """Patients per orientation (`patient_axis_codes`) from ``meta/axis_codes`` ``(N, M)``,
+    most common first."""
+    counts: dict[str, int] = {}
+    for row in codes:
+        key = patient_axis_codes(row)
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def read_info(path: Path) -> StoreInfo:
@@ -209,6 +290,30 @@ class StoreReader:
             self._file.close()
             raise
         self._images = self._file[IMAGES]
+        self.version = self.info.schema_version
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the store can hold masks (schema version 2); each patient says if it has one."""
+        return self.version >= 2
+
+    def mask_table(self) -> dict[str, np.ndarray]:
+        """``has_mask`` (bool), ``tumour_voxels`` and ``tumour_voxels_in_slab`` (int64), each
+        ``(N,)``; a version-1 store reads as no masks (False, -1, -1)."""
+        n = len(self)
+        if not self.has_masks:
+            return {k: np.full(n, v, dtype=bool if k == "has_mask" else np.int64)
+                    for k, v in NO_MASK.items()}  # fmt: skip
+        return {k: self._file[META][k][:] for k in NO_MASK}
+
+    def read_mask(self, i: int) -> np.ndarray | None:
+        """One patient's segmentation labels of the slab, ``(S, H, W)`` uint8; None without one.
+
+        Not for training: the model never sees the segmentation.
+        """
+        if not self.has_masks or not bool(self._file[META]["has_mask"][i]):
+            return None
+        return self._file[MASKS][i]
 
     def __len__(self) -> int:
         return self.info.n_patients
@@ -229,12 +334,14 @@ class StoreReader:
         return out
 
     def meta(self, i: int) -> dict[str, Any]:
-        """Per-patient metadata (original shape, spacing, min/max, source files)."""
+        """Per-patient metadata (original shape, spacing, min/max, source files; v2: has_mask,
+        tumour voxel counts, axis codes)."""
         group = self._file[META]
         out: dict[str, Any] = {}
-        for name in META_FIELDS:
+        names = [*META_FIELDS, *(META_FIELDS_V2 if self.has_masks else ())]
+        for name in names:
             value = group[name][i]
-            if name == "source_files":
+            if name in ("source_files", "axis_codes"):
                 out[name] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
             else:
                 out[name] = value.tolist()
@@ -353,6 +460,12 @@ class StoreWriter:
             self.ids = f.create_dataset(
                 PATIENT_ID, shape=(n_patients,), maxshape=(None,), dtype=h5py.string_dtype("utf-8")
             )
+            # Rows of patients without a segmentation are never written: they read as zeros
+            # and take no space (HDF5 allocates a chunk only when it is written).
+            self.masks = f.create_dataset(
+                MASKS, shape=(n_patients, s, h, w), maxshape=(None, s, h, w), dtype="uint8",
+                chunks=(1, s, h, w), fillvalue=0, **MASK_COMPRESSION,
+            )  # fmt: skip
             meta = f.create_group(META)
             self.meta = {
                 name: meta.create_dataset(
@@ -360,7 +473,12 @@ class StoreWriter:
                 )
                 for name, (dt, shape) in META_FIELDS.items()
             }
-            self._datasets = [self.images, self.labels, self.ids, *self.meta.values()]
+            for name, (dt, shape, unknown) in META_FIELDS_V2.items():
+                self.meta[name] = meta.create_dataset(
+                    name, shape=(n_patients, *shape(m)), maxshape=(None, *shape(m)), dtype=dt,
+                    fillvalue=unknown if unknown != "" else None,
+                )  # fmt: skip
+            self._datasets = [self.images, self.labels, self.ids, self.masks, *self.meta.values()]
         except BaseException:
             self.abort()
             raise
@@ -373,13 +491,17 @@ class StoreWriter:
         label: int,
         patient_id: str,
         meta: dict[str, Any] | None = None,
+        mask: np.ndarray | None = None,
     ) -> None:
-        """Write row `i`: images ``(M, S, H, W)`` (cast to the store dtype), label and id."""
+        """Write row `i`: images ``(M, S, H, W)`` (cast to the store dtype), label and id;
+        `mask` ``(S, H, W)`` uint8 when the patient has a segmentation (meta says so)."""
         self.images[i] = images
         self.labels[i] = label
         self.ids[i] = patient_id
         for name, value in (meta or {}).items():
             self.meta[name][i] = value
+        if mask is not None:
+            self.masks[i] = mask
         self._written[i] = True
 
     @property
@@ -411,8 +533,20 @@ class StoreWriter:
             dst[j] = src[i]
         self.labels[j] = reader.labels[i]
         self.ids[j] = reader.patient_ids[i]
-        for name, value in reader.meta(i).items():
+        meta = reader.meta(i)
+        for name, value in meta.items():  # a v1 row keeps the v2 fields' fill values
             self.meta[name][j] = value
+        if meta.get("has_mask"):
+            src = reader._file[MASKS]
+            if (src.chunks, src.compression, src.compression_opts) == (
+                self.masks.chunks,
+                self.masks.compression,
+                self.masks.compression_opts,
+            ):  # the chunk as its stored bytes
+                mask, chunk = src.id.read_direct_chunk((i, 0, 0, 0))
+                self.masks.id.write_direct_chunk((j, 0, 0, 0), chunk, mask)
+            else:
+                self.masks[j] = src[i]
         self._written[j] = True
         return j
 
@@ -435,8 +569,9 @@ class StoreWriter:
             f = self._file
             state = json.loads(f.attrs[PARTIAL_STATE])
             self.images, self.labels, self.ids = f[IMAGES], f[LABELS], f[PATIENT_ID]
-            self.meta = {name: f[META][name] for name in META_FIELDS}
-            self._datasets = [self.images, self.labels, self.ids, *self.meta.values()]
+            self.masks = f[MASKS]
+            self.meta = {name: f[META][name] for name in (*META_FIELDS, *META_FIELDS_V2)}
+            self._datasets = [self.images, self.labels, self.ids, self.masks, *self.meta.values()]
             self.n_patients = self.images.shape[0]
             self._written = np.zeros(self.n_patients, dtype=bool)
             self._written[: int(state["rows"])] = True

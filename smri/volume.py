@@ -316,6 +316,35 @@ def _voxels(header: nib.Nifti1Header, raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
 
 
+def axis_codes(affine: np.ndarray) -> str:
+    """Where each array axis points, as NIfTI axis codes: ``"RAS"``, ``"LPS"``, ...
+
+    Two volumes whose codes differ are stored flipped (or transposed) against each other.
+    """
+    return "".join(str(c) for c in nib.aff2axcodes(affine))
+
+
+def label_slab(seg: np.ndarray, slices: int) -> tuple[np.ndarray, int, int]:
+    """A segmentation's central slab as stored beside the images, and its tumour voxel counts.
+
+    `seg` is ``(X, Y, Z)`` labels (any integer or float type holding whole numbers 0..255).
+    Returns the ``(S, Y, X)`` uint8 slab (`central_slab`'s crop and axis order, labels
+    unchanged) and the voxels with label > 0 in the whole volume and in the slab. ValueError
+    naming the values when a label is not a whole number in 0..255.
+    """
+    slab = central_slab(seg, slices)
+    if seg.dtype != np.uint8:
+        bad = (slab < 0) | (slab > 255) | (slab != np.round(slab))
+        if bad.any():
+            raise ValueError(
+                f"labels must be whole numbers 0..255; found {float(slab[bad].ravel()[0]):g} "
+                "in the slab"
+            )
+    total = np.count_nonzero(seg) if seg.dtype.kind == "u" else np.count_nonzero(seg > 0)
+    out = np.ascontiguousarray(slab, dtype=np.uint8)
+    return out, int(total), int(np.count_nonzero(out))
+
+
 def slab_start(depth: int, slices: int) -> int:
     """First slice of the central `slices`-slice slab of a depth-`depth` axis (the seed's rule)."""
     return (depth - slices) // 2
@@ -423,6 +452,12 @@ class SlabSource:
     @property
     def streamed(self) -> bool:
         return self.volume is None
+
+    @property
+    def axis_codes(self) -> str:
+        """The volume's NIfTI axis codes as stored (``"LPS"``; ``"RAS"`` after `canonical`)."""
+        affine = self.volume.affine if self.volume is not None else self.header.get_best_affine()
+        return axis_codes(affine)
 
     def normalized_slab_into(self, slices: int, out: np.ndarray) -> tuple[float, float]:
         """Write the seed's normalised central ``(S, Y, X)`` slab into `out`; the volume's min, max.

@@ -11,8 +11,9 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from smri import baseline, stats
-from smri.compare import compare, summary_markdown
+from smri.compare import compare
 from smri.metrics import binary_metrics
+from smri.report import summary_markdown
 from tests.train_helpers import make_store
 
 

@@ -122,7 +122,7 @@ def test_the_lock_is_taken_before_anything_is_read(tmp_path):
     out = tmp_path / "s.h5"
     out.write_bytes(b"not yet a store")
     with OutputLock(out):  # held here: an --append must not even read the store
-        res = run_smri("preprocess", tmp_path, out, "--append")
+        res = run_smri("preprocess", tmp_path / "in", out, "--append")
     assert "another smri process" in error_line(res)
     assert out.read_bytes() == b"not yet a store"
 

@@ -51,6 +51,11 @@ def test_fold_bands_are_drawn_only_with_spread():
     fig = fold_loss_figure([rows(3), rows(3, offset=0.2)], "folds")
     assert len(fig.axes[0].collections) == 2  # one band each for training and validation
     assert "mean ± std, 2 folds" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    # each fold's own curves too, thin: 2 means + 2 folds x (training, validation)
+    assert len(fig.axes[0].lines) == 6
+    np.testing.assert_allclose(
+        fig.axes[0].lines[2].get_ydata(), [r["train_loss"] for r in rows(3, 0.2)]
+    )
     assert len(loss_curve_figure(rows(3)).axes[0].collections) == 0
 
 

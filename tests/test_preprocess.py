@@ -62,7 +62,7 @@ def test_jobs_1_and_2_give_identical_bytes(brats2019, tmp_path):
     run(root, tmp_path / "a.h5", jobs=1)
     run(root, tmp_path / "b.h5", jobs=2)
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
-        for key in ("images", "labels"):
+        for key in ("images", "labels", "masks", "meta/tumour_voxels"):
             assert a[key][:].tobytes() == b[key][:].tobytes(), key
         assert list(a["patient_id"].asstr()[:]) == list(b["patient_id"].asstr()[:])
 
@@ -217,7 +217,7 @@ def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkey
     assert [r["patient_id"] for r in summary.skipped] == [pid]
     assert not (tmp_path / ".s.h5.partial").exists()
     with h5py.File(tmp_path / "ref.h5") as a, h5py.File(out) as b:
-        for key in ("images", "labels"):
+        for key in ("images", "labels", "masks", "meta/tumour_voxels"):
             assert a[key][:].tobytes() == b[key][:].tobytes(), key
         assert list(a["patient_id"].asstr()[:]) == list(b["patient_id"].asstr()[:])
         assert a.attrs["skipped"] == b.attrs["skipped"]

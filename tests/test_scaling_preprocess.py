@@ -45,13 +45,13 @@ def append(root, out, cfg=CFG, **kw):
 def same_rows(a, b, meta=True):
     """Two stores hold the same images, labels and ids, byte for byte (and the same meta)."""
     with h5py.File(a) as fa, h5py.File(b) as fb:
-        for key in ("images", "labels"):
+        for key in ("images", "labels", "masks"):
             assert fa[key][:].tobytes() == fb[key][:].tobytes(), key
         assert list(fa["patient_id"].asstr()[:]) == list(fb["patient_id"].asstr()[:])
         if meta:
             for key in fa["meta"]:
                 x, y = fa["meta"][key], fb["meta"][key]
-                if key == "source_files":
+                if key in ("source_files", "axis_codes"):
                     assert x.asstr()[:].tolist() == y.asstr()[:].tolist()
                 else:
                     assert x[:].tobytes() == y[:].tobytes(), key

@@ -14,6 +14,7 @@ from smri.cli import main
 from smri.phantoms import SynthConfig, synthesize
 from smri.show import ShownPatient, content_box, mosaic, slab_figure, slab_from_folder
 from smri.volume import central_slab, load_volume, minmax_normalize
+from tests.test_masks import to_version_1
 
 matplotlib.use("Agg")
 
@@ -178,14 +179,24 @@ def test_class_from_name_mapping_in_2020_layout(tmp_path: Path) -> None:
     assert png_size(out)[0] == round(3.2 * 150)
 
 
-def test_contours_of_a_store_are_refused(demo: Path, store: Path, tmp_path: Path) -> None:
-    pid = first_patient(demo).name
-    result = run("show", store, pid, "--out", tmp_path / "x.png", "--contours")
-    assert result.exit_code == 2
-    assert "--contours outlines a raw folder's *seg* file; a store keeps no segmentation" in (
+def test_contours_of_a_store_come_from_its_masks(demo: Path, store: Path, tmp_path: Path) -> None:
+    from smri.show import slab_from_store
+
+    folder = first_patient(demo)
+    from_store = slab_from_store(store, folder.name, None)
+    from_folder = slab_from_folder(folder, ("flair", "t1", "t1ce", "t2"), 32)
+    np.testing.assert_array_equal(from_store.seg, from_folder.seg)
+    result = run("show", store, folder.name, "--out", tmp_path / "x.png", "--contours")
+    assert result.exit_code == 0, result.output
+    old = tmp_path / "v1.h5"
+    old.write_bytes(store.read_bytes())
+    to_version_1(old)
+    result = run("show", old, folder.name, "--out", tmp_path / "y.png", "--contours")
+    assert result.exit_code == 1
+    assert "(--contours): a schema v1 store keeps no segmentation; preprocess it again" in (
         result.output
     )
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "y.png").exists()
 
 
 def test_contours_without_a_seg_file_are_refused(demo: Path, tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ def test_refuses_newer_schema_and_truncation(tmp_path):
     write_small(path)
     with h5py.File(path, "a") as f:
         f.attrs["schema_version"] = store.SCHEMA_VERSION + 1
-    with pytest.raises(DataError, match="schema version 2 is newer than this smri"):
+    with pytest.raises(DataError, match="schema version 3 is newer than this smri"):
         StoreReader(path)
     write_small(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -28,8 +28,12 @@ def make_store(
     shape: tuple[int, int, int, int] = SHAPE,
     seed: int = 0,
     modalities: tuple[str, ...] = ("flair", "t1", "t1ce", "t2"),
+    masks: bool = False,
 ) -> Path:
-    """A store of noise volumes; class-1 patients get a bright cube, so the task is learnable."""
+    """A store of noise volumes; class-1 patients get a bright cube, so the task is learnable.
+
+    With `masks`, every patient has a mask: the cube (label 1) for class 1, none for class 0.
+    """
     labels = [0, 1] * 8 if labels is None else labels
     rng = np.random.default_rng(seed)
     _, s, h, w = shape
@@ -45,10 +49,15 @@ def make_store(
     ) as writer:
         for i, label in enumerate(labels):
             images = rng.random(shape, dtype=np.float32) * 0.5
+            mask = np.zeros(shape[1:], dtype=np.uint8)
             if label == 1:
                 z, y, x = rng.integers(0, [s - 6, h - 10, w - 10])
                 images[:, z : z + 6, y : y + 10, x : x + 10] += 0.5
-            writer.write(i, images=images, label=label, patient_id=f"P{i:03d}")
+                mask[z : z + 6, y : y + 10, x : x + 10] = 1
+            n = int(mask.sum())
+            meta = {"has_mask": True, "tumour_voxels": n, "tumour_voxels_in_slab": n}
+            writer.write(i, images=images, label=label, patient_id=f"P{i:03d}",
+                         meta=meta if masks else None, mask=mask if masks else None)  # fmt: skip
     return path
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "models": "smri.cli.train_cmd:models",
     "train": "smri.cli.train_cmd:train",
     "evaluate": "smri.cli.train_cmd:evaluate",
+    "explain": "smri.cli.explain_cmd:explain",
     "predict": "smri.cli.train_cmd:predict",
     "export": "smri.cli.export_cmd:export",
     "plot": "smri.cli.train_cmd:plot",

@@ -11,7 +11,7 @@ from smri import api
 from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option
 from smri.discovery import DEFAULT_CLASSES
 from smri.parallel import BACKENDS
-from smri.store import COMPRESSIONS, DTYPES
+from smri.store import COMPRESSIONS, DTYPES, StoreInfo
 
 PathArg = click.Path(path_type=Path)
 PREPROCESS = api_defaults(api.preprocess)
@@ -100,6 +100,13 @@ PREPROCESS = api_defaults(api.preprocess)
     show_default=True,
     help="Reorient every volume to the closest canonical (RAS+) orientation first.",
 )
+@click.option(
+    "--masks/--no-masks",
+    default=PREPROCESS["masks"],
+    show_default=True,
+    help="Store each patient's segmentation (*_seg.nii[.gz]) of the same slab, and how much of "
+    "its tumour the slab holds (for smri info and smri explain; never used in training).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists [default: off].")
 @click.option(
     "--append",
@@ -157,6 +164,7 @@ def preprocess(
     dtype: str,
     compression: str,
     canonical: bool,
+    masks: bool,
     overwrite: bool,
     append: bool,
     strict: bool,
@@ -179,7 +187,8 @@ def preprocess(
         input_dir, output, jobs=jobs, modalities=modalities, slices=slices, labels=labels_csv,
         classes=classes if given == click.core.ParameterSource.COMMANDLINE else None,
         label_column=label_column, positive=positive, session=session, dtype=dtype,
-        compression=compression, canonical=canonical, overwrite=overwrite, append=append,
+        compression=compression, canonical=canonical, masks=masks, overwrite=overwrite,
+        append=append,
         resume=resume, strict=strict, backend=backend, scheduler=scheduler, progress=progress,
         quiet=quiet, log=lambda line: click.echo(line, err=True),
     )  # fmt: skip
@@ -194,6 +203,29 @@ def _human_bytes(n: int) -> str:
     return f"{n:.1f} TiB"
 
 
+def _coverage_lines(meta: StoreInfo) -> list[str]:
+    """The masks and orientation lines of `smri info` (schema version 2)."""
+    cov = meta.coverage
+    if cov is None:
+        return [f"masks       none (a schema v{meta.schema_version} store has no segmentations)"]
+    line = f"masks       {cov['patients_with_mask']} of {cov['patients']} patients"
+    if cov["median_share_in_slab"] is not None:
+        n_low = len(cov["low_coverage"])
+        line += (
+            f"; tumour voxels in the slab: median {100 * cov['median_share_in_slab']:.0f} %, "
+            f"{n_low} patient{'s' if n_low != 1 else ''} under "
+            f"{100 * cov['low_coverage_threshold']:.0f} %"
+        )
+        line += " (--json names them)" if n_low else ""
+    if cov["empty_masks"]:
+        line += f"; {len(cov['empty_masks'])} without tumour voxels"
+    codes = ", ".join(f"{code} {n}" for code, n in meta.orientations.items())
+    lines = [line, f"orientation {codes or 'none'} (patients per NIfTI axis codes)"]
+    if len([c for c in meta.orientations if c != "unknown"]) > 1:
+        lines[-1] += "; MIXED: arrays of different codes are flipped against each other"
+    return lines
+
+
 @click.command()
 @click.argument("store", type=PathArg)
 @click.option(
@@ -201,7 +233,8 @@ def _human_bytes(n: int) -> str:
 )
 @handle_errors
 def info(store: Path, as_json: bool) -> None:
-    """Summarise an smri store: patients per class, shape, dtype, config, skipped patients."""
+    """Summarise an smri store: patients per class, shape, dtype, config, masks and how much
+    tumour the slab holds, orientations, skipped patients."""
     from smri.store import read_info
 
     meta = read_info(store)
@@ -222,6 +255,7 @@ def info(store: Path, as_json: bool) -> None:
         f"source      {cfg.get('input')} (layout {cfg.get('layout')}), "
         f"canonical={cfg.get('canonical')}",
         f"created     {meta.created} by smri {meta.smri_version}, schema v{meta.schema_version}",
+        *_coverage_lines(meta),
         f"skipped     {len(meta.skipped)}",
     ]
     lines += [f"  {row['patient_id']}: {row['reason']}" for row in meta.skipped]

@@ -131,7 +131,7 @@ def synth(
     "--contours/--no-contours",
     default=False,
     show_default=True,
-    help="Outline the tumour regions of the folder's *seg* file (raw folders only).",
+    help="Outline the tumour regions of the folder's *seg* file, or of the store's mask.",
 )
 @click.option(
     "--overwrite",

@@ -216,9 +216,12 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @cache_options(TRAIN)
 @click.option(
-    "--augment", is_flag=True, default=TRAIN["augment"],
-    help="Random flips along each spatial axis [default: off].",
-)  # fmt: skip
+    "--augment/--no-augment",
+    default=TRAIN["augment"],
+    show_default=True,
+    help="Random flips along each spatial axis, all modalities of a patient together (not in "
+    "the seed: smri's choice, by 5-fold CV on the demo cohort: docs/results.md).",
+)
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
@@ -326,6 +329,15 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
               help="auto, cuda, cuda:N or cpu.")  # fmt: skip
 @cache_options(EVALUATE)
 @click.option(
+    "--saliency-patients",
+    type=click.IntRange(min=0),
+    default=EVALUATE["saliency_patients"],
+    show_default=True,
+    help="When STORE has masks: the share of saliency inside the tumour, as smri explain "
+    "computes it, averaged over this many patients with tumour in the slab at most (the run's "
+    "validation patients when STORE holds them, else all); 0 skips it.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the results of an earlier evaluate in --out [default: off: refuse].",
@@ -333,14 +345,16 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
 @quiet_option("")
 @handle_errors
 def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
-             cache: str, workers: int, overwrite: bool, quiet: bool) -> None:  # fmt: skip
+             cache: str, workers: int, saliency_patients: int, overwrite: bool,
+             quiet: bool) -> None:  # fmt: skip
     """Metrics of MODEL on every labelled patient of STORE (e.g. a held-out cohort).
 
     MODEL is a checkpoint (a run's best.pt) or a folder written by `smri export`. Prints the
     metrics as JSON; writes them with predictions.csv and a ROC curve to --out.
     """
     report = api.evaluate(checkpoint, store, out=out, batch_size=batch_size, device=device,
-                          cache=cache, workers=workers, overwrite=overwrite, quiet=quiet,
+                          cache=cache, workers=workers, saliency_patients=saliency_patients,
+                          overwrite=overwrite, quiet=quiet,
                           log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
     click.echo(json.dumps(report, indent=2))
