@@ -358,15 +358,7 @@ def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> N
     """ConfigError (--out) when `where` is a run folder (whose predictions.csv it would
     replace), when a file it writes is MODEL or STORE, or when it holds results of an earlier
     evaluate and not `overwrite`."""
-    from smri.export import RUN_FILES
-
-    run_files = [n for n in RUN_FILES if (where / n).exists()]
-    if run_files:
-        raise ConfigError(
-            f"{where} is an smri run folder ({', '.join(run_files)}); evaluate would replace "
-            "its predictions.csv; choose another --out (e.g. a new subfolder)",
-            option="--out",
-        )
+    _refuse_run_folder(where, "evaluate would replace its predictions.csv")
     for name in EVAL_FILES:
         check_not_input(where / name, {"MODEL": model, "STORE": store}, "--out", inside=False)
     held = [n for n in EVAL_FILES if (where / n).exists()]
@@ -374,6 +366,19 @@ def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> N
         raise ConfigError(
             f"{where} already holds evaluation results ({', '.join(held)}); choose another "
             "--out, or pass --overwrite to replace them",
+            option="--out",
+        )
+
+
+def _refuse_run_folder(where: Path, why: str) -> None:
+    """ConfigError (--out) when `where` is a run or fold folder: `why` says what would happen."""
+    from smri.export import RUN_FILES
+
+    run_files = [n for n in RUN_FILES if (where / n).exists()]
+    if run_files:
+        raise ConfigError(
+            f"{where} is an smri run folder ({', '.join(run_files)}); {why}; choose another "
+            "--out (e.g. a new subfolder)",
             option="--out",
         )
 
@@ -414,9 +419,13 @@ def explain(
     beside = model if model.is_dir() else model.parent
     where = Path(out) if out is not None else beside / f"explain-{store.stem}"
     check_out(where, overwrite)
-    report = explain_store(model, store, where, ids, steps=steps, batch_size=batch_size,
-                           device=device, progress=_bars(progress, quiet),
-                           log=_silent if quiet else log)  # fmt: skip
+    _refuse_run_folder(where, "explain would write its figures into it")
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(where):  # one explain at a time writes a folder
+        check_out(where, overwrite)  # again: another may have written it meanwhile
+        report = explain_store(model, store, where, ids, steps=steps, batch_size=batch_size,
+                               device=device, progress=_bars(progress, quiet),
+                               log=_silent if quiet else log)  # fmt: skip
     return {**report, "out": str(where)}
 
 
