@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: no such checkpoint")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes), expected an smri checkpoint")
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -109,6 +111,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise DataError(f"{path}: damaged smri checkpoint: store facts lack {', '.join(missing)}")
     return ckpt
+
+
+def _check_archive(path: Path) -> None:
+    """DataError when the checkpoint's zip archive holds compressed entries, or entries larger
+    than the file: torch.save stores every entry as is, so loading costs the file's size; a
+    crafted archive could inflate to any size (a 3.5 MB file had been loaded at 6.5 GB).
+    Archives zipfile cannot read are left to torch.load, whose error names the problem."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    claimed = sum(e.file_size for e in entries)
+    if packed or claimed > path.stat().st_size:
+        what = f"{packed[0]} is compressed" if packed else f"its entries claim {claimed:,} bytes"
+        raise DataError(
+            f"{path}: refused: {what}; torch.save stores entries as they are, so it was not "
+            "written by smri (and could inflate to any size). Not loaded"
+        )
 
 
 def _load_failure(path: Path, exc: BaseException) -> str:
@@ -171,11 +193,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_weights(
-    model: torch.nn.Module, ckpt: dict[str, Any], cfg: ModelConfig, source: str = ""
+    model: torch.nn.Module,
+    ckpt: dict[str, Any],
+    cfg: ModelConfig,
+    source: str = "",
+    *,
+    assign: bool = False,
 ) -> None:
-    """Load the checkpoint's weights into `model`; DataError naming `source` if they misfit."""
+    """Load the checkpoint's weights into `model`; DataError naming `source` if they misfit or
+    hold NaN or Inf. `assign`: take the tensors themselves (for a model on the meta device,
+    which so checks names and shapes without allocating anything)."""
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"], assign=assign)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
@@ -184,6 +213,19 @@ def load_weights(
             f"{where}the weights do not fit the {cfg.name} model (width {cfg.width:g}, input "
             f"{'x'.join(map(str, cfg.volume_shape))}) the checkpoint describes: {detail[:300]}"
         ) from None
+    bad = {
+        key: int((~torch.isfinite(t)).sum())
+        for key, t in ckpt["model"].items()
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    }
+    if bad:
+        key, n = next(iter(bad.items()))
+        where = f"{source}: " if source else ""
+        raise DataError(
+            f"{where}the weights hold non-finite values ({n} NaN or Inf in {key}"
+            + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
+            + "): the run that saved them diverged; use an earlier checkpoint"
+        )
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device, source: str = "") -> CNNLSTM:
@@ -195,8 +237,11 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device, source: st
     where = f"{source}: " if source else ""
     try:
         cfg = ModelConfig.from_dict(ckpt["model_config"])
-        model = build_model(cfg)
+        with torch.device("meta"):  # its size checked, nothing allocated
+            probe = build_model(cfg)
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{where}damaged smri checkpoint: bad model_config ({exc})") from None
+    load_weights(probe, ckpt, cfg, source, assign=True)  # names, shapes, values: before allocating
+    model = build_model(cfg)
     load_weights(model, ckpt, cfg, source)
     return model.to(device, memory_format=torch.channels_last_3d).eval()

@@ -132,7 +132,9 @@ def predict_folders(
     expected = tuple(ckpt["store"]["volume_shape"])
     modalities = tuple(ckpt["store"]["modalities"])
     names = {v: k for k, v in ckpt["store"]["classes"].items()}
-    ids, arrays, seen = [], [], set()
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt, dev, str(checkpoint))  # refused before any folder is read
+    ids, given, arrays, seen = [], [], [], set()
     for folder in tqdm(folders, desc="predict", unit="patient", disable=not progress):
         key = Path(folder).resolve()
         if key in seen:
@@ -151,17 +153,25 @@ def predict_folders(
             warn(f"skipped: {exc}")
             continue
         ids.append(patient.patient_id)
+        given.append(str(folder))
         arrays.append(images)
     if not ids:
         raise DataError("no patient folder could be used (see the messages above)")
-    dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt, dev, str(checkpoint))
     use_amp = amp and dev.type == "cuda"
     probs = []
     for start in range(0, len(arrays), batch_size):
         batch = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(dev).float()
         probs.append(_probabilities(model, batch, use_amp))
     p = np.concatenate(probs)
+    bad = np.flatnonzero(~np.isfinite(p))
+    if bad.size:  # finite inputs (preprocessing refuses others) and finite weights: never seen
+        raise DataError(
+            f"{given[bad[0]]}: the model's output is {p[bad[0]]} (not a number); no prediction "
+            "is made from it"
+        )
+    # Folders of one name (a/P and b/P) would be two rows "P": the folder as given tells them apart
+    counts = {pid: ids.count(pid) for pid in ids}
+    ids = [pid if counts[pid] == 1 else folder for pid, folder in zip(ids, given, strict=True)]
     return [
         Prediction(pid, float(prob), names.get(int(prob >= 0.5), str(int(prob >= 0.5))))
         for pid, prob in zip(ids, p, strict=True)

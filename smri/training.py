@@ -54,7 +54,7 @@ from smri.distributed import describe as describe_dist
 from smri.errors import ConfigError, DataError
 from smri.files import check_regular
 from smri.metrics import binary_metrics
-from smri.models import ModelConfig, build_model, count_parameters
+from smri.models import ModelConfig, build_model, check_config, count_parameters
 from smri.runs import (
     fold_summary,
     merge_predictions,
@@ -808,12 +808,14 @@ def load_run_config(run: Path) -> tuple[Path, ModelConfig, TrainConfig]:
         raise ConfigError(f"{run} is not an smri run folder (no config.json)", option="--resume")
     try:
         config = json.loads(check_regular(path).read_text())
+        model_cfg = ModelConfig.from_dict(config["model"])
+        check_config(model_cfg)  # a config asking for an absurd model: refused, not built
         return (
             Path(config["store"]["path"]),
-            ModelConfig.from_dict(config["model"]),
+            model_cfg,
             TrainConfig.from_dict(config["train"]),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (ConfigError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(
             f"{path}: damaged run config ({type(exc).__name__}: {exc}); start a new run with --out"
         ) from None

@@ -302,10 +302,13 @@ BROKEN_EXPORTS = [
     ("huge-input", lambda f: _config(f, store__volume_shape=[4, 16, 10**6, 32],
                                      model__volume_shape=[16, 10**6, 32]),
      "config.json: input 4x16x1000000x32 is out of range (at most 64 modalities and 4096 per"),
-    ("huge-width", lambda f: _config(f, model__width=10**6),
-     "model.safetensors: the weights do not fit the cnn2 model (width 1e+06, input 16x32x32) "
+    ("huge-width", lambda f: _config(f, model__width=10**6),  # refused before its weights
+     "config.json: damaged export: bad model (cnn2 at width 1e+06 on volumes of 16x32x32 would "
+     "have 2.9e+17 parameters"),
+    ("small-width", lambda f: _config(f, model__width=2),
+     "model.safetensors: the weights do not fit the cnn2 model (width 2, input 16x32x32) "
      "that config.json describes: cnn.backbone.blocks.0.conv.weight is F32 [4, 1, 3, 3, 3], "
-     "the model's F32 [16000000, 1, 3, 3, 3] (and 24 more)"),
+     "the model's F32 [32, 1, 3, 3, 3] (and 24 more)"),
     ("shapes-disagree", lambda f: _config(f, store__slices=8),
      "config.json: damaged export: volume_shape [4, 16, 32, 32], 4 modalities, 8 slices and"),
     ("no-store", lambda f: _config(f, store=None),

@@ -92,17 +92,19 @@ def models(shape: str, width: float) -> None:
         "cnn2": "conv blocks -> global average pooling",
         "cnn3": "CNN2 + squeeze-and-excitation (r=8)",
     }
+    rows = []
+    for name in MODEL_NAMES:  # all built (or refused) before a line is printed
+        model = build_model(ModelConfig(name=name, volume_shape=(s, h, w), width=width))
+        cnn, total = count_parameters(model.cnn), count_parameters(model)
+        rows.append(
+            f"{name:<6} {cnn:>12,} {total - cnn:>10,} {total:>12,} {model.cnn.out_features:>6}  "
+            f"{about[name]}"
+        )
     click.echo(
         f"input {m}x{s}x{h}x{w}, width {width:g}; the CNN is shared across the {m} modalities"
     )
     click.echo(f"{'model':<6} {'CNN':>12} {'LSTM+head':>10} {'total':>12} {'embed':>6}  design")
-    for name in MODEL_NAMES:
-        model = build_model(ModelConfig(name=name, volume_shape=(s, h, w), width=width))
-        cnn, total = count_parameters(model.cnn), count_parameters(model)
-        click.echo(
-            f"{name:<6} {cnn:>12,} {total - cnn:>10,} {total:>12,} {model.cnn.out_features:>6}  "
-            f"{about[name]}"
-        )
+    click.echo("\n".join(rows))
 
 
 def _given(ctx: click.Context, name: str) -> bool:
