@@ -23,7 +23,8 @@ Attributes are plain HDF5 strings and numbers (JSON text for structures): nothin
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -217,6 +218,71 @@ def _info_from_file(f: h5py.File, path: Path) -> StoreInfo:
     )
 
 
+LABEL_VALUES = (-1, 0, 1)
+
+
+def check_contents(
+    info: StoreInfo, labels: np.ndarray, ids: Sequence[str], meta: h5py.Group | None
+) -> None:
+    """DataError when a store's datasets break its contract or contradict its attributes:
+    labels other than -1/0/1, duplicate or empty patient ids, classes that are not one name
+    for 0 and one for 1, modalities, slices or axis order that disagree with the images, an
+    image dtype smri does not write, or per-patient metadata of another length. Every reader
+    (info, train, evaluate, show, explain, append, StoreDataset) opens stores through here."""
+    path = info.path
+    bad = sorted(set(np.unique(labels).tolist()) - set(LABEL_VALUES))
+    if bad:
+        rows = np.flatnonzero(~np.isin(labels, LABEL_VALUES))
+        raise DataError(
+            f"{path}: damaged smri store: patient {ids[rows[0]]} has label {bad[0]} (and "
+            f"{len(rows) - 1} more rows outside -1/0/1); make it again with `smri preprocess`"
+            if len(rows) > 1 else
+            f"{path}: damaged smri store: patient {ids[rows[0]]} has label {bad[0]}, expected "
+            "-1, 0 or 1; make it again with `smri preprocess`"
+        )  # fmt: skip
+    seen: dict[str, int] = {}
+    for row, pid in enumerate(ids):
+        if not pid or pid in seen:
+            what = "an empty patient id" if not pid else f"patient id {pid!r} twice"
+            where = f"row {row}" if not pid else f"rows {seen[pid]} and {row}"
+            raise DataError(
+                f"{path}: damaged smri store: {what} ({where}); make it again with "
+                "`smri preprocess`"
+            )
+        seen[pid] = row
+    m, s = info.volume_shape[:2]
+    problems = []
+    if not isinstance(info.classes, dict) or sorted(info.classes.values()) != [0, 1]:
+        problems.append(f"classes {info.classes} are not one name for 0 and one for 1")
+    if not isinstance(info.modalities, tuple) or len(info.modalities) != m:
+        problems.append(f"{len(info.modalities)} modalities named for images of {m}")
+    if info.slices != s:
+        problems.append(f"slices {info.slices} for images of {s}")
+    if info.axis_order != AXIS_ORDER:
+        problems.append(f"axis order {info.axis_order!r}, expected {AXIS_ORDER!r}")
+    if info.dtype not in DTYPES:
+        problems.append(f"images of {info.dtype}, expected {' or '.join(DTYPES)}")
+    if not isinstance(info.config, dict) or not isinstance(info.skipped, list):
+        problems.append("config or skipped attributes of the wrong kind")
+    else:
+        said = {k: info.config.get(k) for k in ("modalities", "slices", "dtype")}
+        if said["modalities"] is not None and list(said["modalities"]) != list(info.modalities):
+            problems.append(f"config modalities {said['modalities']} vs {list(info.modalities)}")
+        if said["slices"] is not None and said["slices"] != s:
+            problems.append(f"config slices {said['slices']} for images of {s}")
+        if said["dtype"] is not None and said["dtype"] != info.dtype:
+            problems.append(f"config dtype {said['dtype']} for images of {info.dtype}")
+    if meta is not None:
+        for name in META_FIELDS:
+            if name in meta and meta[name].shape[:1] != (len(ids),):
+                problems.append(f"meta/{name} has {meta[name].shape[0]} rows, not {len(ids)}")
+    if problems:
+        raise DataError(
+            f"{path}: damaged smri store: its attributes contradict its datasets ("
+            + "; ".join(problems[:2]) + "); make it again with `smri preprocess`"
+        )  # fmt: skip
+
+
 def _ids(f: h5py.File) -> list[str]:
     return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f[PATIENT_ID][:]]
 
@@ -283,14 +349,35 @@ class StoreReader:
                 s.decode("utf-8") if isinstance(s, bytes) else str(s)
                 for s in self._file[PATIENT_ID][:]
             ]
+            check_contents(self.info, self.labels, self.patient_ids, self._file.get(META))
+            self._images = self._file[IMAGES]
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             self._file.close()
             raise DataError(f"{self.path}: damaged smri store ({exc})") from None
+        except (OSError, RuntimeError) as exc:  # HDF5's own: a damaged heap, header or B-tree
+            self._file.close()
+            raise DataError(
+                f"{self.path}: damaged smri store ({_h5_reason(exc)}); make it again with "
+                "`smri preprocess`"
+            ) from None
         except BaseException:
             self._file.close()
             raise
-        self._images = self._file[IMAGES]
         self.version = self.info.schema_version
+
+    @contextmanager
+    def _reading(self, rows: Sequence[int]) -> Iterator[None]:
+        """HDF5's read errors (a damaged chunk, a failed filter) as a DataError naming the
+        store and the patient."""
+        try:
+            yield
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            i = int(rows[0]) if len(rows) else -1
+            who = f"patient {self.patient_ids[i]} (row {i})" if 0 <= i < len(self) else "a row"
+            raise DataError(
+                f"{self.path}: cannot read {who}: {_h5_reason(exc)}; the store is damaged: make "
+                "it again with `smri preprocess`"
+            ) from None
 
     @property
     def has_masks(self) -> bool:
@@ -320,9 +407,10 @@ class StoreReader:
 
     def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """One patient's volumes, ``(M, S, H, W)`` in the store's dtype."""
-        if out is None:
-            return self._images[i]
-        self._images.read_direct(out, np.s_[i])
+        with self._reading([i]):
+            if out is None:
+                return self._images[i]
+            self._images.read_direct(out, np.s_[i])
         return out
 
     def read_many(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
@@ -330,7 +418,8 @@ class StoreReader:
         if out is None:
             out = np.empty((len(indices), *self.info.volume_shape), dtype=self._images.dtype)
         for k, i in enumerate(indices):
-            self._images.read_direct(out, np.s_[int(i)], np.s_[k])
+            with self._reading([i]):
+                self._images.read_direct(out, np.s_[int(i)], np.s_[k])
         return out
 
     def meta(self, i: int) -> dict[str, Any]:
