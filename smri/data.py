@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,15 +221,21 @@ class BatchDataset(Dataset):
         """
         k, positions = item if isinstance(item, tuple) else (None, item)
         rows = self.rows[np.asarray(positions)]
-        labels = torch.from_numpy(self.reader.labels[rows].astype(np.float32))
-        if self.slots and k is not None:
-            slot = k % len(self.slots)
-            self.reader.read_many(rows, out=self.slots[slot][: len(rows)].numpy())
-            return slot, labels
-        shape = (len(rows), *self.reader.info.volume_shape)
-        images = host_empty(shape, getattr(torch, self.reader.info.dtype))
-        self.reader.read_many(rows, out=images.numpy())
-        return images, labels
+        try:  # in a DataLoader worker, an error returns as a value: one line in the parent
+            labels = torch.from_numpy(self.reader.labels[rows].astype(np.float32))
+            if self.slots and k is not None:
+                slot = k % len(self.slots)
+                images = self.slots[slot][: len(rows)]
+                self.reader.read_many(rows, out=images.numpy())
+                check_finite(images, rows, self.reader)
+                return slot, labels
+            shape = (len(rows), *self.reader.info.volume_shape)
+            images = host_empty(shape, getattr(torch, self.reader.info.dtype))
+            self.reader.read_many(rows, out=images.numpy())
+            check_finite(images, rows, self.reader)
+            return images, labels
+        except DataError as exc:
+            return exc, None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -295,6 +301,7 @@ class Batches:
         rank: int = 0,
         world: int = 1,
     ):
+        self.store = Path(path)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.cache, self.device = cache, device
@@ -327,6 +334,13 @@ class Batches:
     def __len__(self) -> int:
         return n_batches(len(self.rows), self.batch_size, self.world)
 
+    def batch_rows(self, epoch: int, step: int) -> np.ndarray:
+        """The store rows of batch `step` of `epoch` (this rank's), as `epoch` yields them."""
+        order = epoch_batches(
+            len(self.rows), self.batch_size, self.seed, epoch, self.shuffle, self.rank, self.world
+        )
+        return self.rows[order[step]]
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches, on the device, images as float32."""
         if self.cache == "none":
@@ -335,6 +349,8 @@ class Batches:
                 yield from self._feeder.epoch(self._loader)
                 return
             for item, labels in self._loader:
+                if isinstance(item, DataError):  # a worker could not read or use this batch
+                    raise item
                 images = self._slots[item][: len(labels)] if self._slots else item
                 if not self._cuda:  # out of its slot at once (the slot is reused later), as
                     images = host_float32(images)  # the float32 training needs anyway
@@ -405,6 +421,8 @@ class _SlotFeeder:
                     slot, labels = next(batches)
                 except StopIteration:
                     return
+                if isinstance(slot, DataError):  # a worker could not read or use this batch
+                    raise slot
                 src = self.slots[slot][: len(labels)]
                 with torch.cuda.stream(self.stream):
                     if not self.registered:
@@ -464,6 +482,57 @@ def _clear_cuda_error() -> None:  # pragma: no cover - only after a refused cuda
         pass
 
 
+def check_finite(images: torch.Tensor, rows: np.ndarray, reader: StoreReader) -> None:
+    """DataError naming the store and the first patient of `images` ``(K, M, S, H, W)``
+    (store rows `rows`) that holds NaN or Inf: preprocessing never writes one, so the store is
+    damaged, and a single one turns a whole batch's loss into NaN. Costs one min/max pass."""
+    lo, hi = torch.aminmax(images)
+    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+        return
+    for k, row in enumerate(np.asarray(rows).tolist()):
+        bad = int((~torch.isfinite(images[k])).sum())
+        if bad:
+            raise DataError(nonfinite_message(reader.path, reader.patient_ids[row], bad))
+
+
+def nonfinite_message(store: Path, patient_id: str, count: int) -> str:
+    """What to say of a store patient holding `count` NaN or Inf values."""
+    voxels = "voxel" if count == 1 else "voxels"
+    return (
+        f"{store}: patient {patient_id} holds {count} non-finite {voxels} (NaN or Inf), which "
+        "preprocessing never writes: the store is damaged; make it again with `smri preprocess`"
+    )
+
+
+def nonfinite_rows(store: Path, rows: np.ndarray) -> list[tuple[str, int]]:
+    """(patient id, count of NaN/Inf values) of the store rows `rows` that hold any."""
+    found = []
+    with StoreReader(store) as reader:
+        for row in np.asarray(rows).tolist():
+            images = torch.from_numpy(reader.read(int(row)))
+            bad = int((~torch.isfinite(images)).sum())
+            if bad:
+                found.append((reader.patient_ids[row], bad))
+    return found
+
+
+def nonfinite_output_message(
+    store: Path, rows: np.ndarray, ids: Sequence[str], when: str, then: str
+) -> str:
+    """Why the model's output for store rows `rows` was NaN or Inf (`when`: where it was
+    seen): a patient's stored values, named, or (inputs finite) a model that diverged (`then`:
+    what was done about it)."""
+    found = nonfinite_rows(store, rows)
+    if found:
+        return nonfinite_message(store, *found[0]) + f" ({when})"
+    names = ", ".join(ids[r] for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+    return (
+        f"the model's output is not a number (NaN or Inf) for {len(rows)} patient"
+        f"{'s' if len(rows) > 1 else ''} ({names}) with finite inputs, {when}: the model "
+        f"diverged; {then}"
+    )
+
+
 def batch_slots(path: Path, batch_size: int, n: int) -> list[torch.Tensor]:
     """`n` shared-memory buffers of one batch each, made before the DataLoader workers start.
 
@@ -494,6 +563,7 @@ def load_rows(
             buf = staging[: len(chunk)]
             for k, row in enumerate(chunk):
                 reader.read(int(row), out=buf[k].numpy())
+            check_finite(buf, chunk, reader)
             images[start : start + len(chunk)].copy_(buf, non_blocking=False)
         labels = torch.from_numpy(reader.labels[rows].astype(np.float32)).to(device)
     return images, labels

@@ -26,6 +26,7 @@ from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
 from smri.model_card import model_card
 from smri.models import ModelConfig, build_model
+from smri.runs import json_text
 
 EXPORT_FORMAT = "smri-model"
 EXPORT_VERSION = 1
@@ -159,7 +160,7 @@ def _export(st: Any, source: Path, run: Path, out: Path, license: str | None) ->
     with ExitStack() as staged:  # all three are written before any takes its real name
         temps = {name: staged.enter_context(atomic_path(out / name)) for name in EXPORT_FILES}
         st.save_file(tensors, str(temps[WEIGHTS]), metadata={"format": "pt", "smri": __version__})
-        temps[CONFIG].write_text(json.dumps(config, indent=2, default=str) + "\n")
+        temps[CONFIG].write_text(json_text(config) + "\n")  # NaN as null
         temps[CARD].write_text(card)
     return [out / name for name in EXPORT_FILES]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_device
-from smri.data import Batches, resolve_cache
+from smri.data import Batches, nonfinite_output_message, resolve_cache
 from smri.errors import DataError, PatientError
 from smri.export import load_model
 from smri.metrics import binary_metrics
@@ -88,6 +88,11 @@ def evaluate_store(
     finally:
         bar.close()
         batches.close()
+    bad = np.flatnonzero(~np.isfinite(probs))
+    if bad.size:  # never counted as a class
+        when = f"for {checkpoint} on {store}"
+        then = "no metric is computed from it"
+        raise DataError(nonfinite_output_message(store, rows[bad], ids, when, then))
     known = labels >= 0
     metrics = {"n": int(known.sum()), **(binary_metrics(labels[known], probs[known]) if
                                          known.any() else {})}  # fmt: skip

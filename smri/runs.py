@@ -49,8 +49,13 @@ def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
 def write_json(path: Path, data: Any) -> None:
     """`data` as JSON, written beside and renamed into place. NaN and infinities are not JSON:
     they are written as null (a metric that could not be computed)."""
-    text = json.dumps(_finite_only(data), indent=2, default=_json_default, allow_nan=False)
-    write_text(path, text + "\n")
+    write_text(path, json_text(data) + "\n")
+
+
+def json_text(data: Any, **kw: Any) -> str:
+    """`data` as JSON text (indented), NaN and infinities as null: what smri prints and
+    writes, so any JSON parser reads it (Python's own would write NaN, which none accepts)."""
+    return json.dumps(_finite_only(data), indent=2, default=_json_default, allow_nan=False, **kw)
 
 
 def _finite_only(obj: Any) -> Any:

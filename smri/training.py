@@ -44,6 +44,9 @@ from smri.data import (
     Batches,
     Split,
     contiguous_shard,
+    nonfinite_message,
+    nonfinite_output_message,
+    nonfinite_rows,
     random_flips,
     resolve_cache,
     stratified_folds,
@@ -99,7 +102,10 @@ def train_one_epoch(
     dist: Dist = SINGLE,
     progress: bool | None = None,
 ) -> dict[str, float]:
-    """One pass over the training batches; returns mean loss, accuracy, seconds, patients/s.
+    """One pass over the training batches; returns mean loss, accuracy, seconds, patients/s,
+    and ``bad_step``: the first step whose loss was NaN or Inf on this rank (None: none was),
+    ``bad_steps`` their number over all ranks. Flagged on the device (no wait per step); the
+    caller stops the run before such an epoch is saved.
 
     With several ranks the loss, accuracy and patient count are summed over all of them.
     `progress`: a bar on rank 0 (None: when stderr is a terminal).
@@ -110,6 +116,7 @@ def train_one_epoch(
     device = batches.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    bad = torch.zeros(len(batches), device=device, dtype=torch.bool)
     n = 0
     start = time.perf_counter()
     show = (_tty() if progress is None else progress) and dist.is_main
@@ -123,15 +130,18 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        bad[step] = ~torch.isfinite(loss.detach())
         loss_sum += loss.detach() * len(labels)
         correct += ((logits.detach() >= 0) == (labels >= 0.5)).sum()
         n += len(labels)
         bar.update()
     bar.close()
-    loss_total, n_correct, n = dist.sum([loss_sum.item(), correct.item(), n])  # waits for the GPU
+    steps = np.flatnonzero(bad.cpu().numpy())  # waits for the GPU
+    loss_total, n_correct, n, n_bad = dist.sum([loss_sum.item(), correct.item(), n, len(steps)])
     mean_loss, acc = loss_total / n, n_correct / n
     seconds = time.perf_counter() - start
-    return {"loss": mean_loss, "accuracy": acc, "seconds": seconds, "patients_per_s": n / seconds}
+    return {"loss": mean_loss, "accuracy": acc, "seconds": seconds, "patients_per_s": n / seconds,
+            "bad_step": int(steps[0]) if len(steps) else None, "bad_steps": int(n_bad)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -158,6 +168,9 @@ def evaluate(
     """
     logits, labels = predict_batches(model, batches, amp)
     logits, labels = dist.gather(logits), dist.gather(labels)
+    bad = np.flatnonzero(~np.isfinite(logits))
+    if bad.size:  # never a metric: NaN is no class
+        raise NonFiniteOutput(bad)
     loss = criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     return {"loss": loss, **binary_metrics(labels, probs)}, probs
@@ -165,6 +178,36 @@ def evaluate(
 
 def _tty() -> bool:
     return sys.stderr.isatty()
+
+
+class NonFiniteOutput(DataError):
+    """The model's output for some patients was NaN or Inf (positions in the batches' order)."""
+
+    def __init__(self, positions: np.ndarray):
+        super().__init__(f"the model's output is not a number for {len(positions)} patients")
+        self.positions = positions
+
+
+def _diverged(store: Path, epoch: int, tr: dict[str, Any], batches: Batches, ids: Sequence[str]
+              ) -> str:  # fmt: skip
+    """The line for an epoch whose training loss became NaN or Inf."""
+    if tr["bad_step"] is None:  # on another rank
+        return (f"training diverged: the loss became NaN or Inf at epoch {epoch} (on another "
+                f"rank); this epoch was not saved ({_kept(epoch)})")  # fmt: skip
+    step = tr["bad_step"]
+    at = f"at epoch {epoch}, batch {step + 1} of {len(batches)}"
+    found = nonfinite_rows(store, batches.batch_rows(epoch, step))
+    if found:
+        return nonfinite_message(store, *found[0]) + f" (the training loss became NaN {at})"
+    return (
+        f"training diverged: the loss became NaN or Inf {at}, with finite inputs; this epoch "
+        f"was not saved ({_kept(epoch)}); try a lower --lr"
+    )
+
+
+def _kept(epoch: int) -> str:
+    """What last.pt holds when epoch `epoch` fails."""
+    return "no epoch had finished" if epoch <= 1 else f"last.pt holds epoch {epoch - 1}"
 
 
 # ------------------------------------------------------------------------------------ one run
@@ -364,8 +407,17 @@ def fit(
                 dist=dist,
                 progress=progress,
             )
+            if tr["bad_steps"]:  # stop before a NaN epoch is saved or validated
+                raise DataError(_diverged(store, epoch, tr, train_batches, setup.patient_ids))
             dist.sync_buffers(net)  # evaluate and save rank 0's BatchNorm statistics everywhere
-            va, _ = evaluate(eval_model, val_batches, criterion, setup.amp, dist)
+            try:
+                va, _ = evaluate(eval_model, val_batches, criterion, setup.amp, dist)
+            except NonFiniteOutput as exc:
+                rows, when = split.val[exc.positions], f"in validation after epoch {epoch}"
+                then = f"this epoch was not saved ({_kept(epoch)}); try a lower --lr"
+                raise DataError(
+                    nonfinite_output_message(store, rows, setup.patient_ids, when, then)
+                ) from None
             scheduler.step()
             row = {
                 "epoch": epoch,
@@ -488,7 +540,14 @@ def _finish(
     the ROC of best.pt in the event files)."""
     ckpt = dist.on_main(lambda: load_checkpoint(out / "best.pt"))
     load_weights(net, ckpt, model_cfg, str(out / "best.pt"))
-    metrics, probs = evaluate(net, val_batches, criterion, setup.amp, dist)
+    try:
+        metrics, probs = evaluate(net, val_batches, criterion, setup.amp, dist)
+    except NonFiniteOutput as exc:
+        when = f"for {out / 'best.pt'} on its validation patients"
+        raise DataError(
+            nonfinite_output_message(val_batches.store, split.val[exc.positions],
+                                     setup.patient_ids, when, "no prediction is written")
+        ) from None  # fmt: skip
     if board is not None:
         board.roc(setup.labels[split.val], probs, int(ckpt["epoch"]), model_cfg.name)
     return dist.on_main(

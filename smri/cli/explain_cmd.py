@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -62,7 +61,9 @@ def explain(checkpoint: Path, store: Path, patient_ids: tuple[str, ...], out: Pa
                          log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        from smri.runs import json_text
+
+        click.echo(json_text(report))
     else:
         click.echo("\n".join(table(report)))
     click.echo(f"written to {where}", err=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -239,7 +238,9 @@ def info(store: Path, as_json: bool) -> None:
 
     meta = read_info(store)
     if as_json:
-        click.echo(json.dumps(meta.as_dict(), indent=2, sort_keys=True))
+        from smri.runs import json_text
+
+        click.echo(json_text(meta.as_dict(), sort_keys=True))
         return
     counts = ", ".join(f"{name} {n}" for name, n in meta.class_counts.items())
     m, s, h, w = meta.volume_shape

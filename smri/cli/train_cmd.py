@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -359,7 +358,9 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
                           overwrite=overwrite, quiet=quiet,
                           log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
-    click.echo(json.dumps(report, indent=2))
+    from smri.runs import json_text
+
+    click.echo(json_text(report))  # NaN (an AUC of one class) as null, as in metrics.json
     click.echo(f"written to {where}", err=True)
 
 
