@@ -146,13 +146,30 @@ def check_mapped_modalities(
 
 
 def has_control_characters(name: str) -> bool:
-    """Whether `name` holds a newline, another control character or a line separator."""
-    return any(unicodedata.category(c) in _LINE_BREAKING for c in name)
+    """Whether `name` holds a newline, another control character or a line separator, or
+    bytes that are not UTF-8 (a patient id must be text a store and a CSV can hold)."""
+    return name_problem(name) is not None
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a patient id or be named in a one-line message, or None."""
+    if any(unicodedata.category(c) == "Cs" for c in name):  # os.fsdecode's escaped bytes
+        return "is not valid UTF-8"
+    if any(unicodedata.category(c) in _LINE_BREAKING for c in name):
+        return "holds control characters"
+    return None
 
 
 def printable(name: str) -> str:
-    """`name` with control characters escaped (as repr shows them), for one-line messages."""
-    return repr(name)[1:-1] if has_control_characters(name) else name
+    """`name` with control characters and bytes that are not UTF-8 escaped (as repr shows
+    them: ``Bad\\xff``), for one-line messages."""
+    try:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    if any(unicodedata.category(c) in _LINE_BREAKING for c in shown):
+        return repr(shown)[1:-1]
+    return shown
 
 
 def patient_from_folder(
@@ -180,7 +197,8 @@ def patient_from_folder(
     hint = hint or (lambda m: _brats_hint(m, folder.name))
     if has_control_characters(pid):
         raise PatientError(
-            printable(pid), f"folder name {pid!r} holds control characters; rename the folder"
+            printable(pid),
+            f"folder name '{printable(pid)}' {name_problem(pid)}; rename the folder",
         )
     if not folder.is_dir():
         raise PatientError(pid, f"{folder} is not a folder")
@@ -199,7 +217,9 @@ def patient_from_folder(
         if mod in found and not entry.name.startswith("."):
             if has_control_characters(entry.name):
                 raise PatientError(
-                    pid, f"file name {entry.name!r} holds control characters; rename the file"
+                    pid,
+                    f"file name '{printable(entry.name)}' {name_problem(entry.name)}; rename "
+                    "the file",
                 )
             if owner is not None and named is not None and named.lower() != owner.lower():
                 raise PatientError(
@@ -283,7 +303,7 @@ def _collect(folders: list[tuple[Path, int]], modalities: Sequence[str], result:
         if has_control_characters(pid):
             result.skipped.append(
                 PatientError(
-                    printable(pid), f"folder name {pid!r} holds control characters; rename it"
+                    printable(pid), f"folder name '{printable(pid)}' {name_problem(pid)}; rename it"
                 )
             )
             continue

@@ -170,7 +170,10 @@ def load_patient(
         meta["intensity_min"].append(lo)
         meta["intensity_max"].append(hi)
         meta["source_files"].append(_relative(path, relative_to))
-        meta["axis_codes"].append(vol.axis_codes)
+        try:
+            meta["axis_codes"].append(vol.axis_codes)
+        except DataError as exc:
+            raise PatientError(pid, str(exc)) from None
     assert images is not None  # a Patient always has at least one modality file
     if len(set(meta["axis_codes"])) > 1:
         codes = ", ".join(f"{p.name} {c}" for p, c in zip(patient.files, meta["axis_codes"],

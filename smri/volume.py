@@ -455,9 +455,16 @@ class SlabSource:
 
     @property
     def axis_codes(self) -> str:
-        """The volume's NIfTI axis codes as stored (``"LPS"``; ``"RAS"`` after `canonical`)."""
+        """The volume's NIfTI axis codes as stored (``"LPS"``; ``"RAS"`` after `canonical`).
+        DataError naming the file when its affine gives none (singular, not finite)."""
         affine = self.volume.affine if self.volume is not None else self.header.get_best_affine()
-        return axis_codes(affine)
+        try:
+            return axis_codes(affine)
+        except (np.linalg.LinAlgError, ValueError) as exc:  # found by the fuzz test
+            raise DataError(
+                f"{self.path}: not a readable NIfTI volume (its affine has no orientation: "
+                f"{_reason(exc)})"
+            ) from None
 
     def normalized_slab_into(self, slices: int, out: np.ndarray) -> tuple[float, float]:
         """Write the seed's normalised central ``(S, Y, X)`` slab into `out`; the volume's min, max.

@@ -87,6 +87,9 @@ def entry() -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 is printed escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         main()
     except SystemExit as exc:
