@@ -21,6 +21,7 @@ This module imports no torch: the work is imported on the first call. See docs/a
 from __future__ import annotations
 
 import csv as csv_module
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from smri.atomic import OutputLock, check_not_input
 from smri.config import MOSTLY_OUTSIDE, SALIENCY_STEPS, ModelConfig, TrainConfig
-from smri.errors import ConfigError, RunInterrupted
+from smri.errors import ConfigError, DataError, RunInterrupted
 from smri.parallel import DEFAULT_BACKEND, cap_jobs
 from smri.phantoms import SynthConfig
 from smri.preprocessing import PreprocessConfig, PreprocessSummary
@@ -89,12 +90,48 @@ def synth(
     cfg = SynthConfig(patients=patients, hgg_fraction=hgg_fraction, shape=tuple(shape),
                       layout=layout, fmt=format, seed=seed)  # fmt: skip
     cfg.validate()
+    jobs = _synth_jobs(cfg, cap_jobs(jobs, _silent))  # at most one per core, and as memory allows
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    jobs = cap_jobs(jobs, _silent)  # worker processes: at most one per core
     with OutputLock(Path(out)):  # a second synth into OUT stops here, before it deletes a file
-        synthesize(cfg, Path(out), jobs=jobs, overwrite=overwrite,
-                   progress=_bars(progress, quiet))  # fmt: skip
+        try:
+            synthesize(cfg, Path(out), jobs=jobs, overwrite=overwrite,
+                       progress=_bars(progress, quiet))  # fmt: skip
+        except MemoryError:
+            raise DataError(_synth_memory(cfg, "ran out of memory")) from None
+        except Exception as exc:  # joblib's TerminatedWorkerError: a worker killed by the OS
+            if type(exc).__name__ != "TerminatedWorkerError":
+                raise
+            raise DataError(_synth_memory(cfg, "a worker process was killed")) from None
     return Path(out)
+
+
+# Peak memory of one phantom being made and written, per voxel of --shape: measured 38-52
+# bytes (96^3 to 256x256x200); a margin on top.
+SYNTH_BYTES_PER_VOXEL = 64
+
+
+def _synth_jobs(cfg: SynthConfig, jobs: int) -> int:
+    """Worker processes that fit in the available memory; ConfigError (--shape) if none does."""
+    from smri.parallel import available_memory
+
+    need = math.prod(cfg.shape) * SYNTH_BYTES_PER_VOXEL
+    fits = available_memory() // need
+    if fits < 1:
+        raise ConfigError(_synth_memory(cfg, "too large for this machine", jobs=False),
+                          option="--shape")  # fmt: skip
+    return int(min(jobs, fits))
+
+
+def _synth_memory(cfg: SynthConfig, what: str, jobs: bool = True) -> str:
+    from smri.parallel import available_memory
+
+    x, y, z = cfg.shape
+    need = math.prod(cfg.shape) * SYNTH_BYTES_PER_VOXEL
+    return (
+        f"{what}: a phantom of {x}x{y}x{z} voxels takes about {need / 2**30:,.1f} GiB while it "
+        f"is made, and {available_memory() / 2**30:,.1f} GiB are available; use a smaller "
+        "--shape (the field of view stays 240x240x155 mm)" + (" or fewer --jobs" if jobs else "")
+    )
 
 
 # ------------------------------------------------------------------------------- preprocess
@@ -233,6 +270,11 @@ def train(
         saved_store, model_cfg, cfg = dist.on_main(lambda: load_run_config(Path(resume)))
         cfg = replace(cfg, device=device, cache=cache, workers=workers, jobs=jobs)
         store, run = Path(store) if store is not None else saved_store, Path(resume)
+        if store is saved_store and not store.exists():  # moved, or another machine's path
+            raise DataError(
+                f"{store}: no such store (the one {run / 'config.json'} records); if it moved, "
+                f"give it: smri train STORE --resume {run}"
+            )
     elif store is None:
         raise ConfigError("give a STORE to train on, or --resume RUN_DIR")
     else:

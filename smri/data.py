@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from smri.config import CACHE_MODES
-from smri.errors import ConfigError, DataError
+from smri.errors import ConfigError, DataError, plural
 from smri.store import StoreReader, read_info
 
 SAFE_SHARE = 0.5  # `auto` caches when the data take at most this share of free memory
@@ -64,8 +64,8 @@ def stratified_split(
     for name, rows in _class_rows(labels, classes).items():
         if len(rows) < 2:
             raise DataError(
-                f"class {name} has {len(rows)} labelled patient; a split needs at least 2 "
-                "(one for training, one for validation)"
+                f"class {name} has {plural(len(rows), 'labelled patient')}; a split needs at "
+                "least 2 (one for training, one for validation)"
             )
         n_val = min(max(1, round(len(rows) * val_fraction)), len(rows) - 1)
         perm = rng.permutation(rows)
@@ -546,7 +546,41 @@ def batch_slots(path: Path, batch_size: int, n: int) -> list[torch.Tensor]:
     """
     info = read_info(path)
     shape = (batch_size, *info.volume_shape)
-    return [torch.empty(shape, dtype=getattr(torch, info.dtype)).share_memory_() for _ in range(n)]
+    need = n * math.prod(shape) * np.dtype(info.dtype).itemsize
+    free = shm_free_bytes()
+    if free is not None and need > free:
+        raise ConfigError(_shm_message(n, need, free), option="--cache")
+    try:
+        return [
+            torch.empty(shape, dtype=getattr(torch, info.dtype)).share_memory_() for _ in range(n)
+        ]
+    except RuntimeError as exc:  # refused by the kernel all the same (a limit statvfs missed)
+        raise ConfigError(_shm_message(n, need, shm_free_bytes(), exc), option="--cache") from None
+
+
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes of /dev/shm, where torch puts shared memory on Linux (None: no such mount)."""
+    try:
+        st = os.statvfs(SHARED_MEMORY)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _shm_message(n: int, need: int, free: int | None, exc: BaseException | None = None) -> str:
+    """Why streaming cannot start for lack of shared memory, and what to do."""
+    has = f"{free / 2**20:,.0f} MiB free" if free is not None else "too little"
+    why = f" ({str(exc).strip().splitlines()[0][:120]})" if exc is not None else ""
+    size = max(1, math.ceil(need * 1.25 / 2**30))
+    return (
+        f"streaming (--cache none) passes batches through shared memory: {n} batches (--workers "
+        f"x {PREFETCH} + {SLACK}) need {need / 2**20:,.0f} MiB, and /dev/shm has {has}{why}; "
+        f"Docker gives containers 64 MB by default. Use --cache ram, or give the container more "
+        f"(docker run --shm-size={size}g), or fewer --workers or a smaller --batch-size"
+    )
 
 
 def load_rows(
@@ -572,14 +606,9 @@ def load_rows(
 # ------------------------------------------------------------------------------ cache decisions
 def available_host_bytes() -> int:
     """Memory the OS could give us now (MemAvailable), or total physical memory as a fallback."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    from smri.parallel import available_memory
+
+    return available_memory()
 
 
 def resolve_cache(cache: str, device: torch.device, nbytes: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from smri.errors import ConfigError, DataError
+from smri.errors import ConfigError, DataError, plural
 from smri.store import StoreReader
 
 SIDES = ("train", "val")
@@ -137,7 +137,8 @@ def _split_rows(side: str, run: Any, ids: list[str], path: Path) -> np.ndarray:
     missing = [pid for pid in split[side] if pid not in index]
     if missing:
         raise DataError(
-            f"{split_path}: {len(missing)} {side} patient(s) are not in {path} (first: "
+            f"{split_path}: {plural(len(missing), side + ' patient')} "
+            f"{'is' if len(missing) == 1 else 'are'} not in {path} (first: "
             f"{missing[0]}); was the run trained on another store?"
         )
     return np.sort(np.array([index[pid] for pid in split[side]], dtype=np.int64))

@@ -1,6 +1,11 @@
 """Exceptions that carry a user-facing message: the CLI prints them as one line, no traceback."""
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``1 voxel``, ``2 voxels``: a count and its noun, for messages (`nouns`: an odd plural)."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 class SmriError(Exception):
     """A problem with the user's data or files (the CLI exits 1)."""
 

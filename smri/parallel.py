@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from smri import __version__
-from smri.errors import ConfigError, DataError
+from smri.errors import ConfigError, DataError, plural
 
 # --backend's choices, in the order `smri preprocess --help` lists them; the first is the default.
 BACKENDS = ("threading", "loky", "dask")
@@ -95,6 +95,18 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def available_memory() -> int:
+    """Bytes of memory the OS could give now (MemAvailable), or all physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def cap_jobs(jobs: int | None, echo: Callable[[str], None]) -> int:
     """`jobs` local workers, at most one per usable core (None: one per core).
 
@@ -103,7 +115,7 @@ def cap_jobs(jobs: int | None, echo: Callable[[str], None]) -> int:
     """
     cores = usable_cores()
     if jobs is not None and jobs > cores:
-        echo(f"note: --jobs {jobs} is more than the {cores} cores this process may use; "
+        echo(f"note: --jobs {jobs} is more than the {plural(cores, 'core')} this process may use; "
              f"using {cores}")  # fmt: skip
     return min(jobs or cores, cores)
 

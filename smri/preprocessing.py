@@ -33,7 +33,7 @@ from smri.discovery import (
     Patient,
     discover,
 )
-from smri.errors import ConfigError, DataError, PatientError
+from smri.errors import ConfigError, DataError, PatientError, plural
 from smri.parallel import DEFAULT_BACKEND, DeferredInterrupt, check_backend, ordered_map, pool
 from smri.store import (
     COMPRESSIONS,
@@ -138,7 +138,7 @@ def load_patient(
         if z < cfg.slices:
             raise PatientError(
                 pid,
-                f"{path}: {z} slices along the third axis, fewer than the "
+                f"{path}: {plural(z, 'slice')} along the third axis, fewer than the "
                 f"{cfg.slices} asked for (--slices)",
             )
         if images is None:
@@ -277,14 +277,19 @@ class PreprocessSummary:
         rate = self.n_written / self.seconds if self.seconds > 0 else float("inf")
         if self.total is not None:
             return (
-                f"added {self.n_written} patients ({per_class}) to {self.output}, now "
+                f"added {plural(self.n_written, 'patient')} ({per_class}) to {self.output}, now "
                 f"{self.total} ({self.already} already there); skipped {len(self.skipped)}; "
                 f"{self.seconds:.1f} s ({rate:.2f} patients/s)"
             )
         return (
-            f"wrote {self.n_written} patients ({per_class}) to {self.output}; skipped "
+            f"wrote {plural(self.n_written, 'patient')} ({per_class}) to {self.output}; skipped "
             f"{len(self.skipped)}; {self.seconds:.1f} s ({rate:.2f} patients/s)"
         )
+
+
+def _none_of(n: int, noun: str) -> str:
+    """``its only patient`` (1), ``none of its 3 patients`` (more): of what was found."""
+    return f"its only {noun}" if n == 1 else f"none of its {plural(n, noun)}"
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -326,10 +331,10 @@ def discover_for_store(
     )
     skipped: list[PatientError] = list(found.skipped)
     if strict and skipped:
-        raise DataError(f"{skipped[0]} (--strict: {len(skipped)} patient(s) unusable)")
+        raise DataError(f"{skipped[0]} (--strict: {plural(len(skipped), 'patient')} unusable)")
     if not found.patients:
         raise DataError(
-            f"{input_dir}: none of the {len(skipped)} patient folders is usable; "
+            f"{input_dir}: {_none_of(len(skipped), 'patient folder')} is usable; "
             f"first problem: {skipped[0]}"
         )
     for exc in skipped:
@@ -534,7 +539,7 @@ def run_preprocess(
             skipped += run.skipped
             if run.writer is None:
                 raise DataError(
-                    f"{input_dir}: all {len(skipped)} patients are unusable; first "
+                    f"{input_dir}: {_none_of(len(skipped), 'patient')} is usable; first "
                     f"problem: {skipped[0]}"
                 )
             skipped.sort(key=lambda e: e.patient_id)

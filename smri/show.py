@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from smri.atomic import OutputLock, atomic_path, check_not_input
-from smri.errors import ConfigError, DataError
+from smri.errors import ConfigError, DataError, plural
 from smri.files import special_kind
 
 if TYPE_CHECKING:
@@ -86,7 +86,9 @@ def slab_from_folder(folder: Path, modalities: Sequence[str], slices: int) -> Sh
     for path in patient.files:
         vol = load_volume(path).data
         if vol.shape[2] < slices:
-            raise DataError(f"{path}: {vol.shape[2]} slices, fewer than the {slices} asked for")
+            raise DataError(
+                f"{path}: {plural(vol.shape[2], 'slice')}, fewer than the {slices} asked for"
+            )
         if slabs and vol.shape[:2] != slabs[0].shape[1:][::-1]:
             raise DataError(f"{path}: in-plane shape {vol.shape[:2]} differs from the others")
         depth = vol.shape[2]

@@ -35,7 +35,7 @@ import numpy as np
 
 from smri import __version__
 from smri.atomic import partial_path, publish
-from smri.errors import DataError
+from smri.errors import DataError, plural
 from smri.files import check_regular
 
 FORMAT = "smri-store"
@@ -443,7 +443,7 @@ class StoreReader:
         except ValueError:
             raise DataError(
                 f"{self.path}: no patient '{patient_id}' in the store "
-                f"({len(self.patient_ids)} patients)"
+                f"({plural(len(self.patient_ids), 'patient')})"
             ) from None
 
     def close(self) -> None:

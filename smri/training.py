@@ -54,7 +54,7 @@ from smri.data import (
 )
 from smri.distributed import SINGLE, Dist
 from smri.distributed import describe as describe_dist
-from smri.errors import ConfigError, DataError
+from smri.errors import ConfigError, DataError, plural
 from smri.files import check_regular
 from smri.metrics import binary_metrics
 from smri.models import ModelConfig, build_model, check_config, count_parameters
@@ -269,7 +269,8 @@ def make_splits(setup: _Setup, cfg: TrainConfig, world_size: int = 1) -> list[Sp
     n_train = min(len(s.train) for s in splits)
     if cfg.batch_size > n_train:
         raise ConfigError(
-            f"batch size {cfg.batch_size} is larger than the training split ({n_train} patients)",
+            f"batch size {cfg.batch_size} is larger than the training split "
+            f"({plural(n_train, 'patient')})",
             option="--batch-size",
         )
     return splits

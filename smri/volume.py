@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from isal import igzip
 
-from smri.errors import DataError
+from smri.errors import DataError, plural
 from smri.files import check_regular, special_kind
 
 # Intel ISA-L's gzip (the standard library's interface): inflating is most of preprocessing,
@@ -189,7 +189,9 @@ def _load_volume(path: Path, canonical: bool, notes: list[str]) -> Volume:
         lo, hi = float(data.min()), float(data.max())  # NaN and ±Inf show up here
         if not (np.isfinite(lo) and np.isfinite(hi)):
             n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-            raise DataError(f"{path}: {n_bad} voxels are NaN or Inf")
+            raise DataError(
+                f"{path}: {plural(n_bad, 'voxel')} {'is' if n_bad == 1 else 'are'} NaN or Inf"
+            )
         if hi - lo > FLOAT32_MAX:  # min–max runs in float32: the range would overflow to NaN
             raise DataError(
                 f"{path}: intensities span {lo:g} to {hi:g}, wider than float32 "

@@ -117,7 +117,7 @@ BROKEN_FILES = [
         ".nii.gz",
         "disagrees with",
     ),
-    ("nan", _nan, ".nii", "1 voxels are NaN or Inf"),
+    ("nan", _nan, ".nii", "1 voxel is NaN or Inf"),
     ("inf", _inf, ".nii", "2 voxels are NaN or Inf"),
     ("symlink-loop", _symlink_loop, ".nii.gz", "cannot read"),
     ("unreadable", _unreadable, ".nii.gz", "cannot read"),

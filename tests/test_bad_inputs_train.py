@@ -396,7 +396,10 @@ def test_resume_when_the_store_is_gone(cut, tmp_path):
     (cut / "config.json").write_text(json.dumps(config))
     before = _snapshot(cut)
     line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
-    assert line == f"Error: {tmp_path / 'gone.h5'}: no such store"
+    assert line == (
+        f"Error: {tmp_path / 'gone.h5'}: no such store (the one {cut / 'config.json'} records); "
+        f"if it moved, give it: smri train STORE --resume {cut}"
+    )
     assert _snapshot(cut) == before
 
 

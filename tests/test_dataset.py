@@ -75,7 +75,7 @@ def test_split_sides_of_a_run(store, run):
     with pytest.raises(ConfigError, match=r"is a 3-fold run: give one fold's folder, e\.g\."):
         StoreDataset(store, "train", run=run)
     (run / "split.json").write_text(json.dumps({"train": ["X1"], "val": []}))
-    with pytest.raises(DataError, match=r"1 train patient\(s\) are not in .*first: X1"):
+    with pytest.raises(DataError, match=r"1 train patient is not in .*first: X1"):
         StoreDataset(store, "train", run=run)
 
 

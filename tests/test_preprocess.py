@@ -98,7 +98,7 @@ def test_every_patient_broken_is_an_error(brats2019, tmp_path):
     root, truth = brats2019(n_hgg=1, n_lgg=1)
     for pid, (label, _) in truth.items():
         (root / ("HGG" if label else "LGG") / pid / f"{pid}_t2.nii.gz").write_bytes(b"x")
-    with pytest.raises(DataError, match="all 2 patients are unusable; first problem: patient"):
+    with pytest.raises(DataError, match="none of its 2 patients is usable; first problem: patient"):
         run(root, tmp_path / "s.h5")
 
 
@@ -155,7 +155,7 @@ def test_cli_preprocess_and_info(brats2019, tmp_path):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--slices", "64"], 1, "all 2 patients are unusable; first problem: patient"),
+        (["--slices", "64"], 1, "none of its 2 patients is usable; first problem: patient"),
         (["--classes", "LGG=0"], 2, "Invalid value for '--classes'"),
         (["--modalities", "t1,t1"], 2, "modality listed twice"),
         (["--labels", "nope.csv"], 2, "nope.csv: no such file"),

@@ -245,7 +245,7 @@ def test_nan_or_inf_gives_load_volumes_error(tmp_path, chunk, bad):
     src = open_volume(path)
     got = error_of(lambda: src.normalized_slab_into(3, np.empty((3, 10, 12), np.float16)))
     assert got == error_of(lambda: load_volume(path))
-    assert "1 voxels are NaN or Inf" in got
+    assert "1 voxel is NaN or Inf" in got
 
 
 def test_unreadable_headers_give_load_volumes_error(tmp_path):

@@ -176,7 +176,7 @@ def test_nan_and_inf_are_errors(tmp_path, bad):
     data = np.ones((4, 4, 4), np.float32)
     data[1, 2, 3] = bad
     path = write_nifti(tmp_path / "v.nii", data)
-    with pytest.raises(DataError, match="1 voxels are NaN or Inf"):
+    with pytest.raises(DataError, match="1 voxel is NaN or Inf"):
         load_volume(path)
 
 

@@ -37,8 +37,22 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:  # disk full, permissions: the user's environment, not a bug
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+        except MemoryError:
+            raise click.ClickException(f"out of memory; {OUT_OF_MEMORY}") from None
+        except RuntimeError as exc:  # torch's allocators (CPU and CUDA) raise these
+            text = str(exc).strip()
+            if not any(s in text for s in ("can't allocate memory", "out of memory")):
+                raise
+            first = text.splitlines()[0][:160]
+            raise click.ClickException(f"out of memory ({first}); {OUT_OF_MEMORY}") from None
 
     return wrapper
+
+
+OUT_OF_MEMORY = (
+    "use a smaller --batch-size or --width, --cache none instead of ram or device, fewer "
+    "--jobs or --workers, or a machine with more memory"
+)
 
 
 def path_option_type(**kwargs: Any) -> click.Path:

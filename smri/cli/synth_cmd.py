@@ -10,6 +10,7 @@ import click
 
 from smri import api
 from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option
+from smri.errors import plural
 from smri.phantoms import FORMATS, LAYOUTS
 
 SYNTH = api_defaults(api.synth)
@@ -94,8 +95,9 @@ def synth(
     with open(out / "truth.csv", newline="") as fh:
         labels = [int(row["label"]) for row in csv.DictReader(fh)]
     click.echo(
-        f"wrote {len(labels)} patients (HGG {sum(labels)}, LGG {len(labels) - sum(labels)}) to "
-        f"{out} in {time.perf_counter() - t0:.1f} s; parameters in {out / 'truth.csv'}"
+        f"wrote {plural(len(labels), 'patient')} (HGG {sum(labels)}, LGG "
+        f"{len(labels) - sum(labels)}) to {out} in {time.perf_counter() - t0:.1f} s; "
+        f"parameters in {out / 'truth.csv'}"
     )
 
 
