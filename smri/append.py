@@ -35,7 +35,7 @@ from smri.preprocessing import (
     warn_orientations,
     write_patients,
 )
-from smri.store import StoreInfo, StoreReader, StoreWriter
+from smri.store import StoreInfo, StoreReader, StoreWriter, write_error
 
 # Settings a store and an --append run must share: (PreprocessConfig field, CLI option).
 SETTINGS = (
@@ -199,6 +199,9 @@ def _append(
             run.writer.abort()
         if run is not None and isinstance(exc, KeyboardInterrupt):
             echo(f"interrupted; {output} is unchanged")
+        failed = write_error(exc, output)  # h5py's text names the hidden temp file
+        if failed is not None:
+            raise failed from None
         raise
     finally:
         base.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from smri.store import (
     StoreReader,
     StoreWriter,
     orientation_counts,
+    write_error,
 )
 from smri.volume import axis_codes, header_shape, label_slab, load_volume, open_volume
 
@@ -559,8 +559,9 @@ def run_preprocess(
         except BaseException as exc:
             if run.writer is not None:
                 run.writer.abort()
-            if isinstance(exc, OSError) and exc.errno:  # h5py's text names the hidden temp file
-                raise OSError(exc.errno, os.strerror(exc.errno), str(output)) from None
+            failed = write_error(exc, output)  # h5py's text names the hidden temp file
+            if failed is not None:
+                raise failed from None
             raise
         finally:
             run.bar.close()

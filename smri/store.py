@@ -23,6 +23,8 @@ Attributes are plain HDF5 strings and numbers (JSON text for structures): nothin
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -460,6 +462,53 @@ class StoreReader:
 PARTIAL_STATE = "partial_state"  # attr of an unfinished store: JSON resume state
 
 
+def check_room(path: Path, tmp: Path, nbytes: int) -> None:
+    """DataError when the folder of `tmp` has less free space, or this process may write less
+    to one file (ulimit -f), than `nbytes`: said before writing, as a failed write inside HDF5
+    cannot be recovered from (h5py crashes when it frees the file's objects afterwards)."""
+    import resource
+
+    need = nbytes + (16 << 20)
+    try:
+        st = os.statvfs(Path(tmp).parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    gib = f"about {need / 2**30:,.2f} GiB"
+    if free is not None and need > free:
+        raise DataError(
+            f"{path}: the store needs {gib} and {Path(tmp).parent} has {free / 2**30:,.2f} GiB "
+            "free; free some space, write it elsewhere, or compress it (--compression gzip-1)"
+        )
+    if limit != resource.RLIM_INFINITY and need > limit:
+        raise DataError(
+            f"{path}: the store needs {gib}, more than this process may write to one file "
+            f"({limit / 2**30:,.2f} GiB: ulimit -f)"
+        )
+
+
+class StoreWriteError(OSError):
+    """HDF5 failed to write the store (a full disk, a file size limit). The process should end
+    soon after reporting it: h5py crashes when it later frees the file's objects."""
+
+    unrecoverable = True
+
+
+def write_error(exc: BaseException, path: Path) -> StoreWriteError | None:
+    """`exc` as a StoreWriteError naming `path` (not the hidden partial file) when it is HDF5's
+    report of a failed write ("... errno = 28, error message = 'No space left ...'")."""
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    code = getattr(exc, "errno", None)
+    found = re.search(r"errno = (\d+)", str(exc))
+    if found:
+        code = int(found.group(1))
+    if not code or (not found and not isinstance(exc, OSError)):
+        return None
+    return StoreWriteError(code, os.strerror(code), str(path))
+
+
 def _is_locked(exc: OSError) -> bool:
     """HDF5's refusal of a file another process holds ("unable to lock file, errno = 11").
 
@@ -521,6 +570,9 @@ class StoreWriter:
         self.n_patients = n_patients
         self._written = np.zeros(n_patients, dtype=bool)
         m, s, h, w = volume_shape
+        if comp == {}:  # uncompressed: its size is known; a disk it cannot fit is said first
+            row = (m * np.dtype(dtype).itemsize + 1) * s * h * w  # images and a mask
+            check_room(self.path, self.tmp_path, n_patients * row)
         self._file = _create_h5(self.tmp_path)
         try:
             f = self._file
@@ -689,9 +741,12 @@ class StoreWriter:
         self._file.attrs["skipped"] = json.dumps(skipped)
 
     def abort(self) -> None:
-        """Close and delete the temporary file; `path` is untouched."""
+        """Close and delete the temporary file; `path` is untouched. After a failed write
+        HDF5 cannot close the file cleanly; that second error is not the one to report."""
         try:
             self._file.close()
+        except (OSError, RuntimeError):
+            pass
         finally:
             self.tmp_path.unlink(missing_ok=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import signal
 import sys
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import click
 
 from smri import __version__
+from smri.cli.common import UNRECOVERABLE
 
 # command name -> "module:function"; one line per command, kept in the order `--help` shows.
 COMMANDS: dict[str, str] = {
@@ -93,6 +95,10 @@ def entry() -> None:
     try:
         main()
     except SystemExit as exc:
+        if UNRECOVERABLE:  # the one line is printed; every temporary file and worker is gone
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)  # no teardown: h5py would crash freeing a store HDF5 failed to write
         if terminated and exc.code == 130:
             sys.exit(128 + signal.SIGTERM)
         raise

@@ -13,6 +13,10 @@ import click
 
 from smri.errors import ConfigError, SmriError
 
+# Errors after which the process must not tear down normally (a failed HDF5 write: h5py
+# crashes when it frees the file's objects); `smri.cli.entry` ends the process at once.
+UNRECOVERABLE: list[BaseException] = []
+
 
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command body; a user-facing problem becomes one line on stderr, never a traceback.
@@ -36,6 +40,8 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
         except OSError as exc:  # disk full, permissions: the user's environment, not a bug
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            if getattr(exc, "unrecoverable", False):  # a failed HDF5 write (smri.store)
+                UNRECOVERABLE.append(exc)  # the console script leaves at once: see `entry`
             raise click.ClickException(f"{exc.strerror or exc}{where}") from None
         except MemoryError:
             raise click.ClickException(f"out of memory; {OUT_OF_MEMORY}") from None
