@@ -211,3 +211,12 @@ def test_nibabels_complaint_is_folded_into_the_one_line_once(cohort, tmp_path):
     assert mentions == [
         f"skipping patient {PID}: {scan}: not a readable NIfTI volume (data code 0 not supported)"
     ]
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
+def test_a_device_given_as_checkpoint_is_named_not_missing(cohort, device):
+    res = run_smri("predict", device, cohort / "HGG" / PID, timeout=120)
+    assert error_line(res) == (
+        f"Error: {device}: is a character device, not a regular file; smri reads only regular "
+        "files (or links to them)"
+    )
