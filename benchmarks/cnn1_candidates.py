@@ -45,6 +45,7 @@ import smri.training
 from smri.config import TrainConfig
 from smri.models import ModelConfig, build_model
 from smri.runs import read_metrics
+from smri.stats import fold_interval
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,10 @@ def fold_report(run: Path) -> list[dict[str, float]]:
 
 
 def report(runs: list[Path]) -> None:
-    print("| candidate | AUC mean ± std | per fold | balanced acc. | loss falls (last ≤ 0.6 × "
-          "first) | last train / val loss, median |\n|---|---|---|---|---|---|")  # fmt: skip
+    print(
+        "| candidate | AUC mean ± std [95 % CI] | per fold | balanced acc. | loss falls "
+        "(last ≤ 0.6 × first) | last train / val loss, median |\n|---|---|---|---|---|---|"
+    )
     for run in runs:
         folds = fold_report(run)
         if not folds:
@@ -151,8 +154,11 @@ def report(runs: list[Path]) -> None:
         ratios = sorted(f["last"] / f["val_last"] for f in folds)
         trv = sorted((f["last"], f["val_last"]) for f in folds)[len(folds) // 2]
         shown = ", ".join(f"{f['ratio']:.2f}" for f in folds)
+        ci = fold_interval(aucs)
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         print(
-            f"| {run.name} | {mean:.3f} ± {std:.3f} | {', '.join(f'{a:.3f}' for a in aucs)} | "
+            f"| {run.name} | {mean:.3f} ± {std:.3f}{ci_text} | "
+            f"{', '.join(f'{a:.3f}' for a in aucs)} | "
             f"{sum(bacc) / len(bacc):.3f} | {falls} of {len(folds)} "
             f"({shown}) | "
             f"{trv[0]:.3f} / {trv[1]:.3f} (ratio {ratios[len(ratios) // 2]:.2f}) |"
