@@ -70,7 +70,8 @@ MASK_COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 1
 LOW_COVERAGE = 0.10  # `smri info` names patients with less of their tumour in the slab
 
 # Compression names accepted by `--compression`, mapped to h5py's create_dataset arguments.
-# Only filters built into every HDF5 library: any h5py can read the store without plugins.
+# Filters any h5py reads without plugins: gzip is built into every HDF5 library (h5dump and
+# other languages read it); lzf is h5py's own, which they need the lzf plugin for.
 COMPRESSIONS: dict[str, dict[str, Any]] = {
     "none": {},
     "lzf": {"compression": "lzf", "shuffle": True},

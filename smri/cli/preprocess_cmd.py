@@ -91,7 +91,8 @@ PREPROCESS = api_defaults(api.preprocess)
     type=click.Choice(list(COMPRESSIONS)),
     default=PREPROCESS["compression"],
     show_default=True,
-    help="HDF5 filter for images (built-in filters only; speeds in docs/performance.md).",
+    help="HDF5 filter for images: gzip is HDF5's own (every HDF5 tool reads it); lzf is "
+    "h5py's (h5dump and other languages need its plugin); speeds in docs/performance.md.",
 )
 @click.option(
     "--canonical/--no-canonical",
