@@ -44,10 +44,23 @@ def leftovers(folder: Path) -> list[str]:
     )
 
 
-def wait_for(proc: subprocess.Popen, path: Path, timeout: float = DEADLINE_S) -> None:
-    """Poll until `path` exists; fail if `proc` ends first or the deadline passes."""
+def _holds(path: Path, pid: int | None) -> bool:
+    """Whether `path` exists (and, with `pid`, is an OutputLock file that process holds: the
+    holder writes its pid into it once it has the lock, not when it creates it)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return False
+    return pid is None or text.strip() == str(pid)
+
+
+def wait_for(
+    proc: subprocess.Popen, path: Path, timeout: float = DEADLINE_S, holder: int | None = None
+) -> None:
+    """Poll until `path` exists (with `holder`: until that process holds the lock it is);
+    fail if `proc` ends first or the deadline passes."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not _holds(path, holder):
         if proc.poll() is not None:
             _out, err = proc.communicate()
             raise AssertionError(f"ended (exit {proc.returncode}) before {path}: {err}")
@@ -65,7 +78,7 @@ def paused_holder(cmd: list[str], lock: Path) -> Iterator[subprocess.Popen]:
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     try:
-        wait_for(proc, lock)
+        wait_for(proc, lock, holder=proc.pid)
         proc.send_signal(signal.SIGSTOP)
         yield proc
     finally:

@@ -19,6 +19,7 @@ from cli_helpers import ENV, error_line, leftovers, paused_holder, run_smri, smr
 from train_helpers import make_store
 
 from smri.atomic import OutputLock, OutputLocked
+from tests.conftest import write_patient
 
 LOCKED = r"another smri process \(pid {pid}\) is writing it; wait for it to finish or stop it"
 
@@ -38,19 +39,29 @@ def _same_store(a: Path, b: Path) -> None:
         assert list(fa["patient_id"].asstr()[:]) == list(fb["patient_id"].asstr()[:])
 
 
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A cohort, a store of its first half and the store of all of it (made once)."""
+    tmp = tmp_path_factory.mktemp("two-writers")
+    root, half = tmp / "in", tmp / "half"
+    for cls, label, n in (("HGG", 1, 6), ("LGG", 0, 4)):
+        for i in range(n):
+            pid = f"BraTS19_{cls}_{i:03d}_1"
+            write_patient(root / cls / pid, pid, 100 * label + i, shape=(40, 48, 60))
+            if i < 2:
+                shutil.copytree(root / cls / pid, half / cls / pid)
+    assert subprocess.run(_preprocess(half, tmp / "half.h5"), env=ENV).returncode == 0
+    assert subprocess.run(_preprocess(root, tmp / "ref.h5"), env=ENV).returncode == 0
+    return root, tmp / "half.h5", tmp / "ref.h5"
+
+
 @pytest.fixture
-def cohort(brats2019, tmp_path):
-    """A cohort, a store of its first half (`good.h5`) and the store of all of it (`ref.h5`)."""
-    root, _ = brats2019(n_hgg=6, n_lgg=4, shape=(40, 48, 60))
-    half = tmp_path / "half"
-    for cls in ("HGG", "LGG"):
-        for folder in sorted((root / cls).iterdir())[:2]:
-            shutil.copytree(folder, half / cls / folder.name)
+def cohort(stores, tmp_path):
+    """The cohort, a fresh copy of the half store (`good.h5`) and the full reference store."""
+    root, half, ref = stores
     work = tmp_path / "work"
     work.mkdir()
-    assert subprocess.run(_preprocess(half, work / "good.h5"), env=ENV).returncode == 0
-    assert subprocess.run(_preprocess(root, tmp_path / "ref.h5"), env=ENV).returncode == 0
-    return root, work / "good.h5", tmp_path / "ref.h5"
+    return root, Path(shutil.copy(half, work / "good.h5")), ref
 
 
 @pytest.mark.parametrize(
