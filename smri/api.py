@@ -293,7 +293,7 @@ def train(
         return run
     try:
         run_training(store, model_cfg, cfg, run, resume=resume is not None, overwrite=overwrite,
-                     log=_silent if quiet else log, dist=dist, progress=_bars(progress, quiet),
+                     log=log, quiet=quiet, dist=dist, progress=_bars(progress, quiet),
                      tensorboard=tensorboard)  # fmt: skip
     except RunInterrupted:
         raise

@@ -658,15 +658,17 @@ def train(
     dist: Dist = SINGLE,
     progress: bool | None = None,
     tensorboard: bool | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Train one split or every fold into `out`; for K folds, summary.json holds mean ± std.
 
     With a started `dist` every rank calls this; rank 0 alone logs and touches `out`, and
     every rank returns the same summary. `progress`: a bar per epoch (None: when stderr is a
-    terminal); `tensorboard`: event files in each run or fold folder (None: when the
+    terminal); `quiet`: no log lines, from fold workers either; `tensorboard`: event files in
+    each run or fold folder (None: when the
     tensorboard package is installed, saying once how to get it when not).
     """
-    log = log if dist.is_main else _silent
+    log = log if dist.is_main and not quiet else _silent
     board = resolve_tensorboard(tensorboard, log)
     extra = {"log": log, "dist": dist, "progress": progress, "tensorboard": board}
     setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)

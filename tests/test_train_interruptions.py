@@ -151,6 +151,16 @@ def test_fold_workers_end_with_their_parent(tmp_path, sig):
     assert alive == []
 
 
+def test_quiet_fold_workers_print_nothing(tmp_path):
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 8)
+    opts = ["--width", "0.25", "--batch-size", "2", "--epochs", "1", "--folds", "2", "--jobs",
+            "2", "--cache", "ram", "--workers", "0", "--device", "cpu", "--quiet"]  # fmt: skip
+    done = subprocess.run(_train_cmd(store, *opts, "--out", tmp_path / "r"), env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"run folder: {tmp_path / 'r'}\n"
+
+
 def test_ctrl_c_stops_every_fold_worker_and_resume_finishes_the_folds(tmp_path):
     psutil = pytest.importorskip("psutil")
     store = make_store(tmp_path / "s.h5", labels=[0, 1] * 8)
