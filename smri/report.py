@@ -24,6 +24,12 @@ def _p(p: float | None) -> str:
     return f"{p:.3f}" if p >= 0.001 else "< 0.001"
 
 
+def _p_text(p: float | None) -> str:
+    """'p = 0.042' or 'p < 0.001', for a sentence."""
+    text = _p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _verdict(c: dict[str, Any], a: str, b: str) -> str:
     """One plain sentence on a paired difference b - a."""
     if c["difference"] is None:
@@ -34,11 +40,11 @@ def _verdict(c: dict[str, Any], a: str, b: str) -> str:
         return (
             f"- {better.upper()} scores a higher AUC than {worse.upper()} by {abs(d):.3f} "
             f"(95 % CI of {b.upper()} − {a.upper()}: {c['ci95'][0]:+.3f} to "
-            f"{c['ci95'][1]:+.3f}, p = {_p(p)}): **significant** at 0.05."
+            f"{c['ci95'][1]:+.3f}, {_p_text(p)}): **significant** at 0.05."
         )
     return (
         f"- {b.upper()} − {a.upper()}: AUC {d:+.3f} (95 % CI {c['ci95'][0]:+.3f} to "
-        f"{c['ci95'][1]:+.3f}, p = {_p(p)}): **not significant** at 0.05 — these "
+        f"{c['ci95'][1]:+.3f}, {_p_text(p)}): **not significant** at 0.05 — these "
         "patients do not tell the two apart."
     )
 
@@ -176,13 +182,13 @@ def _baseline_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(
                 f"- {name} beats the intensity baseline: AUC {v['difference']:+.3f} "
                 f"(95 % CI {v['ci95'][0]:+.3f} to {v['ci95'][1]:+.3f}, "
-                f"p = {_p(v['p_value'])})."
+                f"{_p_text(v['p_value'])})."
             )
         else:
             lines.append(
                 f"- **{name} does not beat the intensity baseline**: AUC "
                 f"{v['difference']:+.3f} (95 % CI {v['ci95'][0]:+.3f} to "
-                f"{v['ci95'][1]:+.3f}, p = {_p(v['p_value'])}); it has not shown that "
+                f"{v['ci95'][1]:+.3f}, {_p_text(v['p_value'])}); it has not shown that "
                 "it uses more than global intensity statistics."
             )
     return lines

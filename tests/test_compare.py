@@ -301,3 +301,11 @@ def test_without_the_store_the_baseline_is_null_with_a_reason(tmp_path, cohort):
     assert s["baselines"]["intensity_logreg"] is None and s["versus_baseline"] == []
     assert any("gone.h5 is not there (give it with --store)" in n for n in s["notes"])
     assert compare([run], store)["baselines"]["intensity_logreg"] is not None
+
+
+def test_plain_words_say_p_below_a_thousandth_as_an_inequality():
+    from smri.report import _p_text
+
+    assert _p_text(0.0004) == "p < 0.001"
+    assert _p_text(0.042) == "p = 0.042"
+    assert _p_text(None) == "p = n/a"
