@@ -25,7 +25,8 @@ post-ReLU, post-max-pool activations, all >= 0. A gradient step of Adam moves ea
 an FC unit by about the learning rate, and for a unit all these moves share one sign (that of
 the unit's error: every input is positive), so its pre-activation shifts by about
 fan_in x lr x mean input at once: 512 x 1e-3 x ~1 ≈ 0.5 per step on the CPU demo (40x40
-in-plane, width 0.5; 1152 at 48x48), as large as the pre-activation itself. A unit pushed below zero for every patient gets no gradient again.
+in-plane, width 0.5; 1152 at 48x48), as large as the pre-activation itself. A unit pushed
+below zero for every patient gets no gradient again.
 """
 
 from __future__ import annotations
