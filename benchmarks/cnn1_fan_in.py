@@ -59,8 +59,9 @@ def alive_curve(store: str, name: str, width: float, steps: int, window: int) ->
     relu.register_forward_hook(lambda _m, _i, out: fired.append((out > 0).any(0)))
     model.train()
     curve = []
+    batches = max(len(y) // 8, 1)  # a small store's training split is cycled through
     for step in range(steps):
-        batch = slice(step * 8, step * 8 + 8)
+        batch = slice(step % batches * 8, step % batches * 8 + 8)
         loss = loss_fn(model(x[batch]), y[batch])
         opt.zero_grad()
         loss.backward()
