@@ -68,3 +68,24 @@ def test_summary_has_three_models_intervals_comparisons_and_baselines(results):
     models_table = table.split("## Pairwise comparisons")[0]
     assert models_table.count("\n| CNN") == 3 and "Majority class" in table
     assert "significant at 0.05" in table and "Intensity baseline" in table
+
+
+@pytest.mark.parametrize(
+    ("gpu", "expected", "absent"),
+    [
+        ("0", ["--epochs 20", "--batch-size 4", "--width 0.5", "--folds 5", "--jobs"], []),
+        ("1", ["--folds 5"], ["--epochs", "--batch-size", "--width", "--jobs"]),
+    ],
+)
+def test_make_experiments_passes_only_what_it_changes(tmp_path, gpu, expected, absent):
+    """Without a GPU the demo is sized (20 epochs of batch 4, width 0.5, folds in parallel);
+    with one, smri train's own defaults; never a dropout, augmentation or lr of its own."""
+    plan = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "experiments", f"HAS_GPU={gpu}", f"OUT={tmp_path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    train = next(line for line in plan.splitlines() if "train" in line and "--model" in line)
+    for option in expected:
+        assert option in train, (option, train)
+    for option in [*absent, "--dropout", "--augment", "--no-augment", "--lr"]:
+        assert option not in train.split(), (option, train)
