@@ -50,6 +50,15 @@ def write_patient(
     return vols
 
 
+def write_cohort(root: Path) -> Path:
+    """A three-patient BraTS 2019 tree (2 HGG, 1 LGG) under `root`."""
+    for cls, n in (("HGG", 2), ("LGG", 1)):
+        for i in range(n):
+            pid = f"BraTS19_{cls}_{i:03d}_1"
+            write_patient(root / cls / pid, pid, i + (10 if cls == "LGG" else 0))
+    return root
+
+
 @pytest.fixture
 def brats2019(tmp_path: Path) -> Callable[..., tuple[Path, dict[str, tuple[int, dict]]]]:
     """Factory: a BraTS 2018/2019 tree ``ROOT/{HGG,LGG}/<pid>/``; returns root and truth."""

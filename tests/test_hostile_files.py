@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from cli_helpers import ENV, error_line, leftovers, run_smri
 
-from tests.conftest import write_nifti, write_patient
+from tests.conftest import write_cohort, write_nifti
 
 PID = "BraTS19_HGG_000_1"
 MEMORY_CAP_MIB = 700  # the whole process, torch included (about 250 MiB here); was 4.4 GB
@@ -32,12 +32,7 @@ MEMORY_CAP_MIB = 700  # the whole process, torch included (about 250 MiB here); 
 
 @pytest.fixture
 def cohort(tmp_path) -> Path:
-    root = tmp_path / "in"
-    for cls, n in (("HGG", 2), ("LGG", 1)):
-        for i in range(n):
-            pid = f"BraTS19_{cls}_{i:03d}_1"
-            write_patient(root / cls / pid, pid, i + (10 if cls == "LGG" else 0))
-    return root
+    return write_cohort(tmp_path / "in")
 
 
 def _replace(path: Path, make) -> Path:

@@ -21,11 +21,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import DEADLINE_S, ENV, error_line, leftovers, smri_cmd
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from train_helpers import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
-from smri.models import ModelConfig
-from smri.training import TrainConfig, train
 from tests.conftest import write_patient
 
 
@@ -66,11 +64,7 @@ def cohort_model(cohort, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("debris-run")
-    store = make_store(tmp / "s.h5", labels=[0, 1] * 6)
-    out = tmp / "run"
-    train(store, ModelConfig(width=0.25), TrainConfig(epochs=1, batch_size=4, cache="ram"), out,
-          log=lambda _: None)  # fmt: skip
-    return store, out
+    return tiny_run(tmp)
 
 
 @pytest.mark.parametrize(

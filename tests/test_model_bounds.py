@@ -13,11 +13,10 @@ import pytest
 import torch
 from cli_helpers import ENV, error_line, run_smri
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from train_helpers import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 from smri.models import MAX_PARAMETERS, ModelConfig, build_model, check_config
-from smri.training import TrainConfig, train
 
 MEMORY_CAP_MIB = 700
 
@@ -32,11 +31,7 @@ def invoke(*args: object):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("bounds")
-    store = make_store(tmp / "s.h5", labels=[0, 1] * 6)
-    out = tmp / "run"
-    train(store, ModelConfig(width=0.25), TrainConfig(epochs=1, batch_size=4, cache="ram"), out,
-          log=lambda _: None)  # fmt: skip
-    return store, out
+    return tiny_run(tmp)
 
 
 def _rezip(src: Path, dst: Path, extra_mib: int = 0) -> None:

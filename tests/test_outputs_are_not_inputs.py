@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from train_helpers import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
-from smri.models import ModelConfig
-from smri.training import TrainConfig, train
-from tests.conftest import write_patient
+from tests.conftest import write_cohort
 
 PID = "BraTS19_HGG_000_1"
 
@@ -49,22 +47,13 @@ def digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def cohort(tmp_path) -> Path:
-    root = tmp_path / "in"
-    for cls, n in (("HGG", 2), ("LGG", 1)):
-        for i in range(n):
-            pid = f"BraTS19_{cls}_{i:03d}_1"
-            write_patient(root / cls / pid, pid, i + (10 if cls == "LGG" else 0))
-    return root
+    return write_cohort(tmp_path / "in")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("outputs")
-    store = make_store(tmp / "s.h5", labels=[0, 1] * 6)
-    out = tmp / "run"
-    train(store, ModelConfig(width=0.25), TrainConfig(epochs=1, batch_size=4, cache="ram"), out,
-          log=lambda _: None)  # fmt: skip
-    return store, out
+    return tiny_run(tmp)
 
 
 @pytest.mark.parametrize(

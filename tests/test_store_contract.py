@@ -13,13 +13,11 @@ from pathlib import Path
 import h5py
 import pytest
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from train_helpers import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 import smri
 from smri.cli import main
 from smri.errors import DataError
-from smri.models import ModelConfig
-from smri.training import TrainConfig, train
 
 
 def _labels(f: h5py.File, value: int) -> None:
@@ -73,11 +71,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("contract")
-    store = make_store(tmp / "s.h5", labels=[0, 1] * 6)
-    run = tmp / "run"
-    train(store, ModelConfig(width=0.25), TrainConfig(epochs=1, batch_size=4, cache="ram"), run,
-          log=lambda _: None)  # fmt: skip
-    return store, run
+    return tiny_run(tmp)
 
 
 @pytest.mark.parametrize(("make", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -89,3 +89,15 @@ def assert_same_batches(x, y, epochs, sizes: list[int]) -> None:
             assert xa.device.type == xb.device.type == x.device.type
             assert xa.dtype == xb.dtype == torch.float32
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def tiny_run(folder: Path) -> tuple[Path, Path]:
+    """A 12-patient store in `folder` and a one-epoch quarter-width run trained on it."""
+    from smri.models import ModelConfig
+    from smri.training import TrainConfig, train
+
+    store = make_store(folder / "s.h5", labels=[0, 1] * 6)
+    run = folder / "run"
+    train(store, ModelConfig(width=0.25), TrainConfig(epochs=1, batch_size=4, cache="ram"), run,
+          log=quiet)  # fmt: skip
+    return store, run
