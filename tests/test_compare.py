@@ -309,3 +309,17 @@ def test_plain_words_say_p_below_a_thousandth_as_an_inequality():
     assert _p_text(0.0004) == "p < 0.001"
     assert _p_text(0.042) == "p = 0.042"
     assert _p_text(None) == "p = n/a"
+
+
+def test_summary_sentences_never_say_p_equals_less_than(tmp_path, cohort):
+    """A pair and a baseline comparison with p below a thousandth, through the whole report."""
+    store, ids, labels = cohort
+    chance = np.full(len(ids), 0.5)
+    perfect = np.asarray(labels, dtype=float)
+    s = compare([
+        _write_run(tmp_path / "a", "cnn1", _folds(ids, labels, 2, chance), store),
+        _write_run(tmp_path / "b", "cnn2", _folds(ids, labels, 2, perfect), store),
+    ])  # fmt: skip
+    text = summary_markdown(s)
+    assert s["comparisons"][0]["p_value"] < 0.001
+    assert "p < 0.001" in text and "p = <" not in text
