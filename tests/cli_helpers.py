@@ -70,15 +70,20 @@ def wait_for(
 
 
 @contextmanager
-def paused_holder(cmd: list[str], lock: Path) -> Iterator[subprocess.Popen]:
-    """Start `cmd`, wait until it holds its output lock (`lock` exists), and stop it there
-    (SIGSTOP) while the block runs; then let it go on. No timing luck is involved.
+def paused_holder(
+    cmd: list[str], lock: Path, ready: Path | None = None
+) -> Iterator[subprocess.Popen]:
+    """Start `cmd`, wait until it holds its output lock (`lock` exists) and, with `ready`,
+    until that file exists too, and stop it there (SIGSTOP) while the block runs; then let it
+    go on. No timing luck is involved.
 
     After the block the process has ended: ``proc.returncode``, ``proc.out`` and ``proc.err``.
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     try:
         wait_for(proc, lock, holder=proc.pid)
+        if ready is not None:
+            wait_for(proc, ready)
         proc.send_signal(signal.SIGSTOP)
         yield proc
     finally:

@@ -93,7 +93,8 @@ def test_two_train_runs_on_one_run_folder(tmp_path):
     args = ("--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", "2",
             "--device", "cpu", "--cache", "ram", "--no-tensorboard")  # fmt: skip
     first = smri_cmd("train", store, *args, "--out", run)
-    with paused_holder(first, _lock(run)) as holder:
+    # paused once the run folder is one (config.json), so --resume gets past its usage check
+    with paused_holder(first, _lock(run), ready=run / "config.json") as holder:
         for other in (
             ["train", "--resume", run],  # two resumes of one run
             ["train", store, *args, "--out", run, "--overwrite"],  # would delete the run
