@@ -11,6 +11,7 @@ import importlib.util
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -89,6 +90,7 @@ def entry() -> None:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    sys.unraisablehook = _redeliver_interrupt
     for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 is printed escaped
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -105,3 +107,21 @@ def entry() -> None:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+REDELIVERY_DELAY_S = 0.05
+
+
+def _redeliver_interrupt(unraisable: Any) -> None:
+    """A Ctrl-C that lands in a finaliser (a `__del__`, a weakref callback during garbage
+    collection) cannot be raised there: Python prints "Exception ignored ... KeyboardInterrupt"
+    with a traceback and goes on as if nothing had happened. Send the signal again instead, a
+    moment later from a helper thread (sent at once, it would land in this hook and be lost the
+    same way), so that it reaches the command where it can stop it; anything else that cannot be
+    raised is reported as Python reports it."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        resend = threading.Timer(REDELIVERY_DELAY_S, os.kill, (os.getpid(), signal.SIGINT))
+        resend.daemon = True
+        resend.start()
+        return
+    sys.__unraisablehook__(unraisable)
