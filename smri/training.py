@@ -867,6 +867,9 @@ def load_run_config(run: Path) -> tuple[Path, ModelConfig, TrainConfig]:
     """Store path, model and training settings of an existing run folder (for --resume)."""
     path = Path(run) / "config.json"
     if not path.exists():
+        if Path(run).is_dir():  # a run another process has just started: say that (OutputLocked)
+            with OutputLock(Path(run)):
+                pass
         raise ConfigError(f"{run} is not an smri run folder (no config.json)", option="--resume")
     try:
         config = json.loads(check_regular(path).read_text())

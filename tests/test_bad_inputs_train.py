@@ -24,6 +24,7 @@ import torch
 from click.testing import CliRunner
 from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
+from smri.atomic import OutputLock
 from smri.cli import main
 from smri.models import ModelConfig, build_model
 from smri.training import TrainConfig, train
@@ -365,6 +366,17 @@ def test_resume_a_folder_that_is_not_a_run(tmp_path):
     result = invoke("train", "--resume", tmp_path / "notes")
     assert "not an smri run folder (no config.json)" in error_line(result, code=2)
     assert list((tmp_path / "notes").iterdir()) == []
+
+
+def test_resume_a_run_another_process_has_just_started(tmp_path):
+    # Between taking its lock and writing config.json, a starting run's folder is empty: a
+    # second `--resume` is told of the other process, not that the folder is not a run.
+    run = tmp_path / "run"
+    run.mkdir()
+    with OutputLock(run):  # flock: held against any other open of the lock file, even ours
+        result = invoke("train", "--resume", run)
+    assert "another smri process" in error_line(result, code=1)
+    assert list(run.iterdir()) == []
 
 
 def test_resume_with_a_truncated_last_pt(cut):
