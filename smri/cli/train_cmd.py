@@ -140,7 +140,7 @@ def _given(ctx: click.Context, name: str) -> bool:
     default=TRAIN["epochs"],
     show_default=True,
     help="Training epochs (the seed states none; smri's choice, not cross-validated; "
-    "make experiments' CPU demo uses 20; CNN2 at 120x120 in-plane needed 40: docs/results.md).",
+    "make experiments' CPU demo uses 20; larger in-plane sizes need more: docs/results.md).",
 )
 @click.option(
     "--batch-size",
