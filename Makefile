@@ -60,7 +60,7 @@ clean:  ## remove the virtual environment and caches
 #   make experiments QUICK=1              a tiny smoke run (what CI runs)
 # Training settings are smri train's own defaults (smri train --help says where each comes
 # from); this file passes only what it changes: the demo's size on a machine without a GPU, and
-# any variable you set (EPOCHS, BATCH, WIDTH, DROPOUT, AUGMENT=0/1, SEED, DEVICE).
+# any variable you set (EPOCHS, BATCH, WIDTH, DROPOUT, INPUT_POOL, AUGMENT=0/1, SEED, DEVICE).
 # Every step is a file target: re-running skips what is finished; a failed step stops the run.
 # ---------------------------------------------------------------------------------------------
 QUICK   ?= 0
@@ -73,6 +73,7 @@ EPOCHS  ?=
 BATCH   ?=
 WIDTH   ?=
 DROPOUT ?=
+INPUT_POOL ?=
 AUGMENT ?=
 SEED    ?=
 DEVICE  ?=
@@ -105,7 +106,8 @@ FOLD_JOBS := $(if $(filter 1,$(HAS_GPU)),,$(if $(filter-out 1,$(FOLDS)),$(JOBS))
 opt = $(if $(strip $(2)),$(1) $(2))
 AUGMENT_FLAG := $(if $(filter 1,$(AUGMENT)),--augment,$(if $(filter 0,$(AUGMENT)),--no-augment))
 TRAIN_OPTIONS := $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH)) \
-  $(call opt,--width,$(WIDTH)) $(call opt,--dropout,$(DROPOUT)) $(AUGMENT_FLAG) \
+  $(call opt,--width,$(WIDTH)) $(call opt,--dropout,$(DROPOUT)) \
+  $(call opt,--input-pool,$(INPUT_POOL)) $(AUGMENT_FLAG) \
   $(call opt,--seed,$(SEED)) $(call opt,--device,$(DEVICE)) \
   $(if $(filter-out 1,$(FOLDS)),--folds $(FOLDS)) $(call opt,--jobs,$(FOLD_JOBS))
 

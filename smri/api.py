@@ -48,8 +48,8 @@ Log = Callable[[str], None]
 _MODEL, _TRAIN, _PRE, _SYNTH = ModelConfig(), TrainConfig(), PreprocessConfig(), SynthConfig()
 # Options that define a run: a resumed run keeps its own (only device, cache, workers change).
 RUN_OPTIONS = (
-    "model", "width", "dropout", "epochs", "batch_size", "lr", "weight_decay", "seed",
-    "val_fraction", "folds", "fold", "class_weight", "amp", "compile", "augment",
+    "model", "width", "dropout", "input_pool", "epochs", "batch_size", "lr", "weight_decay",
+    "seed", "val_fraction", "folds", "fold", "class_weight", "amp", "compile", "augment",
 )  # fmt: skip
 EVAL_FILES = ("metrics.json", "predictions.csv", "roc.png")  # what `evaluate` writes
 
@@ -217,6 +217,7 @@ def train(
     *,
     width: float = _MODEL.width,
     dropout: float = _MODEL.dropout,
+    input_pool: int = _MODEL.input_pool,
     epochs: int = _TRAIN.epochs,
     batch_size: int = _TRAIN.batch_size,
     lr: float = _TRAIN.lr,
@@ -260,9 +261,9 @@ def train(
 
     dist = dist or SINGLE
     settings = {
-        "model": model, "width": width, "dropout": dropout, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-        "val_fraction": val_fraction, "folds": folds, "fold": fold,
+        "model": model, "width": width, "dropout": dropout, "input_pool": input_pool,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "seed": seed, "val_fraction": val_fraction, "folds": folds, "fold": fold,
         "class_weight": class_weight, "amp": amp, "compile": compile, "augment": augment,
     }  # fmt: skip
     if resume is not None:
@@ -278,7 +279,7 @@ def train(
     elif store is None:
         raise ConfigError("give a STORE to train on, or --resume RUN_DIR")
     else:
-        model_cfg = ModelConfig(name=model, width=width, dropout=dropout)
+        model_cfg = ModelConfig(name=model, width=width, dropout=dropout, input_pool=input_pool)
         cfg = TrainConfig(
             **{k: v for k, v in settings.items() if k in TrainConfig.__dataclass_fields__},
             device=device, cache=cache, workers=workers, jobs=jobs,
@@ -308,7 +309,7 @@ def _check_resume_options(settings: dict[str, Any], out: Any, overwrite: bool) -
         raise ConfigError("--resume continues the run in place; drop --overwrite",
                           option="--overwrite")  # fmt: skip
     defaults = {**vars(_TRAIN), "model": _MODEL.name, "width": _MODEL.width,
-                "dropout": _MODEL.dropout}  # fmt: skip
+                "dropout": _MODEL.dropout, "input_pool": _MODEL.input_pool}  # fmt: skip
     given = [f"--{n.replace('_', '-')}" for n in RUN_OPTIONS if settings[n] != defaults[n]]
     given += ["--out"] if out is not None else []
     if given:

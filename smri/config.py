@@ -33,6 +33,10 @@ class ModelConfig:
     dropout: float = 0.0
     fc: int = 256  # CNN1's embedding size
     se_reduction: int = 8  # CNN3
+    # in-plane average pooling of each volume before the first conv block; none in the seed
+    # (1). At in-plane sizes well above the blocks' 46-voxel receptive field, CNN2 and CNN3
+    # need it to learn (docs/results.md, "Learning as the geometry grows").
+    input_pool: int = 1
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

@@ -63,7 +63,8 @@ def model_card(
         "",
         "## Model",
         "",
-        f"- Architecture: a 3D CNN ({model['name']}, width {model['width']:g}) embeds each "
+        f"- Architecture: a 3D CNN ({model['name']}, width {model['width']:g}"
+        f"{_pooled(model.get('input_pool', 1))}) embeds each "
         f"modality volume with shared weights; an LSTM ({model['hidden']} units) reads the "
         f"sequence of modality embeddings; dropout {model['dropout']:g} and a linear layer give "
         "one logit.",
@@ -159,3 +160,8 @@ def _cv_lines(cv: dict[str, Any] | None) -> list[str]:
         for k in ("auc", "balanced_accuracy")
     ]
     return [f"Across the run's {cv.get('folds')} folds (mean ± std): " + "; ".join(parts) + ".", ""]
+
+
+def _pooled(k: int) -> str:
+    """How the card names the input pooling (nothing when off)."""
+    return f", each slice first averaged over {k}x{k} voxels" if k > 1 else ""

@@ -629,7 +629,9 @@ def describe(
     cnn = count_parameters(model.cnn)
     m, s, h, w = setup.info.volume_shape
     lines = [
-        f"model     {model_cfg.name} width {model_cfg.width:g}: {count_parameters(model):,} "
+        f"model     {model_cfg.name} width {model_cfg.width:g}"
+        f"{f' input pool {model_cfg.input_pool}' if model_cfg.input_pool > 1 else ''}: "
+        f"{count_parameters(model):,} "
         f"parameters ({cnn:,} CNN, {count_parameters(model) - cnn:,} LSTM + head)",
         f"store     {store}: {setup.info.n_patients} patients, {m} modalities x {s}x{h}x{w} "
         f"{setup.info.dtype}",

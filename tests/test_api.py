@@ -101,7 +101,11 @@ def test_api_defaults_are_the_dataclass_defaults():
 def test_other_commands_take_their_defaults_from_the_dataclasses():
     models = {p.name: p.default for p in _command("models").params}
     m = ModelConfig()
-    assert models == {"shape": "x".join(map(str, (4, *m.volume_shape))), "width": m.width}
+    assert models == {
+        "shape": "x".join(map(str, (4, *m.volume_shape))),
+        "width": m.width,
+        "input_pool": m.input_pool,
+    }
     show = {p.name: p.default for p in _command("show").params}
     assert show["slices"] == PreprocessConfig().slices
 

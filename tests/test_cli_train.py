@@ -41,6 +41,18 @@ def test_models_lists_parameter_counts():
     assert lines[4].split()[:5] == ["cnn3", "297,232", "132,225", "429,457", "128"]
 
 
+def test_models_with_input_pool_are_the_models_of_the_pooled_geometry():
+    pooled = invoke("models", "--shape", "4x32x120x120", "--width", "0.5", "--input-pool", "3")
+    plain = invoke("models", "--shape", "4x32x40x40", "--width", "0.5")
+    assert pooled.exit_code == plain.exit_code == 0
+    head, *rows = pooled.output.splitlines()
+    assert head == (
+        "input 4x32x120x120, width 0.5, pooled 3x3 in-plane; the CNN is shared across the 4 "
+        "modalities"
+    )
+    assert rows == plain.output.splitlines()[1:]  # CNN1's FC sees the same 2x2x2 positions
+
+
 def test_models_rejects_a_too_small_shape():
     result = invoke("models", "--shape", "4x8x240x240")
     assert result.exit_code == 2
@@ -73,6 +85,14 @@ def test_dry_run_writes_nothing(store, tmp_path):
         ),
         (["--folds", "9"], 2, "9 folds need at least 9 patients of every class; class LGG has 8"),
         (["--device", "cuda"], 2, "CUDA was asked for but torch sees no GPU"),
+        (
+            ["--input-pool", "3"],
+            2,
+            "Invalid value for '--input-pool': the in-plane size 32x32 is not a multiple of 3; "
+            "choose a divisor of 32",
+        ),
+        (["--input-pool", "4"], 2, "4 leaves 8x8 voxels in-plane, too few for 4 pooling stages"),
+        (["--input-pool", "0"], 2, "Invalid value for '--input-pool': 0 is not in the range x>=1"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(store, tmp_path, args, code, message):
@@ -242,3 +262,36 @@ def test_dropout_is_a_run_setting(store, tmp_path):
     assert result.exit_code == 2
     assert "--resume continues a run with its own settings; drop --dropout" in result.output
     assert invoke("train", store, "--dropout", "1").exit_code == 2
+
+
+def test_input_pool_is_a_run_setting_kept_by_every_checkpoint_reader(store, tmp_path):
+    out = tmp_path / "p"
+    result = invoke("train", store, *FAST, "--epochs", "1", "--model", "cnn1", "--input-pool", "2",
+                    "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["model"]["input_pool"] == 2
+    from smri.checkpoint import load_checkpoint
+    from smri.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig.from_dict(load_checkpoint(out / "best.pt")["model_config"]))
+    assert model.cnn.backbone.input_pool.kernel_size == (1, 2, 2)
+    result = invoke("evaluate", out / "best.pt", store, "--out", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    pytest.importorskip("safetensors")
+    result = invoke("export", out, tmp_path / "exp")
+    assert result.exit_code == 0, result.output
+    assert "each slice first averaged over 2x2 voxels" in (tmp_path / "exp/README.md").read_text()
+    result = invoke("evaluate", tmp_path / "exp", store, "--out", tmp_path / "ev2")
+    assert result.exit_code == 0, result.output
+    ev, ev2 = (tmp_path / d / "predictions.csv" for d in ("ev", "ev2"))
+    assert ev2.read_text() == ev.read_text()
+    result = invoke("train", "--resume", out, "--input-pool", "4")
+    assert result.exit_code == 2
+    assert "--resume continues a run with its own settings; drop --input-pool" in result.output
+
+
+def test_a_checkpoint_saved_before_input_pool_existed_loads_unpooled():
+    from smri.models import ModelConfig
+
+    saved = {k: v for k, v in vars(ModelConfig(width=0.25)).items() if k != "input_pool"}
+    assert ModelConfig.from_dict(saved).input_pool == 1

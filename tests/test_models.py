@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,3 +158,39 @@ def test_backward_reaches_every_parameter():
     model = build_model(ModelConfig(name="cnn3", volume_shape=(16, 16, 16), width=0.25))
     model(torch.randn(2, 2, 16, 16, 16)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_input_pool_is_the_model_on_k_by_k_voxel_means(name):
+    """`input_pool` K: the same function as the unpooled model applied to each slice's K x K
+    block means, computed here with numpy (same weights; CNN1's FC sees the same positions)."""
+    torch.manual_seed(0)
+    k, (s, h, w) = 3, (16, 48, 96)
+    pooled = build_model(ModelConfig(name=name, volume_shape=(s, h, w), width=0.25, input_pool=k))
+    plain = build_model(ModelConfig(name=name, volume_shape=(s, h // k, w // k), width=0.25))
+    plain.load_state_dict(pooled.state_dict())  # same keys and shapes: pooling has no weights
+    x = torch.rand(2, 4, s, h, w)
+    means = x.numpy().astype(np.float64).reshape(2, 4, s, h // k, k, w // k, k).mean(axis=(4, 6))
+    with torch.no_grad():
+        got = pooled.eval()(x)
+        want = plain.eval()(torch.from_numpy(means.astype(np.float32)))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("k", "shape", "message"),
+    [
+        (7, (16, 48, 48), "the in-plane size 48x48 is not a multiple of 7; choose a divisor of 48"),
+        (3, (16, 48, 64), "not a multiple of 3; choose a common divisor of 48 and 64"),
+        (4, (16, 48, 48), "4 leaves 12x12 voxels in-plane, too few for 4 pooling stages (at "
+         "least 16); choose at most 3"),
+        (0, (16, 48, 48), "must be a whole number >= 1, got 0"),
+        (1.5, (16, 48, 48), "must be a whole number >= 1, got 1.5"),
+        (True, (16, 48, 48), "must be a whole number >= 1, got True"),
+    ],
+)  # fmt: skip
+def test_an_input_pool_that_cannot_be_built_names_the_option(k, shape, message):
+    with pytest.raises(ConfigError) as err:
+        build_model(ModelConfig(volume_shape=shape, input_pool=k))
+    assert str(err.value).endswith(message)
+    assert err.value.option == "--input-pool"

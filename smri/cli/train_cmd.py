@@ -80,8 +80,15 @@ def cache_options(defaults: dict[str, Any]) -> Callable[[F], F]:
     show_default=True,
     help="Channel multiplier of the conv blocks (16-32-64-128 at 1).",
 )
+@click.option(
+    "--input-pool",
+    type=click.IntRange(min=1),
+    default=ModelConfig().input_pool,
+    show_default=True,
+    help="Average each slice over K x K voxels before the first conv block (1: off, the seed).",
+)
 @handle_errors
-def models(shape: str, width: float) -> None:
+def models(shape: str, width: float, input_pool: int) -> None:
     """List the models and their parameter counts at a given input geometry."""
     from smri.models import build_model, count_parameters
 
@@ -93,14 +100,17 @@ def models(shape: str, width: float) -> None:
     }
     rows = []
     for name in MODEL_NAMES:  # all built (or refused) before a line is printed
-        model = build_model(ModelConfig(name=name, volume_shape=(s, h, w), width=width))
+        cfg = ModelConfig(name=name, volume_shape=(s, h, w), width=width, input_pool=input_pool)
+        model = build_model(cfg)
         cnn, total = count_parameters(model.cnn), count_parameters(model)
         rows.append(
             f"{name:<6} {cnn:>12,} {total - cnn:>10,} {total:>12,} {model.cnn.out_features:>6}  "
             f"{about[name]}"
         )
     click.echo(
-        f"input {m}x{s}x{h}x{w}, width {width:g}; the CNN is shared across the {m} modalities"
+        f"input {m}x{s}x{h}x{w}, width {width:g}"
+        + (f", pooled {input_pool}x{input_pool} in-plane" if input_pool > 1 else "")
+        + f"; the CNN is shared across the {m} modalities"
     )
     click.echo(f"{'model':<6} {'CNN':>12} {'LSTM+head':>10} {'total':>12} {'embed':>6}  design")
     click.echo("\n".join(rows))
@@ -135,12 +145,21 @@ def _given(ctx: click.Context, name: str) -> bool:
     "none; smri's 0 was chosen by 5-fold CV on the demo cohort over 0.5: docs/results.md).",
 )
 @click.option(
+    "--input-pool",
+    type=click.IntRange(min=1),
+    default=TRAIN["input_pool"],
+    show_default=True,
+    help="Average each slice over K x K voxels before the first conv block (the seed has none: "
+    "1). K must divide the in-plane size. Well above 46 voxels in-plane CNN2 learns little "
+    "without it; at 120x120, K = 3 (40x40 pooled) learnt in every fold: docs/results.md.",
+)
+@click.option(
     "--epochs",
     type=click.IntRange(min=1),
     default=TRAIN["epochs"],
     show_default=True,
     help="Training epochs (the seed states none; smri's choice, not cross-validated; "
-    "make experiments' CPU demo uses 20; larger in-plane sizes need more: docs/results.md).",
+    "make experiments' CPU demo uses 20; see --input-pool for larger in-plane sizes).",
 )
 @click.option(
     "--batch-size",

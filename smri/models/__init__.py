@@ -57,6 +57,19 @@ def check_config(cfg: ModelConfig) -> None:
             raise ConfigError(
                 f"model setting {name} = {value!r} is not an integer in 1..{MAX_UNITS}"
             )
+    k = cfg.input_pool
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"must be a whole number >= 1, got {k!r}", option="--input-pool")
+    if shape[1] % k or shape[2] % k:
+        raise ConfigError(
+            f"the in-plane size {shape[1]}x{shape[2]} is not a multiple of {k}; choose a "
+            + (
+                f"divisor of {shape[1]}"
+                if shape[1] == shape[2]
+                else f"common divisor of {shape[1]} and {shape[2]}"
+            ),
+            option="--input-pool",
+        )
     with torch.device("meta"):
         n = count_parameters(_construct(cfg))
     if n > MAX_PARAMETERS:
@@ -75,13 +88,13 @@ def build_model(cfg: ModelConfig) -> CNNLSTM:
 
 
 def _construct(cfg: ModelConfig) -> CNNLSTM:
-    shape = tuple(cfg.volume_shape)
+    shape, k = tuple(cfg.volume_shape), cfg.input_pool
     if cfg.name == "cnn1":
-        cnn: nn.Module = CNN1(shape, cfg.width, fc=cfg.fc, dropout=cfg.dropout)
+        cnn: nn.Module = CNN1(shape, cfg.width, fc=cfg.fc, dropout=cfg.dropout, input_pool=k)
     elif cfg.name == "cnn2":
-        cnn = CNN2(shape, cfg.width)
+        cnn = CNN2(shape, cfg.width, input_pool=k)
     elif cfg.name == "cnn3":
-        cnn = CNN3(shape, cfg.width, reduction=cfg.se_reduction)
+        cnn = CNN3(shape, cfg.width, reduction=cfg.se_reduction, input_pool=k)
     else:
         raise ConfigError(
             f"unknown model {cfg.name!r}; choose one of {', '.join(MODEL_NAMES)}", option="--model"

@@ -24,22 +24,37 @@ def channels(width: float) -> tuple[int, ...]:
     return tuple(max(1, round(c * width)) for c in BASE_CHANNELS)
 
 
-def pooled_shape(volume_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Spatial shape (D, H, W) after the four conv blocks; a clear error if it would vanish."""
-    shape = tuple(int(s) // MIN_SIZE for s in volume_shape)
-    if len(volume_shape) != 3 or min(shape) < 1:
+def pooled_shape(volume_shape: tuple[int, int, int], input_pool: int = 1) -> tuple[int, int, int]:
+    """Spatial shape (D, H, W) after the input pooling and the four conv blocks; a clear error
+    if it would vanish."""
+    s, h, w = (int(n) for n in volume_shape) if len(volume_shape) == 3 else (0, 0, 0)
+    shape = (s // MIN_SIZE, h // input_pool // MIN_SIZE, w // input_pool // MIN_SIZE)
+    if min(shape) < 1:
+        if input_pool > 1 and shape[0] >= 1 and min(h, w) >= MIN_SIZE:
+            raise ConfigError(
+                f"{input_pool} leaves {h // input_pool}x{w // input_pool} voxels in-plane, "
+                f"too few for {N_POOL} pooling stages (at least {MIN_SIZE}); choose "
+                f"at most {min(h, w) // MIN_SIZE}",
+                option="--input-pool",
+            )
         raise ConfigError(
             f"volume shape (S, H, W) = {tuple(volume_shape)} is too small for {N_POOL} pooling "
             f"stages: every dimension must be at least {MIN_SIZE} (e.g. --slices {MIN_SIZE})"
         )
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 class _Backbone(nn.Module):
-    """Four conv blocks, optionally with SE after each ReLU."""
+    """[In-plane average pooling ->] four conv blocks, optionally with SE after each ReLU.
 
-    def __init__(self, width: float, se_reduction: int | None):
+    `input_pool` K > 1 averages each slice over K x K voxels first (the seed has none): the
+    blocks' receptive field of 46 voxels then spans 46·K input voxels. At in-plane sizes well
+    above 46 the global-pooling CNNs learn little without it (docs/results.md).
+    """
+
+    def __init__(self, width: float, se_reduction: int | None, input_pool: int = 1):
         super().__init__()
+        self.input_pool = nn.AvgPool3d((1, input_pool, input_pool)) if input_pool > 1 else None
         chans = channels(width)
         ins = (1, *chans[:-1])
         self.blocks = nn.Sequential(
@@ -48,7 +63,9 @@ class _Backbone(nn.Module):
         self.out_channels = chans[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, S, H, W) -> (N, C, S/16, H/16, W/16)."""
+        """(N, 1, S, H, W) -> (N, C, S/16, H/16K, W/16K)."""
+        if self.input_pool is not None:
+            x = self.input_pool(x)
         return self.blocks(x)
 
 
@@ -69,10 +86,11 @@ class CNN1(nn.Module):
         width: float = 1.0,
         fc: int = 256,
         dropout: float = 0.5,
+        input_pool: int = 1,
     ):
         super().__init__()
-        self.backbone = _Backbone(width, se_reduction=None)
-        flat = self.backbone.out_channels * math.prod(pooled_shape(volume_shape))
+        self.backbone = _Backbone(width, se_reduction=None, input_pool=input_pool)
+        flat = self.backbone.out_channels * math.prod(pooled_shape(volume_shape, input_pool))
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(flat, fc),
@@ -95,10 +113,11 @@ class CNN2(nn.Module):
         volume_shape: tuple[int, int, int],
         width: float = 1.0,
         se_reduction: int | None = None,
+        input_pool: int = 1,
     ):
         super().__init__()
-        pooled_shape(volume_shape)
-        self.backbone = _Backbone(width, se_reduction=se_reduction)
+        pooled_shape(volume_shape, input_pool)
+        self.backbone = _Backbone(width, se_reduction=se_reduction, input_pool=input_pool)
         self.out_features = self.backbone.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,5 +128,11 @@ class CNN2(nn.Module):
 class CNN3(CNN2):
     """CNN2 with a Squeeze-and-Excitation block after each ReLU, before the pooling (r = 8)."""
 
-    def __init__(self, volume_shape: tuple[int, int, int], width: float = 1.0, reduction: int = 8):
-        super().__init__(volume_shape, width, se_reduction=reduction)
+    def __init__(
+        self,
+        volume_shape: tuple[int, int, int],
+        width: float = 1.0,
+        reduction: int = 8,
+        input_pool: int = 1,
+    ):
+        super().__init__(volume_shape, width, se_reduction=reduction, input_pool=input_pool)
