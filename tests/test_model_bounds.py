@@ -97,8 +97,19 @@ def _with_config(src: Path, dst: Path, **changes) -> Path:
         ({"volume_shape": [16, 32, -32]}, "bad model_config (volume shape (16, 32, -32) is not"),
         ({"dropout": float("nan")}, "bad model_config (must be in [0, 1), got nan)"),
         ({"width": 8}, "the weights do not fit the cnn2 model (width 8, input 16x32x32)"),
+        ({"input_pool": 10**9}, "bad model_config (the in-plane size 32x32 is not a multiple of"),
+        ({"input_pool": "2"}, "bad model_config (must be a whole number >= 1, got '2')"),
     ],
-    ids=["width-1e6", "huge-volume", "huge-lstm", "negative-shape", "nan-dropout", "width-8"],
+    ids=[
+        "width-1e6",
+        "huge-volume",
+        "huge-lstm",
+        "negative-shape",
+        "nan-dropout",
+        "width-8",
+        "huge-pool",
+        "text-pool",
+    ],
 )
 def test_an_absurd_saved_model_config_is_one_line(run, tmp_path, changes, message):
     store, out = run
