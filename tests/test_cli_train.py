@@ -247,16 +247,24 @@ def test_ctrl_c_says_what_the_run_folder_holds(store, tmp_path, monkeypatch, lef
     assert result.output.strip() == message.format(out=out)
 
 
-def test_dropout_is_a_run_setting(store, tmp_path):
-    out = tmp_path / "d"
-    result = invoke("train", store, *FAST, "--epochs", "1", "--model", "cnn1", "--dropout", "0.2",
-                    "--out", out)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads((out / "config.json").read_text())["model"]["dropout"] == 0.2
+def train_cnn1(store, out, *options: str) -> tuple[dict, torch.nn.Module]:
+    """One epoch of CNN1 with `options` into `out`: its config.json's model part, and the model
+    its best.pt rebuilds."""
     from smri.checkpoint import load_checkpoint
     from smri.models import ModelConfig, build_model
 
+    result = invoke("train", store, *FAST, "--epochs", "1", "--model", "cnn1", *options,
+                    "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())["model"]
     model = build_model(ModelConfig.from_dict(load_checkpoint(out / "best.pt")["model_config"]))
+    return saved, model
+
+
+def test_dropout_is_a_run_setting(store, tmp_path):
+    out = tmp_path / "d"
+    saved, model = train_cnn1(store, out, "--dropout", "0.2")
+    assert saved["dropout"] == 0.2
     assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
     result = invoke("train", "--resume", out, "--dropout", "0.3")
     assert result.exit_code == 2
@@ -266,14 +274,8 @@ def test_dropout_is_a_run_setting(store, tmp_path):
 
 def test_input_pool_is_a_run_setting_kept_by_every_checkpoint_reader(store, tmp_path):
     out = tmp_path / "p"
-    result = invoke("train", store, *FAST, "--epochs", "1", "--model", "cnn1", "--input-pool", "2",
-                    "--out", out)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads((out / "config.json").read_text())["model"]["input_pool"] == 2
-    from smri.checkpoint import load_checkpoint
-    from smri.models import ModelConfig, build_model
-
-    model = build_model(ModelConfig.from_dict(load_checkpoint(out / "best.pt")["model_config"]))
+    saved, model = train_cnn1(store, out, "--input-pool", "2")
+    assert saved["input_pool"] == 2
     assert model.cnn.backbone.input_pool.kernel_size == (1, 2, 2)
     result = invoke("evaluate", out / "best.pt", store, "--out", tmp_path / "ev")
     assert result.exit_code == 0, result.output
