@@ -8,7 +8,9 @@
 # are installed from .whl/ when that folder exists (the device machine has no package index;
 # `bash benchmarks/fetch_wheels.sh` fills it).
 # Environment: STAGES="environment bench-train ..." runs only those; BENCH_PATHS (fp32,bf16,pad8);
-# GPU_TESTS_K (a pytest -k filter); SMALL=1 toy sizes and NO_WHEELS=1 to rehearse on a CPU.
+# GPU_TESTS_K (a pytest -k filter); SMALL=1 toy sizes and NO_WHEELS=1 to rehearse on a CPU;
+# INPUT_POOL=K passed to `make experiments` (6 at BraTS geometry is what the 120x120 CPU runs
+# point to: docs/results.md, "The cause and the fix: input pooling").
 set -u
 BUDGET=${1:-430}
 START=$SECONDS
@@ -83,7 +85,7 @@ experiments() {  # `make experiments` with the machine's own python (no .venv: n
   touch /tmp/smri-stamp  # stands in for the .venv stamp, so make installs nothing
   make experiments QUICK="$quick" STAMP=/tmp/smri-stamp BIN="$bin" SMRI="$PY -m smri" \
     HAS_GPU="$($PY -c 'import torch; print(int(torch.cuda.is_available()))')" \
-    OUT=/tmp/smri-results JOBS="$JOBS"
+    OUT=/tmp/smri-results JOBS="$JOBS" INPUT_POOL="${INPUT_POOL:-}"
 }
 
 pack() {  # whatever the experiments finished, without checkpoints, cohort or store
@@ -94,7 +96,7 @@ pack() {  # whatever the experiments finished, without checkpoints, cohort or st
 want() { [ -z "${STAGES:-}" ] || [[ " $STAGES " == *" $1 "* ]]; }  # STAGES="a b": only those
 run() { if want "$1"; then stage "$@"; fi; }
 
-export PY JOBS OUT N XYZ SMALL
+export PY JOBS OUT N XYZ SMALL INPUT_POOL
 export -f environment end_to_end experiments pack  # `timeout` runs commands: functions via bash -c
 run environment 10 bash -c environment
 run gpu-tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "${GPU_TESTS_K:-}"
