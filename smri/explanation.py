@@ -171,6 +171,27 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fraction(x: float | None) -> str:
+    """A share for a sentence: two decimals, or two significant digits below 0.01 (a tumour
+    barely inside the slab has shares of a few thousandths, which .2f shows as 0.00)."""
+    if x is None:
+        return "unknown"
+    return f"{x:.2f}" if x == 0 or x >= 0.01 else f"{x:.2g}"
+
+
+def percent(x: float | None) -> str:
+    """A share for a table in whole percent; a share above 0 never shows as 0 %, nor one
+    below 1 as 100 %."""
+    if x is None:
+        return "-"
+    text = f"{100 * x:.0f}"
+    if text == "0" and x > 0:
+        return "<1 %"
+    if text == "100" and x < 1:
+        return ">99 %"
+    return f"{text} %"
+
+
 def verdict(s: dict[str, Any]) -> str:
     """One sentence on where the model looks, from `summarise`'s numbers."""
     if s["share_in_tumour_mean"] is None:
@@ -179,9 +200,11 @@ def verdict(s: dict[str, Any]) -> str:
             "against the tumour is unknown (preprocess a cohort with *_seg files into the store)"
         )
     where = (
-        f"mean share of the positive saliency inside the tumour {s['share_in_tumour_mean']:.2f} "
-        f"over {s['n_with_tumour']} patients, {s['share_over_chance'] or 0:.1f} times the "
-        f"{s['chance_share_mean']:.2f} of a saliency spread evenly over the head"
+        f"mean share of the positive saliency inside the tumour "
+        f"{_fraction(s['share_in_tumour_mean'])} over {s['n_with_tumour']} "
+        f"patient{'' if s['n_with_tumour'] == 1 else 's'}, "
+        f"{s['share_over_chance'] or 0:.1f} times the {_fraction(s['chance_share_mean'])} of a "
+        "saliency spread evenly over the head"
     )
     if not s["mostly_outside"]:
         return f"the saliency lies mostly inside the tumour ({where})"

@@ -71,6 +71,8 @@ def test_summary_calls_out_a_model_looking_elsewhere():
     assert "looks at the tumour more than at the rest" in s["verdict"]
     s = summarise([{"share_in_tumour": 0.25, "chance_share": 0.2}])
     assert "no better than chance, the model may rely on something other" in s["verdict"]
+    s = summarise([{"share_in_tumour": 0.0026, "chance_share": 0.0013}])  # tumour barely in slab
+    assert "tumour 0.0026 over 1 patient, 2.0 times the 0.0013 of a saliency" in s["verdict"]
     s = summarise([{"share_in_tumour": 0.8, "chance_share": 0.1}])
     assert s["mostly_outside"] is False and s["verdict"].startswith("the saliency lies mostly in")
     s = summarise([{"share_in_tumour": None, "chance_share": None}])
@@ -213,3 +215,11 @@ def test_evaluate_adds_the_mean_share_over_validation_patients(run, store, tmp_p
     assert one["saliency_in_tumour_n"] == 1
     with h5py.File(store) as f:
         assert f.attrs["schema_version"] == 2
+
+
+def test_the_table_never_shows_a_share_above_zero_as_zero():
+    from smri.explanation import percent
+
+    shares = (None, 0.0, 0.001, 0.005, 0.0051, 0.27, 0.995, 0.9999, 1.0)
+    assert [percent(x) for x in shares] == [
+        "-", "0 %", "<1 %", "<1 %", "1 %", "27 %", ">99 %", ">99 %", "100 %"]  # fmt: skip

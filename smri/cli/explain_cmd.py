@@ -71,16 +71,16 @@ def explain(checkpoint: Path, store: Path, patient_ids: tuple[str, ...], out: Pa
 
 def table(report: dict) -> list[str]:
     """The per-patient table and the verdict line."""
+    from smri.explanation import percent  # torch: imported only when a table is printed
+
     width = max(len("patient_id"), *(len(r["patient_id"]) for r in report["rows"]))
     lines = [f"{'patient_id':<{width}}  {'predicted':>9}  {'P(1)':>5}  {'in tumour':>9}  "
              f"{'chance':>6}  note"]  # fmt: skip
 
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.0f} %"
-
     for r in report["rows"]:
         lines.append(
             f"{r['patient_id']:<{width}}  {r['predicted']:>9}  {r['probability']:>5.2f}  "
-            f"{pct(r['share_in_tumour']):>9}  {pct(r['chance_share']):>6}  {r['note'] or ''}"
+            f"{percent(r['share_in_tumour']):>9}  {percent(r['chance_share']):>6}  "
+            f"{r['note'] or ''}"
         )
     return [*lines, report["verdict"]]
