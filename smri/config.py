@@ -34,8 +34,8 @@ class ModelConfig:
     fc: int = 256  # CNN1's embedding size
     se_reduction: int = 8  # CNN3
     # in-plane average pooling of each volume before the first conv block; none in the seed
-    # (1). At in-plane sizes well above the blocks' 46-voxel receptive field, CNN2 and CNN3
-    # need it to learn (docs/results.md, "Learning as the geometry grows").
+    # (1). At in-plane sizes well above the blocks' 46-voxel receptive field, CNN2 needs it to
+    # learn (docs/results.md, "Learning as the geometry grows").
     input_pool: int = 1
 
     @classmethod

@@ -49,7 +49,7 @@ class _Backbone(nn.Module):
 
     `input_pool` K > 1 averages each slice over K x K voxels first (the seed has none): the
     blocks' receptive field of 46 voxels then spans 46·K input voxels. At in-plane sizes well
-    above 46 the global-pooling CNNs learn little without it (docs/results.md).
+    above 46, CNN2 (global average pooling) learns little without it (docs/results.md).
     """
 
     def __init__(self, width: float, se_reduction: int | None, input_pool: int = 1):
