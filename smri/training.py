@@ -57,7 +57,7 @@ from smri.distributed import describe as describe_dist
 from smri.errors import ConfigError, DataError, plural
 from smri.files import check_regular
 from smri.metrics import binary_metrics
-from smri.models import ModelConfig, build_model, check_config, count_parameters
+from smri.models import ModelConfig, build_model, check_config, count_parameters, field_note
 from smri.runs import (
     fold_summary,
     merge_predictions,
@@ -645,7 +645,8 @@ def describe(
     for split in splits:
         where = "" if split.fold is None else f"fold {split.fold}: "
         lines.append(f"split     {where}{len(split.train)} train / {len(split.val)} val patients")
-    return lines
+    note = field_note(model_cfg.name, model_cfg.volume_shape, model_cfg.input_pool)
+    return [*lines, note] if note else lines
 
 
 def train(
@@ -675,6 +676,8 @@ def train(
     extra = {"log": log, "dist": dist, "progress": progress, "tensorboard": board}
     setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
     split_dicts = [split_json(s, setup.patient_ids) for s in splits]
+    if note := field_note(model_cfg.name, model_cfg.volume_shape, model_cfg.input_pool):
+        log(note)
 
     lock = OutputLock(out)
 

@@ -297,3 +297,21 @@ def test_a_checkpoint_saved_before_input_pool_existed_loads_unpooled():
 
     saved = {k: v for k, v in vars(ModelConfig(width=0.25)).items() if k != "input_pool"}
     assert ModelConfig.from_dict(saved).input_pool == 1
+
+
+def test_dry_run_and_run_log_note_units_that_see_too_little_of_the_slice(tmp_path):
+    wide = make_store(tmp_path / "wide.h5", labels=[0, 1] * 4, shape=(4, 16, 64, 64))
+    note = (
+        "note: cnn2's last-block units each see 46 of the 64x64 voxels in-plane; on the demo, "
+        "global pooling learnt reliably only when they saw most of the slice (docs/results.md); "
+        "--input-pool 2 gives them most of it"
+    )
+    result = invoke("train", wide, "--dry-run", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == note
+    for other in (["--model", "cnn1"], ["--input-pool", "2"]):
+        result = invoke("train", wide, "--dry-run", "--batch-size", "4", *other)
+        assert result.exit_code == 0 and "note:" not in result.output, result.output
+    result = invoke("train", wide, *FAST, "--epochs", "1", "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines().count(note) == 1

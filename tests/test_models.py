@@ -194,3 +194,48 @@ def test_an_input_pool_that_cannot_be_built_names_the_option(k, shape, message):
         build_model(ModelConfig(volume_shape=shape, input_pool=k))
     assert str(err.value).endswith(message)
     assert err.value.option == "--input-pool"
+
+
+def test_the_receptive_field_is_where_one_unit_of_the_last_block_gets_a_gradient():
+    """46 voxels: measured as the in-plane extent of the input gradient of one central unit
+    (max pooling swapped for average pooling of the same geometry, every ReLU kept active,
+    so the gradient reaches every voxel the unit depends on)."""
+    from smri.models import receptive_field
+
+    torch.manual_seed(0)
+    backbone = CNN2((16, 128, 128), width=0.25).backbone.eval()
+    for block in backbone.blocks:
+        block.pool = torch.nn.AvgPool3d(2)
+        block.conv.weight.data.abs_()
+        block.conv.bias.data.fill_(0.1)
+    x = torch.rand(1, 1, 16, 128, 128, requires_grad=True)
+    backbone(x)[0, 0, 0, 4, 4].backward()
+    cols = torch.nonzero(x.grad[0, 0].abs().sum(dim=(0, 1))).flatten()
+    rows = torch.nonzero(x.grad[0, 0].abs().sum(dim=(0, 2))).flatten()
+    assert int(cols[-1] - cols[0]) + 1 == int(rows[-1] - rows[0]) + 1 == receptive_field() == 46
+    assert receptive_field(3) == 138
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "k", "advice"),
+    [
+        ("cnn2", (32, 120, 120), 1, "--input-pool 3 gives them most of it"),
+        ("cnn3", (32, 120, 120), 2, "--input-pool 3 gives them most of it"),
+        ("cnn2", (32, 240, 240), 1, "--input-pool 5 gives them most of it"),
+        ("cnn2", (32, 64, 64), 1, "--input-pool 2 gives them most of it"),
+        ("cnn2", (32, 97, 97), 1, None),  # no whole divisor: the note, without advice
+        ("cnn2", (32, 40, 40), 1, False),  # the demo: the units see the whole slice
+        ("cnn2", (32, 48, 48), 1, False),  # 46 of 48: learnt in every fold
+        ("cnn2", (32, 120, 120), 3, False),
+        ("cnn1", (32, 240, 240), 1, False),  # CNN1 keeps every position
+    ],
+)
+def test_the_run_log_notes_a_field_too_small_for_global_pooling(name, shape, k, advice):
+    from smri.models import field_note
+
+    note = field_note(name, shape, k)
+    if advice is False:
+        assert note is None
+        return
+    assert note.startswith(f"note: {name}'s last-block units each see {46 * k} of the ")
+    assert note.endswith(advice) if advice else "--input-pool" not in note

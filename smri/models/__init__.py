@@ -8,7 +8,16 @@ from torch import nn
 from smri.config import MODEL_NAMES, ModelConfig
 from smri.errors import ConfigError
 from smri.models.blocks import ConvBlock, SEBlock, pad_first_conv
-from smri.models.cnn import CNN1, CNN2, CNN3, MIN_SIZE, channels, pooled_shape
+from smri.models.cnn import (
+    CNN1,
+    CNN2,
+    CNN3,
+    MIN_SIZE,
+    channels,
+    field_note,
+    pooled_shape,
+    receptive_field,
+)
 from smri.models.lstm import CNNLSTM
 
 __all__ = [
@@ -24,8 +33,10 @@ __all__ = [
     "build_model",
     "check_config",
     "count_parameters",
+    "field_note",
     "pad_first_conv",
     "pooled_shape",
+    "receptive_field",
 ]
 
 

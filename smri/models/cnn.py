@@ -44,6 +44,41 @@ def pooled_shape(volume_shape: tuple[int, int, int], input_pool: int = 1) -> tup
     return shape
 
 
+def receptive_field(input_pool: int = 1) -> int:
+    """In-plane input voxels one unit of the last block sees: 46 for the four conv blocks
+    (3x3 conv then 2x2 max pooling each), times the input pooling."""
+    field, step = 1, 1
+    for _ in range(N_POOL):
+        field += 2 * step + step  # the conv's two neighbours, then the pooling's second voxel
+        step *= 2
+    return field * input_pool
+
+
+# The share of the slice a last-block unit must see for the global-pooling models to learn
+# reliably, measured on the demo phantoms (docs/results.md, "Learning as the geometry grows"):
+# CNN2 learnt in every fold at 0.96 (48x48) and 1.15 (40x40, and 120x120 pooled 3x3), failed in
+# one fold of five at 0.77 (120x120 pooled 2x2) and in two of three at 0.38 (120x120).
+FIELD_SHARE = 0.8
+
+
+def field_note(name: str, volume_shape: tuple[int, int, int], input_pool: int = 1) -> str | None:
+    """A line for the run log when a global-pooling model's units see too little of the slice
+    (under FIELD_SHARE of its smaller in-plane side), with the smallest --input-pool that
+    fixes it. None for CNN1, which keeps every position."""
+    h, w = (int(n) for n in volume_shape[1:])
+    side = min(h, w)
+    if name == "cnn1" or receptive_field(input_pool) >= FIELD_SHARE * side:
+        return None
+    fits = [k for k in range(input_pool + 1, side // MIN_SIZE + 1)
+            if h % k == 0 and w % k == 0 and receptive_field(k) >= FIELD_SHARE * side]  # fmt: skip
+    advice = f"; --input-pool {fits[0]} gives them most of it" if fits else ""
+    return (
+        f"note: {name}'s last-block units each see {receptive_field(input_pool)} of the {h}x{w} "
+        "voxels in-plane; on the demo, global pooling learnt reliably only when they saw most "
+        f"of the slice (docs/results.md){advice}"
+    )
+
+
 class _Backbone(nn.Module):
     """[In-plane average pooling ->] four conv blocks, optionally with SE after each ReLU.
 
