@@ -645,7 +645,7 @@ def describe(
     for split in splits:
         where = "" if split.fold is None else f"fold {split.fold}: "
         lines.append(f"split     {where}{len(split.train)} train / {len(split.val)} val patients")
-    note = field_note(model_cfg.name, model_cfg.volume_shape, model_cfg.input_pool)
+    note = field_note(model_cfg)
     return [*lines, note] if note else lines
 
 
@@ -676,7 +676,7 @@ def train(
     extra = {"log": log, "dist": dist, "progress": progress, "tensorboard": board}
     setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
     split_dicts = [split_json(s, setup.patient_ids) for s in splits]
-    if note := field_note(model_cfg.name, model_cfg.volume_shape, model_cfg.input_pool):
+    if note := field_note(model_cfg):
         log(note)
 
     lock = OutputLock(out)

@@ -233,7 +233,7 @@ def test_the_receptive_field_is_where_one_unit_of_the_last_block_gets_a_gradient
 def test_the_run_log_notes_a_field_too_small_for_global_pooling(name, shape, k, advice):
     from smri.models import field_note
 
-    note = field_note(name, shape, k)
+    note = field_note(ModelConfig(name=name, volume_shape=shape, input_pool=k))
     if advice is False:
         assert note is None
         return

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from smri.config import ModelConfig
 from smri.errors import ConfigError
 from smri.models.blocks import ConvBlock
 
@@ -61,11 +62,12 @@ def receptive_field(input_pool: int = 1) -> int:
 FIELD_SHARE = 0.8
 
 
-def field_note(name: str, volume_shape: tuple[int, int, int], input_pool: int = 1) -> str | None:
+def field_note(cfg: ModelConfig) -> str | None:
     """A line for the run log when a global-pooling model's units see too little of the slice
     (under FIELD_SHARE of its smaller in-plane side), with the smallest --input-pool that
     fixes it. None for CNN1, which keeps every position."""
-    h, w = (int(n) for n in volume_shape[1:])
+    name, input_pool = cfg.name, cfg.input_pool
+    h, w = (int(n) for n in cfg.volume_shape[1:])
     side = min(h, w)
     if name == "cnn1" or receptive_field(input_pool) >= FIELD_SHARE * side:
         return None
@@ -89,7 +91,8 @@ class _Backbone(nn.Module):
 
     def __init__(self, width: float, se_reduction: int | None, input_pool: int = 1):
         super().__init__()
-        self.input_pool = nn.AvgPool3d((1, input_pool, input_pool)) if input_pool > 1 else None
+        pool = (1, input_pool, input_pool)
+        self.input_pool = nn.AvgPool3d(pool) if input_pool > 1 else nn.Identity()
         chans = channels(width)
         ins = (1, *chans[:-1])
         self.blocks = nn.Sequential(
@@ -99,9 +102,7 @@ class _Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, S, H, W) -> (N, C, S/16, H/16K, W/16K)."""
-        if self.input_pool is not None:
-            x = self.input_pool(x)
-        return self.blocks(x)
+        return self.blocks(self.input_pool(x))
 
 
 class CNN1(nn.Module):
