@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from smri import __version__
@@ -57,12 +58,28 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """
     path = Path(path)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(plain_data(state), buffer)
     try:
         with atomic_open(path, "wb", durable=True) as fh:
             fh.write(buffer.getbuffer())
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
+def plain_data(obj: Any) -> Any:
+    """`obj` with every numpy scalar (in dicts, lists and tuples) as the Python number it holds.
+
+    Settings given through the Python API may be numpy scalars (`epochs=np.int64(20)`); pickled
+    as such they are objects that `load_checkpoint` (weights_only) refuses, so smri would write
+    checkpoints it then calls malicious. Tensors and everything else pass through unchanged.
+    """
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: plain_data(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):  # subclasses (torch.Size, named tuples) pass through
+        return type(obj)(plain_data(v) for v in obj)
+    return obj
 
 
 # Keys every smri checkpoint holds (best.pt and last.pt), and the type each must have.

@@ -22,7 +22,7 @@ import torch
 
 from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_device
 from smri.config import MOSTLY_OUTSIDE
-from smri.errors import ConfigError
+from smri.errors import ConfigError, plural
 from smri.export import load_model
 from smri.saliency import (
     BASELINE,
@@ -201,14 +201,21 @@ def verdict(s: dict[str, Any]) -> str:
         )
     where = (
         f"mean share of the positive saliency inside the tumour "
-        f"{_fraction(s['share_in_tumour_mean'])} over {s['n_with_tumour']} "
-        f"patient{'' if s['n_with_tumour'] == 1 else 's'}, "
-        f"{s['share_over_chance'] or 0:.1f} times the {_fraction(s['chance_share_mean'])} of a "
-        "saliency spread evenly over the head"
+        f"{_fraction(s['share_in_tumour_mean'])} over {plural(s['n_with_tumour'], 'patient')}"
     )
+    ratio = s["share_over_chance"]
+    if ratio is not None:
+        where += (
+            f", {ratio:.1f} times the {_fraction(s['chance_share_mean'])} of a saliency spread "
+            "evenly over the head"
+        )
     if not s["mostly_outside"]:
         return f"the saliency lies mostly inside the tumour ({where})"
-    if (s["share_over_chance"] or 0) < CHANCE_FACTOR:
+    if ratio is None:
+        return (
+            f"WARNING: the saliency lies mostly outside the tumour ({where}); look at the montages"
+        )
+    if ratio < CHANCE_FACTOR:
         return (
             f"WARNING: the saliency lies mostly outside the tumour ({where}): no better than "
             "chance, the model may rely on something other than the tumour; look at the montages"

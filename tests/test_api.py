@@ -188,3 +188,23 @@ def test_progress_bars_on_every_long_step_and_none_when_quiet(tmp_path, capsys):
                     progress=True, quiet=True)  # fmt: skip
     smri.evaluate(run / "best.pt", store, progress=True, quiet=True, overwrite=True)
     assert capsys.readouterr().err == ""
+
+
+def test_numpy_numbers_as_settings_give_checkpoints_smri_loads(tmp_path):
+    """Settings from numpy (a sweep over np.arange, a config read with numpy) were pickled into
+    best.pt as numpy scalars, which the weights-only loader then refused as foreign objects."""
+    import numpy as np
+
+    from smri.checkpoint import load_checkpoint
+
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 6, shape=(4, 16, 64, 64))
+    run = smri.train(store, width=np.float32(0.25), epochs=np.int64(1), batch_size=np.int64(4),
+                     lr=np.float64(1e-3), input_pool=np.int64(2), cache="ram", workers=0,
+                     out=tmp_path / "r", quiet=True)  # fmt: skip
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(run / name)
+        assert type(ckpt["model_config"]["input_pool"]) is int
+        assert ckpt["model_config"]["input_pool"] == 2
+    smri.train(resume=run, quiet=True)  # reads last.pt
+    metrics = smri.evaluate(run / "best.pt", store, out=tmp_path / "ev", quiet=True)
+    assert 0 <= metrics["auc"] <= 1

@@ -223,3 +223,12 @@ def test_the_table_never_shows_a_share_above_zero_as_zero():
     shares = (None, 0.0, 0.001, 0.005, 0.0051, 0.27, 0.995, 0.9999, 1.0)
     assert [percent(x) for x in shares] == [
         "-", "0 %", "<1 %", "<1 %", "1 %", "27 %", ">99 %", ">99 %", "100 %"]  # fmt: skip
+
+
+@pytest.mark.parametrize("chance", [None, 0.0])
+def test_a_verdict_without_a_chance_share_makes_no_comparison(chance):
+    s = summarise([{"share_in_tumour": 0.3, "chance_share": chance}])
+    assert s["verdict"] == (
+        "WARNING: the saliency lies mostly outside the tumour (mean share of the positive "
+        "saliency inside the tumour 0.30 over 1 patient); look at the montages"
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,7 +72,7 @@ def check_config(cfg: ModelConfig) -> None:
                 f"model setting {name} = {value!r} is not an integer in 1..{MAX_UNITS}"
             )
     k = cfg.input_pool
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool | np.bool_) or k < 1:
         raise ConfigError(f"must be a whole number >= 1, got {k!r}", option="--input-pool")
     if shape[1] % k or shape[2] % k:
         raise ConfigError(
@@ -99,7 +102,7 @@ def build_model(cfg: ModelConfig) -> CNNLSTM:
 
 
 def _construct(cfg: ModelConfig) -> CNNLSTM:
-    shape, k = tuple(cfg.volume_shape), cfg.input_pool
+    shape, k = tuple(cfg.volume_shape), int(cfg.input_pool)
     if cfg.name == "cnn1":
         cnn: nn.Module = CNN1(shape, cfg.width, fc=cfg.fc, dropout=cfg.dropout, input_pool=k)
     elif cfg.name == "cnn2":
