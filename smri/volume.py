@@ -86,12 +86,13 @@ def read_nifti_bytes(path: Path) -> bytes:
                     f"{path}: its header declares {count:,} voxels, more than smri loads whole "
                     f"({MAX_WHOLE_VOXELS:,}: scaled or reoriented volumes, `smri show`)"
                 )
-            body = _read_bytes(f, offset + count * size - len(head))
-            if len(head) + len(body) == offset + count * size and _skip(f, TRAILING_SLACK + 1) > (
+            f.seek(0)  # read again from the start, into one buffer: the volume is held once
+            raw = f.read(offset + count * size)
+            if len(raw) == offset + count * size and _skip(f, TRAILING_SLACK + 1) > (
                 TRAILING_SLACK
             ):
                 raise DataError(f"{path}: {TRAILING_MESSAGE}")
-            return head + body
+            return raw
     except ValueError as exc:  # a header that declares more than the file holds
         raise DataError(f"{path}: not a readable NIfTI volume ({_reason(exc)})") from None
     except (OSError, EOFError, zlib.error) as exc:

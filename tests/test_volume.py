@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import time
+import tracemalloc
 
 import nibabel as nib
 import numpy as np
@@ -113,6 +114,22 @@ def test_load_volume_reads_both_formats(tmp_path, ext):
     np.testing.assert_array_equal(vol.data, data)
     assert vol.data.dtype == np.int16
     assert vol.spacing == pytest.approx((0.9, 1.1, 2.0))
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_load_volume_holds_the_voxels_once(tmp_path, ext):
+    """One buffer, filled in place, is the array: not a copy per step (3x the volume before)."""
+    data = np.random.default_rng(1).integers(0, 4000, (120, 120, 80)).astype(np.int16)
+    path = write_nifti(tmp_path / f"m_t1{ext}", data)
+    tracemalloc.start()
+    try:
+        vol = load_volume(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(vol.data, data)
+    # the volume and the reader's buffers (under 1 MiB); it was 3x the volume
+    assert peak < data.nbytes + 2**20, f"peak {peak / data.nbytes:.2f}x the volume"
 
 
 def test_load_volume_applies_scaling_and_drops_trailing_singleton(tmp_path):
