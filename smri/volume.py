@@ -127,11 +127,10 @@ def _declared_bytes(head: bytes) -> tuple[int, int, int] | None:
 
 def _skip(f: BinaryIO, n: int) -> int:
     """Read and drop up to `n` bytes of `f`, a small buffer at a time; how many there were."""
-    buf = memoryview(bytearray(min(max(n, 1), 1 << 16)))
     total = 0
     while total < n:
-        want = min(len(buf), n - total)
-        got = _read_into(f, buf[:want])
+        want = min(1 << 16, n - total)
+        got = len(f.read(want))
         total += got
         if got < want:
             break
@@ -578,17 +577,6 @@ def _open_stream(path: Path) -> tuple[BinaryIO, int]:
     return GZIP.open(path, "rb"), isize
 
 
-def _read_into(f: BinaryIO, buf: memoryview) -> int:
-    """Fill `buf` from `f`; fewer bytes only at the end of the stream."""
-    filled = 0
-    while filled < len(buf):
-        n = f.readinto(buf[filled:])
-        if not n:
-            break
-        filled += n
-    return filled
-
-
 def _stream_header(path: Path) -> tuple[nib.Nifti1Header, int]:
     """The NIfTI header (and extensions) from the start of the file, without its voxels, and
     the stream's length as `_open_stream` gives it."""
@@ -607,8 +595,7 @@ def _stream_header(path: Path) -> tuple[nib.Nifti1Header, int]:
 
 def _read_bytes(f: BinaryIO, n: int) -> bytes:
     """Up to `n` bytes from `f`: fewer only at the end of the stream."""
-    buf = bytearray(n)
-    return bytes(buf[: _read_into(f, memoryview(buf))])
+    return f.read(n)
 
 
 def _stream_slab(
@@ -628,42 +615,31 @@ def _stream_slab(
     count = x * y * z
     s0 = slab_start(z, slab.size // (x * y)) * x * y
     s1 = s0 + slab.size
-    buf = bytearray(max(STREAM_CHUNK, size))
-    view = memoryview(buf)
+    step = max(STREAM_CHUNK // size, 1)  # voxels per piece
     lo = hi = None
     done = 0  # voxels read
     with _open_stream(path)[0] as f:
         skip = int(header.get_data_offset())
         if skip < 0:
             raise ValueError(f"negative voxel offset {skip}")
-        while skip > 0:  # the header and extensions, already parsed
-            n = _read_into(f, view[: min(skip, len(buf))])
-            if not n:
-                raise ValueError("the file ends inside its header")
-            skip -= n
-        carry = 0  # bytes of a voxel split between two pieces
-        while True:
-            n = carry + _read_into(f, view[carry:])
-            whole = n // size
-            take = min(whole, count - done)
-            if take > 0:
-                piece = np.frombuffer(buf, dtype=dtype, count=take)
-                p_lo, p_hi = piece.min(), piece.max()
-                lo = p_lo if lo is None else np.minimum(lo, p_lo)  # NaN stays NaN
-                hi = p_hi if hi is None else np.maximum(hi, p_hi)
-                a, b = max(done, s0), min(done + take, s1)
-                if a < b:
-                    slab[a - s0 : b - s0] = piece[a - done : b - done]
-                done += take
-                del piece  # the buffer is refilled next
-            if done == count:  # what follows the voxels: a little is ignored, more refused
-                if n - take * size + _skip(f, TRAILING_SLACK + 1) > TRAILING_SLACK:
-                    raise DataError(f"{path}: {TRAILING_MESSAGE}")
+        if _skip(f, skip) < skip:  # the header and extensions, already parsed
+            raise ValueError("the file ends inside its header")
+        while done < count:
+            data = f.read(min(step, count - done) * size)  # fewer bytes only at the end
+            take = len(data) // size
+            if not take:
                 break
-            if n < len(buf):  # end of stream
-                break
-            carry = n - whole * size
-            view[:carry] = view[whole * size : n]
+            piece = np.frombuffer(data, dtype=dtype, count=take)
+            p_lo, p_hi = piece.min(), piece.max()
+            lo = p_lo if lo is None else np.minimum(lo, p_lo)  # NaN stays NaN
+            hi = p_hi if hi is None else np.maximum(hi, p_hi)
+            a, b = max(done, s0), min(done + take, s1)
+            if a < b:
+                slab[a - s0 : b - s0] = piece[a - done : b - done]
+            done += take
+        # what follows the voxels: a little is ignored, more refused
+        if done == count and _skip(f, TRAILING_SLACK + 1) > TRAILING_SLACK:
+            raise DataError(f"{path}: {TRAILING_MESSAGE}")
     if done < count:
         raise ValueError(f"expected {count} voxels after the header, the file holds {done}")
     return lo, hi

@@ -54,7 +54,7 @@ def same_bits(got: np.ndarray, want: np.ndarray) -> None:
 
 @pytest.fixture(params=[1001, 4096, 1 << 20], ids=["odd-1001B", "4KiB", "1MiB"])
 def chunk(request, monkeypatch):
-    """Buffer sizes: an odd one splits voxels between pieces and puts slab edges mid-piece."""
+    """Buffer sizes: an odd one gives pieces of odd voxel counts and puts slab edges mid-piece."""
     monkeypatch.setattr(volume, "STREAM_CHUNK", request.param)
     return request.param
 
