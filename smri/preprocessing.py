@@ -41,6 +41,7 @@ from smri.store import (
     LockedError,
     StoreReader,
     StoreWriter,
+    aligned_empty,
     orientation_counts,
     write_error,
 )
@@ -151,7 +152,8 @@ def load_patient(
                     f"{expect_inplane[1]}x{expect_inplane[0]} (the most "
                     "common shape in this cohort)",
                 )
-            images = np.empty((len(patient.files), cfg.slices, y, x), cfg.dtype)
+            # page-aligned: the store writes each volume from here with O_DIRECT
+            images = aligned_empty((len(patient.files), cfg.slices, y, x), cfg.dtype)
         elif (y, x) != images.shape[2:]:
             raise PatientError(
                 pid,

@@ -22,9 +22,12 @@ Attributes are plain HDF5 strings and numbers (JSON text for structures): nothin
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -540,6 +543,133 @@ def _create_h5(path: Path, **kwargs: Any) -> h5py.File:
         raise
 
 
+# Image chunks written with O_DIRECT (`DirectChunks`) where the store and the file system
+# allow it; False: every chunk goes through h5py and the page cache. A module attribute, so the
+# benchmark can measure the plain write in its place.
+DIRECT_WRITES = True
+PAGE_BYTES = 4096
+# The writer goes back to page-cache writes when waiting for O_DIRECT writes takes more than
+# this share of its time (checked from the DIRECT_PROBE_ROWS-th row written on): the disk, not
+# the CPU, is then the limit, and the page cache (RAM) absorbs what the disk cannot yet take.
+DIRECT_SHARE_MAX = 0.5
+DIRECT_PROBE_ROWS = 8
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts on a page boundary: a volume the store can
+    hand to the disk with O_DIRECT without copying it first (`DirectChunks`)."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + PAGE_BYTES, dtype=np.uint8)
+    start = -raw.ctypes.data % PAGE_BYTES
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def is_aligned(a: np.ndarray) -> bool:
+    """Whether `a`'s data starts on a page boundary."""
+    return a.ctypes.data % PAGE_BYTES == 0
+
+
+class DirectChunks:
+    """A store's whole-volume image chunks, written straight to their place in the file.
+
+    Through h5py every chunk is copied once more, into fresh page-cache pages of the kernel,
+    and that copy and its writeback take a core's time from the workers (measured in
+    benchmarks/RESULTS.md). Here the chunks are allocated when the dataset is created (HDF5's
+    early allocation, page-aligned, never filled), so each one's address in the file is known,
+    and a volume is written there with one ``pwrite`` on an ``O_DIRECT`` descriptor: the disk
+    reads it from the worker's buffer. HDF5 writes everything else (metadata, labels, ids,
+    masks) through its own descriptor; the two never touch the same bytes, and the file is an
+    ordinary HDF5 file. Where this is not possible (no O_DIRECT, a file system that refuses
+    it, compressed chunks, chunks that are not whole pages), h5py writes the chunks, with the
+    same result; and also once the disk is the limit (`disk_bound`): O_DIRECT writes wait for
+    the disk, page-cache writes only for RAM.
+    """
+
+    def __init__(self, fd: int, images: h5py.Dataset):
+        self._fd: int | None = fd
+        self._images = images
+        self._bounce: np.ndarray | None = None  # for volumes not on a page boundary
+        self._started = time.perf_counter()
+        self.rows: set[int] = set()  # patients (rows) with a chunk written here
+        self.waited = 0.0  # seconds spent in pwrite
+
+    @staticmethod
+    def supported(chunk_bytes: int) -> bool:
+        """Whether chunks of `chunk_bytes` are to be written this way (DIRECT_WRITES on)."""
+        whole_pages = chunk_bytes > 0 and chunk_bytes % PAGE_BYTES == 0
+        return DIRECT_WRITES and hasattr(os, "O_DIRECT") and whole_pages
+
+    @staticmethod
+    def creation_plist() -> h5py.h5p.PropDCID:
+        """Image dataset creation properties: chunks allocated at creation and never filled."""
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        return dcpl
+
+    @classmethod
+    def open(cls, path: Path, images: h5py.Dataset) -> DirectChunks | None:
+        """Direct writes to `images` in the file at `path`; None where they are not possible."""
+        plist = images.id.get_create_plist()
+        placed = (
+            plist.get_nfilters() == 0
+            and images.chunks == (1, 1, *images.shape[2:])
+            and plist.get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY
+            and DirectChunks.supported(math.prod(images.chunks) * images.dtype.itemsize)
+        )
+        if not placed:
+            return None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError:  # a file system without O_DIRECT (tmpfs: EINVAL)
+            return None
+        return cls(fd, images)
+
+    def disk_bound(self) -> bool:
+        """Whether waiting for the disk has taken more than DIRECT_SHARE_MAX of the time since
+        this writer opened, once DIRECT_PROBE_ROWS rows are written."""
+        elapsed = time.perf_counter() - self._started
+        return len(self.rows) >= DIRECT_PROBE_ROWS and self.waited > DIRECT_SHARE_MAX * elapsed
+
+    def write(self, index: tuple[int, int], volume: np.ndarray) -> bool:
+        """Write `volume` ``(S, H, W)``, C-contiguous in the store dtype, as chunk
+        ``(patient, modality)``.
+
+        False where the file system refuses O_DIRECT writes (EINVAL): the caller then writes
+        the chunk through h5py. Other errors (a full disk) are raised.
+        """
+        info = self._images.id.get_chunk_info_by_coord((*index, 0, 0, 0))
+        if info.byte_offset is None or info.size != volume.nbytes:
+            return False
+        if not is_aligned(volume):  # pickled from a worker process, say
+            if self._bounce is None:
+                self._bounce = aligned_empty((volume.nbytes,), np.uint8)
+            self._bounce[:] = volume.reshape(-1).view(np.uint8)
+            volume = self._bounce
+        data, offset = memoryview(volume).cast("B"), info.byte_offset
+        t0 = time.perf_counter()
+        try:
+            while data:
+                n = os.pwrite(self._fd, data, offset)
+                if not n:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                data, offset = data[n:], offset + n
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # stricter alignment than a page, or no O_DIRECT
+                return False
+            raise
+        finally:
+            self.waited += time.perf_counter() - t0
+        self.rows.add(index[0])
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class StoreWriter:
     """Writes a store to a temporary file beside `path`; renames it into place on success.
 
@@ -574,7 +704,12 @@ class StoreWriter:
         if comp == {}:  # uncompressed: its size is known; a disk it cannot fit is said first
             row = (m * np.dtype(dtype).itemsize + 1) * s * h * w  # images and a mask
             check_room(self.path, self.tmp_path, n_patients * row)
-        self._file = _create_h5(self.tmp_path)
+        chunk_bytes = s * h * w * np.dtype(dtype).itemsize
+        placed = not comp and DirectChunks.supported(chunk_bytes)
+        # Placed chunks: page-aligned, allocated now (their addresses known), never filled.
+        align = {"alignment_threshold": chunk_bytes, "alignment_interval": PAGE_BYTES}
+        self._file = _create_h5(self.tmp_path, **(align if placed else {}))
+        self._direct: DirectChunks | None = None
         try:
             f = self._file
             f.attrs["format"] = FORMAT
@@ -594,6 +729,7 @@ class StoreWriter:
                 maxshape=(None, m, s, h, w),
                 dtype=dtype,
                 chunks=(1, 1, s, h, w),
+                dcpl=DirectChunks.creation_plist() if placed else None,
                 **comp,
             )
             self.labels = f.create_dataset(
@@ -621,6 +757,7 @@ class StoreWriter:
                     fillvalue=unknown if unknown != "" else None,
                 )  # fmt: skip
             self._datasets = [self.images, self.labels, self.ids, self.masks, *self.meta.values()]
+            self._direct = DirectChunks.open(self.tmp_path, self.images)
         except BaseException:
             self.abort()
             raise
@@ -637,14 +774,43 @@ class StoreWriter:
     ) -> None:
         """Write row `i`: images ``(M, S, H, W)`` (cast to the store dtype), label and id;
         `mask` ``(S, H, W)`` uint8 when the patient has a segmentation (meta says so)."""
-        self.images[i] = images
+        if not self._write_direct(i, images):
+            self.images[i] = images
         self.labels[i] = label
         self.ids[i] = patient_id
         for name, value in (meta or {}).items():
             self.meta[name][i] = value
         if mask is not None:
             self.masks[i] = mask
+        self._row_written(i)
+
+    def _write_direct(self, i: int, images: np.ndarray) -> bool:
+        """Write row `i`'s image chunks past the page cache (`DirectChunks`); False where that
+        is not possible (the caller then writes the row through h5py)."""
+        direct = self._direct
+        fits = (
+            isinstance(images, np.ndarray)
+            and images.dtype == self.images.dtype
+            and images.shape == self.images.shape[1:]
+            and images.flags.c_contiguous
+        )
+        if direct is None or not fits:
+            return False
+        for m in range(images.shape[0]):  # a chunk is one whole volume (1, 1, S, H, W)
+            if not direct.write((i, m), images[m]):
+                self._close_direct()  # the file system refused: h5py writes from now on
+                return False
+        return True
+
+    def _row_written(self, i: int) -> None:
         self._written[i] = True
+        if self._direct is not None and self._direct.disk_bound():
+            self._close_direct()  # h5py and the page cache from the next row on
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
 
     @property
     def rows(self) -> int:
@@ -689,7 +855,7 @@ class StoreWriter:
                 self.masks.id.write_direct_chunk((j, 0, 0, 0), chunk, mask)
             else:
                 self.masks[j] = src[i]
-        self._written[j] = True
+        self._row_written(j)
         return j
 
     @classmethod
@@ -703,6 +869,7 @@ class StoreWriter:
         """
         self = cls.__new__(cls)
         self.path, self.overwrite, self.tmp_path = Path(path), overwrite, Path(tmp_path)
+        self._direct = None
         try:
             self._file = h5py.File(self.tmp_path, "r+")
         except OSError as exc:
@@ -717,6 +884,7 @@ class StoreWriter:
             self.n_patients = self.images.shape[0]
             self._written = np.zeros(self.n_patients, dtype=bool)
             self._written[: int(state["rows"])] = True
+            self._direct = DirectChunks.open(self.tmp_path, self.images)
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             self._file.close()
             raise DataError(
@@ -731,6 +899,7 @@ class StoreWriter:
 
     def close_partial(self) -> None:
         """Close, keeping the unfinished file for a later `reopen`."""
+        self._close_direct()
         self._file.close()
 
     def set_config(self, config: dict[str, Any]) -> None:
@@ -745,6 +914,7 @@ class StoreWriter:
         """Close and delete the temporary file; `path` is untouched. After a failed write
         HDF5 cannot close the file cleanly; that second error is not the one to report."""
         try:
+            self._close_direct()
             self._file.close()
         except (OSError, RuntimeError):
             pass
@@ -762,6 +932,7 @@ class StoreWriter:
                 ds.resize(n, axis=0)
         if PARTIAL_STATE in self._file.attrs:
             del self._file.attrs[PARTIAL_STATE]
+        self._close_direct()
         self._file.close()
         if not self.overwrite and self.path.exists():
             self.tmp_path.unlink(missing_ok=True)
