@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -124,3 +126,22 @@ def expected_images(
         start = (v.shape[2] - slices) // 2
         out.append(v[:, :, start : start + slices].T)
     return np.stack(out).astype(dtype)
+
+
+def direct_io_works(directory: Path) -> bool:
+    """Whether files in `directory` can be opened with O_DIRECT (the store's chunk writes)."""
+    probe = directory / ".o_direct_probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+        return True
+    except (OSError, AttributeError):
+        return False
+    finally:
+        probe.unlink()
+
+
+def placed(path: Path) -> bool:
+    """Whether a store's image chunks were allocated up front (the O_DIRECT layout)."""
+    with h5py.File(path) as f:
+        return f["images"].id.get_create_plist().get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY

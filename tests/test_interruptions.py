@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from smri.preprocessing import PreprocessConfig, run_preprocess
+from tests.conftest import placed
 
 
 def _cmd(root, out, *extra):
@@ -51,6 +52,7 @@ def test_killed_preprocess_resumes_to_the_same_store(brats2019, tmp_path, sig):
     run_preprocess(
         root, ref, PreprocessConfig(slices=16), jobs=1, progress=False, echo=lambda _: None
     )
+    assert placed(ref)  # 16 x 48 x 40 float16 chunks: whole pages, written with O_DIRECT
     out = tmp_path / "s.h5"
     out.write_bytes(b"previous complete file")
     partial = tmp_path / ".s.h5.partial"

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from smri import store
 from smri.cli import main
 from smri.errors import ConfigError, DataError
 from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
-from tests.conftest import SHAPE, expected_images, write_nifti
+from tests.conftest import SHAPE, direct_io_works, expected_images, placed, write_nifti
 
 CFG = PreprocessConfig(slices=16)
+# Two ways a store's images reach the file: at SHAPE a slab (16 x 24 x 20 float16) is not whole
+# pages, so h5py writes it; at PLACED (16 x 24 x 32) it is, so smri writes it with O_DIRECT.
+PLACED = (32, 24, 40)
+SHAPES = pytest.mark.parametrize("shape", [SHAPE, PLACED], ids=["h5py-writes", "placed"])
 
 
 def quiet(*_):
@@ -27,13 +33,14 @@ def run(root, out, cfg=CFG, **kw):
     return run_preprocess(root, out, cfg, echo=quiet, progress=False, **kw)
 
 
+@SHAPES
 @pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
-def test_store_equals_direct_numpy(brats2019, tmp_path, ext):
-    root, truth = brats2019(n_hgg=2, n_lgg=2, ext=ext)
-    shape = SHAPE
+def test_store_equals_direct_numpy(brats2019, tmp_path, ext, shape):
+    root, truth = brats2019(n_hgg=2, n_lgg=2, ext=ext, shape=shape)
     out = tmp_path / "s.h5"
     summary = run(root, out)
     assert summary.written == {"HGG": 2, "LGG": 2} and summary.skipped == []
+    assert placed(out) == (shape == PLACED)
     with StoreReader(out) as r:
         assert r.patient_ids == sorted(truth)
         assert r.info.volume_shape == (4, 16, shape[1], shape[0])
@@ -57,14 +64,38 @@ def test_float32_store_equals_direct_numpy(brats2020, tmp_path):
             np.testing.assert_array_equal(r.read(i), expected_images(truth[pid][1], 8, "float32"))
 
 
-def test_jobs_1_and_2_give_identical_bytes(brats2019, tmp_path):
-    root, _ = brats2019(n_hgg=4, n_lgg=3)
+@SHAPES
+def test_jobs_1_and_2_give_identical_bytes(brats2019, tmp_path, shape):
+    root, _ = brats2019(n_hgg=4, n_lgg=3, shape=shape)
     run(root, tmp_path / "a.h5", jobs=1)
     run(root, tmp_path / "b.h5", jobs=2)
     with h5py.File(tmp_path / "a.h5") as a, h5py.File(tmp_path / "b.h5") as b:
         for key in ("images", "labels", "masks", "meta/tumour_voxels"):
             assert a[key][:].tobytes() == b[key][:].tobytes(), key
         assert list(a["patient_id"].asstr()[:]) == list(b["patient_id"].asstr()[:])
+
+
+def test_o_direct_and_page_cache_writes_give_identical_bytes(brats2019, tmp_path, monkeypatch):
+    """The fast path changes how image chunks reach the disk, never what the store holds."""
+    if not direct_io_works(tmp_path):
+        pytest.skip("no O_DIRECT on this file system: h5py writes the chunks either way")
+    root, _ = brats2019(n_hgg=3, n_lgg=2, shape=PLACED)
+    calls, real = [], os.pwrite
+
+    def pwrite(fd, data, offset):
+        calls.append(offset)
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    run(root, tmp_path / "direct.h5", jobs=2)
+    assert len(calls) == 5 * 4  # every image chunk
+    monkeypatch.setattr(store, "DIRECT_WRITES", False)
+    run(root, tmp_path / "h5py.h5", jobs=2)
+    assert len(calls) == 5 * 4 and not placed(tmp_path / "h5py.h5")
+    with h5py.File(tmp_path / "direct.h5") as a, h5py.File(tmp_path / "h5py.h5") as b:
+        for key in ("images", "labels", "masks", *(f"meta/{k}" for k in a["meta"])):
+            assert a[key][:].tolist() == b[key][:].tolist(), key
+        assert a["images"][:].tobytes() == b["images"][:].tobytes()
 
 
 def test_broken_patients_are_skipped_with_reasons(brats2019, tmp_path):
@@ -113,8 +144,9 @@ def test_existing_output_needs_overwrite(brats2019, tmp_path):
     assert StoreReader(out).info.n_patients == 2
 
 
-def test_interrupted_run_leaves_previous_output(brats2019, tmp_path, monkeypatch):
-    root, _ = brats2019(n_hgg=3, n_lgg=1)
+@SHAPES
+def test_interrupted_run_leaves_previous_output(brats2019, tmp_path, monkeypatch, shape):
+    root, _ = brats2019(n_hgg=3, n_lgg=1, shape=shape)
     out = tmp_path / "s.h5"
     out.write_bytes(b"previous")
     import smri.store
@@ -199,8 +231,9 @@ def _interrupt_after(monkeypatch, n_rows):
     monkeypatch.setattr(smri.store.StoreWriter, "append", append)
 
 
-def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkeypatch):
-    root, truth = brats2019(n_hgg=3, n_lgg=3)
+@SHAPES
+def test_resume_after_interrupt_equals_uninterrupted(brats2019, tmp_path, monkeypatch, shape):
+    root, truth = brats2019(n_hgg=3, n_lgg=3, shape=shape)
     pid = sorted(truth)[1]
     (root / "HGG" / pid / f"{pid}_t1.nii.gz").write_bytes(b"")  # a skip before the interrupt
     run(root, tmp_path / "ref.h5")

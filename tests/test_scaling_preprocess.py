@@ -22,7 +22,7 @@ from smri.errors import ConfigError, DataError
 from smri.parallel import ordered_map
 from smri.preprocessing import PatientResult, PreprocessConfig, run_preprocess
 from smri.store import StoreReader
-from tests.conftest import write_nifti
+from tests.conftest import placed, write_nifti
 
 CFG = PreprocessConfig(slices=8)
 TINY = (10, 12, 20)  # (X, Y, Z): a fast, non-square volume
@@ -297,15 +297,20 @@ def cohorts(brats2019, tmp_path):
     return full, part, store, sorted(truth)
 
 
-@pytest.mark.parametrize("compression", ["none", "gzip-1"])
-def test_append_equals_one_run_and_keeps_ids_sorted(brats2019, tmp_path, compression):
-    full, truth = brats2019(n_hgg=3, n_lgg=3, shape=TINY, name="full")
-    part, _ = brats2019(n_hgg=2, n_lgg=1, shape=TINY, name="part")
+@pytest.mark.parametrize(
+    ("compression", "shape"),
+    [("none", TINY), ("gzip-1", TINY), ("none", (32, 16, 20))],  # last: 8 x 16 x 32: 2 pages
+    ids=["none", "gzip-1", "none-placed-chunks"],
+)
+def test_append_equals_one_run_and_keeps_ids_sorted(brats2019, tmp_path, compression, shape):
+    full, truth = brats2019(n_hgg=3, n_lgg=3, shape=shape, name="full")
+    part, _ = brats2019(n_hgg=2, n_lgg=1, shape=shape, name="part")
     cfg = PreprocessConfig(slices=8, compression=compression)
     store = tmp_path / "s.h5"
     run(part, store, cfg)
     lines = []
     summary = append(full, store, cfg, jobs=2, echo=lines.append)
+    assert placed(store) == (shape != TINY)  # the O_DIRECT layout; old rows copied by h5py
     old = ["BraTS19_HGG_000_1", "BraTS19_HGG_001_1", "BraTS19_LGG_000_1"]
     assert lines == [f"skipping patient {pid}: already in {store}" for pid in old]
     assert summary.written == {"HGG": 1, "LGG": 2}

@@ -40,6 +40,7 @@ from smri.errors import DataError
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
+from tests.conftest import direct_io_works
 
 TIMING = {"seconds", "patients_per_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -331,6 +332,29 @@ def test_disk_full_while_writing_the_store_leaves_the_old_one(brats2019, tmp_pat
     assert len(lines) == 1 and lines[0].startswith("Error: No space left on device: ")
     assert out.read_bytes() == b"previous complete store"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "s.h5"]
+
+
+def test_disk_full_during_a_direct_chunk_write_is_one_line(brats2019, tmp_path, monkeypatch):
+    """Chunks of whole pages go to the file with os.pwrite (O_DIRECT), not through h5py."""
+    if not direct_io_works(tmp_path):
+        pytest.skip("no O_DIRECT on this file system: h5py writes the chunks")
+    tree, _ = brats2019(n_hgg=3, n_lgg=2, shape=(32, 24, 40))  # 16 x 24 x 32 float16: 6 pages
+    out = tmp_path / "s.h5"
+    out.write_bytes(b"previous complete store")
+    calls = []
+
+    def full(fd, data, offset):
+        calls.append(offset)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    result = _preprocess(tree, out, "--overwrite")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"Error: No space left on device: {out}"]
+    assert out.read_bytes() == b"previous complete store"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "s.h5"]
+    assert calls  # the failure came from a direct write
 
 
 def _h5py_enospc(ds) -> OSError:
