@@ -6,12 +6,14 @@ so each row starts from the same state. smri's kept fast paths are:
 - ISA-L's gzip (`isal.igzip`) in place of the standard library's;
 - the streamed reader (`smri.volume.SlabSource`): each volume inflated 1 MiB at a time, min and
   max taken piece by piece, only the slab kept; without it, `load_volume` reads it whole;
-- the float32 -> float16 cast through torch (`smri.volume.cast_into`) in place of numpy's.
+- the float32 -> float16 cast through torch (`smri.volume.cast_into`) in place of numpy's;
+- image chunks written with O_DIRECT (`smri.store.DirectChunks`) in place of h5py's
+  ``images[i] = ...`` through the page cache (off: `smri.store.DIRECT_WRITES`).
 
 "smri without X" turns off one of them; "smri --no-masks" stores no segmentation masks (their
-cost: smri's time over its time, target at most 1.15x); the plain path turns off all three and
-reads with nibabel (`nib.load`, `np.asanyarray(img.dataobj)`) and h5py, as a script without smri
-would.
+cost: smri's time over its time, target at most 1.15x); the plain path turns off all four and
+reads with nibabel (`nib.load`, `np.asanyarray(img.dataobj)`) and writes with h5py, as a script
+without smri would.
 The same normalisation and crop (`normalized_slab`, numpy) run in every row. A path's gain is
 smri / (smri without it), measured in the same round; rounds interleave the rows, and the
 ratios reported are medians over rounds. patients/s is a median of 3 runs after a warm-up;
@@ -37,12 +39,16 @@ from pathlib import Path
 
 from benchmarks.common import BRATS_SHAPE, CORES, cohort, machine, table
 
-FAST = ("isal", "stream", "torch cast")
+FAST = ("isal", "stream", "torch cast", "O_DIRECT")
 LABEL = {
     "isal": "ISA-L gzip (vs stdlib gzip)",
     "stream": "streamed reader (vs whole volume)",
     "torch cast": "float16 cast through torch (vs numpy)",
+    "O_DIRECT": "O_DIRECT chunk writes (vs h5py through the page cache)",
 }
+# The row that turns each path off.
+WITHOUT = {p: f"smri without {p}" for p in FAST}
+WITHOUT["O_DIRECT"] = "smri without O_DIRECT (chunks via page cache)"
 
 
 NO_MASKS = "smri --no-masks"
@@ -51,7 +57,7 @@ NO_MASKS = "smri --no-masks"
 def configs() -> list[tuple[str, frozenset[str], int, bool]]:
     """(row name, fast paths on, workers, masks) for every row."""
     rows = [("smri", frozenset(FAST), CORES, True), (NO_MASKS, frozenset(FAST), CORES, False)]
-    rows += [(f"smri without {p}", frozenset(FAST) - {p}, CORES, True) for p in FAST]
+    rows += [(WITHOUT[p], frozenset(FAST) - {p}, CORES, True) for p in FAST]
     rows += [("plain: nibabel + numpy + h5py", frozenset(), CORES, False)]
     if CORES > 1:
         rows += [("smri, 1 worker", frozenset(FAST), 1, True)]
@@ -64,8 +70,11 @@ def use_paths(paths: frozenset[str]) -> None:
     import numpy as np
 
     import smri.preprocessing as pre
+    import smri.store as store
     import smri.volume as volume
 
+    if "O_DIRECT" not in paths:
+        store.DIRECT_WRITES = False
     if "isal" not in paths:
         volume.GZIP = gzip
     if "torch cast" not in paths:
@@ -153,7 +162,7 @@ def preprocess_rows(root: Path, rounds: int) -> None:
     print("\n**Each kept fast path against smri without it (same rounds):**\n")
     gains = []
     plain = "plain: nibabel + numpy + h5py"
-    for label, other in [*((LABEL[p], f"smri without {p}") for p in FAST), ("all three", plain)]:
+    for label, other in [*((LABEL[p], WITHOUT[p]) for p in FAST), ("all four", plain)]:
         rate, cpu = ratio("smri", other, "rate"), ratio(other, "smri", "cpu")
         gains.append((label, f"{rate:.2f}x", f"{cpu:.2f}x"))
     print(table(("fast path", "patients/s gain", "CPU per patient gain"), gains))
