@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from smri import store
 from smri.atomic import OutputLock, check_not_input, partial_path, remove_unique_partials
 from smri.discovery import (
     DEFAULT_CLASSES,
@@ -39,6 +40,7 @@ from smri.store import (
     DTYPES,
     NO_MASK,
     LockedError,
+    MaskChunk,
     StoreReader,
     StoreWriter,
     aligned_empty,
@@ -104,7 +106,7 @@ class PatientResult:
     images: np.ndarray
     meta: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
-    mask: np.ndarray | None = None
+    mask: np.ndarray | MaskChunk | None = None  # compressed by the worker (the direct writer)
 
 
 def load_patient(
@@ -192,6 +194,8 @@ def load_patient(
             meta.update(counts)
         except ValueError as exc:
             notes.append(f"patient {pid}: {exc}; stored without a mask")
+    if mask is not None and store.DIRECT_WRITES:
+        mask = MaskChunk.encode(mask)
     return PatientResult(pid, patient.label, images, meta, notes, mask)
 
 

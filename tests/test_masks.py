@@ -341,3 +341,52 @@ def test_training_never_reads_masks(tmp_path, monkeypatch, cache):
     ds.close()
     assert seen and "/images" in seen
     assert "/masks" not in seen
+
+
+def test_mask_chunk_is_the_gzip_hdf5_reads():
+    from smri.store import MaskChunk
+
+    mask = tumour(5)[:, :, 10:26].T.copy()
+    chunk = MaskChunk.encode(mask)
+    assert chunk.shape == mask.shape and len(chunk.data) < 0.1 * mask.nbytes
+    np.testing.assert_array_equal(chunk.decode(), mask)
+    import zlib
+
+    assert zlib.decompress(chunk.data) == mask.tobytes()  # any zlib reader, HDF5's gzip filter
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_masks_compressed_by_the_workers_equal_h5pys(tmp_path, monkeypatch, jobs):
+    """The direct writer stores each worker's compressed mask as its chunk; switched off, h5py
+    compresses it: the same masks either way, and the chunk is the worker's bytes."""
+    from smri import store
+
+    segs = {"P0": tumour(0), "P1": None, "P2": tumour(2, dtype=np.int16), "P3": tumour(3)}
+    root, _ = cohort(tmp_path, segs)
+    written = []
+    real = store.MaskChunk.encode
+    monkeypatch.setattr(store.MaskChunk, "encode", lambda m: written.append(real(m)) or written[-1])
+    run(root, tmp_path / "direct.h5", jobs=jobs)
+    monkeypatch.setattr(store, "DIRECT_WRITES", False)
+    run(root, tmp_path / "h5py.h5", jobs=jobs)
+    assert len(written) == 3  # only the direct run's workers encoded, one per segmentation
+    with h5py.File(tmp_path / "direct.h5") as a, h5py.File(tmp_path / "h5py.h5") as b:
+        np.testing.assert_array_equal(a["masks"][:], b["masks"][:])
+        assert a["masks"][1].max() == 0 and a["masks"][0].max() == 4
+        stored = {a["masks"].id.read_direct_chunk((i, 0, 0, 0))[1] for i in (0, 2, 3)}
+        assert stored == {c.data for c in written}
+        assert a["masks"].compression == b["masks"].compression == "gzip"
+
+
+def test_a_mask_chunk_the_dataset_cannot_take_as_bytes_is_decoded(tmp_path, monkeypatch):
+    from smri import store
+
+    monkeypatch.setattr(store, "MASK_COMPRESSION", {"compression": "lzf"})
+    root, _ = cohort(tmp_path, {"P0": tumour(0), "P1": tumour(1)})
+    run(root, tmp_path / "s.h5")
+    with StoreReader(tmp_path / "s.h5") as r:
+        for i, pid in enumerate(r.patient_ids):
+            want = nibabel_mask(root / "HGG" / pid / f"{pid}_seg.nii.gz")[0]
+            np.testing.assert_array_equal(r.read_mask(i), want)
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["masks"].compression == "lzf"
