@@ -1,13 +1,13 @@
 """Where preprocessing's 1 -> 2 worker scaling goes: the same run with less and less written.
 
-`StoreWriter.write` copies each patient's images into the store on the main thread
-(`images[i] = ...`) and writes its mask (gzip-1 inside HDF5), label, id and metadata there
-too. Before building a faster writer, this measures what one could gain at most: the same
-`run_preprocess` on the BraTS-geometry cohort, at 1 and 2 workers, alternating in one process,
-with
+`StoreWriter.write` sends each patient's images to the store from the main thread (with
+O_DIRECT, or `images[i] = ...` through the page cache) and writes its mask (compressed by the
+worker, or by HDF5 with the direct writer off), label, id and metadata there too. This
+measures what a faster writer could gain at most: the same `run_preprocess` on the
+BraTS-geometry cohort, at 1 and 2 workers, alternating in one process, with
 
 - `shipped`: everything written as shipped;
-- `no images`: `images[i] = ...` replaced by nothing (the ceiling of any faster image writer);
+- `no images`: the image write replaced by nothing (the ceiling of any faster image writer);
 - `nothing`: no row written at all (the ceiling of any writer);
 - `workers only`: `load_patient` on the same thread pool with no store (the workers' own
   scaling: the inflating, min-max, crop and cast, and the segmentation);
@@ -59,10 +59,11 @@ def images_discarded():
 
     def without_images(self, i, **row):
         real, self.images = self.images, _Discard()
+        direct, self._direct = self._direct, None  # nor past h5py, with O_DIRECT
         try:
             write(self, i, **row)
         finally:
-            self.images = real
+            self.images, self._direct = real, direct
 
     smri.store.StoreWriter.write = without_images
     try:
