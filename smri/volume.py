@@ -69,10 +69,10 @@ def read_nifti_bytes(path: Path) -> bytes:
         compressed = f.read(2) == GZIP_MAGIC
     try:
         with (GZIP.open if compressed else open)(path, "rb") as f:
-            head = _read_bytes(f, 544)  # NIfTI-2's header + extension flag; NIfTI-1 needs 352
+            head = f.read(544)  # NIfTI-2's header + extension flag; NIfTI-1 needs 352
             need = _declared_bytes(head)
             if need is None:  # not a header smri reads: enough for the parser to say why
-                return head + _read_bytes(f, MAX_HEADER_BYTES)
+                return head + f.read(MAX_HEADER_BYTES)
             offset, count, size = need
             if count > MAX_WHOLE_VOXELS:  # read (and drop) no more than the limit allows
                 held = _skip(f, offset - len(head) + MAX_WHOLE_VOXELS * size + 1)
@@ -582,7 +582,7 @@ def _stream_header(path: Path) -> tuple[nib.Nifti1Header, int]:
     the stream's length as `_open_stream` gives it."""
     stream, limit = _open_stream(path)
     with stream as f:
-        head = _read_bytes(f, 544)  # NIfTI-2's 540 bytes + the extension flag; NIfTI-1 needs 352
+        head = f.read(544)  # NIfTI-2's 540 bytes + the extension flag; NIfTI-1 needs 352
         try:
             return _header_from_bytes(head), limit
         except Exception:  # extensions that run past `head`: read up to the voxels, try again
@@ -590,12 +590,7 @@ def _stream_header(path: Path) -> tuple[nib.Nifti1Header, int]:
             offset = int(fixed.get_data_offset())
             if not len(head) < offset <= MAX_HEADER_BYTES:
                 raise
-            return _header_from_bytes(head + _read_bytes(f, offset - len(head))), limit
-
-
-def _read_bytes(f: BinaryIO, n: int) -> bytes:
-    """Up to `n` bytes from `f`: fewer only at the end of the stream."""
-    return f.read(n)
+            return _header_from_bytes(head + f.read(offset - len(head))), limit
 
 
 def _stream_slab(
