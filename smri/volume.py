@@ -14,6 +14,7 @@ max are taken on the raw array: rounding to float32 is monotonic, so they agree)
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -323,7 +324,16 @@ def axis_codes(affine: np.ndarray) -> str:
 
     Two volumes whose codes differ are stored flipped (or transposed) against each other.
     """
-    return "".join(str(c) for c in nib.aff2axcodes(affine))
+    affine = np.asarray(affine, dtype=np.float64)
+    return _axis_codes(affine.shape, affine.tobytes())
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_codes(shape: tuple[int, ...], affine: bytes) -> str:
+    # Worked out once per distinct affine: a patient's volumes share one, and nibabel's SVD
+    # takes about 76 us with the GIL held, which the other preprocessing workers wait for.
+    codes = nib.aff2axcodes(np.frombuffer(affine, dtype=np.float64).reshape(shape))
+    return "".join(str(c) for c in codes)
 
 
 def label_slab(seg: np.ndarray, slices: int) -> tuple[np.ndarray, int, int]:

@@ -12,6 +12,7 @@ import pytest
 
 from smri.errors import DataError
 from smri.volume import (
+    axis_codes,
     cast_into,
     central_slab,
     load_volume,
@@ -204,3 +205,32 @@ def test_big_endian_and_float_files_match_nibabel(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4), header), path)
     vol = load_volume(path)
     np.testing.assert_array_equal(vol.data, nib.load(path).get_fdata(dtype=np.float32))
+
+
+def test_axis_codes_agree_with_nibabel_for_every_affine_asked_twice():
+    """The codes are worked out once per affine: each answer, first or repeated, is nibabel's."""
+    rng = np.random.default_rng(7)
+    affines = []
+    for _ in range(40):
+        perm = np.eye(3)[rng.permutation(3)] * rng.choice([-1.0, 1.0], size=3)
+        rot = np.linalg.qr(rng.normal(size=(3, 3)))[0] if rng.random() < 0.5 else np.eye(3)
+        affine = np.eye(4)
+        affine[:3, :3] = rot @ perm @ np.diag(rng.uniform(0.5, 3.0, size=3))
+        affine[:3, 3] = rng.normal(size=3) * 100
+        affines.append(affine)
+    for affine in affines + affines[::-1]:
+        want = "".join(str(c) for c in nib.aff2axcodes(affine))
+        assert axis_codes(affine) == want
+        assert axis_codes(affine.astype(np.float32)) == "".join(
+            str(c) for c in nib.aff2axcodes(affine.astype(np.float32))
+        )
+    assert len({axis_codes(a) for a in affines}) > 4
+
+
+@pytest.mark.parametrize("bad", [np.full((4, 4), np.nan), np.diag([np.inf, 1.0, 1.0, 1.0])])
+def test_axis_codes_raise_for_an_affine_without_orientation_every_time(bad):
+    for _ in range(2):  # an error is not kept as an answer
+        with pytest.raises((np.linalg.LinAlgError, ValueError)):
+            nib.aff2axcodes(bad)
+        with pytest.raises((np.linalg.LinAlgError, ValueError)):
+            axis_codes(bad)
