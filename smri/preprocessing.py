@@ -550,6 +550,7 @@ def run_preprocess(
                 )
             skipped.sort(key=lambda e: e.patient_id)
             run.writer.set_skipped(skip_rows(skipped))
+            run.writer.flush()
             labels = run.writer.labels[: int(run.writer.rows)]
             warn_orientations(run)
             run.writer.commit()
@@ -597,6 +598,7 @@ def orientation_warning(counts: dict[str, int]) -> str | None:
 def warn_orientations(run: Run) -> None:
     """Warn once per run when the store's patients mix orientations (all rows, resumed or
     copied ones too)."""
+    run.writer.flush()
     rows = int(run.writer.rows)
     text = orientation_warning(orientation_counts(run.writer.meta["axis_codes"][:rows]))
     if text:
