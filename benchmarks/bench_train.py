@@ -118,7 +118,7 @@ def _rate(
     batches.close()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     if compile:
-        torch._dynamo.reset()
+        torch.compiler.reset()
     return statistics.median(rates), peak
 
 
@@ -128,7 +128,7 @@ def rate(*args, **kwargs) -> tuple[float, float | None]:
         return _rate(*args, **kwargs)
     except Exception as exc:  # reported, and the table says nan
         print(f"FAILED {args[3:5]} {kwargs}: {type(exc).__name__}: {exc}", flush=True)
-        torch._dynamo.reset()
+        torch.compiler.reset()
         return float("nan"), None
 
 
