@@ -38,6 +38,7 @@ from smri.parallel import DEFAULT_BACKEND, DeferredInterrupt, check_backend, ord
 from smri.store import (
     COMPRESSIONS,
     DTYPES,
+    LABELS,
     NO_MASK,
     LockedError,
     MaskChunk,
@@ -550,8 +551,7 @@ def run_preprocess(
                 )
             skipped.sort(key=lambda e: e.patient_id)
             run.writer.set_skipped(skip_rows(skipped))
-            run.writer.flush()
-            labels = run.writer.labels[: int(run.writer.rows)]
+            labels = run.writer.written(LABELS)
             warn_orientations(run)
             run.writer.commit()
         except KeyboardInterrupt:
@@ -598,9 +598,7 @@ def orientation_warning(counts: dict[str, int]) -> str | None:
 def warn_orientations(run: Run) -> None:
     """Warn once per run when the store's patients mix orientations (all rows, resumed or
     copied ones too)."""
-    run.writer.flush()
-    rows = int(run.writer.rows)
-    text = orientation_warning(orientation_counts(run.writer.meta["axis_codes"][:rows]))
+    text = orientation_warning(orientation_counts(run.writer.written("axis_codes")))
     if text:
         run.echo(f"warning: {text}")
         run.notes.append(text)

@@ -835,6 +835,12 @@ class StoreWriter:
                 self._fields[name][run[0] : run[-1] + 1] = [kept[i] for i in run.tolist()]
             kept.clear()
 
+    def written(self, name: str) -> np.ndarray:
+        """Field `name` (``labels``, ``patient_id`` or a metadata field) of rows 0 to
+        ``rows - 1`` as the file holds them, the kept values flushed first."""
+        self.flush()
+        return self._fields[name][: self.rows]
+
     def _write_mask_chunk(self, i: int, mask: MaskChunk) -> None:
         """Store row `i`'s compressed mask as its chunk's bytes; through h5py (decoded) where
         the masks dataset is not one gzip chunk per patient."""

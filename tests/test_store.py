@@ -123,6 +123,7 @@ def test_rows_arriving_in_any_order_read_back_as_written_across_a_resume(tmp_pat
     w.checkpoint({"done": 7})
     for i in order[7:]:
         put(w, i)
+    assert w.written("labels").tolist() == [i % 2 for i in range(n)]
     w.commit()
     with StoreReader(path) as r:
         assert r.patient_ids == [f"p{i}" for i in range(n)]
