@@ -133,6 +133,7 @@ $(OUT)/demo/truth.csv: | $(STAMP)
 	$(SMRI) synth $(OUT)/demo --patients $(PATIENTS) --shape $(SHAPE) $(call opt,--seed,$(SEED)) --jobs $(JOBS) --overwrite
 
 $(STORE): $(if $(DATA),,$(OUT)/demo/truth.csv) | $(STAMP)
+	mkdir -p $(@D)
 	$(SMRI) preprocess $(INPUT) $@ --jobs $(JOBS) --overwrite
 
 $(OUT)/runs/%/summary.json: $(STORE)

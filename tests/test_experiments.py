@@ -89,3 +89,25 @@ def test_make_experiments_passes_only_what_it_changes(tmp_path, gpu, expected, a
         assert option in train, (option, train)
     for option in [*absent, "--dropout", "--augment", "--no-augment", "--lr"]:
         assert option not in train.split(), (option, train)
+
+
+@pytest.mark.slow
+def test_make_experiments_on_given_data_into_a_folder_that_does_not_exist(tmp_path):
+    """README's `make experiments DATA=...` from a fresh clone: OUT (nested, absent) is made."""
+    data = tmp_path / "cohort"
+    smri = ROOT / ".venv" / "bin" / "smri"
+    subprocess.run(
+        [str(smri), "synth", str(data), "--patients", "16", "--shape", "24", "24", "40",
+         "--layout", "2020", "--quiet"],
+        check=True,
+    )  # fmt: skip
+    out = tmp_path / "not" / "yet" / "here"
+    subprocess.run(
+        ["make", "-C", str(ROOT), "experiments", "QUICK=1", f"DATA={data}", f"OUT={out}"],
+        check=True,
+    )  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["model"] for m in summary["models"]] == ["cnn1", "cnn2", "cnn3"]
+    assert not (out / "demo").exists()  # the given data, not a generated cohort
+    for name in FIGURES:
+        assert (out / name).stat().st_size > 0
