@@ -5,9 +5,9 @@ with K folds, for one candidate of CNN1's head or its optimisation, and prints p
 issue 15 asks of CNN1: does its training loss fall (last epoch <= 0.6 x the first), does it
 overfit (training loss well under validation loss), and the validation AUC.
 
-    python -m benchmarks.cnn1_candidates STORE OUT CANDIDATE [--folds 5] [--epochs 20]
-        [--width 0.5] [--batch-size 8] [--seed 0] [--no-augment]
-    python -m benchmarks.cnn1_candidates --report OUT/*     # the table of finished runs
+    python -m studies.cnn1_dead_units.cnn1_candidates STORE OUT CANDIDATE [--folds 5]
+        [--epochs 20] [--width 0.5] [--batch-size 8] [--seed 0] [--no-augment]
+    python -m studies.cnn1_dead_units.cnn1_candidates --report OUT/*   # the table of finished runs
 
 Candidates (the conv blocks, flatten, FC 256, ReLU and LSTM are the seed's in all of them):
 
@@ -20,7 +20,7 @@ Candidates (the conv blocks, flatten, FC 256, ReLU and LSTM are the seed's in al
     warmup-d0    plain-d0 with the learning rate warmed up linearly over 5 epochs
     headlr-d0    plain-d0 with the FC layer at a tenth of the learning rate
 
-Why they die (measured with benchmarks/cnn1_dead_units.py): the flattened features are
+Why they die (measured with cnn1_dead_units.py, beside this file): the flattened features are
 post-ReLU, post-max-pool activations, all >= 0. A gradient step of Adam moves each weight of
 an FC unit by about the learning rate, and for a unit all these moves share one sign (that of
 the unit's error: every input is positive), so its pre-activation shifts by about
