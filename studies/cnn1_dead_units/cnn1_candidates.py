@@ -84,8 +84,9 @@ def cnn1_head(flat: int, fc: int, dropout: float, kind: str) -> nn.Sequential:
 
 
 @contextlib.contextmanager
-def patched(c: Candidate) -> Iterator[None]:
-    """smri.training builds the candidate's CNN1 and optimiser while inside."""
+def patched(c: Candidate) -> Iterator[set[int]]:
+    """smri.training builds the candidate's CNN1 and optimiser while inside; yields the ids of
+    the candidate heads' parameters (empty if smri.training never built one)."""
     head_params: set[int] = set()
 
     def build(cfg: ModelConfig) -> nn.Module:
@@ -117,7 +118,7 @@ def patched(c: Candidate) -> Iterator[None]:
     torch.optim.AdamW = optimizer
     torch.optim.lr_scheduler.CosineAnnealingLR = scheduler
     try:
-        yield
+        yield head_params
     finally:
         smri.training.build_model = saved
         torch.optim.AdamW = adamw
@@ -187,8 +188,10 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                       folds=args.folds, augment=not args.no_augment, device="cpu",
                       cache="ram")  # fmt: skip
-    with patched(c):
+    with patched(c) as built:
         smri.training.train(args.store, model_cfg, cfg, args.out / args.candidate)
+    if not built:  # the patch above missed: smri's own CNN1 was trained, not the candidate
+        raise SystemExit("smri.training did not build the model through the patched build_model")
     report([args.out / args.candidate])
 
 
