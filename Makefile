@@ -29,8 +29,8 @@ test-all: $(STAMP)  ## every test, slow ones included (GPU tests skip without a 
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)  ## ruff
-	$(BIN)/ruff check smri tests benchmarks
-	$(BIN)/ruff format --check smri tests benchmarks
+	$(BIN)/ruff check smri tests benchmarks studies
+	$(BIN)/ruff format --check smri tests benchmarks studies
 
 # Reduced sizes fit a 2-core CPU in under 10 minutes; on a GPU machine run the scripts with
 # their defaults (BraTS geometry). Tables are printed and kept in benchmarks/.work/latest.md.

@@ -8,16 +8,15 @@ FC layer reads). Reported per reduction: the cross-validated AUC of a logistic r
 the features (5 stratified folds, standardised, L2 with C = 0.01 and 1), and for the average
 the median over channels of its spread across patients relative to its mean (std / |mean|).
 
-    python -m benchmarks.geometry_probe STORE [STORE ...] [--seeds 2]
+    python -m studies.geometry_and_pooling.geometry_probe STORE [STORE ...] [--seeds 2]
 
-Results: docs/results.md, "Learning as the geometry grows".
+Results: studies/geometry_and_pooling/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import h5py
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -27,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from smri.config import ModelConfig
 from smri.models import build_model
+from smri.store import StoreReader
 
 BATCH = 8  # patients per forward pass (x 4 modalities), as the CPU demo's BatchNorm sees them
 
@@ -34,16 +34,17 @@ BATCH = 8  # patients per forward pass (x 4 modalities), as the CPU demo's Batch
 def features(path: str, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """(patients, modalities, C, s, h, w) last-block maps of an untrained CNN2, the labels and
     the volume shape (S, H, W)."""
-    with h5py.File(path, "r") as f:
-        images, labels = f["images"], f["labels"][:]
-        n, m, *shape = images.shape
+    with StoreReader(path) as reader:
+        labels, (m, *shape) = reader.labels, reader.info.volume_shape
+        n = len(reader)
         torch.manual_seed(seed)
         cfg = ModelConfig(name="cnn2", volume_shape=tuple(shape), width=0.5)
         backbone = build_model(cfg).cnn.backbone.train()
         maps = []
         with torch.no_grad():
             for i in range(0, n, BATCH):
-                x = torch.from_numpy(images[i : i + BATCH].astype(np.float32))
+                rows = range(i, min(i + BATCH, n))
+                x = torch.from_numpy(reader.read_many(rows).astype(np.float32))
                 out = backbone(x.reshape(-1, 1, *shape))
                 maps.append(out.reshape(x.shape[0], m, *out.shape[1:]).numpy())
     return np.concatenate(maps), labels, tuple(shape)

@@ -1,15 +1,15 @@
 """Do CNN1's fixes still keep its FC units alive when the FC layer's fan-in grows?
 
-Every fix of benchmarks/cnn1_candidates.py works on the CPU demo (40x40 in-plane: the FC sees
-64 x 2 x 2 x 2 = 512 features at width 0.5). But the reason units die scales with the fan-in:
-one Adam step moves a unit's pre-activation by about fan_in x lr x mean input, and at BraTS
+Every fix of cnn1_candidates.py (beside this file) works on the CPU demo (40x40 in-plane: the
+FC sees 64 x 2 x 2 x 2 = 512 features at width 0.5). But the reason units die scales with the
+fan-in: one Adam step moves a unit's pre-activation by about fan_in x lr x mean input, and at BraTS
 geometry (240x240, width 1) the FC sees 128 x 2 x 15 x 15 = 57,600 features. A smaller first
 learning rate (warm-up, a head learning rate) divides that step by a constant; normalising
 (BatchNorm before or after the FC) removes the dependence. This script measures it: for each
 candidate and store, the share of FC units that are positive for at least one volume of the
 last `--window` steps, after each of the first `--steps` optimisation steps of training.
 
-    python -m benchmarks.cnn1_fan_in STORE [STORE ...] [--width 0.5] [--steps 12]
+    python -m studies.cnn1_dead_units.cnn1_fan_in STORE [STORE ...] [--width 0.5] [--steps 12]
 
 Candidates: plain-d0, kaiming-d0, warmup-d0 (the first epoch of a 5-epoch warm-up: lr / 5),
 headlr-d0 (FC at lr / 10), flatnorm-d0, fcbn-d0 (smri's CNN1). CPU; patients from the store's
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.cnn1_candidates import CANDIDATES, cnn1_head
 from smri.data import stratified_split
 from smri.models import ModelConfig, build_model
 from smri.store import StoreReader
+from studies.cnn1_dead_units.cnn1_candidates import CANDIDATES, cnn1_head
 
 NAMES = ("plain-d0", "kaiming-d0", "warmup-d0", "headlr-d0", "flatnorm-d0", "fcbn-d0")
 

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The GPU check, prepared to run in one call on a lent GPU machine (issues 4 and 6):
-#   bash benchmarks/gpu_check.sh [BUDGET_SECONDS]
+#   bash tools/gpu/gpu_check.sh [BUDGET_SECONDS]      (from the repository root)
 # Stages run in order of importance; each is skipped when too little of the budget is left, so
 # a slow stage costs the ones after it, never the log. Everything is printed and kept under
 # $OUT (log.txt, the benchmarks' JSON, the end-to-end run folders as a tarball).
 # Needs torch with CUDA, h5py, click, matplotlib, joblib, tqdm, scikit-learn; nibabel and isal
 # are installed from .whl/ when that folder exists (the device machine has no package index;
-# `bash benchmarks/fetch_wheels.sh` fills it).
+# `bash tools/gpu/fetch_wheels.sh` fills it).
 # Environment: STAGES="environment bench-train ..." runs only those; BENCH_PATHS (fp32,bf16,pad8);
 # GPU_TESTS_K (a pytest -k filter); SMALL=1 toy sizes and NO_WHEELS=1 to rehearse on a CPU;
 # INPUT_POOL=K passed to `make experiments` (6 at BraTS geometry is what the 120x120 CPU runs
-# point to: docs/results.md, "The cause and the fix: input pooling").
+# point to: studies/geometry_and_pooling/README.md).
 set -u
 BUDGET=${1:-430}
+cd "$(dirname "$0")/../.." || exit 1  # the repository root
 START=$SECONDS
 OUT=${OUT:-/tmp/smri-gpu-check}
 mkdir -p "$OUT"
@@ -102,7 +103,7 @@ run environment 10 bash -c environment
 run gpu-tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "${GPU_TESTS_K:-}"
 run bench-train 150 $PY -m benchmarks.bench_train $N $VOLUME \
   --paths "${BENCH_PATHS:-fp32,bf16,pad8}" --json "$OUT/bench_train.json"
-run profile 30 $PY -m benchmarks.profile_step cnn2 $VOLUME
+run profile 30 $PY -m studies.gpu_training_step.profile_step cnn2 $VOLUME
 run end-to-end 90 bash -c end_to_end
 run bench-compile 150 $PY -m benchmarks.bench_train $N $VOLUME --paths compile \
   --models cnn2,cnn1,cnn3 --json "$OUT/bench_compile.json"

@@ -3,21 +3,25 @@
 `StoreWriter.write` sends each patient's images to the store from the main thread (with
 O_DIRECT, or `images[i] = ...` through the page cache) and writes its mask (compressed by the
 worker, or by HDF5 with the direct writer off), label, id and metadata there too. This
-measures what a faster writer could gain at most: the same `run_preprocess` on the
-BraTS-geometry cohort, at 1 and 2 workers, alternating in one process, with
+measures what a faster writer could gain at most: the BraTS-geometry cohort preprocessed at 1
+and 2 workers, alternating in one process, with
 
-- `shipped`: everything written as shipped;
-- `no images`: the image write replaced by nothing (the ceiling of any faster image writer);
-- `nothing`: no row written at all (the ceiling of any writer);
-- `workers only`: `load_patient` on the same thread pool with no store (the workers' own
+- `shipped`: `run_preprocess`, everything written as shipped;
+- `nothing`: smri's own loop (`write_patients`: discovery, the worker pool, at most 2 x jobs
+  patients in flight, results taken in order) with a writer that keeps nothing and no store
+  opened (the ceiling of any writer);
+- `workers only`: `load_patient` on a plain thread pool with no store (the workers' own
   scaling: the inflating, min-max, crop and cast, and the segmentation);
 - `inflating only`: each patient's files inflated by ISA-L into a 1 MiB buffer, nothing else.
 
-The stores written without images are thrown away.
+Only smri's public API is used; nothing in smri is patched. An earlier version also measured
+"all but the images" by replacing `StoreWriter.write` and a private method of it; that variant
+needs the writer's internals and was dropped (its figures are in this folder's README).
 
-    python -m benchmarks.writer_ceiling [--patients 24] [--rounds 6] [--out-dir DIR]
+    python -m studies.preprocess_scaling.writer_ceiling [--patients 24] [--rounds 6]
+        [--out-dir DIR]
 
-Results: benchmarks/RESULTS.md, section 0.
+Results: studies/preprocess_scaling/README.md.
 """
 
 from __future__ import annotations
@@ -27,73 +31,62 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from isal import igzip
 
-import smri.store
 from benchmarks.common import cohort, machine, table
+from smri.parallel import DEFAULT_BACKEND
 from smri.preprocessing import (
     PreprocessConfig,
+    Run,
     common_inplane,
     discover_for_store,
     load_patient,
+    progress_bar,
     run_preprocess,
+    write_patients,
 )
 
-VARIANTS = ("shipped", "no images", "nothing", "workers only", "inflating only")
+VARIANTS = ("shipped", "nothing", "workers only", "inflating only")
 
 
-class _Discard:
-    """Stands in for the images dataset: every row assignment is dropped."""
-
-    def __setitem__(self, index: object, value: object) -> None:
-        pass
+def quiet(_line: str) -> None:
+    pass
 
 
-@contextmanager
-def images_discarded():
-    """Within the block, `StoreWriter.write` writes everything but the images."""
-    write = smri.store.StoreWriter.write
+class NothingWritten:
+    """Takes each patient's result from `write_patients` and keeps nothing."""
 
-    def without_images(self, i, **row):
-        real, self.images = self.images, _Discard()
-        self._write_direct = lambda i, images: False  # nor past h5py, with O_DIRECT
-        try:
-            write(self, i, **row)
-        finally:
-            self.images = real
-            del self._write_direct
+    def __init__(self) -> None:
+        self.rows = 0
 
-    smri.store.StoreWriter.write = without_images
-    try:
-        yield
-    finally:
-        smri.store.StoreWriter.write = write
-
-
-@contextmanager
-def nothing_written():
-    """Within the block, `StoreWriter.write` only marks the row as written."""
-    write = smri.store.StoreWriter.write
-
-    def mark(self, i, **row):
-        self._written[i] = True
-
-    smri.store.StoreWriter.write = mark
-    try:
-        yield
-    finally:
-        smri.store.StoreWriter.write = write
+    def append(self, **row: Any) -> int:
+        self.rows += 1
+        return self.rows - 1
 
 
 def throughput(root: Path, out: Path, jobs: int, patients: int) -> float:
     """Patients per second of one `run_preprocess` into a fresh `out`."""
     out.unlink(missing_ok=True)
     start = time.perf_counter()
-    run_preprocess(root, out, PreprocessConfig(), jobs=jobs, progress=False, echo=lambda _: None)
+    run_preprocess(root, out, PreprocessConfig(), jobs=jobs, progress=False, echo=quiet)
     return patients / (time.perf_counter() - start)
+
+
+def nothing_written(root: Path, jobs: int) -> float:
+    """Patients per second of smri's preprocessing loop with a writer that keeps nothing."""
+    cfg = PreprocessConfig()
+    start = time.perf_counter()
+    found = discover_for_store(root, cfg, None, False, quiet, None)[0]
+    bar = progress_bar(len(found.patients), 0, "preprocess", False)
+    run = Run(backend=DEFAULT_BACKEND, jobs=jobs, scheduler=None, strict=False, echo=quiet, bar=bar)
+    writer = NothingWritten()
+    inplane = common_inplane(found.patients)
+    write_patients(run, found.patients, cfg, inplane, root, lambda _first: writer)
+    bar.close()
+    return writer.rows / (time.perf_counter() - start)
 
 
 def workers_only(root: Path, jobs: int, inflate_only: bool = False) -> float:
@@ -101,7 +94,7 @@ def workers_only(root: Path, jobs: int, inflate_only: bool = False) -> float:
     of inflating each patient's files and nothing else."""
     cfg = PreprocessConfig()
     start = time.perf_counter()
-    found = discover_for_store(root, cfg, None, False, lambda _: None, None)[0]
+    found = discover_for_store(root, cfg, None, False, quiet, None)[0]
     inplane = common_inplane(found.patients)
 
     def work(patient):
@@ -126,7 +119,6 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=None, help="where the stores go (temp)")
     args = parser.parse_args()
     root = cohort(args.patients)
-    patched = {"no images": images_discarded, "nothing": nothing_written}
     runs: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         out = Path(tmp) / "store.h5"
@@ -135,9 +127,10 @@ def main() -> None:
                 for jobs in (1, 2):
                     if variant.endswith("only"):
                         rate = workers_only(root, jobs, inflate_only=variant.startswith("inf"))
+                    elif variant == "nothing":
+                        rate = nothing_written(root, jobs)
                     else:
-                        with patched.get(variant, nullcontext)():
-                            rate = throughput(root, out, jobs, args.patients)
+                        rate = throughput(root, out, jobs, args.patients)
                     runs.setdefault((variant, jobs), []).append(rate)
     rows = []
     for variant in VARIANTS:

@@ -7,8 +7,9 @@ convolution on 8 zero-padded input channels, then the kernels of 5 steps under t
 by GPU time. Without CUDA it runs the same on the
 CPU (fp32, CPU operators), only to rehearse the script.
 
-Usage: python -m benchmarks.profile_step [MODEL] [S H W [PAD]]   (default cnn2 32 240 240 0;
-PAD 8 profiles the step with the first convolution on 8 zero-padded input channels)
+Usage: python -m studies.gpu_training_step.profile_step [MODEL] [S H W [PAD]]
+       (default cnn2 32 240 240 0; PAD 8 profiles the step with the first convolution on 8
+       zero-padded input channels)
 """
 
 from __future__ import annotations

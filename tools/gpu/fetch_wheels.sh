@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels the GPU machine lacks (it has no package index): nibabel and isal for its Python 3.12,
 # into .whl/ (git-ignored through .git/info/exclude), which `gpu_check.sh` installs from.
-#   bash benchmarks/fetch_wheels.sh    then carry .whl with the device call
+#   bash tools/gpu/fetch_wheels.sh    (from the repository root) then carry .whl with the device call
 set -euo pipefail
 grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

@@ -1,4 +1,4 @@
-"""How many of CNN1's FC units die during training? (docs/results.md: Why CNN1 stays at chance.)
+"""How many of CNN1's FC units die during training? (studies/cnn1_dead_units/README.md)
 
 Trains a CNN-LSTM on the training split of a store, as `smri train` builds it (same model,
 split, class-weighted loss and AdamW; no flips, no learning-rate decay), and prints per epoch
@@ -6,7 +6,7 @@ the training loss and the share of CNN1's FC-embedding units that are alive: pos
 least one training volume of the epoch (a ReLU unit that is zero for every input gets no
 gradient and stays dead). CPU; the whole store is held in RAM.
 
-    python benchmarks/cnn1_dead_units.py STORE [--lr 1e-3] [--dropout 0.5] [--epochs 8]
+    python -m studies.cnn1_dead_units.cnn1_dead_units STORE [--lr 1e-3] [--dropout 0.5] [--epochs 8]
         [--width 0.5] [--train N] [--model cnn1]
 
 `--train N` keeps N random training patients (can the model fit a small set?).

@@ -5,9 +5,9 @@ with K folds, for one candidate of CNN1's head or its optimisation, and prints p
 issue 15 asks of CNN1: does its training loss fall (last epoch <= 0.6 x the first), does it
 overfit (training loss well under validation loss), and the validation AUC.
 
-    python -m benchmarks.cnn1_candidates STORE OUT CANDIDATE [--folds 5] [--epochs 20]
-        [--width 0.5] [--batch-size 8] [--seed 0] [--no-augment]
-    python -m benchmarks.cnn1_candidates --report OUT/*     # the table of finished runs
+    python -m studies.cnn1_dead_units.cnn1_candidates STORE OUT CANDIDATE [--folds 5]
+        [--epochs 20] [--width 0.5] [--batch-size 8] [--seed 0] [--no-augment]
+    python -m studies.cnn1_dead_units.cnn1_candidates --report OUT/*   # the table of finished runs
 
 Candidates (the conv blocks, flatten, FC 256, ReLU and LSTM are the seed's in all of them):
 
@@ -20,7 +20,7 @@ Candidates (the conv blocks, flatten, FC 256, ReLU and LSTM are the seed's in al
     warmup-d0    plain-d0 with the learning rate warmed up linearly over 5 epochs
     headlr-d0    plain-d0 with the FC layer at a tenth of the learning rate
 
-Why they die (measured with benchmarks/cnn1_dead_units.py): the flattened features are
+Why they die (measured with cnn1_dead_units.py, beside this file): the flattened features are
 post-ReLU, post-max-pool activations, all >= 0. A gradient step of Adam moves each weight of
 an FC unit by about the learning rate, and for a unit all these moves share one sign (that of
 the unit's error: every input is positive), so its pre-activation shifts by about
@@ -84,8 +84,9 @@ def cnn1_head(flat: int, fc: int, dropout: float, kind: str) -> nn.Sequential:
 
 
 @contextlib.contextmanager
-def patched(c: Candidate) -> Iterator[None]:
-    """smri.training builds the candidate's CNN1 and optimiser while inside."""
+def patched(c: Candidate) -> Iterator[set[int]]:
+    """smri.training builds the candidate's CNN1 and optimiser while inside; yields the ids of
+    the candidate heads' parameters (empty if smri.training never built one)."""
     head_params: set[int] = set()
 
     def build(cfg: ModelConfig) -> nn.Module:
@@ -117,7 +118,7 @@ def patched(c: Candidate) -> Iterator[None]:
     torch.optim.AdamW = optimizer
     torch.optim.lr_scheduler.CosineAnnealingLR = scheduler
     try:
-        yield
+        yield head_params
     finally:
         smri.training.build_model = saved
         torch.optim.AdamW = adamw
@@ -187,8 +188,10 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                       folds=args.folds, augment=not args.no_augment, device="cpu",
                       cache="ram")  # fmt: skip
-    with patched(c):
+    with patched(c) as built:
         smri.training.train(args.store, model_cfg, cfg, args.out / args.candidate)
+    if not built:  # the patch above missed: smri's own CNN1 was trained, not the candidate
+        raise SystemExit("smri.training did not build the model through the patched build_model")
     report([args.out / args.candidate])
 
 
