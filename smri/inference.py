@@ -124,7 +124,7 @@ def predict_folders(
     """
     from tqdm import tqdm
 
-    from smri.bids import raw_patient
+    from smri.discovery import raw_patient
     from smri.preprocessing import PreprocessConfig, load_patient
 
     ckpt = load_model(checkpoint)

@@ -1,4 +1,4 @@
-"""discovery.py: every input layout, modality matching, and per-patient reasons."""
+"""smri.discovery: every input layout, modality matching, and per-patient reasons."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from smri.bids import parse_bids_name, raw_patient
 from smri.cli import main
-from smri.discovery import BidsOptions, discover, modality_of, parse_brats_name
+from smri.discovery import BidsOptions, discover, modality_of, parse_brats_name, raw_patient
+from smri.discovery.bids import parse_bids_name
 from smri.errors import ConfigError, DataError, PatientError
 from smri.store import StoreReader
 from tests.conftest import MODALITIES, patient_volumes, write_nifti

@@ -12,21 +12,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from smri import phantoms as synth
 from smri.cli import main
 from smri.phantoms import (
-    CSF,
-    ENHANCING,
-    GM,
-    MODALITIES,
-    NAME_MAPPING_COLUMNS,
-    TRUTH_COLUMNS,
-    WM,
     SynthConfig,
+    anatomy,
     cohort,
     make_phantom,
+    phantom_features,
+    stats_only_auc,
     synthesize,
+    write,
 )
+from smri.phantoms.anatomy import CSF, ENHANCING, GM, MODALITIES, WM
+from smri.phantoms.write import NAME_MAPPING_COLUMNS, TRUTH_COLUMNS
 
 SHAPE = (48, 48, 40)  # 5 x 5 x 3.9 mm voxels over the BraTS field of view
 FILES = (*MODALITIES, "seg")
@@ -209,14 +207,14 @@ def test_tissue_contrast_per_modality(index: int) -> None:
 
 def test_tumour_sizes_overlap_hgg_larger_on_average() -> None:
     def lesion_radius(grade: str, i: int) -> float:
-        p = synth._tumour_params(np.random.default_rng([9, i]), grade)
+        p = anatomy._tumour_params(np.random.default_rng([9, i]), grade)
         return float(np.cbrt(np.prod(p["radii"])) * p["oedema_factor"])
 
     hgg = np.array([lesion_radius("HGG", i) for i in range(400)])
     lgg = np.array([lesion_radius("LGG", i) for i in range(400)])
     assert hgg.mean() > lgg.mean() + 2.0
     assert hgg.min() < np.median(lgg) < hgg.max()  # overlap, not two separate ranges
-    atypical = [synth._tumour_params(np.random.default_rng([9, i]), "LGG") for i in range(400)]
+    atypical = [anatomy._tumour_params(np.random.default_rng([9, i]), "LGG") for i in range(400)]
     share = np.mean([p["atypical"] for p in atypical])
     assert 0.02 < share < 0.12
     assert {p["atypical_kind"] for p in atypical} == {"", "faint_enhancement"}
@@ -280,7 +278,7 @@ def test_overwrite_never_deletes_what_synth_did_not_write(tmp_path: Path) -> Non
 def test_interrupted_run_leaves_no_partial_or_fake_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = synth.nifti_bytes
+    real = write.nifti_bytes
     calls = {"n": 0}
 
     def flaky(*args: object, **kwargs: object) -> bytes:
@@ -289,7 +287,7 @@ def test_interrupted_run_leaves_no_partial_or_fake_files(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "nifti_bytes", flaky)
+    monkeypatch.setattr(write, "nifti_bytes", flaky)
     with pytest.raises(KeyboardInterrupt):
         synthesize(SynthConfig(patients=3, shape=SHAPE), tmp_path / "out", jobs=1)
     out = tmp_path / "out"
@@ -322,8 +320,6 @@ def test_stats_only_classifier_stays_weak() -> None:
 
     shape = (64, 64, 155)  # BraTS depth, so the slab covers the same 32 mm as at full size
     specs = cohort(SynthConfig(patients=80, hgg_fraction=0.5, shape=shape, seed=0))
-    feats = Parallel(n_jobs=2)(
-        delayed(synth.phantom_features)(0, s.index, s.grade, shape) for s in specs
-    )
-    auc = synth.stats_only_auc(np.array(feats), np.array([s.label for s in specs]))
+    feats = Parallel(n_jobs=2)(delayed(phantom_features)(0, s.index, s.grade, shape) for s in specs)
+    auc = stats_only_auc(np.array(feats), np.array([s.label for s in specs]))
     assert 0.5 <= auc <= 0.80

@@ -21,18 +21,18 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from smri.discovery import (
+from smri.discovery.labels import read_labels_csv
+from smri.discovery.patients import (
     UNLABELLED,
-    BidsOptions,
     Discovery,
     Patient,
     check_mapped_modalities,
     list_subfolders,
-    patient_from_folder,
     printable,
-    read_labels_csv,
+    read_patient_folder,
 )
 from smri.errors import ConfigError, DataError, PatientError
 from smri.files import check_regular, special_kind
@@ -49,6 +49,16 @@ SUFFIXES = {("flair", False): "flair", ("t1w", False): "t1", ("t1w", True): "t1c
             ("t2w", False): "t2"}  # fmt: skip
 HINTS = {"flair": "_FLAIR.nii", "t1": "_T1w.nii", "t1ce": "_ce-<label>_T1w.nii", "t2": "_T2w.nii"}
 MISSING_VALUES = ("", "n/a")
+
+
+@dataclass(frozen=True)
+class BidsOptions:
+    """How a BIDS dataset is read: the participants.tsv column holding the labels, the value
+    meaning class 1 (others are 0; without it, 0/1 or class names), and the session to use."""
+
+    label_column: str | None = None
+    positive: str | None = None
+    session: str | None = None
 
 
 def parse_bids_name(name: str) -> tuple[str | None, str | None]:
@@ -115,23 +125,27 @@ def subject_patient(
 def _anat_patient(
     anat: Path, modalities: Sequence[str], label: int, pid: str, owner: str
 ) -> Patient:
-    return patient_from_folder(
-        anat, modalities, label, patient_id=pid, parse=parse_bids_name, owner=owner,
+    return read_patient_folder(
+        anat, modalities, label, pid, parse=parse_bids_name, owner=owner,
         hint=lambda m: HINTS.get(m, f"_{m}.nii"),
     )  # fmt: skip
 
 
-def raw_patient(folder: Path, modalities: Sequence[str]) -> Patient:
-    """One raw patient folder for `smri predict`: a BIDS subject (``sub-01``, one session) or
-    session (``sub-01/ses-02``, id ``sub-01_ses-02``), else a BraTS-style folder."""
-    folder = Path(folder)
-    if SUBJECT.match(folder.name) and sessions(folder):
-        return subject_patient(folder, modalities, UNLABELLED)
+def is_subject(folder: Path) -> bool:
+    """Whether `folder` is a BIDS subject (``sub-01``) with an anat/ or a ses-*/anat/ folder."""
+    return bool(SUBJECT.match(folder.name) and sessions(folder))
+
+
+def is_session(folder: Path) -> bool:
+    """Whether `folder` is a BIDS session (``sub-01/ses-02``) with an anat/ folder."""
     parent = folder.resolve().parent.name
-    if SESSION.match(folder.name) and SUBJECT.match(parent) and (folder / "anat").is_dir():
-        pid = f"{parent}_{folder.name}"
-        return _anat_patient(folder / "anat", modalities, UNLABELLED, pid, pid)
-    return patient_from_folder(folder, modalities)
+    return bool(SESSION.match(folder.name) and SUBJECT.match(parent) and (folder / "anat").is_dir())
+
+
+def session_patient(session: Path, modalities: Sequence[str], label: int) -> Patient:
+    """The patient of one session folder (``sub-01/ses-02``), with id ``sub-01_ses-02``."""
+    pid = f"{session.resolve().parent.name}_{session.name}"
+    return _anat_patient(session / "anat", modalities, label, pid, pid)
 
 
 def read_participants(

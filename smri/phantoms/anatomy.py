@@ -1,10 +1,10 @@
-"""Phantom BraTS-like cohorts: head, brain, tissues and a glioma per patient, written as NIfTI.
+"""The phantom: one BraTS-like patient (head, brain, tissues and a glioma) as int16 volumes.
 
 Every patient is a pure function of ``(seed, index)`` (``np.random.default_rng([seed, index])``),
 so the bytes written do not depend on ``--jobs`` or on the order in which workers finish.
 Geometry is built in millimetres over a fixed 240 x 240 x 155 mm field of view; a smaller
 ``shape`` only coarsens the voxels (the affine records the spacing), so a reduced cohort is the
-same anatomy at a lower resolution. Arrays are computed in (z, y, x) C order and written as the
+same anatomy at a lower resolution. Arrays are computed in (z, y, x) C order and returned as the
 (x, y, z) Fortran-ordered view NIfTI expects, which costs no copy.
 
 What makes the task learnable but not trivial: HGG tumours carry a necrotic core and an
@@ -17,70 +17,20 @@ about the grade.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import math
-import os
-import shutil
-import sys
-from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-
-from smri.atomic import PARTIAL_SUFFIX, atomic_path, write_text
-from smri.errors import ConfigError
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 FOV_MM: tuple[float, float, float] = (240.0, 240.0, 155.0)  # x, y, z: BraTS geometry at 1 mm
-DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
 SLAB = 32  # the central slab preprocessing keeps; most tumours overlap it (see Z_SD_MM)
-MIN_INPLANE = 16
-MAX_DIM = 1024
-LAYOUTS = ("2019", "2020")
-FORMATS = ("nii.gz", "nii")
-NAME_MAPPING_COLUMNS = (
-    "Grade",
-    "BraTS_2017_subject_ID",
-    "BraTS_2018_subject_ID",
-    "TCGA_TCIA_subject_ID",
-    "BraTS_2019_subject_ID",
-    "BraTS_2020_subject_ID",
-)
-TRUTH_COLUMNS = (
-    "patient_id",
-    "grade",
-    "label",
-    "centre_x",
-    "centre_y",
-    "centre_z",
-    "centre_in_slab",
-    "radius_x_mm",
-    "radius_y_mm",
-    "radius_z_mm",
-    "oedema_factor",
-    "necrosis_fraction",
-    "enhancement",
-    "atypical",
-    "atypical_kind",
-    "voxels_necrotic_core",
-    "voxels_oedema",
-    "voxels_enhancing",
-    "tumour_voxels",
-    "tumour_voxels_in_slab",
-    "share_in_slab",
-)
 # Tumour centres along the slice axis: normal around the slab's middle, this spread in mm. An
 # assumption (gliomas anywhere in the cerebrum, most near the ventricles' level), not measured on
 # BraTS; it leaves about a third of the centres outside the 32-mm slab (docs/demo-data.md).
 Z_SD_MM = 20.0
 P_ATYPICAL = 0.06
-MARKER = ".smri-synth"  # hidden file that marks a folder as a synth cohort (for --overwrite)
 NOISE_OFFSET = 7919  # voxels between the noise windows of one patient's images
 
 # Tissue labels of the phantom (uint8); the segmentation maps the tumour ones to BraTS labels.
@@ -93,66 +43,6 @@ SEG_OF_LABEL[OEDEMA] = 2  # ED
 SEG_OF_LABEL[ENHANCING] = 4  # ET
 
 
-@dataclass(frozen=True)
-class SynthConfig:
-    """Everything that defines a synthetic cohort; the same config writes the same bytes."""
-
-    patients: int = 40
-    hgg_fraction: float = 0.77
-    shape: tuple[int, int, int] = DEFAULT_SHAPE
-    layout: str = "2019"
-    fmt: str = "nii.gz"
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the option for any setting that cannot work."""
-        if self.patients < 1:
-            raise ConfigError(f"need at least 1 patient, got {self.patients}", option="--patients")
-        if not 0.0 <= self.hgg_fraction <= 1.0 or math.isnan(self.hgg_fraction):
-            raise ConfigError(
-                f"HGG fraction must be between 0 and 1, got {self.hgg_fraction}",
-                option="--hgg-fraction",
-            )
-        x, y, z = self.shape
-        if z < SLAB:
-            raise ConfigError(
-                f"shape {x} {y} {z} has {z} slices; preprocessing keeps the central {SLAB}, "
-                f"so Z must be at least {SLAB}",
-                option="--shape",
-            )
-        if min(x, y) < MIN_INPLANE:
-            raise ConfigError(
-                f"shape {x} {y} {z} is too small in-plane; X and Y must be at least {MIN_INPLANE}",
-                option="--shape",
-            )
-        if max(self.shape) > MAX_DIM:
-            raise ConfigError(
-                f"shape {x} {y} {z} is too large; each size must be at most {MAX_DIM}",
-                option="--shape",
-            )
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"unknown layout {self.layout!r}", option="--layout")
-        if self.fmt not in FORMATS:
-            raise ConfigError(f"unknown format {self.fmt!r}", option="--format")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}", option="--seed")
-
-
-@dataclass(frozen=True)
-class PatientSpec:
-    """Who one patient is: its index (1-based), id, grade and where its files go."""
-
-    index: int
-    patient_id: str
-    grade: str  # "HGG" or "LGG"
-    folder: str  # relative to the cohort root
-
-    @property
-    def label(self) -> int:
-        """1 for HGG, 0 for LGG."""
-        return int(self.grade == "HGG")
-
-
 @dataclass
 class Phantom:
     """One generated patient: int16 volumes, uint8 segmentation and tissue map, all (X, Y, Z)."""
@@ -162,24 +52,6 @@ class Phantom:
     tissue: np.ndarray  # the phantom's labels (AIR, ..., ENHANCING); not written to disk
     affine: np.ndarray
     truth: dict[str, Any]
-
-
-def cohort(cfg: SynthConfig) -> list[PatientSpec]:
-    """The cohort's patients in index order; grades are a seeded shuffle of round(N * fraction)."""
-    n = cfg.patients
-    n_hgg = round(n * cfg.hgg_fraction)
-    grades = np.array(["HGG"] * n_hgg + ["LGG"] * (n - n_hgg))
-    grades = grades[np.random.default_rng([cfg.seed, 0]).permutation(n)]
-    specs = []
-    for i, grade in enumerate(grades, start=1):
-        if cfg.layout == "2019":
-            pid = f"BraTS19_SYN_{i:04d}_1"
-            folder = f"{grade}/{pid}"
-        else:
-            pid = f"BraTS20_Training_{i:03d}"
-            folder = pid
-        specs.append(PatientSpec(index=i, patient_id=pid, grade=str(grade), folder=folder))
-    return specs
 
 
 def spacing_of(shape: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -599,214 +471,3 @@ def _window(
     start = k * NOISE_OFFSET
     np.multiply(pool[start : start + n].reshape(shape), sigma, out=out)
     return out
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def nifti_bytes(data: np.ndarray, affine: np.ndarray, compress: bool) -> bytes:
-    """A NIfTI-1 file's bytes; gzip (level 1, mtime 0, no name) when `compress`, so bytes repeat.
-
-    zlib, not ISA-L: ISA-L's deflate was 6x faster but not deterministic across processes (the
-    same volume compressed in a pytest process and in a joblib worker gave streams of 36,198
-    and 36,194 bytes with the same content), which broke "same seed, same bytes". zlib level 1
-    is also what nibabel and most tools write, so the demo's streams are like real BraTS files.
-    """
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header["descrip"] = b"smri synth phantom"
-    raw = img.to_bytes()
-    if not compress:
-        return raw
-    return gzip.compress(raw, compresslevel=1, mtime=0)
-
-
-def write_patient(
-    seed: int, spec: PatientSpec, shape: tuple[int, int, int], root: Path, fmt: str
-) -> dict[str, Any]:
-    """Generate and write one patient's five files; return its truth row (runs in a worker)."""
-    from threadpoolctl import threadpool_limits  # one BLAS thread: same floats for any --jobs
-
-    with threadpool_limits(limits=1):
-        ph = make_phantom(seed, spec.index, spec.grade, shape)
-    folder = root / spec.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    ext = "." + fmt
-    parts = [(m, ph.volumes[m]) for m in MODALITIES] + [("seg", ph.seg)]
-    with ExitStack() as staged:  # all five are written before any takes its real name
-        for name, data in parts:
-            tmp = staged.enter_context(atomic_path(folder / f"{spec.patient_id}_{name}{ext}"))
-            tmp.write_bytes(nifti_bytes(data, ph.affine, compress=fmt == "nii.gz"))
-    return {"patient_id": spec.patient_id, **ph.truth}
-
-
-def _csv_text(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def name_mapping_rows(specs: list[PatientSpec]) -> list[dict[str, str]]:
-    """BraTS 2020 `name_mapping.csv` rows for the cohort (earlier-year ids made up alike)."""
-    return [
-        {
-            "Grade": s.grade,
-            "BraTS_2017_subject_ID": f"Brats17_SYN_{s.index:04d}_1",
-            "BraTS_2018_subject_ID": f"Brats18_SYN_{s.index:04d}_1",
-            "TCGA_TCIA_subject_ID": "NA",
-            "BraTS_2019_subject_ID": f"BraTS19_SYN_{s.index:04d}_1",
-            "BraTS_2020_subject_ID": s.patient_id,
-        }
-        for s in specs
-    ]
-
-
-def own_entries(root: Path) -> list[Path]:
-    """Entries of `root` named as `smri synth` names them (any layout): what --overwrite removes."""
-    return [p for p in sorted(root.iterdir()) if _is_own(p.name) and p.name != MARKER]
-
-
-def _is_own(name: str) -> bool:
-    return (
-        name in {"HGG", "LGG", "truth.csv", "name_mapping.csv"}
-        or name.startswith(("BraTS19_SYN_", "BraTS20_Training_"))
-        or name.endswith(PARTIAL_SUFFIX)
-    )
-
-
-def prepare_output(root: Path, overwrite: bool) -> None:
-    """Create `root`, or clear a previous synth cohort there with `overwrite`; refuse otherwise.
-
-    Only a folder that carries synth's marker file has entries removed, so `--overwrite` never
-    deletes a real BraTS copy that happens to use the same names.
-    """
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"{root} exists and is not a folder", option="OUT")
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"{root} is not empty; pass --overwrite to replace a cohort there", option="OUT"
-            )
-        entries = own_entries(root)
-        if entries and not (root / MARKER).is_file():
-            names = ", ".join(p.name for p in entries[:3]) + (", ..." if len(entries) > 3 else "")
-            raise ConfigError(
-                f"{root} holds {names}, which smri synth did not write (no {MARKER} file); "
-                "refusing to delete them: choose an empty folder",
-                option="--overwrite",
-            )
-        for p in entries:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).write_text("written by smri synth; `smri synth --overwrite` may replace it\n")
-
-
-def remove_partials(root: Path) -> None:
-    """Delete the `.partial` files (and emptied patient folders) an interrupted run left."""
-    for p in root.rglob(f".*{PARTIAL_SUFFIX}"):
-        p.unlink(missing_ok=True)
-    folders = [p for p in root.rglob("*") if p.is_dir() and _is_own(p.name)]
-    for d in sorted(folders, key=lambda p: -len(p.parts)):
-        if not any(d.iterdir()):
-            d.rmdir()
-
-
-def synthesize(
-    cfg: SynthConfig,
-    root: Path,
-    *,
-    jobs: int = -1,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> list[dict[str, Any]]:
-    """Write the cohort `cfg` under `root` (parallel over patients); return the truth rows."""
-    cfg.validate()
-    root = Path(root)
-    prepare_output(root, overwrite)
-    specs = cohort(cfg)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    try:
-        rows = list(_run(cfg, specs, root, jobs, progress))
-        rows.sort(key=lambda r: r["patient_id"])
-        write_text(root / "truth.csv", _csv_text(TRUTH_COLUMNS, rows))
-        if cfg.layout == "2020":
-            write_text(
-                root / "name_mapping.csv",
-                _csv_text(NAME_MAPPING_COLUMNS, name_mapping_rows(specs)),
-            )
-    except BaseException:
-        remove_partials(root)
-        raise
-    return rows
-
-
-def _run(
-    cfg: SynthConfig, specs: list[PatientSpec], root: Path, jobs: int, progress: bool
-) -> Iterator[dict[str, Any]]:
-    from tqdm import tqdm
-
-    n_jobs = min(_effective_jobs(jobs), len(specs))
-    bar = tqdm(total=len(specs), desc="synth", unit="patient", disable=not progress)
-    with bar:
-        if n_jobs == 1:
-            for spec in specs:
-                yield write_patient(cfg.seed, spec, cfg.shape, root, cfg.fmt)
-                bar.update()
-            return
-        from joblib import Parallel, delayed
-
-        results = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(write_patient)(cfg.seed, spec, cfg.shape, root, cfg.fmt) for spec in specs
-        )
-        for row in results:
-            yield row
-            bar.update()
-
-
-def _effective_jobs(jobs: int) -> int:
-    if jobs == 0:
-        raise ConfigError("--jobs must not be 0 (use -1 for all cores)", option="--jobs")
-    cores = os.cpu_count() or 1
-    return max(1, cores + 1 + jobs) if jobs < 0 else jobs
-
-
-# ----------------------------------------------------------------------------- difficulty
-
-
-def phantom_features(seed: int, index: int, grade: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """Intensity-baseline features of one phantom after the preprocessing (min–max, central
-    slab): `smri.baseline.intensity_features`."""
-    from threadpoolctl import threadpool_limits
-
-    from smri.baseline import intensity_features
-    from smri.volume import central_slab, minmax_normalize
-
-    with threadpool_limits(limits=1):
-        ph = make_phantom(seed, index, grade, shape)
-    slab = np.stack([central_slab(minmax_normalize(ph.volumes[m]), SLAB) for m in MODALITIES])
-    return intensity_features(slab)
-
-
-def stats_only_auc(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated ROC AUC of the intensity baseline (`smri.baseline`; 5 folds, 4 repeats)."""
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
-
-    from smri.baseline import fit_predict
-
-    aucs = []
-    for rep in range(4):
-        folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed + rep)
-        scores = np.zeros(len(labels))
-        for train, test in folds.split(features, labels):
-            scores[test] = fit_predict(features, labels, train, test)
-        aucs.append(roc_auc_score(labels, scores))
-    return float(np.mean(aucs))

@@ -1,0 +1,33 @@
+"""Discovery: the patients, their modality files and their labels in every supported input
+layout (BIDS, BraTS 2018-2023, class folders, a labels CSV), found without reading an image.
+
+`patients` holds the shared vocabulary and `labels` the labels CSV; `brats` and `bids` read
+their layouts; `find` dispatches (`discover`, `raw_patient`).
+"""
+
+from smri.discovery.bids import BidsOptions
+from smri.discovery.brats import modality_of, parse_brats_name, patient_from_folder
+from smri.discovery.find import discover, raw_patient
+from smri.discovery.patients import (
+    DEFAULT_CLASSES,
+    DEFAULT_MODALITIES,
+    Discovery,
+    Patient,
+    parse_classes,
+    parse_modalities,
+)
+
+__all__ = [
+    "DEFAULT_CLASSES",
+    "DEFAULT_MODALITIES",
+    "BidsOptions",
+    "Discovery",
+    "Patient",
+    "discover",
+    "modality_of",
+    "parse_brats_name",
+    "parse_classes",
+    "parse_modalities",
+    "patient_from_folder",
+    "raw_patient",
+]

@@ -1,0 +1,198 @@
+"""The vocabulary every input layout shares: a patient, what discovery found, parsing of the
+class and modality options, the names an id may carry, and reading one patient's folder.
+
+Nothing here knows a layout: how a file name is read (BraTS, BIDS) is given by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smri.errors import ConfigError, DataError, PatientError
+
+DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
+DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}
+UNLABELLED = -1
+SEG = "seg"  # the segmentation's name ending: `_seg.nii.gz`, BraTS 2023's `-seg.nii.gz`
+# Characters that break a one-line message (and can forge lines of output): controls such as
+# newline, carriage return and escape, and the Unicode line and paragraph separators.
+_LINE_BREAKING = ("Cc", "Zl", "Zp")
+
+
+@dataclass(frozen=True)
+class Patient:
+    """One patient: id, label (0/1, or -1 when unknown), a file per modality in order, and the
+    folder's segmentation files (none, one, or several: preprocessing uses exactly one)."""
+
+    patient_id: str
+    label: int
+    files: tuple[Path, ...]
+    folder: Path
+    seg_files: tuple[Path, ...] = ()
+
+
+@dataclass
+class Discovery:
+    """What was found under a root: usable patients (sorted by id) and the skipped ones."""
+
+    root: Path
+    layout: str
+    patients: list[Patient] = field(default_factory=list)
+    skipped: list[PatientError] = field(default_factory=list)
+
+
+def parse_classes(text: str) -> dict[str, int]:
+    """Parse ``LGG=0,HGG=1`` into ``{"LGG": 0, "HGG": 1}``; ConfigError on anything else."""
+    classes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or value.strip() not in ("0", "1"):
+            raise ConfigError(
+                f"expected NAME=0,NAME=1 (e.g. LGG=0,HGG=1), got {text!r}", option="--classes"
+            )
+        classes[name.strip()] = int(value)
+    if sorted(classes.values()) != [0, 1]:
+        raise ConfigError(
+            f"expected one class named for 0 and one for 1, got {text!r}", option="--classes"
+        )
+    return classes
+
+
+def parse_modalities(text: str) -> tuple[str, ...]:
+    """Parse ``flair,t1,t1ce,t2`` (the sequence order); ConfigError on empty or repeated names."""
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    if not names:
+        raise ConfigError("expected at least one modality name", option="--modalities")
+    bad = [n for n in names if not re.fullmatch(r"[a-z0-9]+", n)]
+    if bad:
+        raise ConfigError(
+            f"modality names are letters and digits only, got {bad[0]!r}", option="--modalities"
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"modality listed twice in {text!r}", option="--modalities")
+    if "seg" in names:
+        raise ConfigError("'seg' is the segmentation, not an image modality", option="--modalities")
+    return names
+
+
+def check_mapped_modalities(
+    modalities: Sequence[str], names: dict[str, str], layout: str, files: str
+) -> None:
+    """ConfigError (--modalities) when a modality has no file type in a layout that renames
+    them (BraTS 2023, BIDS): `names` maps the layout's file names to smri's."""
+    known = [m for m in names.values() if m != "seg"]
+    for m in modalities:
+        if m not in known:
+            raise ConfigError(
+                f"{layout} files {files} are read as {', '.join(known)}; {m!r} is none of these",
+                option="--modalities",
+            )
+
+
+def has_control_characters(name: str) -> bool:
+    """Whether `name` holds a newline, another control character or a line separator, or
+    bytes that are not UTF-8 (a patient id must be text a store and a CSV can hold)."""
+    return name_problem(name) is not None
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a patient id or be named in a one-line message, or None."""
+    if any(unicodedata.category(c) == "Cs" for c in name):  # os.fsdecode's escaped bytes
+        return "is not valid UTF-8"
+    if any(unicodedata.category(c) in _LINE_BREAKING for c in name):
+        return "holds control characters"
+    return None
+
+
+def printable(name: str) -> str:
+    """`name` with control characters and bytes that are not UTF-8 escaped (as repr shows
+    them: ``Bad\\xff``), for one-line messages."""
+    try:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    if any(unicodedata.category(c) in _LINE_BREAKING for c in shown):
+        return repr(shown)[1:-1]
+    return shown
+
+
+def list_subfolders(path: Path) -> list[Path]:
+    try:
+        return sorted(
+            (Path(e.path) for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")),
+            key=lambda p: p.name,
+        )
+    except OSError as exc:
+        raise DataError(f"{path}: cannot list folder ({exc.strerror})") from None
+
+
+def read_patient_folder(
+    folder: Path,
+    modalities: Sequence[str],
+    label: int,
+    patient_id: str,
+    *,
+    parse: Callable[[str], tuple[str | None, str | None]],
+    owner: str | None,
+    hint: Callable[[str], str],
+) -> Patient:
+    """The modality files of one patient folder; PatientError when one is missing or doubled.
+
+    `parse` reads a file name as (modality, owner id or None); a file naming an owner other
+    than `owner` is an error, never silently read as this patient's. `hint` gives the expected
+    name ending of a modality. A folder or modality file whose name holds control characters
+    (a newline, say) is refused: the id would break every one-line message and CSV row it
+    appears in.
+    """
+    folder = Path(folder)
+    pid = patient_id
+    if has_control_characters(pid):
+        raise PatientError(
+            printable(pid),
+            f"folder name '{printable(pid)}' {name_problem(pid)}; rename the folder",
+        )
+    if not folder.is_dir():
+        raise PatientError(pid, f"{folder} is not a folder")
+    found: dict[str, list[Path]] = {m: [] for m in modalities}
+    segs: list[Path] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise PatientError(pid, f"cannot list {folder} ({exc.strerror})") from None
+    for entry in entries:
+        mod, named = parse(entry.name)
+        if mod == SEG and not entry.name.startswith(".") and not has_control_characters(entry.name):
+            if owner is None or named is None or named.lower() == owner.lower():
+                segs.append(Path(entry.path))  # a seg named for another case is not this one's
+            continue
+        if mod in found and not entry.name.startswith("."):
+            if has_control_characters(entry.name):
+                raise PatientError(
+                    pid,
+                    f"file name '{printable(entry.name)}' {name_problem(entry.name)}; rename "
+                    "the file",
+                )
+            if owner is not None and named is not None and named.lower() != owner.lower():
+                raise PatientError(
+                    pid, f"file {entry.name} in {folder} is named for {named}, not {owner}"
+                )
+            found[mod].append(Path(entry.path))
+    missing = [m for m, files in found.items() if not files]
+    if missing:
+        raise PatientError(
+            pid,
+            f"no {', '.join(missing)} file in {folder} "
+            f"(expected names ending {hint(missing[0])} or .nii.gz)",
+        )
+    doubled = {m: files for m, files in found.items() if len(files) > 1}
+    if doubled:
+        m, files = next(iter(doubled.items()))
+        raise PatientError(
+            pid, f"modality {m} present {len(files)} times: " + ", ".join(f.name for f in files)
+        )
+    return Patient(pid, label, tuple(found[m][0] for m in modalities), folder, tuple(segs))
