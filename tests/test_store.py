@@ -1,4 +1,4 @@
-"""store.py: schema round trip, atomic writes, and clear refusals of anything else."""
+"""smri/store/: schema round trip, atomic writes, and clear refusals of anything else."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""volume.py: the seed's method against direct numpy, and loading errors naming the file."""
+"""smri/volume/: the seed's method against direct numpy, and loading errors naming the file."""
 
 from __future__ import annotations
 
