@@ -11,10 +11,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+import smri.store.schema as schema  # schema.MASK_COMPRESSION, read at each creation
 from smri import __version__
 from smri.atomic import partial_path, publish
 from smri.errors import DataError
-from smri.store import schema
 from smri.store.direct import DirectChunks, MaskChunk, StoredMask
 from smri.store.errors import check_room, create_h5, open_error
 from smri.store.reader import StoreReader

@@ -14,9 +14,9 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 
+import smri.volume.nifti as nifti  # nifti.GZIP, read at each call (swapped by the benchmark)
 from smri.errors import DataError
 from smri.files import check_regular, special_kind
-from smri.volume import nifti  # nifti.GZIP, read at each call (swapped by the benchmark)
 from smri.volume.nifti import (
     FLOAT32_MAX,
     GZIP_MAGIC,
