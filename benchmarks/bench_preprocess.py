@@ -4,13 +4,13 @@ Every row is a whole `run_preprocess` of the same cohort into a new store, in a 
 so each row starts from the same state. smri's kept fast paths are:
 
 - ISA-L's gzip (`isal.igzip`) in place of the standard library's;
-- the streamed reader (`smri.volume.SlabSource`): each volume inflated 1 MiB at a time, min and
-  max taken piece by piece, only the slab kept; without it, `load_volume` reads it whole;
-- the float32 -> float16 cast through torch (`smri.volume.cast_into`) in place of numpy's;
-- the direct writer: image chunks written with O_DIRECT (`smri.store.DirectChunks`) and masks
-  compressed by the workers (`smri.store.MaskChunk`), in place of h5py's ``images[i] = ...``
-  through the page cache and ``masks[i] = ...`` compressed by HDF5 on the writer thread
-  (off: `smri.store.DIRECT_WRITES`).
+- the streamed reader (`smri.volume.stream.SlabSource`): each volume inflated 1 MiB at a time,
+  min and max taken piece by piece, only the slab kept; without it, `load_volume` reads it whole;
+- the float32 -> float16 cast through torch (`smri.volume.slab.cast_into`) in place of numpy's;
+- the direct writer: image chunks written with O_DIRECT (`smri.store.direct.DirectChunks`) and
+  masks compressed by the workers (`smri.store.direct.MaskChunk`), in place of h5py's
+  ``images[i] = ...`` through the page cache and ``masks[i] = ...`` compressed by HDF5 on the
+  writer thread (off: `smri.store.direct.DIRECT_WRITES`).
 
 "smri without X" turns off one of them; "smri --no-masks" stores no segmentation masks (their
 cost: smri's time over its time, target at most 1.15x); the plain path turns off all four and
@@ -71,14 +71,15 @@ def use_paths(paths: frozenset[str]) -> None:
     import nibabel as nib
     import numpy as np
 
-    import smri.preprocessing as pre
-    import smri.store as store
-    import smri.volume as volume
+    import smri.preprocessing.patient as pre
+    import smri.store.direct as store
+    import smri.volume.nifti as nifti
+    import smri.volume.stream as volume
 
     if "direct writer" not in paths:
         store.DIRECT_WRITES = False
     if "isal" not in paths:
-        volume.GZIP = gzip
+        nifti.GZIP = gzip
     if "torch cast" not in paths:
 
         def numpy_cast(dst: np.ndarray, src: np.ndarray) -> None:
@@ -188,8 +189,7 @@ def preprocess_rows(root: Path, rounds: int) -> None:
 def append_child(compression: str, raw_copy: bool, part: Path, full: Path) -> dict[str, float]:
     """Seconds of `--append` of `full` onto a store of `part` (made outside the timing)."""
     import smri.store as store
-    from smri.append import append_preprocess
-    from smri.preprocessing import PreprocessConfig, run_preprocess
+    from smri.preprocessing import PreprocessConfig, append_preprocess, run_preprocess
 
     if not raw_copy:  # decode each old row and write it again (re-encoded by its filters)
 

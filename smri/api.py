@@ -201,7 +201,7 @@ def preprocess(
         "bids": BidsOptions(label_column, positive, session),
     }  # fmt: skip
     if append:
-        from smri.append import append_preprocess
+        from smri.preprocessing import append_preprocess
 
         return append_preprocess(Path(input), Path(output), cfg, **common)
     from smri.preprocessing import run_preprocess

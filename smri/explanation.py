@@ -234,7 +234,7 @@ def saliency_figure(
     over it (one colour scale for the patient: its 99.5th percentile) and the tumour contour."""
     from matplotlib.figure import Figure
 
-    from smri.show import content_box, mosaic
+    from smri.preprocessing.show import content_box, mosaic
 
     m, s = p.images.shape[:2]
     crop = content_box(p.images)
@@ -304,7 +304,7 @@ def explain_store(
     matplotlib.use("Agg")
     from tqdm import tqdm
 
-    from smri.show import save_figure
+    from smri.preprocessing.show import save_figure
 
     ckpt = load_model(checkpoint)
     dev = resolve_device(device)

@@ -159,7 +159,7 @@ def test_predict_never_reads_the_seg(tmp_path, monkeypatch):
 
     import torch
 
-    import smri.preprocessing as pre
+    import smri.preprocessing.patient as pre
     from smri.checkpoint import checkpoint_header
     from smri.discovery import patient_from_folder
     from smri.models import ModelConfig, build_model
@@ -298,7 +298,7 @@ def test_append_copies_masks(tmp_path):
     store = tmp_path / "s.h5"
     run(root, store, PreprocessConfig(slices=16, compression="gzip-1"))
     (part / "HGG" / "P2").rename(root / "HGG" / "P2")
-    from smri.append import append_preprocess
+    from smri.preprocessing import append_preprocess
 
     append_preprocess(root, store, PreprocessConfig(slices=16, compression="gzip-1"),
                       jobs=1, progress=False, echo=lambda _: None)  # fmt: skip
@@ -359,15 +359,17 @@ def test_mask_chunk_is_the_gzip_hdf5_reads():
 def test_masks_compressed_by_the_workers_equal_h5pys(tmp_path, monkeypatch, jobs):
     """The direct writer stores each worker's compressed mask as its chunk; switched off, h5py
     compresses it: the same masks either way, and the chunk is the worker's bytes."""
-    from smri import store
+    from smri.store import direct
 
     segs = {"P0": tumour(0), "P1": None, "P2": tumour(2, dtype=np.int16), "P3": tumour(3)}
     root, _ = cohort(tmp_path, segs)
     written = []
-    real = store.MaskChunk.encode
-    monkeypatch.setattr(store.MaskChunk, "encode", lambda m: written.append(real(m)) or written[-1])
+    real = direct.MaskChunk.encode
+    monkeypatch.setattr(
+        direct.MaskChunk, "encode", lambda m: written.append(real(m)) or written[-1]
+    )
     run(root, tmp_path / "direct.h5", jobs=jobs)
-    monkeypatch.setattr(store, "DIRECT_WRITES", False)
+    monkeypatch.setattr(direct, "DIRECT_WRITES", False)
     run(root, tmp_path / "h5py.h5", jobs=jobs)
     assert len(written) == 3  # only the direct run's workers encoded, one per segmentation
     with h5py.File(tmp_path / "direct.h5") as a, h5py.File(tmp_path / "h5py.h5") as b:
@@ -379,9 +381,9 @@ def test_masks_compressed_by_the_workers_equal_h5pys(tmp_path, monkeypatch, jobs
 
 
 def test_a_mask_chunk_the_dataset_cannot_take_as_bytes_is_decoded(tmp_path, monkeypatch):
-    from smri import store
+    from smri.store import schema
 
-    monkeypatch.setattr(store, "MASK_COMPRESSION", {"compression": "lzf"})
+    monkeypatch.setattr(schema, "MASK_COMPRESSION", {"compression": "lzf"})
     root, _ = cohort(tmp_path, {"P0": tumour(0), "P1": tumour(1)})
     run(root, tmp_path / "s.h5")
     with StoreReader(tmp_path / "s.h5") as r:

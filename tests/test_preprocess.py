@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from smri import store
 from smri.cli import main
 from smri.errors import ConfigError, DataError
 from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
+from smri.store import direct as direct_writes
 from tests.conftest import SHAPE, direct_io_works, expected_images, placed, write_nifti
 
 CFG = PreprocessConfig(slices=16)
@@ -89,7 +89,7 @@ def test_o_direct_and_page_cache_writes_give_identical_bytes(brats2019, tmp_path
     monkeypatch.setattr(os, "pwrite", pwrite)
     run(root, tmp_path / "direct.h5", jobs=2)
     assert len(calls) == 5 * 4  # every image chunk
-    monkeypatch.setattr(store, "DIRECT_WRITES", False)
+    monkeypatch.setattr(direct_writes, "DIRECT_WRITES", False)
     run(root, tmp_path / "h5py.h5", jobs=2)
     assert len(calls) == 5 * 4 and not placed(tmp_path / "h5py.h5")
     with h5py.File(tmp_path / "direct.h5") as a, h5py.File(tmp_path / "h5py.h5") as b:

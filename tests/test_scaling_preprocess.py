@@ -16,11 +16,10 @@ from click.testing import CliRunner
 
 import smri.parallel
 import smri.store
-from smri.append import append_preprocess
 from smri.cli import main
 from smri.errors import ConfigError, DataError
 from smri.parallel import ordered_map
-from smri.preprocessing import PatientResult, PreprocessConfig, run_preprocess
+from smri.preprocessing import PatientResult, PreprocessConfig, append_preprocess, run_preprocess
 from smri.store import StoreReader
 from tests.conftest import placed, write_nifti
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from smri.cli import main
 from smri.phantoms import SynthConfig, synthesize
-from smri.show import ShownPatient, content_box, mosaic, slab_figure, slab_from_folder
+from smri.preprocessing.show import ShownPatient, content_box, mosaic, slab_figure, slab_from_folder
 from smri.volume import central_slab, load_volume, minmax_normalize
 from tests.test_masks import to_version_1
 
@@ -90,7 +90,7 @@ def test_show_cohort_root_plus_id_and_montage(demo: Path, tmp_path: Path) -> Non
 
 
 def test_show_from_store_matches_folder(demo: Path, store: Path, tmp_path: Path) -> None:
-    from smri.show import slab_from_store
+    from smri.preprocessing.show import slab_from_store
 
     folder = first_patient(demo)
     from_store = slab_from_store(store, folder.name, ("flair", "t2"))
@@ -180,7 +180,7 @@ def test_class_from_name_mapping_in_2020_layout(tmp_path: Path) -> None:
 
 
 def test_contours_of_a_store_come_from_its_masks(demo: Path, store: Path, tmp_path: Path) -> None:
-    from smri.show import slab_from_store
+    from smri.preprocessing.show import slab_from_store
 
     folder = first_patient(demo)
     from_store = slab_from_store(store, folder.name, None)

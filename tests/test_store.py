@@ -1,4 +1,4 @@
-"""store.py: schema round trip, atomic writes, and clear refusals of anything else."""
+"""smri/store/: schema round trip, atomic writes, and clear refusals of anything else."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 
 from smri import store
 from smri.errors import DataError
-from smri.store import StoreReader, StoreWriter, aligned_empty, is_aligned, read_info
+from smri.store import StoreReader, StoreWriter, read_info
+from smri.store import direct as direct_writes
+from smri.store.direct import aligned_empty, is_aligned
 from tests.conftest import direct_io_works
 
 SHAPE = (2, 4, 6, 5)
@@ -315,7 +317,7 @@ def test_placed_and_h5py_written_stores_hold_the_same_bytes(tmp_path, pwrites, m
     data, seg = volumes(3, seed=1), masks(3, seed=1)
     write_rows(tmp_path / "direct.h5", data, seg)
     assert len(pwrites) == 3 * 2
-    monkeypatch.setattr(store, "DIRECT_WRITES", False)  # the one switch: the plain path
+    monkeypatch.setattr(direct_writes, "DIRECT_WRITES", False)  # the one switch: the plain path
     w = write_rows(tmp_path / "h5py.h5", data, seg)
     assert w._direct is None and len(pwrites) == 3 * 2
     same_datasets(tmp_path / "direct.h5", tmp_path / "h5py.h5")
@@ -390,8 +392,8 @@ def test_a_slow_disk_sends_the_writes_back_to_the_page_cache(
             if not disk_bound:
                 time.sleep(0.02)  # rows arrive far slower than the disk writes them
             direct = w._direct is not None
-            assert direct == (i + 1 < store.DIRECT_PROBE_ROWS or not disk_bound), i
-    assert len(pwrites) == 2 * (store.DIRECT_PROBE_ROWS if disk_bound else 12)
+            assert direct == (i + 1 < direct_writes.DIRECT_PROBE_ROWS or not disk_bound), i
+    assert len(pwrites) == 2 * (direct_writes.DIRECT_PROBE_ROWS if disk_bound else 12)
     with StoreReader(tmp_path / "s.h5") as r:
         np.testing.assert_array_equal(r.read_many(range(12)), data)
 
@@ -409,7 +411,7 @@ def test_a_file_system_refusing_direct_writes_gets_them_through_h5py(tmp_path, m
     w = write_rows(tmp_path / "s.h5", data, seg)
     assert w._direct is None  # given up after the first refusal
     assert len(refused) == 1
-    monkeypatch.setattr(store, "DIRECT_WRITES", False)
+    monkeypatch.setattr(direct_writes, "DIRECT_WRITES", False)
     write_rows(tmp_path / "plain.h5", data, seg)
     same_datasets(tmp_path / "s.h5", tmp_path / "plain.h5")
 
@@ -453,7 +455,7 @@ def test_a_full_disk_during_a_direct_write_is_an_oserror(tmp_path, pwrites, monk
 def test_chunks_that_cannot_be_placed_are_written_by_h5py(
     tmp_path, monkeypatch, shape, compression, direct
 ):
-    monkeypatch.setattr(store, "DIRECT_WRITES", direct)
+    monkeypatch.setattr(direct_writes, "DIRECT_WRITES", direct)
     data = np.random.default_rng(2).random((2, *shape), dtype=np.float32).astype(np.float16)
     with plain_writer(
         tmp_path / "s.h5", 2, volume_shape=shape, dtype="float16", compression=compression

@@ -15,7 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import smri.volume as volume
+import smri.volume.nifti as nifti
+import smri.volume.stream as slab_stream
 from smri.errors import DataError
 from smri.volume import load_volume, open_volume
 from tests.conftest import write_nifti
@@ -36,7 +37,7 @@ def whole_loads(monkeypatch):
     def refuse(path, **kw):
         raise AssertionError(f"{path} was loaded whole instead of streamed")
 
-    monkeypatch.setattr(volume, "load_volume", refuse)
+    monkeypatch.setattr(slab_stream, "load_volume", refuse)
 
 
 def read(path, slices, dtype="float16", **kw):
@@ -55,7 +56,7 @@ def same_bits(got: np.ndarray, want: np.ndarray) -> None:
 @pytest.fixture(params=[1001, 4096, 1 << 20], ids=["odd-1001B", "4KiB", "1MiB"])
 def chunk(request, monkeypatch):
     """Buffer sizes: an odd one gives pieces of odd voxel counts and puts slab edges mid-piece."""
-    monkeypatch.setattr(volume, "STREAM_CHUNK", request.param)
+    monkeypatch.setattr(slab_stream, "STREAM_CHUNK", request.param)
     return request.param
 
 
@@ -63,7 +64,7 @@ def chunk(request, monkeypatch):
 def gzip_reader(request, monkeypatch):
     """ISA-L's gzip (smri's), and the standard library's (the plain path it is measured against)."""
     if request.param == "stdlib":
-        monkeypatch.setattr(volume, "GZIP", gzip)
+        monkeypatch.setattr(nifti, "GZIP", gzip)
     return request.param
 
 

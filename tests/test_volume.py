@@ -1,4 +1,4 @@
-"""volume.py: the seed's method against direct numpy, and loading errors naming the file."""
+"""smri/volume/: the seed's method against direct numpy, and loading errors naming the file."""
 
 from __future__ import annotations
 
@@ -234,3 +234,100 @@ def test_axis_codes_raise_for_an_affine_without_orientation_every_time(bad):
             nib.aff2axcodes(bad)
         with pytest.raises((np.linalg.LinAlgError, ValueError)):
             axis_codes(bad)
+
+
+# ------------------------------------------- what nibabel says of a header, captured in scope
+EXTENSION_WARNING = "Extension size is not a multiple of 16 bytes"
+OFFSET_LOG = "vox offset (=372) not divisible by 16, not SPM compatible; leaving at current value"
+
+
+def odd_extension(path, seed: int = 0):
+    """A single-file NIfTI-1 with one 20-byte extension: nibabel warns of its size (a warning)
+    and logs that the voxel offset, 372, is not a multiple of 16 (a log line)."""
+    data = np.random.default_rng(seed).integers(0, 100, size=(6, 5, 8)).astype(np.int16)
+    raw = bytearray(write_nifti(tmp := path.with_suffix(".tmp.nii"), data).read_bytes())
+    tmp.unlink()
+    raw[108:112] = np.float32(372).tobytes()  # vox_offset
+    raw[348] = 1  # "an extension follows"
+    extension = np.array([20, 0], np.int32).tobytes() + b"odd-sized!\0\0"
+    path.write_bytes(bytes(raw[:352]) + extension + bytes(raw[352:]))
+    return path, data
+
+
+def hooks() -> tuple[object, list[object], list[object]]:
+    """What smri must leave as it found: the warnings hook, nibabel's handlers and filters."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("nibabel.global")
+    return warnings.showwarning, list(log.handlers), list(log.filters)
+
+
+def test_nibabels_warning_and_log_line_become_notes_only_while_smri_reads(tmp_path, capfd):
+    import warnings
+
+    from smri.volume import open_volume
+
+    path, data = odd_extension(tmp_path / "odd.nii")
+    before = hooks()
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        vol = load_volume(path)
+        src = open_volume(path)
+        assert hooks() == before
+        warnings.warn("not nibabel's", UserWarning, stacklevel=1)
+    np.testing.assert_array_equal(vol.data, data)
+    for notes in (vol.notes, src.notes):
+        assert len(notes) == 2 and OFFSET_LOG in notes
+        assert any(n.startswith(EXTENSION_WARNING) for n in notes)
+    assert [str(w.message) for w in shown] == ["not nibabel's"]  # nibabel's went to the notes
+    assert OFFSET_LOG not in capfd.readouterr().err  # not printed by nibabel's own handler
+    assert hooks() == before
+
+
+def test_readings_on_threads_keep_their_own_notes_and_leave_no_hook(tmp_path):
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [odd_extension(tmp_path / f"odd{i}.nii", i)[0] for i in range(6)]
+    paths += [
+        write_nifti(tmp_path / f"plain{i}.nii", np.ones((6, 5, 8), np.int16)) for i in range(6)
+    ]
+    before = hooks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(4) as pool:
+            vols = list(pool.map(load_volume, paths * 4))
+    for path, vol in zip(paths * 4, vols, strict=True):
+        assert (OFFSET_LOG in vol.notes) == path.name.startswith("odd"), path
+        assert len(vol.notes) == (2 if path.name.startswith("odd") else 0), vol.notes
+    assert hooks() == before
+
+
+def test_importing_smri_volume_and_reading_change_no_global_hook(tmp_path):
+    """Run in a fresh interpreter: importing smri.volume, reading a file nibabel complains of and
+    failing to read another leave `warnings.showwarning` and nibabel's logger as they were."""
+    import subprocess
+    import sys
+
+    path, _ = odd_extension(tmp_path / "odd.nii")
+    (bad := tmp_path / "bad.nii").write_bytes(b"\0" * 400)
+    code = f"""
+import logging, warnings
+import nibabel
+log = logging.getLogger("nibabel.global")
+state = lambda: (warnings.showwarning, list(log.handlers), list(log.filters))
+before = state()
+import smri.volume
+from smri.volume import load_volume, open_volume
+assert state() == before, "import"
+assert load_volume({str(path)!r}).notes and open_volume({str(path)!r}).notes
+try:
+    load_volume({str(bad)!r})
+except smri.DataError:
+    pass
+assert state() == before, "reading"
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # nibabel's lines were notes, not printed

@@ -162,7 +162,7 @@ def show(
 
     matplotlib.use("Agg")
     from smri.discovery import parse_modalities
-    from smri.show import show_patient
+    from smri.preprocessing.show import show_patient
 
     names = parse_modalities(modalities) if modalities is not None else None
     patient = show_patient(

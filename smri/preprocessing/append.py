@@ -3,7 +3,7 @@
 The existing store is never modified in place. A new complete store is written beside it — old
 rows copied in (compressed chunks as their stored bytes), new results merged in, all in sorted
 patient order — and renamed over it at the end, so an interrupted or failed append leaves it as
-it was. The loop is preprocessing's own (`smri.preprocessing.write_patients`).
+it was. The loop is preprocessing's own (`smri.preprocessing.run.write_patients`).
 """
 
 from __future__ import annotations
@@ -21,20 +21,15 @@ from smri.atomic import OutputLock, remove_unique_partials
 from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
 from smri.parallel import DEFAULT_BACKEND, check_backend
-from smri.preprocessing import (
-    PatientResult,
-    PreprocessConfig,
-    PreprocessSummary,
+from smri.preprocessing.patient import PatientResult, PreprocessConfig, common_inplane
+from smri.preprocessing.run import (
     Run,
     check_not_inputs,
-    common_inplane,
     discover_for_store,
-    per_class,
-    progress_bar,
-    skip_rows,
     warn_orientations,
     write_patients,
 )
+from smri.preprocessing.summary import PreprocessSummary, per_class, progress_bar, skip_rows
 from smri.store import StoreInfo, StoreReader, StoreWriter, write_error
 
 # Settings a store and an --append run must share: (PreprocessConfig field, CLI option).

@@ -1,0 +1,228 @@
+"""The worker's per-patient work: one patient folder -> its store row.
+
+`load_patient` turns one patient into its ``(M, S, H, W)`` array, and its segmentation into the
+``(S, H, W)`` mask of the same slab: a picklable top-level function, run by the preprocessing
+workers and by `smri predict`. It fills buffers the store gives it (`smri.store.empty_images`,
+`smri.store.encode_mask`) and knows nothing of how the writer writes them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Patient
+from smri.errors import ConfigError, DataError, PatientError, plural
+from smri.store import COMPRESSIONS, DTYPES, NO_MASK, StoredMask, empty_images, encode_mask
+from smri.volume import axis_codes, header_shape, label_slab, load_volume, open_volume
+
+DEFAULT_SLICES = 32
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How volumes become store rows; saved in the store and in every checkpoint."""
+
+    modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    slices: int = DEFAULT_SLICES
+    dtype: str = "float16"
+    compression: str = "none"
+    canonical: bool = False
+    classes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+    masks: bool = True  # store each patient's segmentation of the slab (never used in training)
+
+    def __post_init__(self) -> None:
+        if self.slices < 1:
+            raise ConfigError(f"must be at least 1, got {self.slices}", option="--slices")
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"expected one of {', '.join(DTYPES)}, got {self.dtype!r}", option="--dtype"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(
+                f"expected one of {', '.join(COMPRESSIONS)}, got {self.compression!r}",
+                option="--compression",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Rebuild from `to_dict` output (a store's or checkpoint's config); extra keys ignored."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "modalities" in known:
+            known["modalities"] = tuple(known["modalities"])
+        return cls(**known)
+
+
+@dataclass
+class PatientResult:
+    """One preprocessed patient: images ``(M, S, H, W)`` in the store dtype, plus metadata, and
+    the ``(S, H, W)`` uint8 mask of its segmentation when it has one."""
+
+    patient_id: str
+    label: int
+    images: np.ndarray
+    meta: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    mask: StoredMask | None = None  # as the writer stores it (`smri.store.encode_mask`)
+
+
+def load_patient(
+    patient: Patient,
+    cfg: PreprocessConfig,
+    expect_inplane: tuple[int, int] | None = None,
+    relative_to: Path | None = None,
+) -> PatientResult:
+    """Load, min–max normalise and crop every modality of `patient` (the seed's method).
+
+    Raises PatientError naming the patient, the file and the problem.
+    """
+    pid = patient.patient_id
+    images: np.ndarray | None = None
+    meta: dict[str, Any] = {
+        "original_shape": [],
+        "spacing": [],
+        "intensity_min": [],
+        "intensity_max": [],
+        "source_files": [],
+        "axis_codes": [],
+    }
+    notes: list[str] = []
+    first_file: Path | None = None
+    first_shape: tuple[int, int, int] | None = None
+    for m, path in enumerate(patient.files):
+        try:
+            vol = open_volume(path, canonical=cfg.canonical)
+        except DataError as exc:
+            raise PatientError(pid, str(exc)) from None
+        x, y, z = vol.shape
+        if z < cfg.slices:
+            raise PatientError(
+                pid,
+                f"{path}: {plural(z, 'slice')} along the third axis, fewer than the "
+                f"{cfg.slices} asked for (--slices)",
+            )
+        if images is None:
+            first_file, first_shape = path, vol.shape
+            inplane = (y, x)
+            if expect_inplane is not None and inplane != tuple(expect_inplane):
+                raise PatientError(
+                    pid,
+                    f"{path}: in-plane shape {x}x{y} differs from the store's "
+                    f"{expect_inplane[1]}x{expect_inplane[0]} (the most "
+                    "common shape in this cohort)",
+                )
+            # the writer stores each volume from here as it is, without a copy first
+            images = empty_images((len(patient.files), cfg.slices, y, x), cfg.dtype)
+        elif (y, x) != images.shape[2:]:
+            raise PatientError(
+                pid,
+                f"{path}: shape {vol.shape} disagrees with "
+                f"{first_file.name} ({images.shape[3]}, {images.shape[2]}, ...)",
+            )
+        try:
+            lo, hi = vol.normalized_slab_into(cfg.slices, images[m])
+        except DataError as exc:
+            raise PatientError(pid, str(exc)) from None
+        if hi == lo:
+            notes.append(f"patient {pid}: {path.name} is constant ({lo:g}); normalised to zeros")
+        notes += [f"patient {pid}: {path.name}: {note}" for note in vol.notes]
+        meta["original_shape"].append([x, y, z])
+        meta["spacing"].append(list(vol.spacing))
+        meta["intensity_min"].append(lo)
+        meta["intensity_max"].append(hi)
+        meta["source_files"].append(_relative(path, relative_to))
+        try:
+            meta["axis_codes"].append(vol.axis_codes)
+        except DataError as exc:
+            raise PatientError(pid, str(exc)) from None
+    assert images is not None  # a Patient always has at least one modality file
+    if len(set(meta["axis_codes"])) > 1:
+        codes = ", ".join(f"{p.name} {c}" for p, c in zip(patient.files, meta["axis_codes"],
+                                                          strict=True))  # fmt: skip
+        notes.append(
+            f"patient {pid}: its volumes have different orientations ({codes}) and are stored "
+            "flipped against each other; --canonical reorients every volume to RAS"
+        )
+    mask = None
+    meta.update(NO_MASK)
+    if cfg.masks and patient.seg_files:  # a bad segmentation costs the mask, never the images
+        try:
+            mask, counts = _load_mask(patient, cfg, first_shape, meta["axis_codes"][0])
+            meta.update(counts)
+        except ValueError as exc:
+            notes.append(f"patient {pid}: {exc}; stored without a mask")
+    if mask is not None:
+        mask = encode_mask(mask)  # compressed here where the writer stores the bytes
+    return PatientResult(pid, patient.label, images, meta, notes, mask)
+
+
+def _load_mask(
+    patient: Patient, cfg: PreprocessConfig, shape: tuple[int, int, int], codes: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The patient's segmentation cropped as its images were (`codes`: their axis codes), and
+    its tumour voxel counts. ValueError saying why it cannot be used."""
+    if len(patient.seg_files) > 1:
+        names = ", ".join(p.name for p in patient.seg_files)
+        raise ValueError(f"{len(patient.seg_files)} segmentation files ({names})")
+    path = patient.seg_files[0]
+    try:
+        seg = load_volume(path, canonical=cfg.canonical)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
+    if seg.data.shape != shape:
+        raise ValueError(
+            f"{path}: segmentation shape {seg.data.shape} differs from the images' {shape}"
+        )
+    if axis_codes(seg.affine) != codes:
+        raise ValueError(
+            f"{path}: segmentation orientation {axis_codes(seg.affine)} differs from the "
+            f"images' {codes} (it would be stored flipped; --canonical reorients both)"
+        )
+    try:
+        mask, total, in_slab = label_slab(seg.data, cfg.slices)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return mask, {"has_mask": True, "tumour_voxels": total, "tumour_voxels_in_slab": in_slab}
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is None:
+        return str(path)
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_or_error(
+    patient: Patient, cfg: PreprocessConfig, inplane: tuple[int, int] | None, root: Path
+) -> PatientResult | PatientError:
+    """Worker entry point: a result, or the patient's error as a value (never a lost traceback)."""
+    try:
+        return load_patient(patient, cfg, inplane, root)
+    except PatientError as exc:
+        return exc
+    except MemoryError:
+        return PatientError(patient.patient_id, "out of memory while loading")
+
+
+def _inplane_of(patient: Patient) -> tuple[int, int] | None:
+    """The (y, x) shape of a patient's first volume from its header alone (no voxel data)."""
+    shape = header_shape(patient.files[0])  # None: the worker that loads it says why
+    return (int(shape[1]), int(shape[0])) if shape is not None and len(shape) >= 3 else None
+
+
+def common_inplane(patients: list[Patient]) -> tuple[int, int] | None:
+    """The most common in-plane shape among the patients' first volumes (header reads only)."""
+    shapes = Counter(s for s in map(_inplane_of, patients) if s is not None)
+    return shapes.most_common(1)[0][0] if shapes else None

@@ -1,0 +1,76 @@
+"""The HDF5 store: the one file contract between `smri preprocess` and everything after it.
+
+`schema` names every key, the schema version, dtypes and compressions; `checks` validates a file
+against them; `reader` opens and describes a store (`StoreReader`, `read_info`); `writer` is the
+single writer (`StoreWriter`); `direct` the direct-write path it takes where it can (image
+chunks with O_DIRECT, masks compressed by the workers); `errors` the refusals and failed writes.
+No module outside this package spells a key.
+"""
+
+from smri.store.checks import check_contents
+from smri.store.direct import MaskChunk, StoredMask, empty_images, encode_mask
+from smri.store.errors import LockedError, StoreWriteError, check_room, write_error
+from smri.store.reader import (
+    StoreReader,
+    coverage,
+    orientation_counts,
+    patient_axis_codes,
+    read_info,
+)
+from smri.store.schema import (
+    AXIS_ORDER,
+    COMPRESSIONS,
+    DTYPES,
+    FORMAT,
+    IMAGES,
+    LABEL_VALUES,
+    LABELS,
+    LOW_COVERAGE,
+    MASKS,
+    META,
+    META_FIELDS,
+    META_FIELDS_V2,
+    NO_MASK,
+    PARTIAL_STATE,
+    PATIENT_ID,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    StoreInfo,
+)
+from smri.store.writer import StoreWriter
+
+__all__ = [
+    "AXIS_ORDER",
+    "COMPRESSIONS",
+    "DTYPES",
+    "FORMAT",
+    "IMAGES",
+    "LABELS",
+    "LABEL_VALUES",
+    "LOW_COVERAGE",
+    "MASKS",
+    "META",
+    "META_FIELDS",
+    "META_FIELDS_V2",
+    "NO_MASK",
+    "PARTIAL_STATE",
+    "PATIENT_ID",
+    "READABLE_VERSIONS",
+    "SCHEMA_VERSION",
+    "LockedError",
+    "MaskChunk",
+    "StoreInfo",
+    "StoreReader",
+    "StoreWriteError",
+    "StoreWriter",
+    "StoredMask",
+    "check_contents",
+    "check_room",
+    "coverage",
+    "empty_images",
+    "encode_mask",
+    "orientation_counts",
+    "patient_axis_codes",
+    "read_info",
+    "write_error",
+]

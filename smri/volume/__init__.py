@@ -1,0 +1,37 @@
+"""Reading NIfTI volumes, and the study's operations on their arrays.
+
+`nifti` loads a volume whole (and says why a file is unusable); `stream` reads a volume's header
+and then only its central slab, in one pass; `slab` holds the seed's min–max, central slab and
+cast (pure array functions); `notes` collects what nibabel says of a header while smri reads it.
+"""
+
+from smri.volume.nifti import Volume, axis_codes, load_volume, read_nifti_bytes
+from smri.volume.notes import nibabel_notes
+from smri.volume.slab import (
+    cast_into,
+    central_slab,
+    label_slab,
+    minmax_normalize,
+    normalize_into,
+    normalized_slab,
+    slab_start,
+)
+from smri.volume.stream import SlabSource, header_shape, open_volume
+
+__all__ = [
+    "SlabSource",
+    "Volume",
+    "axis_codes",
+    "cast_into",
+    "central_slab",
+    "header_shape",
+    "label_slab",
+    "load_volume",
+    "minmax_normalize",
+    "nibabel_notes",
+    "normalize_into",
+    "normalized_slab",
+    "open_volume",
+    "read_nifti_bytes",
+    "slab_start",
+]
