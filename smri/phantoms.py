@@ -786,7 +786,7 @@ def phantom_features(seed: int, index: int, grade: str, shape: tuple[int, int, i
     slab): `smri.baseline.intensity_features`."""
     from threadpoolctl import threadpool_limits
 
-    from smri.baseline import intensity_features
+    from smri.metrics import intensity_features
     from smri.volume import central_slab, minmax_normalize
 
     with threadpool_limits(limits=1):
@@ -800,7 +800,7 @@ def stats_only_auc(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> f
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
-    from smri.baseline import fit_predict
+    from smri.metrics import fit_predict
 
     aucs = []
     for rep in range(4):

@@ -1,4 +1,5 @@
-"""Intervals, paired comparisons and baselines of finished runs (smri.stats, smri.compare)."""
+"""Intervals, paired comparisons and baselines of finished runs (smri.metrics.stats,
+smri.compare)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from smri import baseline, stats
+import smri.compare
 from smri.compare import compare
-from smri.metrics import binary_metrics
+from smri.metrics import baseline, binary_metrics, stats
 from smri.report import summary_markdown
 from tests.train_helpers import make_store
 
@@ -267,9 +268,9 @@ def test_the_baseline_never_sees_a_validation_patient(tmp_path, cohort, monkeypa
         calls.append((set(map(int, train)), set(map(int, test))))
         return real(features, y, train, test)
 
-    monkeypatch.setattr(baseline, "fit_predict", spy)
+    monkeypatch.setattr(baseline, "fit_predict", spy)  # smri.metrics.baseline: where it lives
     monkeypatch.setattr(
-        baseline,
+        smri.compare,
         "store_features",
         lambda path, rows: np.array(rows, dtype=float)[:, None] + np.zeros((1, 3)),
     )
