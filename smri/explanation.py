@@ -24,6 +24,7 @@ from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_dev
 from smri.config import MOSTLY_OUTSIDE
 from smri.errors import ConfigError, plural
 from smri.export import load_model
+from smri.plots import content_box, mosaic, save_figure
 from smri.saliency import (
     BASELINE,
     DEFAULT_STEPS,
@@ -234,8 +235,6 @@ def saliency_figure(
     over it (one colour scale for the patient: its 99.5th percentile) and the tumour contour."""
     from matplotlib.figure import Figure
 
-    from smri.show import content_box, mosaic
-
     m, s = p.images.shape[:2]
     crop = content_box(p.images)
     columns = min(8, s)
@@ -304,8 +303,6 @@ def explain_store(
     matplotlib.use("Agg")
     from tqdm import tqdm
 
-    from smri.show import save_figure
-
     ckpt = load_model(checkpoint)
     dev = resolve_device(device)
     with StoreReader(store) as reader:
@@ -325,7 +322,7 @@ def explain_store(
             row = p.row(info.modalities, info.classes)
             label_text = f"{names.get(p.label, p.label)} ({p.label})" if p.label >= 0 else "?"
             fig = saliency_figure(p, info.modalities, row, label_text)
-            row["png"] = save_figure(fig, out / f"{_file_name(p.patient_id)}.png").name
+            row["png"] = save_figure(fig, out / f"{_file_name(p.patient_id)}.png", tight=False).name
             rows.append(row)
     report = {
         "checkpoint": str(checkpoint),
