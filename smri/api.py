@@ -415,7 +415,7 @@ def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> N
 
 def _refuse_run_folder(where: Path, why: str) -> None:
     """ConfigError (--out) when `where` is a run or fold folder: `why` says what would happen."""
-    from smri.export import RUN_FILES
+    from smri.model_io import RUN_FILES
 
     run_files = [n for n in RUN_FILES if (where / n).exists()]
     if run_files:

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_device
 from smri.config import MOSTLY_OUTSIDE
 from smri.errors import ConfigError, plural
-from smri.export import load_model
+from smri.model_io import check_compatible, load_model, model_from_checkpoint, resolve_device
 from smri.plots import content_box, mosaic, save_figure
 from smri.saliency import (
     BASELINE,

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_device
 from smri.data import Batches, nonfinite_output_message, resolve_cache
 from smri.errors import DataError, PatientError
-from smri.export import load_model
 from smri.metrics import binary_metrics
+from smri.model_io import check_compatible, load_model, model_from_checkpoint, resolve_device
 from smri.store import StoreReader
 
 

@@ -17,7 +17,7 @@ from smri.atomic import OutputLock, check_not_input
 from smri.comparison.compare import compare
 from smri.comparison.report import summary_markdown
 from smri.errors import ConfigError, DataError
-from smri.export import RUN_FILES
+from smri.model_io import RUN_FILES
 from smri.plots import Rows, color_for, compare_figure, fold_loss_figure, roc_figure, save_figure
 from smri.runs import (
     DAMAGED,
