@@ -29,8 +29,6 @@ EXPORT_VERSION = 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 EXPORT_FILES = (WEIGHTS, CONFIG, CARD)
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "split.json", "summary.json")
-MAX_SIZE = 4096  # largest slices / height / width an exported config may ask for
-MAX_MODALITIES = 64
 _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*\Z")
 
 

@@ -23,14 +23,15 @@ from smri.model_io.export import (
     CONFIG,
     EXPORT_FORMAT,
     EXPORT_VERSION,
-    MAX_MODALITIES,
-    MAX_SIZE,
     WEIGHTS,
     fold_dirs,
     read_json,
     safetensors_torch,
 )
 from smri.models import CNNLSTM, ModelConfig, build_model
+
+MAX_SIZE = 4096  # largest slices / height / width an exported config may ask for
+MAX_MODALITIES = 64
 
 
 def load_model(path: Path) -> dict[str, Any]:
