@@ -40,7 +40,7 @@ from smri.preprocessing import PreprocessConfig, PreprocessSummary
 
 if TYPE_CHECKING:
     from smri.distributed import Dist
-    from smri.inference import Prediction
+    from smri.evaluation import Prediction
 
 PathLike = str | os.PathLike
 Log = Callable[[str], None]
@@ -358,7 +358,7 @@ def evaluate(
     the first `saliency_patients` patients with tumour in the slab: of the run's validation
     patients when the store holds them, else of all (0: skip it).
     """
-    from smri.inference import evaluate_store
+    from smri.evaluation import evaluate_store
     from smri.plots import roc_figure, save_figure
     from smri.runs import write_json, write_predictions
 
@@ -415,7 +415,7 @@ def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> N
 
 def _refuse_run_folder(where: Path, why: str) -> None:
     """ConfigError (--out) when `where` is a run or fold folder: `why` says what would happen."""
-    from smri.export import RUN_FILES
+    from smri.model_io import RUN_FILES
 
     run_files = [n for n in RUN_FILES if (where / n).exists()]
     if run_files:
@@ -453,7 +453,7 @@ def explain(
     integration steps (forward and backward passes per patient). An earlier explain.json in
     `out` is kept unless `overwrite`.
     """
-    from smri.explanation import check_out, explain_store
+    from smri.evaluation import check_out, explain_store
 
     if steps < 1:
         raise ConfigError(f"must be at least 1, got {steps}", option="--steps")
@@ -494,7 +494,7 @@ def predict(
     ``patient_id,probability,predicted`` there (an existing file only with `overwrite`).
     """
     from smri.atomic import atomic_open
-    from smri.inference import predict_folders
+    from smri.evaluation import predict_folders
     from smri.preprocessing import check_output
 
     folders = [Path(patient_dirs)] if isinstance(patient_dirs, (str, os.PathLike)) else [

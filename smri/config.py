@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MODEL_NAMES = ("cnn1", "cnn2", "cnn3")
-# Saliency (`smri explain`, `smri evaluate`; smri.saliency): integrated-gradients steps, and the
-# mean share of positive saliency inside the tumour below which a model is called out.
+# Saliency (`smri explain`, `smri evaluate`; smri.evaluation.saliency): integrated-gradients
+# steps, and the mean share of positive saliency inside the tumour below which a model is called
+# out.
 SALIENCY_STEPS = 32
 MOSTLY_OUTSIDE = 0.5
 CACHE_MODES = ("auto", "device", "ram", "none")

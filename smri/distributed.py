@@ -22,8 +22,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from smri.checkpoint import resolve_device
 from smri.errors import ConfigError, SmriError
+from smri.model_io import resolve_device
 
 T = TypeVar("T")
 ENV_INTS = {"RANK": 0, "WORLD_SIZE": 1, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": 1}

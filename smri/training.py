@@ -29,16 +29,6 @@ import torch
 from torch import nn
 
 from smri.atomic import OutputLock, check_not_input
-from smri.checkpoint import (
-    checkpoint_header,
-    load_checkpoint,
-    load_weights,
-    resolve_device,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    store_fields,
-)
 from smri.config import TrainConfig
 from smri.data import (
     Batches,
@@ -57,6 +47,16 @@ from smri.distributed import describe as describe_dist
 from smri.errors import ConfigError, DataError, plural
 from smri.files import check_regular
 from smri.metrics import binary_metrics
+from smri.model_io import (
+    checkpoint_header,
+    load_checkpoint,
+    load_weights,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    store_fields,
+)
 from smri.models import ModelConfig, build_model, check_config, count_parameters, field_note
 from smri.runs import (
     fold_summary,

@@ -195,7 +195,7 @@ def test_numpy_numbers_as_settings_give_checkpoints_smri_loads(tmp_path):
     best.pt as numpy scalars, which the weights-only loader then refused as foreign objects."""
     import numpy as np
 
-    from smri.checkpoint import load_checkpoint
+    from smri.model_io import load_checkpoint
 
     store = make_store(tmp_path / "s.h5", labels=[0, 1] * 6, shape=(4, 16, 64, 64))
     run = smri.train(store, width=np.float32(0.25), epochs=np.int64(1), batch_size=np.int64(4),

@@ -250,7 +250,7 @@ def test_ctrl_c_says_what_the_run_folder_holds(store, tmp_path, monkeypatch, lef
 def train_cnn1(store, out, *options: str) -> tuple[dict, torch.nn.Module]:
     """One epoch of CNN1 with `options` into `out`: its config.json's model part, and the model
     its best.pt rebuilds."""
-    from smri.checkpoint import load_checkpoint
+    from smri.model_io import load_checkpoint
     from smri.models import ModelConfig, build_model
 
     result = invoke("train", store, *FAST, "--epochs", "1", "--model", "cnn1", *options,

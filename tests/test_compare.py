@@ -1,4 +1,5 @@
-"""Intervals, paired comparisons and baselines of finished runs (smri.stats, smri.compare)."""
+"""Intervals, paired comparisons and baselines of finished runs (smri.metrics.stats,
+smri.comparison)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from smri import baseline, stats
-from smri.compare import compare
-from smri.metrics import binary_metrics
-from smri.report import summary_markdown
+import smri.comparison.compare
+from smri.comparison.compare import compare
+from smri.comparison.report import summary_markdown
+from smri.metrics import baseline, binary_metrics, stats
 from tests.train_helpers import make_store
 
 
@@ -267,9 +268,9 @@ def test_the_baseline_never_sees_a_validation_patient(tmp_path, cohort, monkeypa
         calls.append((set(map(int, train)), set(map(int, test))))
         return real(features, y, train, test)
 
-    monkeypatch.setattr(baseline, "fit_predict", spy)
+    monkeypatch.setattr(baseline, "fit_predict", spy)  # smri.metrics.baseline: where it lives
     monkeypatch.setattr(
-        baseline,
+        smri.comparison.compare,
         "store_features",
         lambda path, rows: np.array(rows, dtype=float)[:, None] + np.zeros((1, 3)),
     )
@@ -304,7 +305,7 @@ def test_without_the_store_the_baseline_is_null_with_a_reason(tmp_path, cohort):
 
 
 def test_plain_words_say_p_below_a_thousandth_as_an_inequality():
-    from smri.report import _p_text
+    from smri.comparison.report import _p_text
 
     assert _p_text(0.0004) == "p < 0.001"
     assert _p_text(0.042) == "p = 0.042"

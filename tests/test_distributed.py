@@ -28,7 +28,7 @@ from smri.cli import main
 from smri.data import contiguous_shard, epoch_batches, random_flips, strided_shard
 from smri.distributed import SINGLE, Dist, from_env
 from smri.errors import ConfigError
-from smri.inference import evaluate_store
+from smri.evaluation import evaluate_store
 from smri.metrics import binary_metrics
 from smri.runs import METRIC_COLUMNS
 

@@ -16,9 +16,14 @@ from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fi
 
 import smri
 from smri.cli import main
-from smri.explanation import summarise
+from smri.evaluation.explanation import summarise
+from smri.evaluation.saliency import (
+    chance_share,
+    integrated_gradients,
+    share_by_modality,
+    share_inside,
+)
 from smri.models import ModelConfig, build_model
-from smri.saliency import chance_share, integrated_gradients, share_by_modality, share_inside
 from tests.test_masks import to_version_1
 
 SHAPE = (4, 16, 32, 32)
@@ -218,7 +223,7 @@ def test_evaluate_adds_the_mean_share_over_validation_patients(run, store, tmp_p
 
 
 def test_the_table_never_shows_a_share_above_zero_as_zero():
-    from smri.explanation import percent
+    from smri.evaluation import percent
 
     shares = (None, 0.0, 0.001, 0.005, 0.0051, 0.27, 0.995, 0.9999, 1.0)
     assert [percent(x) for x in shares] == [

@@ -18,10 +18,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
-from smri.checkpoint import load_checkpoint, model_from_checkpoint
 from smri.cli import main
 from smri.errors import SmriError
-from smri.export import export_run, load_model
+from smri.model_io import export_run, load_checkpoint, load_model, model_from_checkpoint
 from smri.models import ModelConfig
 from smri.training import TrainConfig, train
 from tests.conftest import write_nifti, write_patient

@@ -14,9 +14,9 @@ import torch
 from click.testing import CliRunner
 from train_helpers import assert_same_batches, make_store, metric_rows, quiet
 
-from smri.checkpoint import load_checkpoint
 from smri.cli import main
 from smri.data import Batches, resolve_cache
+from smri.model_io import load_checkpoint
 from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.training import TrainConfig, train
 

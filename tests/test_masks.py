@@ -160,8 +160,8 @@ def test_predict_never_reads_the_seg(tmp_path, monkeypatch):
     import torch
 
     import smri.preprocessing.patient as pre
-    from smri.checkpoint import checkpoint_header
     from smri.discovery import patient_from_folder
+    from smri.model_io import checkpoint_header
     from smri.models import ModelConfig, build_model
 
     root, _ = cohort(tmp_path, {"P0": tumour(0)})

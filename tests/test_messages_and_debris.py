@@ -184,7 +184,7 @@ def test_sigterm_during_k_fold_training_keeps_each_folds_epochs(tmp_path):
     assert proc.returncode == 143, proc.err
     assert "Continue with: smri train --resume" in proc.err and "Traceback" not in proc.err
     assert leftovers(tmp_path) == [] and _gone(kids)
-    from smri.checkpoint import load_checkpoint
+    from smri.model_io import load_checkpoint
 
     assert load_checkpoint(out / "fold0" / "last.pt")["epoch"] >= 1  # complete, loadable
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from smri.comparison import plot_runs
 from smri.errors import DataError
 from smri.plots import (
     MODEL_COLORS,
@@ -17,7 +18,6 @@ from smri.plots import (
     fold_loss_figure,
     loss_curve_figure,
     mean_std_by_epoch,
-    plot_runs,
     roc_figure,
     save_figure,
 )

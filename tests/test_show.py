@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from smri.cli import main
 from smri.phantoms import SynthConfig, synthesize
-from smri.preprocessing.show import ShownPatient, content_box, mosaic, slab_figure, slab_from_folder
+from smri.plots import content_box, mosaic
+from smri.preprocessing.show import ShownPatient, slab_figure, slab_from_folder
 from smri.volume import central_slab, load_volume, minmax_normalize
 from tests.test_masks import to_version_1
 

@@ -16,8 +16,8 @@ from train_helpers import (  # noqa: F401 (one_torch_thread: autouse fixture)
     quiet,
 )
 
-from smri.checkpoint import check_compatible, load_checkpoint, resolve_device
 from smri.errors import ConfigError, DataError
+from smri.model_io import check_compatible, load_checkpoint, resolve_device
 from smri.models import MODEL_NAMES, ModelConfig, build_model
 from smri.runs import METRIC_COLUMNS
 from smri.training import TrainConfig, train

@@ -33,10 +33,10 @@ from click.testing import CliRunner
 from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 import smri.atomic
-import smri.checkpoint
-from smri.checkpoint import load_checkpoint, save_checkpoint
+import smri.model_io
 from smri.cli import main
 from smri.errors import DataError
+from smri.model_io import load_checkpoint, save_checkpoint
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
@@ -208,8 +208,8 @@ class FailingFile:
 def _state(value: float) -> dict:
     """A checkpoint-shaped dict with ~4 MB of weights."""
     return {
-        **smri.checkpoint.checkpoint_header(),
-        "model_config": {}, "store": dict.fromkeys(smri.checkpoint.STORE_KEYS),
+        **smri.model_io.checkpoint_header(),
+        "model_config": {}, "store": dict.fromkeys(smri.model_io.STORE_KEYS),
         "preprocess_config": {}, "epoch": int(value),
         "model": {"w": torch.full((1_000_000,), value)},
     }  # fmt: skip

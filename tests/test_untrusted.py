@@ -19,9 +19,9 @@ import torch
 from click.testing import CliRunner
 from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
-from smri.checkpoint import load_checkpoint
 from smri.cli import main
 from smri.errors import DataError
+from smri.model_io import load_checkpoint
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train

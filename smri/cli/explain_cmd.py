@@ -71,7 +71,7 @@ def explain(checkpoint: Path, store: Path, patient_ids: tuple[str, ...], out: Pa
 
 def table(report: dict) -> list[str]:
     """The per-patient table and the verdict line."""
-    from smri.explanation import percent  # torch: imported only when a table is printed
+    from smri.evaluation import percent  # torch: imported only when a table is printed
 
     width = max(len("patient_id"), *(len(r["patient_id"]) for r in report["rows"]))
     lines = [f"{'patient_id':<{width}}  {'predicted':>9}  {'P(1)':>5}  {'in tumour':>9}  "

@@ -47,7 +47,7 @@ def export(run: Path, out_dir: Path, fold: int | None, license_: str | None,
     smri export runs/cnn2 models/glioma-cnn2
     smri export runs/cnn3-cv models/glioma-cnn3-fold2 --fold 2
     """
-    from smri.export import export_run
+    from smri.model_io import export_run
 
     for path in export_run(run, out_dir, fold=fold, license=license_, overwrite=overwrite):
         click.echo(str(path))

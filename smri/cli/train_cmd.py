@@ -453,7 +453,7 @@ def plot(run_dirs: tuple[Path, ...], out: Path, store: Path | None) -> None:
     """Figures and summary comparing runs: loss, accuracy and ROC (K folds as mean ± std
     bands); every model's AUC and balanced accuracy with 95 % intervals, paired tests between
     models on the same patients, and the majority and intensity baselines."""
-    from smri.plots import plot_runs
+    from smri.comparison import plot_runs
 
     for path in plot_runs(run_dirs, out, store):
         click.echo(str(path))

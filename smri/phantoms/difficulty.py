@@ -10,10 +10,10 @@ from smri.phantoms.anatomy import MODALITIES, SLAB, make_phantom
 
 def phantom_features(seed: int, index: int, grade: str, shape: tuple[int, int, int]) -> np.ndarray:
     """Intensity-baseline features of one phantom after the preprocessing (min–max, central
-    slab): `smri.baseline.intensity_features`."""
+    slab): `smri.metrics.baseline.intensity_features`."""
     from threadpoolctl import threadpool_limits
 
-    from smri.baseline import intensity_features
+    from smri.metrics import intensity_features
     from smri.volume import central_slab, minmax_normalize
 
     with threadpool_limits(limits=1):
@@ -23,11 +23,11 @@ def phantom_features(seed: int, index: int, grade: str, shape: tuple[int, int, i
 
 
 def stats_only_auc(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated ROC AUC of the intensity baseline (`smri.baseline`; 5 folds, 4 repeats)."""
+    """Cross-validated ROC AUC of the intensity baseline (`smri.metrics.baseline`; 5 folds, 4 repeats)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
-    from smri.baseline import fit_predict
+    from smri.metrics import fit_predict
 
     aucs = []
     for rep in range(4):

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from smri.atomic import OutputLock, atomic_path, check_not_input
+from smri.atomic import OutputLock, check_not_input
 from smri.errors import ConfigError, DataError, plural
 from smri.files import special_kind
+from smri.plots import content_box, mosaic, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 STORE_SUFFIXES = (".h5", ".hdf5")
-DPI = 150
 GRADE_OF_FOLDER = {"hgg": "HGG", "lgg": "LGG"}
 
 
@@ -152,30 +152,6 @@ def slab_from_store(path: Path, patient_id: str, modalities: Sequence[str] | Non
     )
 
 
-def mosaic(slab: np.ndarray, columns: int) -> np.ndarray:
-    """Tile an (S, H, W) slab row-major into one (rows*H, columns*W) image (blank tiles at 0)."""
-    s, h, w = slab.shape
-    rows = math.ceil(s / columns)
-    out = np.zeros((rows * h, columns * w), dtype=np.float32)
-    for k in range(s):
-        r, c = divmod(k, columns)
-        out[r * h : (r + 1) * h, c * w : (c + 1) * w] = slab[k]
-    return out
-
-
-def content_box(slab: np.ndarray, margin: int = 2) -> tuple[slice, slice]:
-    """(H, W) slices around the non-zero voxels of an (M, S, H, W) slab (all of it if empty)."""
-    any_hw = (slab != 0).any(axis=(0, 1))
-    rows, cols = np.flatnonzero(any_hw.any(axis=1)), np.flatnonzero(any_hw.any(axis=0))
-    if rows.size == 0:
-        return slice(None), slice(None)
-    h, w = any_hw.shape
-    return (
-        slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
-        slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)),
-    )
-
-
 def slab_figure(patient: ShownPatient, *, montage: bool = False, contours: bool = False) -> Figure:
     """The figure: one column per modality (middle slice), or one row per modality (montage).
 
@@ -238,18 +214,6 @@ def _draw_regions(ax: object, seg: np.ndarray) -> None:
             ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.7)
 
 
-def save_figure(fig: Figure, out: Path) -> Path:
-    """Save `fig` as a PNG at 150 dpi (Agg, no display), creating the parent folder."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    with atomic_path(out) as tmp:  # never a half-written PNG, never through a link
-        fig.savefig(tmp, dpi=DPI, format="png")
-    return out
-
-
 def show_patient(
     source: Path,
     patient_id: str | None,
@@ -300,7 +264,7 @@ def show_patient(
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(Path(out)):
         check_out_png(out, {}, overwrite)  # again: another may have written it meanwhile
-        save_figure(fig, out)
+        save_figure(fig, out, tight=False)
     return patient
 
 

@@ -44,9 +44,9 @@ from torch import nn
 
 import smri.training
 from smri.config import TrainConfig
+from smri.metrics import fold_interval
 from smri.models import ModelConfig, build_model
 from smri.runs import read_metrics
-from smri.stats import fold_interval
 
 
 @dataclass(frozen=True)

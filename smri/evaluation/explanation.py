@@ -1,11 +1,11 @@
 """`smri explain`: where a trained model looks, patient by patient, against the tumour.
 
-For each patient: integrated gradients (`smri.saliency`) of every modality, a PNG montage of the
+For each patient: integrated gradients (`saliency`) of every modality, a PNG montage of the
 slab with the positive saliency over the images and the tumour's contour where the store holds a
 mask, and the share of the positive saliency that falls inside the tumour. A model whose
 saliency lies mostly outside the tumour is called out: it may have learnt something other than
 the tumour (the "Clever Hans" effect reported for brain-tumour MRI classifiers, Wallis & Buvat
-2022). `saliency_in_tumour` gives `smri evaluate` the same number over its patients.
+2022). `smri evaluate` reports the same share over its patients (`inference.saliency_in_tumour`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_device
 from smri.config import MOSTLY_OUTSIDE
 from smri.errors import ConfigError, plural
-from smri.export import load_model
-from smri.saliency import (
+from smri.evaluation.saliency import (
     BASELINE,
     DEFAULT_STEPS,
     METHOD,
@@ -33,6 +31,8 @@ from smri.saliency import (
     share_by_modality,
     share_inside,
 )
+from smri.model_io import check_compatible, load_model, model_from_checkpoint, resolve_device
+from smri.plots import content_box, mosaic, save_figure
 from smri.store import StoreReader
 
 if TYPE_CHECKING:
@@ -113,21 +113,22 @@ class PatientSaliency:
             "share_in_tumour_by_modality": dict.fromkeys(modalities),
             "chance_share": None,
             "saliency_by_modality": {},
-            "completeness_error": _round(self.completeness_error),
+            "completeness_error": rounded(self.completeness_error),
             "note": "no mask in the store" if self.mask is None else "no tumour voxel in the slab",
         }
         for m, attr, part in per_mod:
-            row["saliency_by_modality"][m] = _round(float(part))
+            row["saliency_by_modality"][m] = rounded(float(part))
             if in_slab:
-                row["share_in_tumour_by_modality"][m] = _round(share_inside(attr, self.mask))
+                row["share_in_tumour_by_modality"][m] = rounded(share_inside(attr, self.mask))
         if in_slab:
-            row["share_in_tumour"] = _round(share_inside(self.attributions, self.mask))
-            row["chance_share"] = _round(chance_share(self.images, self.mask))
+            row["share_in_tumour"] = rounded(share_inside(self.attributions, self.mask))
+            row["chance_share"] = rounded(chance_share(self.images, self.mask))
             row["note"] = None
         return row
 
 
-def _round(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
+    """A number for JSON, to 4 decimals; None when missing or not finite."""
     return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
@@ -154,15 +155,15 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and median share inside the tumour over the rows that have one, and the verdict."""
     shares = [r["share_in_tumour"] for r in rows if r["share_in_tumour"] is not None]
     chance = [r["chance_share"] for r in rows if r["chance_share"] is not None]
-    mean = _round(float(np.mean(shares))) if shares else None
-    chance_mean = _round(float(np.mean(chance))) if chance else None
+    mean = rounded(float(np.mean(shares))) if shares else None
+    chance_mean = rounded(float(np.mean(chance))) if chance else None
     out = {
         "n": len(rows),
         "n_with_tumour": len(shares),
         "share_in_tumour_mean": mean,
-        "share_in_tumour_median": _round(float(np.median(shares))) if shares else None,
+        "share_in_tumour_median": rounded(float(np.median(shares))) if shares else None,
         "chance_share_mean": chance_mean,
-        "share_over_chance": _round(mean / chance_mean)
+        "share_over_chance": rounded(mean / chance_mean)
         if mean is not None and chance_mean
         else None,
         "mostly_outside": None if mean is None else mean < MOSTLY_OUTSIDE,
@@ -234,8 +235,6 @@ def saliency_figure(
     over it (one colour scale for the patient: its 99.5th percentile) and the tumour contour."""
     from matplotlib.figure import Figure
 
-    from smri.preprocessing.show import content_box, mosaic
-
     m, s = p.images.shape[:2]
     crop = content_box(p.images)
     columns = min(8, s)
@@ -304,8 +303,6 @@ def explain_store(
     matplotlib.use("Agg")
     from tqdm import tqdm
 
-    from smri.preprocessing.show import save_figure
-
     ckpt = load_model(checkpoint)
     dev = resolve_device(device)
     with StoreReader(store) as reader:
@@ -325,7 +322,7 @@ def explain_store(
             row = p.row(info.modalities, info.classes)
             label_text = f"{names.get(p.label, p.label)} ({p.label})" if p.label >= 0 else "?"
             fig = saliency_figure(p, info.modalities, row, label_text)
-            row["png"] = save_figure(fig, out / f"{_file_name(p.patient_id)}.png").name
+            row["png"] = save_figure(fig, out / f"{_file_name(p.patient_id)}.png", tight=False).name
             rows.append(row)
     report = {
         "checkpoint": str(checkpoint),
@@ -347,44 +344,6 @@ def explain_store(
 def _file_name(patient_id: str) -> str:
     """A patient id as a file name (ids are folder names, but never trust a separator)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in patient_id)
-
-
-def saliency_in_tumour(
-    model: torch.nn.Module,
-    reader: StoreReader,
-    checkpoint: Path,
-    device: torch.device,
-    *,
-    limit: int,
-    steps: int = DEFAULT_STEPS,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> dict[str, Any] | None:
-    """`smri evaluate`'s saliency number: the mean share inside the tumour over at most `limit`
-    patients with tumour voxels in the slab (the run's validation patients when the store holds
-    them, else all), in store order. None when the store has no such patient."""
-    from tqdm import tqdm
-
-    if not reader.has_masks or limit < 1:
-        return None
-    val = set(run_validation_ids(checkpoint) or ())
-    table = reader.mask_table()
-    usable = table["has_mask"] & (table["tumour_voxels_in_slab"] > 0)
-    rows = np.flatnonzero(usable)
-    chosen = [i for i in rows if reader.patient_ids[i] in val] or list(rows)
-    chosen = chosen[:limit]
-    if not chosen:
-        return None
-    shares = []
-    for i in tqdm(chosen, desc="saliency", unit="patient", disable=not progress):
-        p = patient_saliency(model, reader, int(i), device, steps, batch_size)
-        shares.append(share_inside(p.attributions, p.mask))
-    shares = [s for s in shares if s is not None]
-    return {
-        "saliency_in_tumour_mean": _round(float(np.mean(shares))) if shares else None,
-        "saliency_in_tumour_n": len(shares),
-        "saliency_method": f"{METHOD}, {steps} steps, baseline zeros, toward the predicted class",
-    }
 
 
 def check_out(out: Path, overwrite: bool) -> None:

@@ -3,13 +3,13 @@
 A CNN that cannot beat a linear model of a few per-modality statistics has not shown that it
 uses spatial structure. The same features and model calibrate the demo cohort's difficulty
 (`smri.synth.stats_only_auc`) and sit beside the CNNs in `smri plot` (fitted on each fold's
-training patients, scored on its validation patients). scikit-learn does the fitting.
+training patients, scored on its validation patients). scikit-learn does the fitting. Arrays
+in, arrays out: reading a store's slabs is `smri.comparison.store_features`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -24,14 +24,6 @@ def intensity_features(slab: np.ndarray) -> np.ndarray:
     pct = np.percentile(flat, PERCENTILES, axis=1).T
     stats = np.stack([flat.mean(1), flat.std(1), flat.max(1)], axis=1)
     return np.concatenate([stats, pct], axis=1).ravel()
-
-
-def store_features(store: Path, rows: Sequence[int]) -> np.ndarray:
-    """(len(rows), M * 9) intensity features of the given store rows, one patient at a time."""
-    from smri.store import StoreReader
-
-    with StoreReader(store) as reader:
-        return np.stack([intensity_features(reader.read(int(i))) for i in rows])
 
 
 def fit_predict(

@@ -4,8 +4,8 @@
     OUT_DIR/config.json        the model, the input it expects and the preprocessing to repeat
     OUT_DIR/README.md          the model card: model, data, split, metrics, intended use, limits
 
-`load_model` reads a checkpoint file or such a folder into the dict that
-`smri.checkpoint.model_from_checkpoint` and `smri evaluate` / `smri predict` use.
+Reading such a folder back (for `smri evaluate`, `smri predict`, `smri explain`) is
+`smri.model_io.loading`'s.
 """
 
 from __future__ import annotations
@@ -13,19 +13,15 @@ from __future__ import annotations
 import json
 import re
 from contextlib import ExitStack
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from smri import __version__
 from smri.atomic import OutputLock, atomic_path
-from smri.checkpoint import load_checkpoint
 from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
-from smri.model_card import model_card
-from smri.models import ModelConfig, build_model
+from smri.model_io.checkpoint import load_checkpoint
+from smri.model_io.model_card import model_card
 from smri.runs import json_text
 
 EXPORT_FORMAT = "smri-model"
@@ -33,12 +29,10 @@ EXPORT_VERSION = 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 EXPORT_FILES = (WEIGHTS, CONFIG, CARD)
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "split.json", "summary.json")
-MAX_SIZE = 4096  # largest slices / height / width an exported config may ask for
-MAX_MODALITIES = 64
 _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*\Z")
 
 
-def _safetensors() -> Any:
+def safetensors_torch() -> Any:
     """The safetensors.torch module, or a one-line error saying how to install it."""
     try:
         import safetensors.torch
@@ -90,12 +84,12 @@ def model_dir(run: Path, fold: int | None) -> Path:
 
 def _fold_auc(fold: Path) -> str:
     try:
-        return f"{float(_read_json(fold / 'summary.json')['best']['auc']):.3f}"
+        return f"{float(read_json(fold / 'summary.json')['best']['auc']):.3f}"
     except (SmriError, OSError, ValueError, KeyError, TypeError):
         return "unfinished"
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(check_regular(path).read_text())
     except FileNotFoundError:
@@ -137,7 +131,7 @@ def export_run(
     Each file is written beside its final name and renamed into place, so `out` never holds a
     half-written file; other files in `out` (a git checkout of a model repository) are kept.
     """
-    st = _safetensors()
+    st = safetensors_torch()
     if license is not None and not _LICENSE.match(license):
         raise ConfigError(f"expected a license id such as mit or cc-by-4.0, got {license!r}",
                           option="--license")  # fmt: skip
@@ -154,7 +148,7 @@ def _export(st: Any, source: Path, run: Path, out: Path, license: str | None) ->
     ckpt = load_checkpoint(source / "best.pt")
     config = export_config(ckpt, source, run)
     title = out.resolve().name
-    card = model_card(config, _read_json(source / "config.json") or {}, title, license, WEIGHTS)
+    card = model_card(config, read_json(source / "config.json") or {}, title, license, WEIGHTS)
     tensors = {k: v.detach().contiguous() for k, v in ckpt["model"].items()}
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as staged:  # all three are written before any takes its real name
@@ -175,9 +169,9 @@ def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, An
 
     store = ckpt["store"]
     pre = ckpt["preprocess_config"]
-    summary = _read_json(source / "summary.json") or {}
-    top = _read_json(run / "summary.json") if source != run else None
-    split = _read_json(source / "split.json") or {}
+    summary = read_json(source / "summary.json") or {}
+    top = read_json(run / "summary.json") if source != run else None
+    split = read_json(source / "split.json") or {}
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -207,128 +201,3 @@ def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, An
             else {k: top.get(k) for k in ("folds", "mean", "std", "ci95")},
         },
     }
-
-
-# ---------------------------------------------------------------------------------- loading
-def load_model(path: Path) -> dict[str, Any]:
-    """A checkpoint file, or a folder written by `smri export` (or its model.safetensors or
-    config.json), as a checkpoint dict."""
-    path = Path(path)
-    if path.name in (WEIGHTS, CONFIG) and path.is_file():  # a file of an exported folder
-        return load_exported(path.parent)
-    if not path.is_dir():
-        return load_checkpoint(path)
-    if (path / "best.pt").is_file() or fold_dirs(path):
-        raise DataError(
-            f"{path} is a run folder, not an exported model; give its best.pt, or export it "
-            f"with `smri export {path} OUT_DIR`"
-        )
-    return load_exported(path)
-
-
-def _field(config: dict, where: Path, *keys: str, kind: type | tuple[type, ...]) -> Any:
-    value: Any = config
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise DataError(f"{where}: damaged export: '{'.'.join(keys)}' is missing or malformed")
-    return value
-
-
-def _read_export_config(folder: Path) -> dict[str, Any]:
-    where = check_regular(folder / CONFIG)
-    if not where.is_file():
-        raise DataError(f"{folder}: no {CONFIG}; expected a folder written by `smri export`")
-    config = _read_json(where)
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise DataError(f"{where}: not an smri exported model (written by `smri export`)")
-    version = config.get("version")
-    if not isinstance(version, int) or version > EXPORT_VERSION:
-        raise DataError(
-            f"{where}: export version {version} is newer than this smri reads "
-            f"(version {EXPORT_VERSION}); upgrade smri"
-        )
-    modalities = _field(config, where, "store", "modalities", kind=list)
-    shape = _field(config, where, "store", "volume_shape", kind=list)
-    slices = _field(config, where, "store", "slices", kind=int)
-    classes = _field(config, where, "store", "classes", kind=dict)
-    _field(config, where, "model", kind=dict)
-    _field(config, where, "preprocess", kind=dict)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in shape) or len(shape) != 4:
-        raise DataError(f"{where}: damaged export: store.volume_shape {shape} is not 4 integers")
-    if not 1 <= len(modalities) <= MAX_MODALITIES or not all(1 <= v <= MAX_SIZE for v in shape):
-        raise DataError(
-            f"{where}: input {'x'.join(map(str, shape))} is out of range (at most "
-            f"{MAX_MODALITIES} modalities and {MAX_SIZE} per axis)"
-        )
-    if shape[0] != len(modalities) or shape[1] != slices or sorted(classes.values()) != [0, 1]:
-        raise DataError(
-            f"{where}: damaged export: volume_shape {shape}, {len(modalities)} modalities, "
-            f"{slices} slices and classes {classes} disagree"
-        )
-    return config
-
-
-def load_exported(folder: Path) -> dict[str, Any]:
-    """An exported folder as a checkpoint dict (model_config, model, store, preprocess_config).
-
-    DataError naming the folder when config.json is not an export's, describes an unknown or
-    out-of-range model, or the weights do not fit it: tensor names and shapes are checked
-    against the described model built without memory, before anything is allocated.
-    """
-    folder = Path(folder)
-    config = _read_export_config(folder)
-    where = folder / CONFIG
-    try:
-        cfg = ModelConfig.from_dict(config["model"])
-        if tuple(cfg.volume_shape) != tuple(config["store"]["volume_shape"][1:]):
-            raise ValueError(f"volume_shape {list(cfg.volume_shape)} differs from the input's")
-        with torch.device("meta"):
-            expected = build_model(cfg).state_dict()
-    except (SmriError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(f"{where}: damaged export: bad model ({exc})") from None
-    state = _read_weights(folder / WEIGHTS, expected, cfg)
-    return {
-        "model_config": asdict(cfg),
-        "model": state,
-        "store": config["store"],
-        "preprocess_config": config["preprocess"],
-        "epoch": config.get("training", {}).get("epoch", 0),
-    }
-
-
-def _read_weights(
-    path: Path, expected: dict[str, torch.Tensor], cfg: ModelConfig
-) -> dict[str, torch.Tensor]:
-    """The tensors of `path`, after checking names, shapes and dtypes against `expected`."""
-    st = _safetensors()
-    from safetensors import safe_open
-
-    if not check_regular(path).is_file():
-        raise DataError(f"{path}: no such file; an exported model holds its weights there")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            names = fh.keys()
-            shapes = {k: (fh.get_slice(k).get_shape(), fh.get_slice(k).get_dtype()) for k in names}
-    except Exception as exc:  # safetensors raises its own error types, and OSError
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a readable safetensors file ({first})") from None
-    dtypes = {torch.float32: "F32", torch.int64: "I64"}
-    problems = []
-    for key, want in expected.items():  # in the model's order
-        if key not in shapes:
-            problems.append(f"missing {key}")
-            continue
-        shape, dtype = list(shapes[key][0]), shapes[key][1]
-        if list(want.shape) != shape or dtypes.get(want.dtype) != dtype:
-            model = f"{dtypes.get(want.dtype)} {list(want.shape)}"
-            problems.append(f"{key} is {dtype} {shape}, the model's {model}")
-    problems += [f"unexpected {k}" for k in shapes if k not in expected]
-    if problems:
-        shape = "x".join(map(str, cfg.volume_shape))
-        raise DataError(
-            f"{path}: the weights do not fit the {cfg.name} model (width {cfg.width:g}, input "
-            f"{shape}) that config.json describes: {problems[0]}"
-            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
-        )
-    return st.load_file(str(path))

@@ -1,11 +1,11 @@
-"""summary.md: the comparison of `smri.compare` in words and tables, for people to read."""
+"""summary.md: the comparison of `compare` in words and tables, for people to read."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from smri.compare import BASELINE
+from smri.comparison.compare import BASELINE
 
 ALPHA = 0.05  # significance level of the sentences
 

@@ -1,5 +1,6 @@
 """Using a trained model (a checkpoint, or a folder written by `smri export`): metrics on a store
-(`smri evaluate`), raw folders (`smri predict`)."""
+(`smri evaluate`), with the share of its saliency inside the tumour when asked, and predictions
+for raw folders (`smri predict`)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from smri.checkpoint import check_compatible, model_from_checkpoint, resolve_device
 from smri.data import Batches, nonfinite_output_message, resolve_cache
 from smri.errors import DataError, PatientError
-from smri.export import load_model
+from smri.evaluation.explanation import patient_saliency, rounded, run_validation_ids
+from smri.evaluation.saliency import DEFAULT_STEPS, METHOD, share_inside
 from smri.metrics import binary_metrics
+from smri.model_io import check_compatible, load_model, model_from_checkpoint, resolve_device
 from smri.store import StoreReader
 
 
@@ -62,7 +65,7 @@ def evaluate_store(
     """Run the checkpoint (or exported folder) on every patient of `store` (which must match
     its training store); `progress` shows a bar over the batches. With `saliency_patients`
     and a store with masks, the metrics add the mean share of saliency inside the tumour over
-    that many patients at most (`smri.explanation.saliency_in_tumour`)."""
+    that many patients at most (`saliency_in_tumour`, below)."""
     from tqdm import tqdm
 
     ckpt = load_model(checkpoint)
@@ -96,15 +99,51 @@ def evaluate_store(
     known = labels >= 0
     metrics = {"n": int(known.sum()), **(binary_metrics(labels[known], probs[known]) if
                                          known.any() else {})}  # fmt: skip
-    if saliency_patients > 0:
-        from smri.explanation import saliency_in_tumour
-
+    if saliency_patients > 0:  # where the model looks: its saliency against the tumour masks
         with StoreReader(store) as reader:
             metrics.update(saliency_in_tumour(
                 model, reader, Path(checkpoint), dev, limit=saliency_patients,
                 steps=saliency_steps, batch_size=batch_size, progress=progress,
             ) or {})  # fmt: skip
     return Evaluation(ids, labels, probs, metrics, dict(info.classes))
+
+
+def saliency_in_tumour(
+    model: torch.nn.Module,
+    reader: StoreReader,
+    checkpoint: Path,
+    device: torch.device,
+    *,
+    limit: int,
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any] | None:
+    """`smri evaluate`'s saliency number: the mean share inside the tumour over at most `limit`
+    patients with tumour voxels in the slab (the run's validation patients when the store holds
+    them, else all), in store order. None when the store has no such patient."""
+    from tqdm import tqdm
+
+    if not reader.has_masks or limit < 1:
+        return None
+    val = set(run_validation_ids(checkpoint) or ())
+    table = reader.mask_table()
+    usable = table["has_mask"] & (table["tumour_voxels_in_slab"] > 0)
+    rows = np.flatnonzero(usable)
+    chosen = [i for i in rows if reader.patient_ids[i] in val] or list(rows)
+    chosen = chosen[:limit]
+    if not chosen:
+        return None
+    shares = []
+    for i in tqdm(chosen, desc="saliency", unit="patient", disable=not progress):
+        p = patient_saliency(model, reader, int(i), device, steps, batch_size)
+        shares.append(share_inside(p.attributions, p.mask))
+    shares = [s for s in shares if s is not None]
+    return {
+        "saliency_in_tumour_mean": rounded(float(np.mean(shares))) if shares else None,
+        "saliency_in_tumour_n": len(shares),
+        "saliency_method": f"{METHOD}, {steps} steps, baseline zeros, toward the predicted class",
+    }
 
 
 def predict_folders(

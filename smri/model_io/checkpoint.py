@@ -1,7 +1,8 @@
 """Checkpoints that carry their configuration, the device choice, and store compatibility.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-`torch.load(..., weights_only=True)`; `model_from_checkpoint` rebuilds the model from it alone.
+`torch.load(..., weights_only=True)`; `smri.model_io.loading.model_from_checkpoint` rebuilds
+the model from it alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from smri import __version__
 from smri.atomic import atomic_open
 from smri.errors import ConfigError, DataError
 from smri.files import check_regular
-from smri.models import CNNLSTM, ModelConfig, build_model
 from smri.store import StoreInfo
 
 CHECKPOINT_FORMAT = "smri-checkpoint"
@@ -207,58 +207,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_weights(
-    model: torch.nn.Module,
-    ckpt: dict[str, Any],
-    cfg: ModelConfig,
-    source: str = "",
-    *,
-    assign: bool = False,
-) -> None:
-    """Load the checkpoint's weights into `model`; DataError naming `source` if they misfit or
-    hold NaN or Inf. `assign`: take the tensors themselves (for a model on the meta device,
-    which so checks names and shapes without allocating anything)."""
-    try:
-        model.load_state_dict(ckpt["model"], assign=assign)
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-        where = f"{source}: " if source else ""
-        raise DataError(
-            f"{where}the weights do not fit the {cfg.name} model (width {cfg.width:g}, input "
-            f"{'x'.join(map(str, cfg.volume_shape))}) the checkpoint describes: {detail[:300]}"
-        ) from None
-    bad = {
-        key: int((~torch.isfinite(t)).sum())
-        for key, t in ckpt["model"].items()
-        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
-    }
-    if bad:
-        key, n = next(iter(bad.items()))
-        where = f"{source}: " if source else ""
-        raise DataError(
-            f"{where}the weights hold non-finite values ({n} NaN or Inf in {key}"
-            + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
-            + "): the run that saved them diverged; use an earlier checkpoint"
-        )
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device, source: str = "") -> CNNLSTM:
-    """The checkpoint's model with its weights, in eval mode on `device`.
-
-    DataError naming `source` when the weights do not fit the model the checkpoint describes
-    (weights of another model, another width or input shape, or an unknown model name).
-    """
-    where = f"{source}: " if source else ""
-    try:
-        cfg = ModelConfig.from_dict(ckpt["model_config"])
-        with torch.device("meta"):  # its size checked, nothing allocated
-            probe = build_model(cfg)
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{where}damaged smri checkpoint: bad model_config ({exc})") from None
-    load_weights(probe, ckpt, cfg, source, assign=True)  # names, shapes, values: before allocating
-    model = build_model(cfg)
-    load_weights(model, ckpt, cfg, source)
-    return model.to(device, memory_format=torch.channels_last_3d).eval()

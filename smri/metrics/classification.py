@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from smri.errors import DataError
-from smri.stats import auc as roc_auc
+from smri.metrics.stats import auc as roc_auc
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
 __all__ = ["METRIC_NAMES", "binary_metrics", "roc_auc", "roc_curve"]

@@ -10,7 +10,8 @@ summary.json is one object:
 * ``comparisons``: per pair of models, the AUC difference b - a, its 95 % interval and a
   p-value from a paired patient bootstrap — computed only when both runs validated the same
   patients in the same folds;
-* ``baselines``: the majority class and the intensity logistic regression (`smri.baseline`),
+* ``baselines``: the majority class and the intensity logistic regression
+  (`smri.metrics.baseline`),
   the latter fitted on each fold's training patients (from the runs' split.json) and scored on
   its validation patients; ``versus_baseline`` compares each model with it, paired.
 
@@ -28,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from smri import stats
 from smri.errors import DataError
+from smri.metrics import baseline, stats
 from smri.runs import DAMAGED, read_predictions, read_run_json
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
@@ -199,12 +200,19 @@ def _comparison(groups: list[stats.Group], a: str, b: str, seed: int) -> dict[st
     }
 
 
+def store_features(store: Path, rows: Sequence[int]) -> np.ndarray:
+    """(len(rows), M * 9) intensity features of the given store rows, one patient at a time."""
+    from smri.store import StoreReader
+
+    with StoreReader(store) as reader:
+        return np.stack([baseline.intensity_features(reader.read(int(i))) for i in rows])
+
+
 def intensity_baseline(
     run: Run, store: Path | None, notes: list[str]
 ) -> dict[int | None, np.ndarray] | None:
     """The intensity baseline's probabilities of each fold's validation patients (in the run's
     order), fitted on that fold's training patients; None, with a note, without the store."""
-    from smri.baseline import fit_predict, store_features
     from smri.store import StoreReader
 
     path = store if store is not None else (Path(run.store) if run.store else None)
@@ -241,7 +249,8 @@ def intensity_baseline(
         return None
     features = store_features(path, rows)
     return {
-        f.fold: fit_predict(features, y, train[f.fold], [at[p] for p in f.ids]) for f in run.folds
+        f.fold: baseline.fit_predict(features, y, train[f.fold], [at[p] for p in f.ids])
+        for f in run.folds
     }
 
 

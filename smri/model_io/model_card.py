@@ -41,26 +41,57 @@ def model_card(
     weights: str = "model.safetensors",
 ) -> str:
     """README.md of an export: YAML front matter (Hugging Face), then the card's sections."""
-    model, store, pre = config["model"], config["store"], config["preprocess"]
-    training, metrics = config["training"], config["metrics"]
-    names = {v: k for k, v in store["classes"].items()}
-    m, s, h, w = store["volume_shape"]
-    info = run_config.get("store", {})
-    counts = ", ".join(f"{k} {v}" for k, v in (info.get("class_counts") or {}).items())
-    split = training["split"]
-    front = ["---", "library_name: smri", *([f"license: {license}"] if license else []), "tags:"]
-    front += [f"- {t}" for t in ("smri", "medical-imaging", "mri", "3d", "cnn-lstm",
-                                 "binary-classification", "safetensors")]  # fmt: skip
-    front += ["metrics:", "- roc_auc", "- balanced_accuracy", "---", ""]
-    lines = [
+    names = {v: k for k, v in config["store"]["classes"].items()}
+    sections = (
+        _front_matter(license),
+        _introduction(config, title, names),
+        _model_section(config, weights, names),
+        _data_section(config, run_config),
+        _split_section(config["training"]),
+        _metrics_section(config, names),
+        INTENDED_USE,
+        _limitations(config),
+        _how_to_use(title),
+    )
+    return "\n".join(line for section in sections for line in section)
+
+
+# Each section is its lines, ending with a blank one.
+def _front_matter(license: str | None) -> list[str]:
+    """The YAML block the Hugging Face hub reads: library, license, tags, metrics."""
+    tags = ("smri", "medical-imaging", "mri", "3d", "cnn-lstm", "binary-classification",
+            "safetensors")  # fmt: skip
+    return [
+        "---",
+        "library_name: smri",
+        *([f"license: {license}"] if license else []),
+        "tags:",
+        *(f"- {t}" for t in tags),
+        "metrics:",
+        "- roc_auc",
+        "- balanced_accuracy",
+        "---",
+        "",
+    ]
+
+
+def _introduction(config: dict[str, Any], title: str, names: dict[int, str]) -> list[str]:
+    return [
         f"# {title}",
         "",
-        f"A {model['name'].upper()}-LSTM that gives the probability that a patient's structural "
-        f"MRI is **{names[1]}** (class 1) rather than **{names[0]}** (class 0). Made with smri "
-        f"{config['smri_version']} (`smri train`, then `smri export`).",
+        f"A {config['model']['name'].upper()}-LSTM that gives the probability that a patient's "
+        f"structural MRI is **{names[1]}** (class 1) rather than **{names[0]}** (class 0). Made "
+        f"with smri {config['smri_version']} (`smri train`, then `smri export`).",
         "",
         "**Research use only; not for clinical use.**",
         "",
+    ]
+
+
+def _model_section(config: dict[str, Any], weights: str, names: dict[int, str]) -> list[str]:
+    model, store, training = config["model"], config["store"], config["training"]
+    m, s, h, w = store["volume_shape"]
+    return [
         "## Model",
         "",
         f"- Architecture: a 3D CNN ({model['name']}, width {model['width']:g}"
@@ -76,6 +107,14 @@ def model_card(
         f"{training['epoch']} of {training['epochs'] or '?'}, the epoch with the best "
         "validation AUC.",
         "",
+    ]
+
+
+def _data_section(config: dict[str, Any], run_config: dict[str, Any]) -> list[str]:
+    pre, s = config["preprocess"], config["store"]["volume_shape"][1]
+    info = run_config.get("store", {})
+    counts = ", ".join(f"{k} {v}" for k, v in (info.get("class_counts") or {}).items())
+    return [
         "## Data",
         "",
         f"- Cohort: {_cohort(pre)}{info.get('n_patients', '?')} patients "
@@ -87,10 +126,12 @@ def model_card(
         + f"stored as {pre.get('dtype')}. Registration, skull stripping and resampling are "
         "not done by smri: inputs must come prepared as the training cohort's were.",
         "",
-        "## Split",
-        "",
-        *_split_lines(split, training),
-        "",
+    ]
+
+
+def _metrics_section(config: dict[str, Any], names: dict[int, str]) -> list[str]:
+    training, metrics = config["training"], config["metrics"]
+    return [
         "## Metrics",
         "",
         f"On the {training['n_val'] or '?'} validation patients, at the chosen epoch:",
@@ -102,20 +143,35 @@ def model_card(
         "patients; cross-validation: across folds); 'not computed' where it recorded none. The "
         "validation patients also chose the epoch, so these numbers lean optimistic.",
         "",
-        "## Intended use",
-        "",
-        "Research on MRI classification methods and reproduction of smri's experiments. Not for "
-        "clinical use: this is not a medical device, and it was not validated for diagnosis, "
-        "grading, prognosis or treatment decisions about any patient.",
-        "",
+    ]
+
+
+INTENDED_USE = (
+    "## Intended use",
+    "",
+    "Research on MRI classification methods and reproduction of smri's experiments. Not for "
+    "clinical use: this is not a medical device, and it was not validated for diagnosis, "
+    "grading, prognosis or treatment decisions about any patient.",
+    "",
+)
+
+
+def _limitations(config: dict[str, Any]) -> list[str]:
+    s = config["store"]["volume_shape"][1]
+    return [
         "## Limitations",
         "",
-        f"- Trained on {training['n_train'] or '?'} patients of one cohort; how it does on other "
-        "scanners, sites, protocols or populations is unknown.",
+        f"- Trained on {config['training']['n_train'] or '?'} patients of one cohort; how it "
+        "does on other scanners, sites, protocols or populations is unknown.",
         f"- It sees only the central {s} slices of each volume, and only the modalities above.",
         "- A small validation set gives wide intervals; one split or fold is one estimate.",
         "- Labels come from the cohort's own annotation, with whatever errors it has.",
         "",
+    ]
+
+
+def _how_to_use(title: str) -> list[str]:
+    return [
         "## How to use",
         "",
         "```",
@@ -125,7 +181,6 @@ def model_card(
         "```",
         "",
     ]
-    return "\n".join(front + lines)
 
 
 def _cohort(pre: dict[str, Any]) -> str:
@@ -133,6 +188,10 @@ def _cohort(pre: dict[str, Any]) -> str:
     text = f"`{pre['input_name']}`, " if pre.get("input_name") else ""
     text += f"layout {pre['layout']}, " if pre.get("layout") else ""
     return text + (f"preprocessed into `{pre['store_name']}`: " if pre.get("store_name") else "")
+
+
+def _split_section(training: dict[str, Any]) -> list[str]:
+    return ["## Split", "", *_split_lines(training["split"], training), ""]
 
 
 def _split_lines(split: dict[str, Any], training: dict[str, Any]) -> list[str]:

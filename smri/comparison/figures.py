@@ -1,0 +1,123 @@
+"""`smri plot`: the figures and the summary of finished runs, written into one folder.
+
+`load_run` reads a run folder's metric rows and validation predictions; `plot_runs` computes
+the comparison (`compare`) before writing anything, then draws the curves (`smri.plots`) and
+writes summary.json and summary.md (`report`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from smri.atomic import OutputLock, check_not_input
+from smri.comparison.compare import compare
+from smri.comparison.report import summary_markdown
+from smri.errors import ConfigError, DataError
+from smri.model_io import RUN_FILES
+from smri.plots import Rows, color_for, compare_figure, fold_loss_figure, roc_figure, save_figure
+from smri.runs import (
+    DAMAGED,
+    read_metrics_csv,
+    read_predictions_csv,
+    read_run_json,
+    write_json,
+    write_text,
+)
+
+
+@dataclass
+class RunData:
+    """Metric rows and validation predictions of one run folder (one entry per fold)."""
+
+    model: str
+    metrics: list[Rows] = field(default_factory=list)
+    predictions: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def load_run(run: Path) -> RunData:
+    """A run folder, or a K-fold folder whose fold*/ subfolders are runs."""
+    run = Path(run)
+    config = run / "config.json"
+    if not config.exists():
+        raise DataError(f"{run}: not an smri run folder (no config.json)")
+    try:
+        data = RunData(str(read_run_json(config)["model"]["name"]))
+    except DAMAGED as exc:
+        raise DataError(f"{config}: damaged run file ({type(exc).__name__}: {exc})") from None
+    folds = sorted(run.glob("fold*/metrics.csv"), key=lambda p: int(p.parent.name[4:]))
+    parts = [p.parent for p in folds] or [run]
+    for part in parts:
+        if not (part / "metrics.csv").exists():
+            raise DataError(f"{part}: no metrics.csv (has the run trained an epoch?)")
+        rows = read_metrics_csv(part / "metrics.csv")
+        if not rows:
+            raise DataError(f"{part / 'metrics.csv'}: records no epoch (has the run trained one?)")
+        data.metrics.append(rows)
+        if (part / "predictions.csv").exists():
+            labels, probs = read_predictions_csv(part / "predictions.csv")
+            if labels.size == 0:
+                raise DataError(f"{part / 'predictions.csv'}: holds no labelled patient")
+            data.predictions.append((labels, probs))
+    return data
+
+
+def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> list[Path]:
+    """CNNx_loss_curve.png per model, the all_models_* comparisons, summary.json and
+    summary.md (`smri.comparison.compare`: intervals, paired tests, baselines); returns the files.
+
+    Every run file is read, and the comparison computed, before anything is written."""
+    check_plot_out(out, runs)
+    by_model: dict[str, RunData] = {}
+    for run in runs:
+        data = load_run(run)
+        merged = by_model.setdefault(data.model, RunData(data.model))
+        merged.metrics += data.metrics
+        merged.predictions += data.predictions
+    by_model = dict(sorted(by_model.items()))
+    summary = compare(runs, store)  # every problem found before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):  # one `smri plot` at a time writes a folder
+        return _write_plots(out, by_model, summary)
+
+
+def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
+    """ConfigError (--out) when `out` is a file, or a run or fold folder: its summary.json
+    would replace the run's own, and the run could not be plotted again."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder", option="--out")
+    check_not_input(out, [("RUN_DIR", run) for run in runs], "--out", folder=True, inside=False)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:
+        raise ConfigError(
+            f"{out} is an smri run folder ({', '.join(held)}); its summary.json would be "
+            "replaced; choose another --out (e.g. figures/)",
+            option="--out",
+        )
+
+
+def _write_plots(out: Path, by_model: dict[str, RunData], summary: dict) -> list[Path]:
+    """The figures, summary.json and summary.md of `plot_runs` into `out`."""
+    written = []
+    for model, data in by_model.items():
+        fig = fold_loss_figure(data.metrics, f"{model.upper()}-LSTM loss", color_for(model))
+        written.append(save_figure(fig, out / f"{model.upper()}_loss_curve.png"))
+    metrics = {m: d.metrics for m, d in by_model.items()}
+    loss = compare_figure(metrics, "val_loss", "Loss, all models", "BCE loss", "train_loss")
+    written.append(save_figure(loss, out / "all_models_loss_curve.png"))
+    acc = compare_figure(
+        metrics, "val_accuracy", "Accuracy, all models", "accuracy", "train_accuracy"
+    )
+    written.append(save_figure(acc, out / "all_models_accuracy.png"))
+    preds = {m: d.predictions for m, d in by_model.items() if d.predictions}
+    if preds:
+        fig = roc_figure(preds, "ROC on validation patients (best epoch)")
+        written.append(save_figure(fig, out / "all_models_roc.png"))
+    write_json(out / "summary.json", summary)
+    summary_md = out / "summary.md"
+    write_text(summary_md, summary_markdown(summary, [p.name for p in written]))
+    return [*written, out / "summary.json", summary_md]

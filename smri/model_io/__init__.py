@@ -1,0 +1,37 @@
+"""Model I/O: a trained model saved, shared, and loaded again.
+
+`checkpoint` writes and reads smri checkpoints (best.pt, last.pt: weights, configuration, the
+store they fit, RNG state) and chooses the device; `export` writes a run's best model as a
+Hugging Face style folder with its `model_card`; `loading` reads either form back into a model.
+"""
+
+from smri.model_io.checkpoint import (
+    STORE_KEYS,
+    check_compatible,
+    checkpoint_header,
+    load_checkpoint,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    store_fields,
+)
+from smri.model_io.export import RUN_FILES, export_run
+from smri.model_io.loading import load_model, load_weights, model_from_checkpoint
+
+__all__ = [
+    "RUN_FILES",
+    "STORE_KEYS",
+    "check_compatible",
+    "checkpoint_header",
+    "export_run",
+    "load_checkpoint",
+    "load_model",
+    "load_weights",
+    "model_from_checkpoint",
+    "resolve_device",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "store_fields",
+]
