@@ -23,7 +23,8 @@ def phantom_features(seed: int, index: int, grade: str, shape: tuple[int, int, i
 
 
 def stats_only_auc(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated ROC AUC of the intensity baseline (`smri.metrics.baseline`; 5 folds, 4 repeats)."""
+    """Cross-validated ROC AUC of the intensity baseline (`smri.metrics.baseline`; 5 folds,
+    4 repeats)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
