@@ -43,10 +43,12 @@ import torch
 from torch import nn
 
 import smri.training
+import smri.training.fit
+import smri.training.plan
 from smri.config import TrainConfig
 from smri.models import ModelConfig, build_model
-from smri.runs import read_metrics
 from smri.stats import fold_interval
+from smri.training.runs import read_metrics
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def cnn1_head(flat: int, fc: int, dropout: float, kind: str) -> nn.Sequential:
 
 @contextlib.contextmanager
 def patched(c: Candidate) -> Iterator[None]:
-    """smri.training builds the candidate's CNN1 and optimiser while inside."""
+    """smri.training (its plan and fit) builds the candidate's CNN1 and optimiser while inside."""
     head_params: set[int] = set()
 
     def build(cfg: ModelConfig) -> nn.Module:
@@ -112,14 +114,14 @@ def patched(c: Candidate) -> Iterator[None]:
         decay = cosine(opt, T_max=T_max - c.warmup)
         return torch.optim.lr_scheduler.SequentialLR(opt, [warm, decay], [c.warmup])
 
-    saved = smri.training.build_model
-    smri.training.build_model = build
+    saved = smri.training.fit.build_model
+    smri.training.fit.build_model = smri.training.plan.build_model = build
     torch.optim.AdamW = optimizer
     torch.optim.lr_scheduler.CosineAnnealingLR = scheduler
     try:
         yield
     finally:
-        smri.training.build_model = saved
+        smri.training.fit.build_model = smri.training.plan.build_model = saved
         torch.optim.AdamW = adamw
         torch.optim.lr_scheduler.CosineAnnealingLR = cosine
 

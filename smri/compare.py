@@ -30,7 +30,7 @@ import numpy as np
 
 from smri import stats
 from smri.errors import DataError
-from smri.runs import DAMAGED, read_predictions, read_run_json
+from smri.training.runs import DAMAGED, read_predictions, read_run_json
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
 BASELINE = "intensity_logreg"

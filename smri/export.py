@@ -26,7 +26,7 @@ from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
 from smri.model_card import model_card
 from smri.models import ModelConfig, build_model
-from smri.runs import json_text
+from smri.training.runs import json_text
 
 EXPORT_FORMAT = "smri-model"
 EXPORT_VERSION = 1

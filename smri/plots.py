@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from smri.atomic import OutputLock, atomic_path, check_not_input
 from smri.errors import ConfigError, DataError
 from smri.metrics import roc_auc, roc_curve
-from smri.runs import (
+from smri.training.runs import (
     DAMAGED,
     read_metrics_csv,
     read_predictions_csv,
