@@ -6,9 +6,9 @@ store's hand-written fast paths against the plain path, in one run.
   reader (`load_patient`), the strongest such baseline. The target: the store streamed at
   >= 5x this.
 - The store streamed (`--cache none`): workers read whole batches straight into a fixed pool
-  of shared-memory batch slots and send only the slot's number (`smri.data.batch_slots`); the
+  of shared-memory batch slots and send only the slot's number (`smri.data.slots.batch_slots`); the
   main process copies each batch out into float32 memory that numpy allocated
-  (`smri.data.host_empty`: huge pages). Rows turn each off: batches in fresh memory sent
+  (`smri.data.slots.host_empty`: huge pages). Rows turn each off: batches in fresh memory sent
   through torch's queue; torch's own allocation for the float32 copy.
 - The plain path: a DataLoader over a Dataset that reads one patient with h5py
   (``images[i]``), default collation, ``.float()``.
@@ -38,9 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import smri.data as data
 from benchmarks.common import BRATS_SHAPE, CORES, cohort, machine, table
-from smri.data import Batches
+from smri.data import Batches, caches, slots, stream
 from smri.discovery import discover
 from smri.preprocessing import PreprocessConfig, load_patient, run_preprocess
 
@@ -95,16 +94,20 @@ def epoch_rate(batches: Callable[[int], Iterable[Any]], n: int, repeats: int = 5
 
 @contextmanager
 def without(*paths: str):
-    """Turn off smri's batch slots and/or host_empty while the block runs."""
-    saved = data.batch_slots, data.host_empty
-    if "slots" in paths:
-        data.batch_slots = lambda path, batch_size, n: []
+    """Turn off smri's batch slots and/or host_empty while the block runs (patched in each
+    module that calls them)."""
+    plain_empty = lambda shape, dtype: torch.empty(shape, dtype=dtype)  # noqa: E731
+    patches = [(stream, "batch_slots", lambda path, batch_size, n: [])] if "slots" in paths else []
     if "host_empty" in paths:
-        data.host_empty = lambda shape, dtype: torch.empty(shape, dtype=dtype)
+        patches += [(module, "host_empty", plain_empty) for module in (stream, caches, slots)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
     try:
         yield
     finally:
-        data.batch_slots, data.host_empty = saved
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def store_rate(store: Path, rows: np.ndarray, cache: str, *off: str) -> float:

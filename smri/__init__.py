@@ -22,7 +22,7 @@ _LAZY = {
     "evaluate": "smri.api",
     "predict": "smri.api",
     "explain": "smri.api",
-    "StoreDataset": "smri.dataset",
+    "StoreDataset": "smri.data",
 }
 
 __all__ = [

@@ -39,8 +39,8 @@ from smri.phantoms import SynthConfig
 from smri.preprocessing import PreprocessConfig, PreprocessSummary
 
 if TYPE_CHECKING:
-    from smri.distributed import Dist
     from smri.evaluation import Prediction
+    from smri.training import Dist
 
 PathLike = str | os.PathLike
 Log = Callable[[str], None]
@@ -253,10 +253,9 @@ def train(
     `device`, `cache`, `workers` may change; `store` if the file moved). `dry_run` checks
     everything and logs the plan (even when quiet), writing nothing. `tensorboard` None: event
     files when the package is installed. Ctrl-C raises `RunInterrupted` (a KeyboardInterrupt)
-    saying what the folder kept. `dist`: a started `smri.distributed.Dist` under torchrun.
+    saying what the folder kept. `dist`: a started `smri.training.Dist` under torchrun.
     """
-    from smri.distributed import SINGLE
-    from smri.training import describe, load_run_config
+    from smri.training import SINGLE, describe, load_run_config
     from smri.training import train as run_training
 
     dist = dist or SINGLE
@@ -360,7 +359,7 @@ def evaluate(
     """
     from smri.evaluation import evaluate_store
     from smri.plots import roc_figure, save_figure
-    from smri.runs import write_json, write_predictions
+    from smri.training.runs import write_json, write_predictions
 
     model, store = Path(model), Path(store)
     # best.pt and last.pt of a run share the default out: never replace one's results silently

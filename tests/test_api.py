@@ -56,7 +56,7 @@ def test_the_api_names_stay_functions_after_their_modules_are_imported():
     import smri.training
 
     assert {name: getattr(smri, name) for name in API} == API
-    assert smri.StoreDataset.__module__ == "smri.dataset"
+    assert smri.StoreDataset.__module__ == "smri.data.dataset"
     assert set(smri.__all__) <= set(dir(smri))
     with pytest.raises(AttributeError, match="has no attribute 'fit'"):
         smri.fit  # noqa: B018

@@ -109,7 +109,7 @@ def test_streaming_and_ram_cache_give_identical_batches(store, workers):
     ram = Batches(store, rows, cache="ram", **kw)
     stream = Batches(store, rows, cache="none", workers=workers, **kw)
     assert_same_batches(ram, stream, epochs=(1, 2), sizes=[5, 5, 2])
-    assert stream._loader.dataset._reader is None or workers == 0  # workers opened their own
+    assert stream.source._loader.dataset._reader is None or workers == 0  # workers opened their own
     ram.close()
     stream.close()
 
@@ -172,7 +172,7 @@ def _huge_pages_on_request() -> bool:
 @pytest.mark.skipif(not _huge_pages_on_request(), reason="no transparent huge pages here")
 @pytest.mark.parametrize(("cache", "workers"), [("none", 0), ("none", 2), ("ram", 0)])
 def test_cpu_batches_fault_in_few_pages_epoch_after_epoch(tmp_path, cache, workers):
-    """Batch-sized CPU tensors come from numpy (`smri.data.host_empty`), which asks for huge
+    """Batch-sized CPU tensors come from numpy (`smri.data.slots.host_empty`), which asks for huge
     pages: each 37 MB float32 batch here faults in 40-1,100 pages epoch after epoch, where
     torch's own allocation faulted in 18,000-23,000 (4 KiB pages, fresh for every batch)."""
     import subprocess

@@ -26,11 +26,11 @@ from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fi
 
 from smri.cli import main
 from smri.data import contiguous_shard, epoch_batches, random_flips, strided_shard
-from smri.distributed import SINGLE, Dist, from_env
 from smri.errors import ConfigError
 from smri.evaluation import evaluate_store
 from smri.metrics import binary_metrics
-from smri.runs import METRIC_COLUMNS
+from smri.training.distributed import SINGLE, Dist, from_env
+from smri.training.runs import METRIC_COLUMNS
 
 # 11 LGG + 13 HGG: 19 training patients (odd: the sampler pads one), 5 validation (shards 3 + 2)
 LABELS = [0, 1] * 11 + [1, 1]
@@ -145,7 +145,7 @@ def test_contiguous_shards_rebuild_the_rows():
 def _collectives(rank: int, world: int, port: int, out: str) -> None:
     """One rank of the collectives test: uneven gather, sum, broadcast, on_main errors."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from smri.distributed import process_group
+    from smri.training.distributed import process_group
 
     spec = Dist(rank=rank, world_size=world, local_rank=rank, local_world_size=world)
     with process_group(spec, "cpu") as dist:

@@ -312,7 +312,7 @@ def test_append_copies_masks(tmp_path):
 def test_training_never_reads_masks(tmp_path, monkeypatch, cache):
     """Training and StoreDataset read images, labels and ids; `masks` never."""
     import smri
-    from smri.dataset import StoreDataset
+    from smri.data import StoreDataset
 
     root, _ = cohort(tmp_path, {f"P{i}": tumour(i) for i in range(8)})
     (root / "LGG").mkdir()

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
-import smri.data
+import smri.data.slots
 from smri.cli import main
 from smri.errors import DataError
 from smri.store import StoreReader, StoreWriter
@@ -122,7 +122,7 @@ def test_a_damaged_chunk_names_the_store_and_patient(store, tmp_path, cache):
 
 # -------------------------------------------------------------------------- /dev/shm, memory
 def test_too_little_shared_memory_for_streaming_says_what_to_do(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(smri.data, "shm_free_bytes", lambda: 64 * 10**6)  # Docker's default
+    monkeypatch.setattr(smri.data.slots, "shm_free_bytes", lambda: 64 * 10**6)  # Docker's default
     big = make_store(tmp_path / "big.h5", shape=(4, 32, 96, 96))
     line = error(invoke("train", big, *TRAIN, "--batch-size", "8", "--cache", "none",
                         "--workers", "4", "--out", tmp_path / "run"), code=2)  # fmt: skip
@@ -140,7 +140,7 @@ def test_a_phantom_shape_that_cannot_fit_in_memory_is_refused(tmp_path):
 
 
 def test_out_of_memory_anywhere_is_one_line(store, tmp_path, monkeypatch):
-    import smri.training
+    import smri.training.fit
 
     def allocate(*_a, **_k):
         raise RuntimeError(
@@ -148,7 +148,7 @@ def test_out_of_memory_anywhere_is_one_line(store, tmp_path, monkeypatch):
             "memory: you tried to allocate 123456789012 bytes."
         )
 
-    monkeypatch.setattr(smri.training, "train_one_epoch", allocate)
+    monkeypatch.setattr(smri.training.fit, "train_one_epoch", allocate)  # where fit calls it
     line = error(invoke("train", store, *TRAIN, "--cache", "ram", "--out", tmp_path / "run"))
     assert line.startswith("Error: out of memory ([enforce fail at alloc_cpu.cpp:117] data. ")
     assert line.endswith("fewer --jobs or --workers, or a machine with more memory")

@@ -24,7 +24,7 @@ from smri.discovery import DEFAULT_MODALITIES
 from smri.errors import ConfigError, RunInterrupted, SmriError
 
 if TYPE_CHECKING:
-    from smri.distributed import Dist
+    from smri.training import Dist
 
 TRAIN = api_defaults(api.train)
 EVALUATE = api_defaults(api.evaluate)
@@ -297,8 +297,7 @@ def train(ctx: click.Context, store: Path | None, **opts) -> None:
     """
     import os
 
-    from smri import distributed
-    from smri.training import check_global_batch
+    from smri.training import check_global_batch, distributed
 
     spec = distributed.from_env(os.environ)  # torchrun's variables; one process without them
     resume: Path | None = opts["resume"]
@@ -382,7 +381,7 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
                           overwrite=overwrite, quiet=quiet,
                           log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
-    from smri.runs import json_text
+    from smri.training.runs import json_text
 
     click.echo(json_text(report))  # NaN (an AUC of one class) as null, as in metrics.json
     click.echo(f"written to {where}", err=True)

@@ -31,7 +31,7 @@ import numpy as np
 
 from smri.errors import DataError
 from smri.metrics import baseline, stats
-from smri.runs import DAMAGED, read_predictions, read_run_json
+from smri.training.runs import DAMAGED, read_predictions, read_run_json
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
 BASELINE = "intensity_logreg"

@@ -19,7 +19,7 @@ from smri.comparison.report import summary_markdown
 from smri.errors import ConfigError, DataError
 from smri.model_io import RUN_FILES
 from smri.plots import Rows, color_for, compare_figure, fold_loss_figure, roc_figure, save_figure
-from smri.runs import (
+from smri.training.runs import (
     DAMAGED,
     read_metrics_csv,
     read_predictions_csv,

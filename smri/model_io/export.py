@@ -22,7 +22,7 @@ from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
 from smri.model_io.checkpoint import load_checkpoint
 from smri.model_io.model_card import model_card
-from smri.runs import json_text
+from smri.training.runs import json_text
 
 EXPORT_FORMAT = "smri-model"
 EXPORT_VERSION = 1

@@ -43,10 +43,12 @@ import torch
 from torch import nn
 
 import smri.training
+import smri.training.fit
+import smri.training.plan
 from smri.config import TrainConfig
 from smri.metrics import fold_interval
 from smri.models import ModelConfig, build_model
-from smri.runs import read_metrics
+from smri.training.runs import read_metrics
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,14 @@ def patched(c: Candidate) -> Iterator[set[int]]:
         decay = cosine(opt, T_max=T_max - c.warmup)
         return torch.optim.lr_scheduler.SequentialLR(opt, [warm, decay], [c.warmup])
 
-    saved = smri.training.build_model
-    smri.training.build_model = build
+    saved = smri.training.fit.build_model
+    smri.training.fit.build_model = smri.training.plan.build_model = build
     torch.optim.AdamW = optimizer
     torch.optim.lr_scheduler.CosineAnnealingLR = scheduler
     try:
         yield head_params
     finally:
-        smri.training.build_model = saved
+        smri.training.fit.build_model = smri.training.plan.build_model = saved
         torch.optim.AdamW = adamw
         torch.optim.lr_scheduler.CosineAnnealingLR = cosine
 

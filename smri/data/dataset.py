@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from smri.data.lazy import LazyReader
 from smri.errors import ConfigError, DataError, plural
 from smri.store import StoreReader
 
 SIDES = ("train", "val")
 
 
-class StoreDataset(Dataset):
+class StoreDataset(LazyReader, Dataset):
     """Patients of an smri store as ``(images (M, S, H, W) float tensor, int label)``.
 
     `rows`: None for every patient; ``"train"`` or ``"val"`` for a side of the split of the run
@@ -55,36 +56,16 @@ class StoreDataset(Dataset):
         self.labels = labels[self.rows].astype(np.int64)
         self.transform = transform
         self.dtype = dtype
-        self._reader: StoreReader | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         row = int(self.rows[index])  # IndexError past the end, as a Dataset should
-        images = torch.from_numpy(self._open().read(row)).to(self.dtype)
+        images = torch.from_numpy(self.reader.read(row)).to(self.dtype)
         if self.transform is not None:
             images = self.transform(images)
         return images, int(self.labels[index])
-
-    def _open(self) -> StoreReader:
-        """This process's reader: opened on first use, and again in a forked child."""
-        if self._reader is None or self._pid != os.getpid():
-            self._reader = StoreReader(self.path)  # a parent's handle is never used after fork
-            self._pid = os.getpid()
-        return self._reader
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_reader"], state["_pid"] = None, None  # a handle never travels to another process
-        return state
-
-    def close(self) -> None:
-        """Close this process's file handle, if open."""
-        if self._reader is not None and self._pid == os.getpid():
-            self._reader.close()
-        self._reader, self._pid = None, None
 
     def __repr__(self) -> str:
         m, s, h, w = self.info.volume_shape
