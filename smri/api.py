@@ -358,8 +358,9 @@ def evaluate(
     patients when the store holds them, else of all (0: skip it).
     """
     from smri.evaluation import evaluate_store
+    from smri.jsonfiles import write_json
     from smri.plots import roc_figure, save_figure
-    from smri.training.runs import write_json, write_predictions
+    from smri.training.runs import write_predictions
 
     model, store = Path(model), Path(store)
     # best.pt and last.pt of a run share the default out: never replace one's results silently

@@ -61,7 +61,7 @@ def explain(checkpoint: Path, store: Path, patient_ids: tuple[str, ...], out: Pa
                          log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
     if as_json:
-        from smri.training.runs import json_text
+        from smri.jsonfiles import json_text
 
         click.echo(json_text(report))
     else:

@@ -239,7 +239,7 @@ def info(store: Path, as_json: bool) -> None:
 
     meta = read_info(store)
     if as_json:
-        from smri.training.runs import json_text
+        from smri.jsonfiles import json_text
 
         click.echo(json_text(meta.as_dict(), sort_keys=True))
         return

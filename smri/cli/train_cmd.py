@@ -381,7 +381,7 @@ def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, d
                           overwrite=overwrite, quiet=quiet,
                           log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
-    from smri.training.runs import json_text
+    from smri.jsonfiles import json_text
 
     click.echo(json_text(report))  # NaN (an AUC of one class) as null, as in metrics.json
     click.echo(f"written to {where}", err=True)

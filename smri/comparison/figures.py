@@ -17,6 +17,7 @@ from smri.atomic import OutputLock, check_not_input
 from smri.comparison.compare import compare
 from smri.comparison.report import summary_markdown
 from smri.errors import ConfigError, DataError
+from smri.jsonfiles import write_json
 from smri.model_io import RUN_FILES
 from smri.plots import Rows, color_for, compare_figure, fold_loss_figure, roc_figure, save_figure
 from smri.training.runs import (
@@ -24,7 +25,6 @@ from smri.training.runs import (
     read_metrics_csv,
     read_predictions_csv,
     read_run_json,
-    write_json,
     write_text,
 )
 

@@ -335,7 +335,7 @@ def explain_store(
         **summarise(rows),
         "rows": rows,
     }
-    from smri.training.runs import write_json
+    from smri.jsonfiles import write_json
 
     write_json(out / "explain.json", report)
     return report

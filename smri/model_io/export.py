@@ -20,9 +20,9 @@ from smri import __version__
 from smri.atomic import OutputLock, atomic_path
 from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
+from smri.jsonfiles import json_text
 from smri.model_io.checkpoint import load_checkpoint
 from smri.model_io.model_card import model_card
-from smri.training.runs import json_text
 
 EXPORT_FORMAT = "smri-model"
 EXPORT_VERSION = 1

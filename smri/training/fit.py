@@ -32,6 +32,7 @@ from smri.data import (
     nonfinite_rows,
 )
 from smri.errors import DataError
+from smri.jsonfiles import write_json
 from smri.model_io import (
     checkpoint_header,
     load_checkpoint,
@@ -45,7 +46,7 @@ from smri.models import ModelConfig, build_model, count_parameters
 from smri.training.distributed import SINGLE, Dist
 from smri.training.loop import NonFiniteOutput, evaluate, train_one_epoch
 from smri.training.plan import Job
-from smri.training.runs import read_metrics, write_json, write_metrics, write_predictions
+from smri.training.runs import read_metrics, write_metrics, write_predictions
 from smri.training.tensorboard import Board
 
 Log = Callable[[str], None]

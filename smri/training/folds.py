@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from smri.data import Split
+from smri.jsonfiles import write_json
 from smri.training.distributed import Dist
 from smri.training.fit import Log, fit, silent
 from smri.training.plan import Job, run_config
@@ -21,7 +22,6 @@ from smri.training.runs import (
     read_run_json,
     split_json,
     summary_line,
-    write_json,
 )
 from smri.training.tensorboard import resolve as resolve_tensorboard
 

@@ -14,12 +14,13 @@ from smri.atomic import OutputLock, check_not_input
 from smri.config import TrainConfig
 from smri.errors import ConfigError, DataError
 from smri.files import check_regular
+from smri.jsonfiles import write_json
 from smri.models import ModelConfig, check_config, field_note
 from smri.training.distributed import SINGLE, Dist
 from smri.training.fit import Log, fit, silent
 from smri.training.folds import train_folds
 from smri.training.plan import Job, Setup, plan, run_config
-from smri.training.runs import prepare_out, read_run_json, split_json, write_json
+from smri.training.runs import prepare_out, read_run_json, split_json
 from smri.training.tensorboard import resolve as resolve_tensorboard
 
 
