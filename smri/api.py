@@ -378,7 +378,8 @@ def evaluate(
                                 saliency_patients=saliency_patients,
                                 saliency_steps=SALIENCY_STEPS)  # fmt: skip
         where.mkdir(parents=True, exist_ok=True)
-        report = {"checkpoint": str(model), "store": str(store), **result.metrics}
+        report = {"checkpoint": str(model), "store": str(store), **result.metrics,
+                  "threshold": result.threshold, "calibration": result.calibration}  # fmt: skip
         share = report.get("saliency_in_tumour_mean")
         if share is not None and share < MOSTLY_OUTSIDE:
             log(f"warning: the saliency lies mostly outside the tumour (mean share {share:.2f} "
@@ -386,7 +387,8 @@ def evaluate(
                 "something other than the tumour; see smri explain")  # fmt: skip
         write_json(where / "metrics.json", report)
         write_predictions(where / "predictions.csv", result.patient_ids, result.labels,
-                          result.probabilities, result.classes)  # fmt: skip
+                          result.probabilities, result.classes,
+                          threshold=result.threshold)  # fmt: skip
         known = result.labels >= 0
         if len(set(result.labels[known].tolist())) == 2:
             name = beside.name or "model"

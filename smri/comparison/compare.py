@@ -31,7 +31,7 @@ import numpy as np
 
 from smri.errors import DataError
 from smri.metrics import baseline, stats
-from smri.training.runs import DAMAGED, read_predictions, read_run_json
+from smri.training.runs import DAMAGED, read_prediction_table, read_run_json
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
 BASELINE = "intensity_logreg"
@@ -46,6 +46,7 @@ class Fold:
     labels: np.ndarray
     probs: np.ndarray
     train: list[str]
+    threshold: float = 0.5  # class 1 at and above it (the run's balanced threshold)
 
 
 @dataclass
@@ -80,14 +81,15 @@ def read_run(path: Path) -> Run:
         pred = d / "predictions.csv"
         if not pred.exists():
             raise DataError(f"{d}: no predictions.csv (is the run finished?)")
-        ids, labels, probs = read_predictions(pred)
+        ids, labels, probs, thresholds = read_prediction_table(pred)
         split = read_run_json(d / "split.json") if (d / "split.json").exists() else {}
         try:
             fold = None if d == path else int(d.name[4:])
             train = [str(i) for i in split.get("train", [])]
         except DAMAGED as exc:
             raise DataError(f"{d / 'split.json'}: damaged run file ({exc})") from None
-        folds.append(Fold(fold, ids, labels, probs, train))
+        threshold = float(thresholds[0]) if thresholds.size else 0.5
+        folds.append(Fold(fold, ids, labels, probs, train, threshold))
         parts.append(read_run_json(d / "summary.json") if d != path else summary)
     try:
         model = str(summary["model"])
@@ -148,7 +150,8 @@ def _model_entry(run: Run, label: str, notes: list[str], seed: int) -> dict[str,
             ci[metric] = _interval(stats.fold_interval(values))
             method = f"Student's t over {run.n_folds} folds"
         else:
-            groups = [stats.Group(f.labels, {label: f.probs}) for f in run.folds]
+            groups = [stats.Group(f.labels, {label: f.probs}, {label: f.threshold})
+                      for f in run.folds]  # fmt: skip
             ci[metric] = _interval(stats.bootstrap_interval(groups, label, metric, seed=seed))
             method = f"patient bootstrap ({stats.N_BOOTSTRAP} stratified draws)"
         if ci[metric] is None:
@@ -184,7 +187,8 @@ def _groups(a: Run, b: Run, la: str, lb: str) -> tuple[list[stats.Group] | None,
         idx = np.array([order[pid] for pid in x.ids])
         if not np.array_equal(x.labels, y.labels[idx]):
             return None, f"{la} and {lb} give the same patients different labels"
-        groups.append(stats.Group(x.labels, {la: x.probs, lb: y.probs[idx]}))
+        groups.append(stats.Group(x.labels, {la: x.probs, lb: y.probs[idx]},
+                                  {la: x.threshold, lb: y.threshold}))  # fmt: skip
     return groups, ""
 
 
@@ -338,7 +342,7 @@ def compare(
 
 
 def _with_probs(run: Run, probs: dict[int | None, np.ndarray]) -> Run:
-    folds = [Fold(f.fold, f.ids, f.labels, probs[f.fold], f.train) for f in run.folds]
+    folds = [Fold(f.fold, f.ids, f.labels, probs[f.fold], f.train) for f in run.folds]  # at 0.5
     return Run(run.path, BASELINE, run.summary, folds, run.store, run.parts)
 
 

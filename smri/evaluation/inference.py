@@ -18,7 +18,14 @@ from smri.errors import DataError, PatientError
 from smri.evaluation.explanation import patient_saliency, rounded, run_validation_ids
 from smri.evaluation.saliency import DEFAULT_STEPS, METHOD, share_inside
 from smri.metrics import binary_metrics
-from smri.model_io import check_compatible, load_model, model_from_checkpoint, resolve_device
+from smri.metrics.calibration import brier, ece, undo_class_weight
+from smri.model_io import (
+    calibration_of,
+    check_compatible,
+    load_model,
+    model_from_checkpoint,
+    resolve_device,
+)
 from smri.store import StoreReader
 
 
@@ -31,6 +38,8 @@ class Evaluation:
     probabilities: np.ndarray
     metrics: dict[str, float]
     classes: dict[str, int]
+    threshold: float  # class 1 at and above it (calibrated probabilities)
+    calibration: str  # how the probabilities were calibrated
 
 
 @dataclass(frozen=True)
@@ -38,15 +47,18 @@ class Prediction:
     """One patient folder's result."""
 
     patient_id: str
-    probability: float
-    predicted: str
+    probability: float  # calibrated probability of class 1
+    predicted: str  # class 1 at and above the model's threshold
 
 
 @torch.no_grad()
-def _probabilities(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> np.ndarray:
+def _probabilities(
+    model: torch.nn.Module, images: torch.Tensor, amp: bool, offset: float
+) -> np.ndarray:
+    """Calibrated probabilities of class 1: the logits shifted by the checkpoint's offset."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(images)
-    return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+    return undo_class_weight(logits.float().cpu().numpy(), offset)
 
 
 def evaluate_store(
@@ -69,6 +81,7 @@ def evaluate_store(
     from tqdm import tqdm
 
     ckpt = load_model(checkpoint)
+    offset, threshold, method = calibration_of(ckpt, str(checkpoint))
     with StoreReader(store) as reader:
         info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
     check_compatible(ckpt["store"], info, str(checkpoint))
@@ -85,7 +98,7 @@ def evaluate_store(
     try:
         probs = []
         for x, _ in batches.epoch(0):
-            probs.append(_probabilities(model, x, use_amp))
+            probs.append(_probabilities(model, x, use_amp, offset))
             bar.update()
         probs = np.concatenate(probs)
     finally:
@@ -97,15 +110,18 @@ def evaluate_store(
         then = "no metric is computed from it"
         raise DataError(nonfinite_output_message(store, rows[bad], ids, when, then))
     known = labels >= 0
-    metrics = {"n": int(known.sum()), **(binary_metrics(labels[known], probs[known]) if
-                                         known.any() else {})}  # fmt: skip
+    metrics = {"n": int(known.sum()), **(binary_metrics(labels[known], probs[known], threshold)
+                                         if known.any() else {})}  # fmt: skip
+    if known.any():
+        metrics["brier"] = brier(labels[known], probs[known])
+        metrics["ece"] = ece(labels[known], probs[known])
     if saliency_patients > 0:  # where the model looks: its saliency against the tumour masks
         with StoreReader(store) as reader:
             metrics.update(saliency_in_tumour(
                 model, reader, Path(checkpoint), dev, limit=saliency_patients,
                 steps=saliency_steps, batch_size=batch_size, progress=progress,
             ) or {})  # fmt: skip
-    return Evaluation(ids, labels, probs, metrics, dict(info.classes))
+    return Evaluation(ids, labels, probs, metrics, dict(info.classes), threshold, method)
 
 
 def saliency_in_tumour(
@@ -167,6 +183,7 @@ def predict_folders(
     from smri.preprocessing import PreprocessConfig, load_patient
 
     ckpt = load_model(checkpoint)
+    offset, threshold, _ = calibration_of(ckpt, str(checkpoint))
     try:
         cfg = PreprocessConfig.from_dict({**ckpt["preprocess_config"], "masks": False})
     except (TypeError, ValueError) as exc:
@@ -205,7 +222,7 @@ def predict_folders(
     probs = []
     for start in range(0, len(arrays), batch_size):
         batch = torch.from_numpy(np.stack(arrays[start : start + batch_size])).to(dev).float()
-        probs.append(_probabilities(model, batch, use_amp))
+        probs.append(_probabilities(model, batch, use_amp, offset))
     p = np.concatenate(probs)
     bad = np.flatnonzero(~np.isfinite(p))
     if bad.size:  # finite inputs (preprocessing refuses others) and finite weights: never seen
@@ -217,6 +234,6 @@ def predict_folders(
     counts = {pid: ids.count(pid) for pid in ids}
     ids = [pid if counts[pid] == 1 else folder for pid, folder in zip(ids, given, strict=True)]
     return [
-        Prediction(pid, float(prob), names.get(int(prob >= 0.5), str(int(prob >= 0.5))))
+        Prediction(pid, float(prob), names.get(int(prob >= threshold), str(int(prob >= threshold))))
         for pid, prob in zip(ids, p, strict=True)
     ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -115,12 +115,19 @@ def corrected_resampled_t(
 @dataclass(frozen=True)
 class Group:
     """The validation patients of one fold (or of the one split): their labels and each
-    model's probability of class 1, patient by patient in the same order."""
+    model's probability of class 1, patient by patient in the same order, and each model's
+    decision threshold (class 1 at and above it; THRESHOLD when not given)."""
 
     labels: np.ndarray
     probs: dict[str, np.ndarray]
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    def threshold(self, model: str) -> float:
+        return self.thresholds.get(model, THRESHOLD)
 
     def point(self, model: str, metric: str) -> float:
+        if metric == "balanced_accuracy":
+            return balanced_accuracy(self.labels, self.probs[model], self.threshold(model))
         return POINT[metric](self.labels, self.probs[model])
 
 
@@ -137,8 +144,9 @@ def _draw_values(g: Group, model: str, metric: str, cp: np.ndarray, cn: np.ndarr
     if metric == "auc":  # weighted Mann–Whitney: P(score of a positive > a negative's)
         kernel = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
         return np.einsum("bi,ij,bj->b", cp, kernel, cn) / (pos.size * neg.size)
-    sens = cp @ (pos >= THRESHOLD) / pos.size
-    spec = cn @ (neg < THRESHOLD) / neg.size
+    t = g.threshold(model)
+    sens = cp @ (pos >= t) / pos.size
+    spec = cn @ (neg < t) / neg.size
     return 0.5 * (sens + spec)
 
 

@@ -7,6 +7,8 @@ Hugging Face style folder with its `model_card`; `loading` reads either form bac
 
 from smri.model_io.checkpoint import (
     STORE_KEYS,
+    calibration_fields,
+    calibration_of,
     check_compatible,
     checkpoint_header,
     load_checkpoint,
@@ -22,6 +24,8 @@ from smri.model_io.loading import load_model, load_weights, model_from_checkpoin
 __all__ = [
     "RUN_FILES",
     "STORE_KEYS",
+    "calibration_fields",
+    "calibration_of",
     "check_compatible",
     "checkpoint_header",
     "export_run",

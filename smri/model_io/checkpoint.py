@@ -33,6 +33,41 @@ def checkpoint_header() -> dict[str, Any]:
     return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "smri_version": __version__}
 
 
+# How a checkpoint's logits become probabilities (smri.metrics.calibration): written by
+# training, read by evaluate, predict, explain's table and export.
+CALIBRATION_METHOD = "class weight undone (logit - log(pos_weight))"
+UNCALIBRATED = "none: a checkpoint from before smri calibrated its probabilities"
+
+
+def calibration_fields(offset: float) -> dict[str, Any]:
+    """The checkpoint's ``calibration`` entry for a run trained with logit offset `offset`."""
+    from smri.metrics.calibration import balanced_threshold
+
+    return {
+        "method": CALIBRATION_METHOD,
+        "logit_offset": float(offset),
+        "threshold": balanced_threshold(offset),
+    }
+
+
+def calibration_of(ckpt: dict[str, Any], source: str = "") -> tuple[float, float, str]:
+    """(logit offset, decision threshold on the calibrated probability, method) of a checkpoint
+    or export; (0, 0.5, UNCALIBRATED) for one written before calibration. DataError naming
+    `source` when the entry is malformed."""
+    entry = ckpt.get("calibration")
+    if entry is None:
+        return 0.0, 0.5, UNCALIBRATED
+    try:
+        offset, threshold = float(entry["logit_offset"]), float(entry["threshold"])
+        method = str(entry["method"])
+        if not (np.isfinite(offset) and 0.0 < threshold < 1.0):
+            raise ValueError(f"offset {offset}, threshold {threshold}")
+    except (KeyError, TypeError, ValueError) as exc:
+        where = f"{source}: " if source else ""
+        raise DataError(f"{where}damaged smri checkpoint: bad calibration ({exc})") from None
+    return offset, threshold, method
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a usage error."""
     if name == "auto":

@@ -178,6 +178,7 @@ def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, An
         "smri_version": __version__,
         "library_name": "smri",
         "model": ckpt["model_config"],
+        "calibration": ckpt.get("calibration"),
         "store": {k: store[k] for k in ("modalities", "slices", "volume_shape", "classes")},
         "preprocess": {
             **PreprocessConfig.from_dict(pre).to_dict(),

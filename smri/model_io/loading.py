@@ -118,6 +118,7 @@ def load_exported(folder: Path) -> dict[str, Any]:
         "model": state,
         "store": config["store"],
         "preprocess_config": config["preprocess"],
+        **({"calibration": config["calibration"]} if config.get("calibration") else {}),
         "epoch": config.get("training", {}).get("epoch", 0),
     }
 

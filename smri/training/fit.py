@@ -33,7 +33,9 @@ from smri.data import (
 )
 from smri.errors import DataError
 from smri.jsonfiles import write_json
+from smri.metrics.calibration import logit_offset
 from smri.model_io import (
+    calibration_fields,
     checkpoint_header,
     load_checkpoint,
     load_weights,
@@ -69,6 +71,7 @@ class _Training:
     train_criterion: nn.Module  # the same loss on the device
     train_batches: Batches
     val_batches: Batches
+    logit_offset: float  # undoes the class weighting: calibrated probabilities
 
 
 def fit(
@@ -97,6 +100,7 @@ def fit(
         "train_config": asdict(job.cfg),
         "preprocess_config": job.setup.info.config,
         "store": store_fields(job.setup.info),
+        "calibration": calibration_fields(run.logit_offset),
     }
     start_epoch, best, rows = _restore(job, out, run, dist, log)
     board = Board(out, start_epoch + 1, enabled=tensorboard and dist.is_main)
@@ -147,8 +151,9 @@ def _build(job: Job, split: Split, dist: Dist, log: Log) -> _Training:
     )  # fmt: skip
     val_rows = contiguous_shard(split.val, dist.rank, dist.world_size)
     val_batches = Batches(job.store, val_rows, batch_size=cfg.batch_size, shuffle=False, **common)
+    offset = logit_offset(n_pos, n_neg, cfg.class_weight)
     return _Training(net, model, eval_model, optimizer, scheduler, criterion, train_criterion,
-                     train_batches, val_batches)  # fmt: skip
+                     train_batches, val_batches, offset)  # fmt: skip
 
 
 def _networks(
@@ -279,7 +284,8 @@ def _epoch(
         raise DataError(_diverged(job.store, epoch, tr, run.train_batches))
     dist.sync_buffers(run.net)  # evaluate and save rank 0's BatchNorm statistics everywhere
     try:
-        va, _ = evaluate(run.eval_model, run.val_batches, run.criterion, setup.amp, dist)
+        va, _ = evaluate(run.eval_model, run.val_batches, run.criterion, setup.amp, dist,
+                         offset=run.logit_offset)  # fmt: skip
     except NonFiniteOutput as exc:
         rows, when = split.val[exc.positions], f"in validation after epoch {epoch}"
         then = f"this epoch was not saved ({_kept(epoch)}); try a lower --lr"
@@ -381,7 +387,8 @@ def _finish(
     ckpt = dist.on_main(lambda: load_checkpoint(out / "best.pt"))
     load_weights(run.net, ckpt, job.model_cfg, str(out / "best.pt"))
     try:
-        metrics, probs = evaluate(run.net, run.val_batches, run.criterion, setup.amp, dist)
+        metrics, probs = evaluate(run.net, run.val_batches, run.criterion, setup.amp, dist,
+                                  offset=run.logit_offset)  # fmt: skip
     except NonFiniteOutput as exc:
         when = f"for {out / 'best.pt'} on its validation patients"
         raise DataError(
@@ -412,6 +419,7 @@ def _write_results(
         probs,
         setup.info.classes,
         fold=split.fold,
+        threshold=ckpt["calibration"]["threshold"],
     )
     best_row = next(r for r in rows if r["epoch"] == ckpt["epoch"])
     summary = {

@@ -17,6 +17,7 @@ from torch import nn
 from smri.data import Batches, random_flips
 from smri.errors import DataError
 from smri.metrics import binary_metrics
+from smri.metrics.calibration import balanced_threshold, undo_class_weight
 from smri.training.distributed import SINGLE, Dist
 
 
@@ -90,9 +91,18 @@ def predict_batches(model: nn.Module, batches: Batches, amp: bool) -> tuple[np.n
 
 
 def evaluate(
-    model: nn.Module, batches: Batches, criterion: nn.Module, amp: bool, dist: Dist = SINGLE
+    model: nn.Module,
+    batches: Batches,
+    criterion: nn.Module,
+    amp: bool,
+    dist: Dist = SINGLE,
+    *,
+    offset: float = 0.0,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Validation loss and metrics; also returns the probabilities of class 1.
+    """Validation loss and metrics; also returns the probabilities of class 1, calibrated by
+    adding `offset` to the logits (it undoes the class weighting, smri.metrics.calibration),
+    and the metrics count class 1 where the raw logit is >= 0, the balanced rule training with
+    class weights aims at (a calibrated probability at or above `balanced_threshold(offset)`).
 
     With several ranks, `batches` is this rank's contiguous shard; the logits and labels of
     all shards are gathered in order, so every rank computes the metrics of the whole split.
@@ -103,8 +113,8 @@ def evaluate(
     if bad.size:  # never a metric: NaN is no class
         raise NonFiniteOutput(bad)
     loss = criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    return {"loss": loss, **binary_metrics(labels, probs)}, probs
+    probs = undo_class_weight(logits, offset)
+    return {"loss": loss, **binary_metrics(labels, probs, balanced_threshold(offset))}, probs
 
 
 class NonFiniteOutput(DataError):

@@ -84,21 +84,30 @@ def read_metrics_csv(path: Path, upto: int | None = None) -> Rows:
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Patient ids, labels and probabilities of class 1 from predictions.csv (unlabelled rows
     dropped); DataError if it is damaged or holds a probability that is not a number in [0, 1]."""
+    ids, labels, probs, _ = read_prediction_table(path)
+    return ids, labels, probs
+
+
+def read_prediction_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """`read_predictions` and each row's decision threshold (0.5 where the file predates the
+    threshold column: uncalibrated probabilities, class 1 at 0.5)."""
     try:
         with open(check_regular(path), newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["label"]) >= 0]
         ids = [r["patient_id"] for r in rows]
         labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
         probs = np.array([float(r["probability"]) for r in rows], dtype=np.float64)
+        thresholds = np.array([float(r.get("threshold") or 0.5) for r in rows], dtype=np.float64)
     except DAMAGED as exc:
         raise DataError(f"{path}: damaged predictions file ({type(exc).__name__}: {exc})") from None
-    bad = np.flatnonzero(~((probs >= 0) & (probs <= 1)))  # NaN fails both
-    if bad.size:
-        raise DataError(
-            f"{path}: patient {ids[bad[0]]} has probability {probs[bad[0]]}; expected a number "
-            "in [0, 1]"
-        )
-    return ids, labels, probs
+    for name, values in (("probability", probs), ("threshold", thresholds)):
+        bad = np.flatnonzero(~((values >= 0) & (values <= 1)))  # NaN fails both
+        if bad.size:
+            raise DataError(
+                f"{path}: patient {ids[bad[0]]} has {name} {values[bad[0]]}; expected a number "
+                "in [0, 1]"
+            )
+    return ids, labels, probs, thresholds
 
 
 def read_predictions_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -134,15 +143,18 @@ def write_predictions(
     probs: np.ndarray,
     classes: dict[str, int],
     fold: int | None = None,
+    threshold: float = 0.5,
 ) -> None:
-    """predictions.csv: patient_id, label, probability of class 1, predicted class (and fold)."""
+    """predictions.csv: patient_id, label, probability of class 1 (calibrated), predicted class
+    (class 1 at and above `threshold`), fold, and the threshold."""
     names = {v: k for k, v in classes.items()}
     with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["patient_id", "label", "probability", "predicted", "fold"])
+        writer.writerow(["patient_id", "label", "probability", "predicted", "fold", "threshold"])
         for pid, y, p in zip(ids, labels, probs, strict=True):
-            pred = names.get(int(p >= 0.5), str(int(p >= 0.5)))
-            writer.writerow([pid, int(y), f"{p:.6f}", pred, "" if fold is None else fold])
+            pred = names.get(int(p >= threshold), str(int(p >= threshold)))
+            writer.writerow([pid, int(y), f"{p:.6f}", pred, "" if fold is None else fold,
+                             f"{threshold:.6f}"])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- run folders, folds
