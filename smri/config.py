@@ -68,6 +68,17 @@ class TrainConfig:
     # not in the seed; chosen by 5-fold cross-validation on the demo cohort (docs/results.md)
     augment: bool = True
     jobs: int = 1  # folds trained at once, each in its own process (CPU cross-validation)
+    # repeated training: every fold (or the one split) trained `seeds` times, each with its own
+    # initialisation, batch order, flips and dropout; the splits stay those of `seed`
+    seeds: int = 1
+    repeat: int = 0  # which of the `seeds` trainings this is (set by smri for each one)
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of initialisation, batch order, flips and dropout: `seed` itself for the
+        first training (so a run with one seed is what it always was), another for each
+        repeat."""
+        return self.seed if self.repeat == 0 else self.seed + 1_000_003 * self.repeat
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -142,7 +142,8 @@ def test_k_fold_runs_every_fold_and_reports_mean_and_std(store, tmp_path):
     assert summary["device_name"] == fold0["device_name"]  # summary.md's device column
     aucs = [f["auc"] for f in summary["per_fold"]]
     assert summary["mean"]["auc"] == pytest.approx(np.mean(aucs))
-    assert summary["std"]["auc"] == pytest.approx(np.std(aucs))
+    assert summary["std"]["auc"] == pytest.approx(np.std(aucs, ddof=1))
+    assert summary["std_ddof"] == 1
     assert lines[-1].startswith("3-fold cross-validation: accuracy ")
     with open(out / "predictions.csv", newline="") as fh:
         ids = [r["patient_id"] for r in csv.DictReader(fh)]
@@ -188,7 +189,12 @@ def test_single_fold(store, tmp_path):
             r"batch size 17 is larger than the training split \(16",
         ),
         ({"fold": 1}, "--fold", "--fold needs --folds K"),
-        ({"jobs": 2}, "--jobs", "--jobs trains folds at once: it needs --folds K"),
+        (
+            {"jobs": 2},
+            "--jobs",
+            r"--jobs trains folds \(or --seeds repeats\) at once: it needs --folds K or --seeds N",
+        ),
+        ({"seeds": 0}, "--seeds", "must be 1 or more, got 0"),
         ({"folds": 3, "fold": 3}, "--fold", r"must be in 0\.\.2, got 3"),
         (
             {"folds": 11},
@@ -253,3 +259,36 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "y.pt").write_text("hello")
     with pytest.raises(DataError, match=r"y\.pt: not a readable torch checkpoint"):
         load_checkpoint(tmp_path / "y.pt")
+
+
+def test_seeds_repeat_every_fold_with_its_own_initialisation(store, tmp_path):
+    """--seeds 2 --folds 2: four trainings in seed{r}/fold{k}; repeat 0 is the run without
+    --seeds, byte for byte in its metrics; repeat 1 has the same splits, other weights."""
+    cfg = replace(FAST, epochs=2, folds=2)
+    plain = train(store, SMALL, cfg, tmp_path / "plain", log=quiet)
+    summary = train(store, SMALL, replace(cfg, seeds=2), tmp_path / "seeds", log=quiet)
+    run = tmp_path / "seeds"
+    assert summary["seeds"] == 2 and summary["folds"] == 2
+    assert summary["members"] == ["seed0/fold0", "seed0/fold1", "seed1/fold0", "seed1/fold1"]
+    assert len(summary["per_fold"]) == 4
+    for k in range(2):
+        timeless = lambda rows: [  # noqa: E731
+            {c: v for c, v in r.items() if c not in ("seconds", "patients_per_s")} for r in rows
+        ]
+        assert timeless(metric_rows(run / f"seed0/fold{k}")) == timeless(
+            metric_rows(tmp_path / f"plain/fold{k}")
+        )
+        s0 = json.loads((run / f"seed0/fold{k}/split.json").read_text())
+        s1 = json.loads((run / f"seed1/fold{k}/split.json").read_text())
+        assert (s0["train"], s0["val"]) == (s1["train"], s1["val"])
+        c1 = json.loads((run / f"seed1/fold{k}/config.json").read_text())["train"]
+        assert (c1["repeat"], c1["fold"], c1["seeds"]) == (1, k, 2)
+    w0 = load_checkpoint(run / "seed0/fold0/last.pt")["model"]
+    w1 = load_checkpoint(run / "seed1/fold0/last.pt")["model"]
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point())
+    for r in range(2):  # each seed is a K-fold run of its own
+        assert json.loads((run / f"seed{r}/summary.json").read_text())["folds"] == 2
+        assert (run / f"seed{r}/predictions.csv").exists()
+    assert plain["mean"]["auc"] == pytest.approx(
+        json.loads((run / "seed0/summary.json").read_text())["mean"]["auc"]
+    )

@@ -143,7 +143,7 @@ def _build(job: Job, split: Split, dist: Dist, log: Log) -> _Training:
     train_criterion = nn.BCEWithLogitsLoss(
         pos_weight=None if pos_weight is None else pos_weight.to(device)
     )
-    common = {"seed": cfg.seed, "cache": setup.cache, "device": device, "workers": cfg.workers}
+    common = {"seed": cfg.init_seed, "cache": setup.cache, "device": device, "workers": cfg.workers}
     per_rank = cfg.batch_size // dist.world_size
     train_batches = Batches(
         job.store, split.train, batch_size=per_rank, shuffle=True, rank=dist.rank,
@@ -165,7 +165,7 @@ def _networks(
     Validation bypasses DDP: the first DDP forward after a training step broadcasts buffers,
     a collective that would hang waiting for a rank whose validation shard is empty.
     """
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.init_seed)
     net, synced = dist.prepare_model(build_model(model_cfg))
     if dist.enabled and not synced:
         log(
@@ -274,11 +274,11 @@ def _epoch(
     """Train and validate epoch `epoch`; its metrics.csv row. A NaN or Inf loss or validation
     output is a DataError, raised before the epoch is saved."""
     cfg, setup = job.cfg, job.setup
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch, dist.rank))
+    torch.manual_seed(_epoch_seed(cfg.init_seed, epoch, dist.rank))
     t0 = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
     tr = train_one_epoch(run.model, run.train_batches, run.optimizer, run.train_criterion, epoch,
-                         amp=setup.amp, augment=cfg.augment, seed=cfg.seed, dist=dist,
+                         amp=setup.amp, augment=cfg.augment, seed=cfg.init_seed, dist=dist,
                          progress=progress)  # fmt: skip
     if tr["bad_steps"]:  # stop before a NaN epoch is saved or validated
         raise DataError(_diverged(job.store, epoch, tr, run.train_batches))

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from smri.config import TrainConfig
 from smri.data import Split
 from smri.jsonfiles import write_json
 from smri.training.distributed import Dist
@@ -26,6 +27,31 @@ from smri.training.runs import (
 from smri.training.tensorboard import resolve as resolve_tensorboard
 
 
+@dataclass(frozen=True, eq=False)
+class Member:
+    """One training of a run: its split (a fold, or the one split), its repeat (`--seeds`),
+    and its folder under the run folder: fold3, or seed1/fold3 and seed1 with repeats."""
+
+    split: Split
+    repeat: int
+    folder: str
+
+    @property
+    def label(self) -> str:
+        return self.folder.replace("/", " ").replace("fold", "fold ").replace("seed", "seed ")
+
+
+def members(cfg: TrainConfig, splits: list[Split]) -> list[Member]:
+    """Every training of a run: each split once, or `cfg.seeds` times (seed0/ ... seedN-1/)."""
+    if cfg.seeds == 1:
+        return [Member(s, 0, f"fold{s.fold}") for s in splits]
+    return [
+        Member(s, r, f"seed{r}" + ("" if s.fold is None else f"/fold{s.fold}"))
+        for r in range(cfg.seeds)
+        for s in splits
+    ]
+
+
 def train_folds(
     job: Job,
     out: Path,
@@ -36,40 +62,73 @@ def train_folds(
     progress: bool | None,
     tensorboard: bool,
 ) -> dict[str, Any]:
-    """Every fold of a K-fold run (already started in `out`); the summary over folds."""
-    cfg, setup, model_cfg = job.cfg, job.setup, job.model_cfg
+    """Every training of a run of K folds or repeats (already started in `out`): each member
+    finished or resumed, one after another or in a pool of CPU processes; the summary over
+    them all."""
     extra = {"log": log, "dist": dist, "progress": progress, "tensorboard": tensorboard}
-    summaries: dict[int, dict[str, Any]] = {}
+    everyone = members(job.cfg, splits)
+    summaries: dict[str, dict[str, Any]] = {}
     pending = []
-    for split in splits:
-        fold_dir = out / f"fold{split.fold}"
-        done = fold_dir / "summary.json"
+    for m in everyone:
+        done = out / m.folder / "summary.json"
         finished = dist.on_main(
             lambda done=done: read_run_json(done) if job.resume and done.exists() else None
         )
         if finished is not None:
-            log(f"fold {split.fold}/{cfg.folds}: already finished")
-            summaries[split.fold] = finished
+            log(f"{_title(m, job.cfg, everyone)}: already finished")
+            summaries[m.folder] = finished
             continue
-
-        def start_fold(fold_dir: Path = fold_dir, split: Split = split) -> None:
-            fold_dir.mkdir(exist_ok=True)
-            fold_cfg = replace(cfg, fold=split.fold)
-            write_json(fold_dir / "config.json", run_config(model_cfg, fold_cfg, setup, dist))
-            write_json(fold_dir / "split.json", split_json(split, setup.patient_ids))
-
-        dist.on_main(start_fold)
-        pending.append(split)
-    if cfg.jobs > 1 and len(pending) > 1 and not dist.enabled:
+        dist.on_main(lambda m=m: _start_member(job, out, m, dist))
+        pending.append(m)
+    if job.cfg.jobs > 1 and len(pending) > 1 and not dist.enabled:
         fold_job = FoldJob(job, out, log is not silent, tensorboard)
-        summaries.update(fit_folds_in_parallel(fold_job, pending, cfg.jobs, log))
-    for split in pending:
-        if split.fold not in summaries:
-            log(f"fold {split.fold}/{cfg.folds}")
-            summaries[split.fold] = fit(job, out / f"fold{split.fold}", split, **extra)
-    ordered = [summaries[s.fold] for s in splits]
-    summary = dist.on_main(lambda: _finish_folds(out, job, ordered))
+        summaries.update(fit_folds_in_parallel(fold_job, pending, job.cfg.jobs, log))
+    for m in pending:
+        if m.folder not in summaries:
+            log(_title(m, job.cfg, everyone))
+            summaries[m.folder] = fit(_member_job(job, m), out / m.folder, m.split, **extra)
+    summary = dist.on_main(lambda: _finish(out, job, everyone, summaries))
     log(summary_line(summary))
+    return summary
+
+
+def _title(m: Member, cfg: TrainConfig, everyone: list[Member]) -> str:
+    """'fold 3/5' (as smri always said), or 'seed 1 fold 3 (9/15)' with repeats."""
+    if cfg.seeds == 1:
+        return f"fold {m.split.fold}/{cfg.folds}"
+    k = [x.folder for x in everyone].index(m.folder)
+    return f"{m.label} ({k + 1}/{len(everyone)})"
+
+
+def _member_job(job: Job, m: Member) -> Job:
+    return replace(job, cfg=replace(job.cfg, fold=m.split.fold, repeat=m.repeat))
+
+
+def _start_member(job: Job, out: Path, m: Member, dist: Dist) -> None:
+    folder = out / m.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    mjob = _member_job(job, m)
+    write_json(folder / "config.json", run_config(job.model_cfg, mjob.cfg, job.setup, dist))
+    write_json(folder / "split.json", split_json(m.split, job.setup.patient_ids))
+
+
+def _finish(
+    out: Path, job: Job, everyone: list[Member], summaries: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """summary.json over every member (and, with repeats of K folds, each seed's own)."""
+    if job.cfg.seeds == 1:
+        return _finish_folds(out, job, [summaries[m.folder] for m in everyone])
+    if job.cfg.folds is not None:
+        for r in range(job.cfg.seeds):
+            mine = [summaries[m.folder] for m in everyone if m.repeat == r]
+            _finish_folds(out / f"seed{r}", job, mine)
+    summary = {
+        **fold_summary([summaries[m.folder] for m in everyone]),
+        "folds": job.cfg.folds if job.cfg.fold is None else None,
+        "seeds": job.cfg.seeds,
+        "members": [m.folder for m in everyone],
+    }
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -98,10 +157,10 @@ class FoldJob:
 
 
 def fit_folds_in_parallel(
-    job: FoldJob, splits: list[Split], jobs: int, log: Log
-) -> dict[int, dict[str, Any]]:
-    """Train `splits` in `jobs` worker processes at once, each on its share of the CPU threads;
-    returns each fold's summary.
+    job: FoldJob, pending: list[Member], jobs: int, log: Log
+) -> dict[str, dict[str, Any]]:
+    """Train the `pending` members in `jobs` worker processes at once, each on its share of the
+    CPU threads; returns each member's summary by its folder.
 
     Two single-threaded trainings do more per second than one on two threads (small 3D
     convolutions scale poorly across threads: benchmarks/RESULTS.md). Each worker prints its
@@ -113,15 +172,18 @@ def fit_folds_in_parallel(
 
     from smri.parallel import cap_jobs
 
-    jobs = min(cap_jobs(jobs, log), len(splits))
+    jobs = min(cap_jobs(jobs, log), len(pending))
     threads = max(1, torch.get_num_threads() // jobs)
-    log(f"folds {', '.join(str(s.fold) for s in splits)}: {jobs} at a time, "
+    plain = all(m.repeat == 0 and "/" not in m.folder for m in pending)  # as smri always said
+    names = ("folds " + ", ".join(str(m.split.fold) for m in pending) if plain
+             else ", ".join(m.label for m in pending))  # fmt: skip
+    log(f"{names}: {jobs} at a time, "
         f"{threads} thread{'s' if threads > 1 else ''} each")  # fmt: skip
     ctx = multiprocessing.get_context("spawn")  # no forked torch or HDF5 state in the workers
     pool = ctx.Pool(jobs, initializer=_fold_worker_init, initargs=(os.getpid(), threads))
     done = False
     try:
-        results = dict(pool.imap_unordered(_fold_worker, [(job, s) for s in splits]))
+        results = dict(pool.imap_unordered(_fold_worker, [(job, m) for m in pending]))
         pool.close()  # done: the workers leave on their own (terminating them here would
         done = True  # leave their semaphores to a resource_tracker warning)
         return results
@@ -146,14 +208,15 @@ def _fold_worker_init(parent: int, threads: int) -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def _fold_worker(task: tuple[FoldJob, Split]) -> tuple[int, dict[str, Any]]:
-    fold_job, split = task
+def _fold_worker(task: tuple[FoldJob, Member]) -> tuple[str, dict[str, Any]]:
+    fold_job, m = task
 
     def log(line: str) -> None:
         if fold_job.verbose:
-            print(f"fold {split.fold}: {line}", flush=True)
+            print(f"{m.label}: {line}", flush=True)
 
     board = resolve_tensorboard(fold_job.tensorboard, silent)  # the parent said it once
-    fold_dir = fold_job.out / f"fold{split.fold}"
-    summary = fit(fold_job.job, fold_dir, split, log=log, progress=False, tensorboard=board)
-    return split.fold, summary
+    member_dir = fold_job.out / m.folder
+    job = _member_job(fold_job.job, m)
+    summary = fit(job, member_dir, m.split, log=log, progress=False, tensorboard=board)
+    return m.folder, summary

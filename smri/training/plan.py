@@ -70,9 +70,16 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
 def make_splits(setup: Setup, cfg: TrainConfig, world_size: int = 1) -> list[Split]:
     """The run's split, or its K folds (each checked against the batch size)."""
     check_global_batch(cfg.batch_size, world_size)
+    if cfg.seeds < 1:
+        raise ConfigError(f"must be 1 or more, got {cfg.seeds}", option="--seeds")
+    if not 0 <= cfg.repeat < cfg.seeds:
+        raise ConfigError(f"must be in 0..{cfg.seeds - 1}, got {cfg.repeat}", option="repeat")
     if cfg.jobs > 1:
-        if cfg.folds is None:
-            raise ConfigError("--jobs trains folds at once: it needs --folds K", option="--jobs")
+        if cfg.folds is None and cfg.seeds == 1:
+            raise ConfigError(
+                "--jobs trains folds (or --seeds repeats) at once: it needs --folds K or --seeds N",
+                option="--jobs",
+            )
         if setup.device.type != "cpu" or world_size > 1:
             raise ConfigError(
                 "--jobs trains folds in parallel processes on the CPU; on a GPU train them one "

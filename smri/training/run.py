@@ -72,7 +72,7 @@ def train(
     try:
         dist.on_main(start_run)
         job = Job(store, model_cfg, cfg, setup, resume)
-        if cfg.folds is None or cfg.fold is not None:
+        if (cfg.folds is None or cfg.fold is not None) and cfg.seeds == 1:
             return fit(job, out, splits[0], **extra)
         return train_folds(job, out, splits, **extra)
     finally:

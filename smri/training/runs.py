@@ -179,7 +179,8 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def fold_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (population, ddof=0) over folds of each best-epoch validation metric."""
+    """Mean ± sample standard deviation (ddof=1; 0 for one value) over folds (or every
+    training of a run) of each best-epoch validation metric."""
     keys = summaries[0]["best"].keys()
     return {
         "model": summaries[0]["model"],
@@ -188,11 +189,16 @@ def fold_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         "device_name": summaries[0].get("device_name"),
         "folds": len(summaries),
         "mean": {k: float(np.mean([_nan(s["best"][k]) for s in summaries])) for k in keys},
-        "std": {k: float(np.std([_nan(s["best"][k]) for s in summaries])) for k in keys},
+        "std": {k: _sample_std([_nan(s["best"][k]) for s in summaries]) for k in keys},
+        "std_ddof": 1,
         "per_fold": [s["best"] for s in summaries],
         "epoch_seconds_mean": float(np.mean([s["epoch_seconds_mean"] for s in summaries])),
         "patients_per_s_mean": float(np.mean([s["patients_per_s_mean"] for s in summaries])),
     }
+
+
+def _sample_std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _nan(x: float | None) -> float:
