@@ -72,6 +72,9 @@ class TrainConfig:
     # initialisation, batch order, flips and dropout; the splits stay those of `seed`
     seeds: int = 1
     repeat: int = 0  # which of the `seeds` trainings this is (set by smri for each one)
+    # a CSV of patients set aside as the untouched test set (smri.data.holdout): never
+    # trained or validated on
+    holdout: str | None = None
 
     @property
     def init_seed(self) -> int:

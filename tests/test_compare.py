@@ -229,7 +229,7 @@ def test_summary_contract(tmp_path, cohort, k):
     assert 0 <= lr["auc"] <= 1 and 0 <= lr["balanced_accuracy"] <= 1
     assert [v["model"] for v in s["versus_baseline"]] == ["cnn1", "cnn2", "cnn3"]
     text = summary_markdown(s)
-    models_table, pairs_table = text.split("## Pairwise comparisons")
+    models_table, pairs_table = text.split("## Pairwise comparisons on validation")
     assert models_table.count("\n| CNN") == 3 and pairs_table.count("\n| CNN") == 3
     assert "significant at 0.05" in text and "Intensity baseline" in text
 

@@ -65,7 +65,7 @@ def test_summary_has_three_models_intervals_comparisons_and_baselines(results):
     assert 0 < summary["baselines"]["majority"]["accuracy"] < 1
     assert 0 <= summary["baselines"]["intensity_logreg"]["auc"] <= 1
     table = (results / "summary.md").read_text()
-    models_table = table.split("## Pairwise comparisons")[0]
+    models_table = table.split("## Pairwise comparisons on validation")[0]
     assert models_table.count("\n| CNN") == 3 and "Majority class" in table
     assert "significant at 0.05" in table and "Intensity baseline" in table
 

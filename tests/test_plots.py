@@ -119,11 +119,11 @@ def test_plot_runs_writes_every_figure(tmp_path):
     ]  # fmt: skip
     assert all(p.stat().st_size > 1000 for p in written[:-2])
     table = (tmp_path / "figs" / "summary.md").read_text().splitlines()
-    assert table[4] == (
-        "| CNN1 | 1,234 | 1 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 1.000 | 1.000 "
+    assert table[6] == (
+        "| CNN1 | 1,234 | 1 × 1 | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 1.000 | 1.000 "
         "| 1.000 | 2.5 | 9.9 | cpu |"
     )
-    assert table[5].startswith("| CNN3 | 1,234 | 3 | 1.000 ± 0.000 [1.000, 1.000] | ")
+    assert table[7].startswith("| CNN3 | 1,234 | 3 × 1 | 1.000 ± 0.000 [1.000, 1.000] | ")
     # Each fake validation split holds one patient of each class: the majority baseline is 0.5.
     assert any(line.startswith("- Majority class: ") and "accuracy 0.500" in line for line in table)
     assert "![all_models_roc.png](all_models_roc.png)" in table

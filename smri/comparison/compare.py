@@ -4,18 +4,25 @@ and summary.md.
 
 summary.json is one object:
 
-* ``models``: per run, the best-epoch validation metrics (``mean``/``std`` over folds; one
-  split: the values and 0), and ``ci95`` for AUC and balanced accuracy — Student's t across
-  folds with K folds, a patient bootstrap of the validation predictions on one split;
-* ``comparisons``: per pair of models, the AUC difference b - a, its 95 % interval and a
-  p-value from a paired patient bootstrap — computed only when both runs validated the same
-  patients in the same folds;
+* ``models``: per run, the best-epoch validation metrics (``mean`` and ``std``, the sample
+  standard deviation, over its trainings: folds, and seeds with repeated training; one split:
+  the values and 0), and ``ci95`` for AUC and balanced accuracy — Student's t over the folds
+  (each fold's mean over seeds), clipped to [0, 1] with ``ci95_clipped`` saying where; a
+  patient bootstrap of the validation predictions on one split;
+* ``comparisons``: per pair of models, the AUC difference b - a over the trainings both runs
+  share (the same folds and seeds), its 95 % interval and p-value from the corrected resampled
+  t-test of Nadeau and Bengio, which includes how much training varies; on one split (nothing
+  to resample) a paired patient bootstrap, which conditions on the two trained networks;
 * ``baselines``: the majority class and the intensity logistic regression
-  (`smri.metrics.baseline`),
-  the latter fitted on each fold's training patients (from the runs' split.json) and scored on
-  its validation patients; ``versus_baseline`` compares each model with it, paired.
+  (`smri.metrics.baseline`), the latter fitted on each training's own training patients (its
+  split.json) and scored on its validation patients; ``versus_baseline`` compares each model
+  with it by the same test as ``comparisons``. Holm's correction runs over ``comparisons`` and
+  ``versus_baseline`` together (``holm_family``);
+* ``test`` (with `test=`): the untouched test patients, `smri.comparison.testset`.
 
-Nothing in it is NaN: what cannot be computed is null, and ``notes`` says why.
+Validation numbers were used for selection (the best epoch, smri's defaults); the ``test``
+block is what no choice saw. Nothing in it is NaN: what cannot be computed is null, and
+``notes`` says why.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 
 from smri.errors import DataError
 from smri.metrics import baseline, stats
-from smri.training.runs import DAMAGED, read_prediction_table, read_run_json
+from smri.training.runs import DAMAGED, member_dirs, read_prediction_table, read_run_json
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
 BASELINE = "intensity_logreg"
@@ -39,14 +46,20 @@ BASELINE = "intensity_logreg"
 
 @dataclass
 class Fold:
-    """The validation patients of one fold (fold None: the one split) and its training ids."""
+    """One training's validation patients (name: fold3, seed1/fold3, or "" for the one split),
+    their predictions, and the ids it trained on."""
 
-    fold: int | None
+    name: str
     ids: list[str]
     labels: np.ndarray
     probs: np.ndarray
     train: list[str]
     threshold: float = 0.5  # class 1 at and above it (the run's balanced threshold)
+
+    @property
+    def fold(self) -> str:
+        """The fold it validates, whatever the seed: what trainings of one fold share."""
+        return self.name.split("/")[-1] if "/" in self.name else self.name
 
 
 @dataclass
@@ -58,38 +71,36 @@ class Run:
     summary: dict[str, Any]
     folds: list[Fold]
     store: str | None
-    parts: list[dict[str, Any]] = field(default_factory=list)  # each fold's summary.json
+    parts: list[dict[str, Any]] = field(default_factory=list)  # each training's summary.json
 
     @property
     def n_folds(self) -> int:
-        return len(self.folds)
+        """Distinct folds validated (a run of one split: 1), seeds not counted."""
+        return len({f.fold for f in self.folds})
 
 
 def read_run(path: Path) -> Run:
-    """A finished run folder (one split, or K folds in fold*/); DataError if anything is
-    missing or damaged."""
+    """A finished run folder (one split, K folds in fold*/, seeds in seed*/); DataError if
+    anything is missing or damaged."""
     path = Path(path)
     summary_path = path / "summary.json"
     if not summary_path.exists():
         raise DataError(f"{path}: no summary.json (is the run finished?)")
     summary = read_run_json(summary_path)
     config = read_run_json(path / "config.json") if (path / "config.json").exists() else {}
-    fold_dirs = sorted(path.glob("fold*/summary.json"), key=lambda p: int(p.parent.name[4:]))
-    dirs = [p.parent for p in fold_dirs] or [path]
     folds, parts = [], []
-    for d in dirs:
+    for name, d in member_dirs(path, "summary.json") or [("", path)]:
         pred = d / "predictions.csv"
         if not pred.exists():
             raise DataError(f"{d}: no predictions.csv (is the run finished?)")
         ids, labels, probs, thresholds = read_prediction_table(pred)
         split = read_run_json(d / "split.json") if (d / "split.json").exists() else {}
         try:
-            fold = None if d == path else int(d.name[4:])
             train = [str(i) for i in split.get("train", [])]
         except DAMAGED as exc:
             raise DataError(f"{d / 'split.json'}: damaged run file ({exc})") from None
         threshold = float(thresholds[0]) if thresholds.size else 0.5
-        folds.append(Fold(fold, ids, labels, probs, train, threshold))
+        folds.append(Fold(name, ids, labels, probs, train, threshold))
         parts.append(read_run_json(d / "summary.json") if d != path else summary)
     try:
         model = str(summary["model"])
@@ -119,22 +130,35 @@ def _labels(runs: Sequence[Run]) -> list[str]:
     return [r.model if models.count(r.model) == 1 else f"{r.model}@{r.path.name}" for r in runs]
 
 
+def _member_values(run: Run, metric: str) -> dict[str, float]:
+    """Each training's best-epoch validation `metric`, by its name."""
+    return {f.name: float(p["best"].get(metric, math.nan))
+            for f, p in zip(run.folds, run.parts, strict=True)}  # fmt: skip
+
+
+def _fold_values(run: Run, metric: str) -> list[float]:
+    """Each fold's value of `metric`: its mean over seeds with repeated training."""
+    by_fold: dict[str, list[float]] = {}
+    for name, v in _member_values(run, metric).items():
+        by_fold.setdefault(name.split("/")[-1] if "/" in name else name, []).append(v)
+    return [float(np.mean(v)) for v in by_fold.values()]
+
+
 def _model_entry(run: Run, label: str, notes: list[str], seed: int) -> dict[str, Any]:
     s = run.summary
     try:
-        if "mean" in s:  # K folds
-            mean, std = s["mean"], s["std"]
-            per_fold = s.get("per_fold") or [p["best"] for p in run.parts]
-        else:
-            mean, std, per_fold = s["best"], dict.fromkeys(s["best"], 0.0), [s["best"]]
+        values = {k: list(_member_values(run, k).values()) for k in SUMMARY_METRICS}
         entry = {
             "run": str(run.path),
             "model": label,
             "parameters": int(s["parameters"]),
             "device": s.get("device_name") or s["device"],
             "folds": run.n_folds,
-            "mean": {k: _finite(mean[k]) for k in SUMMARY_METRICS},
-            "std": {k: _finite(std[k]) for k in SUMMARY_METRICS},
+            "seeds": int(s.get("seeds") or 1),
+            "trainings": len(run.folds),
+            "mean": {k: _finite(np.mean(v)) for k, v in values.items()},
+            "std": {k: _finite(_sample_std(v)) for k, v in values.items()},
+            "std_ddof": 1,
             "epoch_seconds": _finite(np.mean([p["epoch_seconds_mean"] for p in run.parts])),
             "train_patients_per_s": _finite(np.mean([p["patients_per_s_mean"] for p in run.parts])),
             "majority_baseline_accuracy": _majority(run),
@@ -144,11 +168,14 @@ def _model_entry(run: Run, label: str, notes: list[str], seed: int) -> dict[str,
             f"{run.path / 'summary.json'}: damaged run file ({type(exc).__name__}: {exc})"
         ) from None
     ci: dict[str, list[float] | None] = {}
+    clipped: dict[str, list[float] | None] = {}
     for metric in stats.METRIC_NAMES:
         if run.n_folds > 1:
-            values = [float(f.get(metric, math.nan)) for f in per_fold]
-            ci[metric] = _interval(stats.fold_interval(values))
-            method = f"Student's t over {run.n_folds} folds"
+            raw = stats.t_interval(_fold_values(run, metric))
+            ci[metric] = _interval(stats.fold_interval(_fold_values(run, metric)))
+            if raw is not None and (raw[0] < 0 or raw[1] > 1):  # said, not hidden
+                clipped[metric] = _interval(raw)
+            method = f"Student's t over {run.n_folds} folds (each fold's mean over seeds)"
         else:
             groups = [stats.Group(f.labels, {label: f.probs}, {label: f.threshold})
                       for f in run.folds]  # fmt: skip
@@ -160,28 +187,36 @@ def _model_entry(run: Run, label: str, notes: list[str], seed: int) -> dict[str,
                 "class, or a value that is not finite)"
             )
     entry["ci95"] = ci
+    entry["ci95_clipped"] = clipped  # metric -> the unclipped interval, where it left [0, 1]
     entry["ci_method"] = method
     return entry
 
 
+def _sample_std(values: list[float]) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _majority(run: Run) -> float | None:
     """Accuracy of always predicting the validation patients' larger class."""
-    y = np.concatenate([f.labels for f in run.folds]) if run.folds else np.zeros(0)
+    first = {}  # one seed's folds: every validation patient once
+    for f in run.folds:
+        first.setdefault(f.fold, f)
+    y = np.concatenate([f.labels for f in first.values()]) if first else np.zeros(0)
     return float(max(y.mean(), 1 - y.mean())) if y.size else None
 
 
 def _groups(a: Run, b: Run, la: str, lb: str) -> tuple[list[stats.Group] | None, str]:
-    """The folds of two runs as paired groups (b aligned to a's patient order), or None and
-    why they cannot be paired."""
-    fa = {f.fold: f for f in a.folds}
-    fb = {f.fold: f for f in b.folds}
+    """The trainings of two runs as paired groups (b aligned to a's patient order), or None
+    and why they cannot be paired."""
+    fa = {f.name: f for f in a.folds}
+    fb = {f.name: f for f in b.folds}
     if set(fa) != set(fb):
-        return None, f"{la} and {lb} were not validated on the same folds"
+        return None, f"{la} and {lb} were not validated on the same folds and seeds"
     groups = []
     for k, x in fa.items():
         y = fb[k]
         if sorted(x.ids) != sorted(y.ids):
-            where = "split" if k is None else f"fold {k}"
+            where = k.replace("/", " ").replace("fold", "fold ").replace("seed", "seed ") or "split"
             return None, f"{la} and {lb} validated different patients in {where}"
         order = {pid: i for i, pid in enumerate(y.ids)}
         idx = np.array([order[pid] for pid in x.ids])
@@ -192,16 +227,39 @@ def _groups(a: Run, b: Run, la: str, lb: str) -> tuple[list[stats.Group] | None,
     return groups, ""
 
 
-def _comparison(groups: list[stats.Group], a: str, b: str, seed: int) -> dict[str, Any]:
+def _test_train_ratio(run: Run) -> float:
+    """Mean over trainings of validation / training patients (the correction's n2 / n1)."""
+    return float(np.mean([len(f.ids) / max(1, len(f.train)) for f in run.folds]))
+
+
+def _comparison(
+    a: str, b: str, groups: list[stats.Group], values: tuple[dict, dict], ratio: float, seed: int
+) -> dict[str, Any]:
+    """AUC of b minus a: the corrected resampled t-test over the trainings both share; one
+    split: the paired patient bootstrap."""
+    out: dict[str, Any] = {"a": a, "b": b, "metric": "auc"}
+    if len(groups) > 1:
+        va, vb = values
+        t = stats.corrected_resampled_t([vb[k] - va[k] for k in va], ratio)
+        out.update(difference=None if t is None else _finite(t.difference),
+                   ci95=None if t is None else _interval(t.ci95),
+                   p_value=None if t is None else _finite(t.p_value),
+                   method=f"corrected resampled t (Nadeau and Bengio), {len(groups)} trainings, "
+                          f"n_val/n_train {ratio:.2f}")  # fmt: skip
+        return out
     d = stats.paired_difference(groups, a, b, "auc", seed=seed)
-    return {
-        "a": a,
-        "b": b,
-        "metric": "auc",
-        "difference": None if d is None else _finite(d.difference),
-        "ci95": None if d is None else _interval(d.ci95),
-        "p_value": None if d is None else _finite(d.p_value),
-    }
+    out.update(difference=None if d is None else _finite(d.difference),
+               ci95=None if d is None else _interval(d.ci95),
+               p_value=None if d is None else _finite(d.p_value),
+               draws=stats.N_BOOTSTRAP,
+               method=f"paired patient bootstrap ({stats.N_BOOTSTRAP} draws; one split: "
+                      "conditions on the two trained networks)")  # fmt: skip
+    return out
+
+
+def _not_compared(a: str, b: str) -> dict[str, Any]:
+    return {"a": a, "b": b, "metric": "auc", "difference": None, "ci95": None, "p_value": None,
+            "method": None}  # fmt: skip
 
 
 def store_features(store: Path, rows: Sequence[int]) -> np.ndarray:
@@ -214,9 +272,10 @@ def store_features(store: Path, rows: Sequence[int]) -> np.ndarray:
 
 def intensity_baseline(
     run: Run, store: Path | None, notes: list[str]
-) -> dict[int | None, np.ndarray] | None:
-    """The intensity baseline's probabilities of each fold's validation patients (in the run's
-    order), fitted on that fold's training patients; None, with a note, without the store."""
+) -> dict[str, np.ndarray] | None:
+    """The intensity baseline's probabilities of each training's validation patients (in the
+    run's order), fitted on that training's own training patients; None, with a note, without
+    the store."""
     from smri.store import StoreReader
 
     path = store if store is not None else (Path(run.store) if run.store else None)
@@ -245,7 +304,7 @@ def intensity_baseline(
     rows = [index[pid] for pid in wanted]
     y = labels[rows]
     at = {pid: i for i, pid in enumerate(wanted)}
-    train = {f.fold: [at[p] for p in f.train if y[at[p]] >= 0] for f in run.folds}
+    train = {f.name: [at[p] for p in f.train if y[at[p]] >= 0] for f in run.folds}
     if any(np.unique(y[t]).size < 2 for t in train.values()):
         notes.append(
             "intensity baseline not computed: a fold's training patients hold one class only"
@@ -253,21 +312,28 @@ def intensity_baseline(
         return None
     features = store_features(path, rows)
     return {
-        f.fold: baseline.fit_predict(features, y, train[f.fold], [at[p] for p in f.ids])
+        f.name: baseline.fit_predict(features, y, train[f.name], [at[p] for p in f.ids])
         for f in run.folds
     }
 
 
-def _baseline_entry(run: Run, probs: dict[int | None, np.ndarray], seed: int) -> dict[str, Any]:
-    groups = [stats.Group(f.labels, {BASELINE: probs[f.fold]}) for f in run.folds]
-    entry: dict[str, Any] = {"folds": run.n_folds}
+def _baseline_run(run: Run, probs: dict[str, np.ndarray]) -> Run:
+    """The baseline as a run: its validation AUC per training (class 1 at 0.5: unweighted)."""
+    folds = [Fold(f.name, f.ids, f.labels, probs[f.name], f.train) for f in run.folds]
+    parts = [{"best": {m: stats.POINT[m](f.labels, f.probs) for m in stats.METRIC_NAMES}}
+             for f in folds]  # fmt: skip
+    return Run(run.path, BASELINE, run.summary, folds, run.store, parts)
+
+
+def _baseline_entry(base: Run, seed: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"folds": base.n_folds, "trainings": len(base.folds)}
     ci = {}
     for metric in stats.METRIC_NAMES:
-        values = [g.point(BASELINE, metric) for g in groups]
-        entry[metric] = _finite(np.mean(values))
+        groups = [stats.Group(f.labels, {BASELINE: f.probs}) for f in base.folds]
+        entry[metric] = _finite(np.mean([g.point(BASELINE, metric) for g in groups]))
         ci[metric] = _interval(
-            stats.fold_interval(values)
-            if run.n_folds > 1
+            stats.fold_interval(_fold_values(base, metric))
+            if base.n_folds > 1
             else stats.bootstrap_interval(groups, BASELINE, metric, seed=seed)
         )
     entry["ci95"] = ci
@@ -275,34 +341,21 @@ def _baseline_entry(run: Run, probs: dict[int | None, np.ndarray], seed: int) ->
 
 
 def compare(
-    run_dirs: Sequence[Path], store: Path | None = None, *, seed: int = 0
+    run_dirs: Sequence[Path],
+    store: Path | None = None,
+    *,
+    test: str | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """summary.json's object for `run_dirs` (see the module docstring)."""
+    """summary.json's object for `run_dirs` (see the module docstring); `test`: the name of
+    each run's subfolder holding its predictions on the untouched test patients."""
     runs = [read_run(Path(r)) for r in run_dirs]
     labels = _labels(runs)
     notes: list[str] = []
     models = [_model_entry(r, lab, notes, seed) for r, lab in zip(runs, labels, strict=True)]
-    paired: dict[tuple[str, str], list[stats.Group]] = {}
     comparisons = []
     for (ra, la), (rb, lb) in combinations(zip(runs, labels, strict=True), 2):
-        groups, why = _groups(ra, rb, la, lb)
-        if groups is None:
-            notes.append(f"{la} vs {lb}: not compared: {why}")
-            comparisons.append(
-                {
-                    "a": la,
-                    "b": lb,
-                    "metric": "auc",
-                    "difference": None,
-                    "ci95": None,
-                    "p_value": None,
-                }
-            )
-            continue
-        paired[(la, lb)] = groups
-        comparisons.append(_comparison(groups, la, lb, seed))
-    _add_holm(comparisons)
-
+        comparisons.append(_compared(ra, rb, la, lb, notes, seed))
     majority = [m["majority_baseline_accuracy"] for m in models]
     baselines: dict[str, Any] = {
         "majority": {"accuracy": majority[0] if len(set(majority)) == 1 else None},
@@ -316,40 +369,44 @@ def compare(
     versus = []
     probs = intensity_baseline(runs[0], store, notes) if runs else None
     if probs is not None:
-        baselines[BASELINE] = _baseline_entry(runs[0], probs, seed)
-        base_run = _with_probs(runs[0], probs)
+        base = _baseline_run(runs[0], probs)
+        baselines[BASELINE] = _baseline_entry(base, seed)
         for run, lab in zip(runs, labels, strict=True):
-            groups, why = _groups(base_run, run, BASELINE, lab)
-            if groups is None:
-                notes.append(f"{lab} vs the intensity baseline: not compared: {why}")
-                continue
-            c = _comparison(groups, BASELINE, lab, seed)
-            versus.append(
-                {
-                    "model": lab,
-                    "baseline": BASELINE,
-                    **{k: c[k] for k in ("metric", "difference", "ci95", "p_value")},
-                }
-            )
-    return {
+            c = _compared(base, run, BASELINE, lab, notes, seed)
+            versus.append({"model": lab, "baseline": BASELINE,
+                           **{k: v for k, v in c.items() if k not in ("a", "b")}})  # fmt: skip
+    family = _add_holm([*comparisons, *versus])
+    summary = {
         "models": models,
         "comparisons": comparisons,
         "baselines": baselines,
         "versus_baseline": versus,
+        "holm_family": family,
         "bootstrap": {"draws": stats.N_BOOTSTRAP, "level": stats.LEVEL, "seed": seed},
         "notes": notes,
     }
+    if test is not None:
+        from smri.comparison.testset import test_block
+
+        dev = store if store is not None else (Path(runs[0].store) if runs[0].store else None)
+        summary["test"] = test_block(run_dirs, labels, test, dev, notes, seed)
+    return summary
 
 
-def _with_probs(run: Run, probs: dict[int | None, np.ndarray]) -> Run:
-    folds = [Fold(f.fold, f.ids, f.labels, probs[f.fold], f.train) for f in run.folds]  # at 0.5
-    return Run(run.path, BASELINE, run.summary, folds, run.store, run.parts)
+def _compared(ra: Run, rb: Run, la: str, lb: str, notes: list[str], seed: int) -> dict[str, Any]:
+    groups, why = _groups(ra, rb, la, lb)
+    if groups is None:
+        notes.append(f"{lb} vs {la}: not compared: {why}")
+        return _not_compared(la, lb)
+    values = (_member_values(ra, "auc"), _member_values(rb, "auc"))
+    return _comparison(la, lb, groups, values, _test_train_ratio(rb), seed)
 
 
-def _add_holm(comparisons: list[dict[str, Any]]) -> None:
-    """Holm-adjusted p-values over the pairs that could be compared."""
+def _add_holm(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Holm-adjusted p-values over every comparison that could be made (the family, named)."""
     done = [c for c in comparisons if c["p_value"] is not None]
     for c, p in zip(done, stats.holm([c["p_value"] for c in done]), strict=True):
         c["p_value_holm"] = p
     for c in comparisons:
         c.setdefault("p_value_holm", None)
+    return [f"{c.get('b') or c['model']} vs {c.get('a') or c['baseline']}" for c in done]

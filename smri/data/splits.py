@@ -39,15 +39,20 @@ def _class_rows(labels: np.ndarray, classes: dict[str, int]) -> dict[str, np.nda
 
 
 def stratified_split(
-    labels: np.ndarray, classes: dict[str, int], val_fraction: float, seed: int
+    labels: np.ndarray,
+    classes: dict[str, int],
+    val_fraction: float,
+    seed: int,
+    *,
+    salt: int = 0x5917,
 ) -> Split:
     """Patient-level split keeping each class's share: round(n_c * val_fraction) rows of class c,
-    at least one, go to validation."""
+    at least one, go to validation. `salt` picks the random stream (the holdout has its own)."""
     if not 0 < val_fraction < 1:
         raise ConfigError(
             f"must be strictly between 0 and 1, got {val_fraction}", option="--val-fraction"
         )
-    rng = np.random.default_rng([seed, 0x5917])
+    rng = np.random.default_rng([seed, salt])
     train, val = [], []
     for name, rows in _class_rows(labels, classes).items():
         if len(rows) < 2:

@@ -73,11 +73,13 @@ def evaluate_store(
     progress: bool = False,
     saliency_patients: int = 0,
     saliency_steps: int = 32,
+    patients: Sequence[str] | None = None,
 ) -> Evaluation:
     """Run the checkpoint (or exported folder) on every patient of `store` (which must match
-    its training store); `progress` shows a bar over the batches. With `saliency_patients`
-    and a store with masks, the metrics add the mean share of saliency inside the tumour over
-    that many patients at most (`saliency_in_tumour`, below)."""
+    its training store), or on `patients` only (ids; DataError naming one the store lacks);
+    `progress` shows a bar over the batches. With `saliency_patients` and a store with masks,
+    the metrics add the mean share of saliency inside the tumour over that many patients at
+    most (`saliency_in_tumour`, below)."""
     from tqdm import tqdm
 
     ckpt = load_model(checkpoint)
@@ -87,7 +89,9 @@ def evaluate_store(
     check_compatible(ckpt["store"], info, str(checkpoint))
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt, dev, str(checkpoint))  # before any data is loaded
-    rows = np.arange(len(ids))
+    all_ids = ids
+    rows = np.arange(len(ids)) if patients is None else _rows_of(patients, ids, store)
+    ids, labels = [ids[i] for i in rows], labels[rows]
     nbytes = len(ids) * int(np.prod(info.volume_shape)) * np.dtype(info.dtype).itemsize
     batches = Batches(
         store, rows, batch_size=batch_size, seed=0, shuffle=False, device=dev, workers=workers,
@@ -108,7 +112,7 @@ def evaluate_store(
     if bad.size:  # never counted as a class
         when = f"for {checkpoint} on {store}"
         then = "no metric is computed from it"
-        raise DataError(nonfinite_output_message(store, rows[bad], ids, when, then))
+        raise DataError(nonfinite_output_message(store, rows[bad], all_ids, when, then))
     known = labels >= 0
     metrics = {"n": int(known.sum()), **(binary_metrics(labels[known], probs[known], threshold)
                                          if known.any() else {})}  # fmt: skip
@@ -122,6 +126,22 @@ def evaluate_store(
                 steps=saliency_steps, batch_size=batch_size, progress=progress,
             ) or {})  # fmt: skip
     return Evaluation(ids, labels, probs, metrics, dict(info.classes), threshold, method)
+
+
+def _rows_of(patients: Sequence[str], ids: list[str], store: Path) -> np.ndarray:
+    """Store rows of `patients`, in store order; DataError for an id the store lacks."""
+    index = {pid: i for i, pid in enumerate(ids)}
+    missing = [pid for pid in patients if pid not in index]
+    if missing:
+        raise DataError(
+            f"{store}: no patient {missing[0]!r}"
+            + (
+                f" (and {len(missing) - 1} more of the {len(patients)} asked for)"
+                if len(missing) > 1
+                else ""
+            )
+        )
+    return np.array(sorted({index[pid] for pid in patients}), dtype=np.int64)
 
 
 def saliency_in_tumour(

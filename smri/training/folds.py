@@ -109,7 +109,9 @@ def _start_member(job: Job, out: Path, m: Member, dist: Dist) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     mjob = _member_job(job, m)
     write_json(folder / "config.json", run_config(job.model_cfg, mjob.cfg, job.setup, dist))
-    write_json(folder / "split.json", split_json(m.split, job.setup.patient_ids))
+    write_json(
+        folder / "split.json", split_json(m.split, job.setup.patient_ids, job.setup.held_out)
+    )
 
 
 def _finish(

@@ -13,6 +13,7 @@ import torch
 
 from smri.config import TrainConfig
 from smri.data import Split, resolve_cache, stratified_folds, stratified_split
+from smri.data.holdout import read_holdout
 from smri.errors import ConfigError, plural
 from smri.model_io import resolve_device
 from smri.models import ModelConfig, build_model, count_parameters, field_note
@@ -28,10 +29,11 @@ class Setup:
 
     info: StoreInfo
     patient_ids: list[str]
-    labels: np.ndarray
+    labels: np.ndarray  # -1 for unlabelled and held-out patients: never trained or validated on
     device: torch.device
     cache: str
     amp: bool
+    held_out: tuple[str, ...] = ()  # the store's patients listed in --holdout
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,19 @@ class Job:
 def _prepare(store: Path, cfg: TrainConfig, dist: Dist = SINGLE) -> Setup:
     with StoreReader(store) as reader:
         info, ids, labels = reader.info, reader.patient_ids, reader.labels.copy()
+    held_out: tuple[str, ...] = ()
+    if cfg.holdout is not None:  # the untouched test patients: as if unlabelled from here on
+        listed = set(read_holdout(Path(cfg.holdout)))
+        out = np.array([pid in listed for pid in ids], dtype=bool)
+        labels[out] = -1
+        held_out = tuple(pid for pid, o in zip(ids, out, strict=True) if o)
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     nbytes = int(np.sum(labels >= 0)) * math.prod(info.volume_shape) * np.dtype(info.dtype).itemsize
     if device.type == "cpu":  # every rank (or fold worker) holds its own copy in host memory
         nbytes *= max(dist.local_world_size, cfg.jobs if cfg.folds and cfg.fold is None else 1)
     cache = resolve_cache(cfg.cache, device, nbytes)
-    return Setup(info, ids, labels, device, cache, amp=cfg.amp and device.type == "cuda")
+    return Setup(info, ids, labels, device, cache, amp=cfg.amp and device.type == "cuda",
+                 held_out=held_out)  # fmt: skip
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:

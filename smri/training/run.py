@@ -12,7 +12,7 @@ from typing import Any
 
 from smri.atomic import OutputLock, check_not_input
 from smri.config import TrainConfig
-from smri.errors import ConfigError, DataError
+from smri.errors import ConfigError, DataError, plural
 from smri.files import check_regular
 from smri.jsonfiles import write_json
 from smri.models import ModelConfig, check_config, field_note
@@ -50,9 +50,12 @@ def train(
     board = resolve_tensorboard(tensorboard, log)
     extra = {"log": log, "dist": dist, "progress": progress, "tensorboard": board}
     setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
-    split_dicts = [split_json(s, setup.patient_ids) for s in splits]
+    split_dicts = [split_json(s, setup.patient_ids, setup.held_out) for s in splits]
     if note := field_note(model_cfg):
         log(note)
+    if setup.held_out:
+        log(f"held out as the test set ({cfg.holdout}): {plural(len(setup.held_out), 'patient')}, "
+            "never trained or validated on")  # fmt: skip
 
     lock = OutputLock(out)
 

@@ -6,7 +6,9 @@ import csv
 import json
 import math
 import platform
+import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,9 @@ METRIC_COLUMNS = (
 )
 
 
-def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
-    """split.json content: patient ids of each side, and how the split was made."""
+def split_json(split: Split, ids: list[str], held_out: Sequence[str] = ()) -> dict[str, Any]:
+    """split.json content: patient ids of each side, how the split was made, and the store's
+    patients held out as the untouched test set (when a holdout list was given)."""
     return {
         "seed": split.seed,
         "val_fraction": split.val_fraction,
@@ -43,6 +46,7 @@ def split_json(split: Split, ids: list[str]) -> dict[str, Any]:
         "fold": split.fold,
         "train": [ids[i] for i in split.train],
         "val": [ids[i] for i in split.val],
+        **({"held_out": list(held_out)} if held_out else {}),
     }
 
 
@@ -213,6 +217,24 @@ def summary_line(summary: dict[str, Any]) -> str:
         for k in ("accuracy", "balanced_accuracy", "auc")
     ]
     return f"{summary['folds']}-fold cross-validation: " + ", ".join(parts)
+
+
+def member_dirs(run: Path, marker: str = "summary.json") -> list[tuple[str, Path]]:
+    """The trainings of a run folder that hold `marker`, in order of seed then fold, as
+    (name, folder): seed1/fold3 and seed1 with repeats (`--seeds`), fold3 with K folds, or
+    the run itself ("") for one split."""
+    found = []
+    for d in [*run.glob("fold*"), *run.glob("seed*"), *run.glob("seed*/fold*")]:
+        name = d.relative_to(run).as_posix()
+        match = re.fullmatch(r"(?:seed([0-9]+))?/?(?:fold([0-9]+))?", name)
+        if match and name and (d / marker).is_file():
+            found.append(((int(match[1] or 0), int(match[2] or -1)), name, d))
+    if any("/" in name for _, name, _ in found):  # seed{r} summarises seed{r}/fold*: not a member
+        found = [f for f in found if "/" in f[1]]
+    found.sort()
+    if not found:
+        return [("", run)] if (run / marker).is_file() else []
+    return [(name, d) for _, name, d in found]
 
 
 def merge_predictions(out: Path, folds: int) -> None:
