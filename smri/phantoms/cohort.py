@@ -4,6 +4,7 @@ and where their files go, before a voxel is drawn."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,9 @@ LAYOUTS = ("2019", "2020")
 FORMATS = ("nii.gz", "nii")
 
 
+SITE = r"[A-Z][A-Z0-9]{1,7}"  # a site code in BraTS ids (SYN: the demo's own)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Everything that defines a synthetic cohort; the same config writes the same bytes."""
@@ -28,6 +32,9 @@ class SynthConfig:
     layout: str = "2019"
     fmt: str = "nii.gz"
     seed: int = 0
+    # the site code in every patient id (BraTS19_<site>_0001_1): cohorts of different sites
+    # never share an id, so a second cohort (an untouched test set) cannot collide with the first
+    site: str = "SYN"
 
     def validate(self) -> None:
         """Raise ConfigError naming the option for any setting that cannot work."""
@@ -61,6 +68,12 @@ class SynthConfig:
             raise ConfigError(f"unknown format {self.fmt!r}", option="--format")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}", option="--seed")
+        if not isinstance(self.site, str) or not re.fullmatch(SITE, self.site):
+            raise ConfigError(
+                f"expected 2 to 8 capital letters or digits, starting with a letter, got "
+                f"{self.site!r}",
+                option="--site",
+            )
 
 
 @dataclass(frozen=True)
@@ -87,10 +100,10 @@ def cohort(cfg: SynthConfig) -> list[PatientSpec]:
     specs = []
     for i, grade in enumerate(grades, start=1):
         if cfg.layout == "2019":
-            pid = f"BraTS19_SYN_{i:04d}_1"
+            pid = f"BraTS19_{cfg.site}_{i:04d}_1"
             folder = f"{grade}/{pid}"
         else:
-            pid = f"BraTS20_Training_{i:03d}"
+            pid = f"BraTS20_{'Training' if cfg.site == 'SYN' else cfg.site}_{i:03d}"
             folder = pid
         specs.append(PatientSpec(index=i, patient_id=pid, grade=str(grade), folder=folder))
     return specs

@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -106,15 +107,15 @@ def _csv_text(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def name_mapping_rows(specs: list[PatientSpec]) -> list[dict[str, str]]:
+def name_mapping_rows(specs: list[PatientSpec], site: str = "SYN") -> list[dict[str, str]]:
     """BraTS 2020 `name_mapping.csv` rows for the cohort (earlier-year ids made up alike)."""
     return [
         {
             "Grade": s.grade,
-            "BraTS_2017_subject_ID": f"Brats17_SYN_{s.index:04d}_1",
-            "BraTS_2018_subject_ID": f"Brats18_SYN_{s.index:04d}_1",
+            "BraTS_2017_subject_ID": f"Brats17_{site}_{s.index:04d}_1",
+            "BraTS_2018_subject_ID": f"Brats18_{site}_{s.index:04d}_1",
             "TCGA_TCIA_subject_ID": "NA",
-            "BraTS_2019_subject_ID": f"BraTS19_SYN_{s.index:04d}_1",
+            "BraTS_2019_subject_ID": f"BraTS19_{site}_{s.index:04d}_1",
             "BraTS_2020_subject_ID": s.patient_id,
         }
         for s in specs
@@ -129,7 +130,7 @@ def own_entries(root: Path) -> list[Path]:
 def _is_own(name: str) -> bool:
     return (
         name in {"HGG", "LGG", "truth.csv", "name_mapping.csv"}
-        or name.startswith(("BraTS19_SYN_", "BraTS20_Training_"))
+        or re.fullmatch(r"BraTS(19_[A-Z][A-Z0-9]*_[0-9]+_1|20_[A-Za-z][A-Za-z0-9]*_[0-9]+)", name)
         or name.endswith(PARTIAL_SUFFIX)
     )
 
@@ -196,7 +197,7 @@ def synthesize(
         if cfg.layout == "2020":
             write_text(
                 root / "name_mapping.csv",
-                _csv_text(NAME_MAPPING_COLUMNS, name_mapping_rows(specs)),
+                _csv_text(NAME_MAPPING_COLUMNS, name_mapping_rows(specs, cfg.site)),
             )
     except BaseException:
         remove_partials(root)
