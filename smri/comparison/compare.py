@@ -111,7 +111,7 @@ def read_run(path: Path) -> Run:
 
 
 # ------------------------------------------------------------------------------ the comparison
-def _finite(x: Any) -> float | None:
+def finite(x: Any) -> float | None:
     """x as a float, or None when it is not a finite number (JSON has no NaN)."""
     try:
         v = float(x)
@@ -120,7 +120,7 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _interval(ci: tuple[float, float] | None) -> list[float] | None:
+def as_interval(ci: tuple[float, float] | None) -> list[float] | None:
     return None if ci is None else [float(ci[0]), float(ci[1])]
 
 
@@ -156,11 +156,11 @@ def _model_entry(run: Run, label: str, notes: list[str], seed: int) -> dict[str,
             "folds": run.n_folds,
             "seeds": int(s.get("seeds") or 1),
             "trainings": len(run.folds),
-            "mean": {k: _finite(np.mean(v)) for k, v in values.items()},
-            "std": {k: _finite(_sample_std(v)) for k, v in values.items()},
+            "mean": {k: finite(np.mean(v)) for k, v in values.items()},
+            "std": {k: finite(_sample_std(v)) for k, v in values.items()},
             "std_ddof": 1,
-            "epoch_seconds": _finite(np.mean([p["epoch_seconds_mean"] for p in run.parts])),
-            "train_patients_per_s": _finite(np.mean([p["patients_per_s_mean"] for p in run.parts])),
+            "epoch_seconds": finite(np.mean([p["epoch_seconds_mean"] for p in run.parts])),
+            "train_patients_per_s": finite(np.mean([p["patients_per_s_mean"] for p in run.parts])),
             "majority_baseline_accuracy": _majority(run),
         }
     except DAMAGED as exc:
@@ -172,14 +172,14 @@ def _model_entry(run: Run, label: str, notes: list[str], seed: int) -> dict[str,
     for metric in stats.METRIC_NAMES:
         if run.n_folds > 1:
             raw = stats.t_interval(_fold_values(run, metric))
-            ci[metric] = _interval(stats.fold_interval(_fold_values(run, metric)))
+            ci[metric] = as_interval(stats.fold_interval(_fold_values(run, metric)))
             if raw is not None and (raw[0] < 0 or raw[1] > 1):  # said, not hidden
-                clipped[metric] = _interval(raw)
+                clipped[metric] = as_interval(raw)
             method = f"Student's t over {run.n_folds} folds (each fold's mean over seeds)"
         else:
             groups = [stats.Group(f.labels, {label: f.probs}, {label: f.threshold})
                       for f in run.folds]  # fmt: skip
-            ci[metric] = _interval(stats.bootstrap_interval(groups, label, metric, seed=seed))
+            ci[metric] = as_interval(stats.bootstrap_interval(groups, label, metric, seed=seed))
             method = f"patient bootstrap ({stats.N_BOOTSTRAP} stratified draws)"
         if ci[metric] is None:
             notes.append(
@@ -241,16 +241,16 @@ def _comparison(
     if len(groups) > 1:
         va, vb = values
         t = stats.corrected_resampled_t([vb[k] - va[k] for k in va], ratio)
-        out.update(difference=None if t is None else _finite(t.difference),
-                   ci95=None if t is None else _interval(t.ci95),
-                   p_value=None if t is None else _finite(t.p_value),
+        out.update(difference=None if t is None else finite(t.difference),
+                   ci95=None if t is None else as_interval(t.ci95),
+                   p_value=None if t is None else finite(t.p_value),
                    method=f"corrected resampled t (Nadeau and Bengio), {len(groups)} trainings, "
                           f"n_val/n_train {ratio:.2f}")  # fmt: skip
         return out
     d = stats.paired_difference(groups, a, b, "auc", seed=seed)
-    out.update(difference=None if d is None else _finite(d.difference),
-               ci95=None if d is None else _interval(d.ci95),
-               p_value=None if d is None else _finite(d.p_value),
+    out.update(difference=None if d is None else finite(d.difference),
+               ci95=None if d is None else as_interval(d.ci95),
+               p_value=None if d is None else finite(d.p_value),
                draws=stats.N_BOOTSTRAP,
                method=f"paired patient bootstrap ({stats.N_BOOTSTRAP} draws; one split: "
                       "conditions on the two trained networks)")  # fmt: skip
@@ -330,8 +330,8 @@ def _baseline_entry(base: Run, seed: int) -> dict[str, Any]:
     ci = {}
     for metric in stats.METRIC_NAMES:
         groups = [stats.Group(f.labels, {BASELINE: f.probs}) for f in base.folds]
-        entry[metric] = _finite(np.mean([g.point(BASELINE, metric) for g in groups]))
-        ci[metric] = _interval(
+        entry[metric] = finite(np.mean([g.point(BASELINE, metric) for g in groups]))
+        ci[metric] = as_interval(
             stats.fold_interval(_fold_values(base, metric))
             if base.n_folds > 1
             else stats.bootstrap_interval(groups, BASELINE, metric, seed=seed)

@@ -11,16 +11,16 @@ same two-level bootstrap; Holm's correction runs over that whole family.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from smri.comparison.compare import BASELINE, as_interval, finite, store_features
 from smri.errors import DataError
 from smri.evaluation.members import RunEvaluation, read_run_predictions
-from smri.metrics import fit_predict, heldout
+from smri.metrics import baseline, heldout
 from smri.metrics.calibration import brier, ece
 from smri.metrics.stats import holm
 from smri.training.runs import DAMAGED, member_dirs, read_run_json
@@ -29,15 +29,6 @@ METHOD = (
     "two-level bootstrap: test patients (stratified by class) and trained models, "
     f"{heldout.N_BOOTSTRAP} draws"
 )
-BASELINE = "intensity_logreg"
-
-
-def _finite(x: float | None) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-def _interval(ci: tuple[float, float] | None) -> list[float] | None:
-    return None if ci is None else [float(ci[0]), float(ci[1])]
 
 
 def read_test(runs: Sequence[Path], name: str) -> list[RunEvaluation]:
@@ -76,12 +67,12 @@ def _model_entry(label: str, ev: RunEvaluation, seed: int) -> dict[str, Any]:
     ci = {}
     for metric in heldout.METRICS:
         est = heldout.interval(y, m, metric, seed=seed)
-        entry[metric] = _finite(est.point)
-        ci[metric] = _interval(est.ci95)
+        entry[metric] = finite(est.point)
+        ci[metric] = as_interval(est.ci95)
     entry["ci95"] = ci
-    entry["ensemble_auc"] = _finite(heldout.ensemble_auc(y, m))
-    entry["brier"] = _finite(float(np.mean([brier(y, p) for p in m.probs])))
-    entry["ece"] = _finite(float(np.mean([ece(y, p) for p in m.probs])))
+    entry["ensemble_auc"] = finite(heldout.ensemble_auc(y, m))
+    entry["brier"] = finite(float(np.mean([brier(y, p) for p in m.probs])))
+    entry["ece"] = finite(float(np.mean([ece(y, p) for p in m.probs])))
     return entry
 
 
@@ -93,9 +84,9 @@ def _comparison(
         "a": a,
         "b": b,
         "metric": "auc",
-        "difference": None if d is None else _finite(d.difference),
-        "ci95": None if d is None else _interval(d.ci95),
-        "p_value": None if d is None else _finite(d.p_value),
+        "difference": None if d is None else finite(d.difference),
+        "ci95": None if d is None else as_interval(d.ci95),
+        "p_value": None if d is None else finite(d.p_value),
         "draws": None if d is None else d.draws,
         "draws_beyond_zero": None if d is None else d.beyond_zero,
         "method": METHOD,
@@ -109,7 +100,6 @@ def baseline_members(
     `run`, fitted on that training's own training patients (its split.json, from the
     development store) and scoring the test patients (from the test store); None, with a
     note, when a store is missing."""
-    from smri.comparison.compare import store_features
     from smri.store import StoreReader
 
     if dev_store is None or test is None or not dev_store.exists() or not test.exists():
@@ -123,7 +113,7 @@ def baseline_members(
     test_rows = [test_index[p] for p, k in zip(ev.patient_ids, known, strict=True) if k]
     x_test = store_features(test, test_rows)
     probs = []
-    for name, folder in member_dirs(Path(run), "split.json"):
+    for _name, folder in member_dirs(Path(run), "split.json"):
         train_ids = [str(p) for p in read_run_json(folder / "split.json")["train"]]
         missing = [p for p in train_ids if p not in dev_index]
         if missing:
@@ -135,8 +125,7 @@ def baseline_members(
         labels = np.concatenate([y_train, np.zeros(len(test_rows), dtype=y_train.dtype)])
         train_at = np.arange(len(rows))
         test_at = np.arange(len(rows), len(rows) + len(test_rows))
-        probs.append(fit_predict(features, labels, train_at, test_at))
-        del name
+        probs.append(baseline.fit_predict(features, labels, train_at, test_at))
     p = np.stack(probs)
     return heldout.Members(tuple(ev.members), p, p >= 0.5)
 
@@ -164,7 +153,7 @@ def test_block(
     baselines: dict[str, Any] = {BASELINE: None}
     if base is not None:
         est = heldout.interval(y, base, "auc", seed=seed)
-        baselines[BASELINE] = {"auc": _finite(est.point), "ci95": {"auc": _interval(est.ci95)}}
+        baselines[BASELINE] = {"auc": finite(est.point), "ci95": {"auc": as_interval(est.ci95)}}
         for lab in labels:
             comparisons.append(_comparison(y, BASELINE, lab, base, members[lab], seed))
     done = [c for c in comparisons if c["p_value"] is not None]
@@ -176,7 +165,7 @@ def test_block(
         "patients": int(y.size),
         "ids": [p for p, k in zip(first.patient_ids, first.labels >= 0, strict=True) if k],
         "store": None if store is None else str(store),
-        "prevalence": _finite(float(y.mean())) if y.size else None,
+        "prevalence": finite(float(y.mean())) if y.size else None,
         "models": models,
         "comparisons": comparisons,
         "baselines": baselines,
