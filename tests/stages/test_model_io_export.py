@@ -16,7 +16,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 from smri.errors import SmriError
@@ -24,6 +23,7 @@ from smri.model_io import export_run, load_checkpoint, load_model, model_from_ch
 from smri.models import ModelConfig
 from smri.training import TrainConfig, train
 from tests.conftest import write_nifti, write_patient
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 SMALL = ModelConfig(width=0.25)
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")

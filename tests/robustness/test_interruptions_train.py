@@ -9,7 +9,8 @@
 - A reader opening the store while `smri preprocess --overwrite` replaces it sees the old or
   the new complete file, never a mixture.
 
-The preprocess side (SIGKILL/SIGINT then `--resume`) is in tests/test_interruptions.py.
+The preprocess side (SIGKILL/SIGINT then `--resume`) is in
+tests/robustness/test_interruptions_preprocess.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 import smri.atomic
 import smri.model_io
@@ -41,6 +41,7 @@ from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
 from tests.conftest import direct_io_works
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 TIMING = {"seconds", "patients_per_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

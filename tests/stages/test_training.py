@@ -9,18 +9,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from train_helpers import (  # noqa: F401 (one_torch_thread: autouse fixture)
-    make_store,
-    metric_rows,
-    one_torch_thread,
-    quiet,
-)
 
 from smri.errors import ConfigError, DataError
 from smri.model_io import check_compatible, load_checkpoint, resolve_device
 from smri.models import MODEL_NAMES, ModelConfig, build_model
 from smri.training import TrainConfig, train
 from smri.training.runs import METRIC_COLUMNS
+from tests.helpers.training import (  # noqa: F401 (one_torch_thread: autouse fixture)
+    make_store,
+    metric_rows,
+    one_torch_thread,
+    quiet,
+)
 
 FAST = TrainConfig(epochs=3, batch_size=4, workers=0, cache="ram", lr=3e-3)
 SMALL = ModelConfig(width=0.25)

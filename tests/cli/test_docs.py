@@ -19,7 +19,7 @@ import pytest
 
 from smri.cli import COMMANDS, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 USAGE = DOCS / "usage.md"
 README_MAX_LINES = 250

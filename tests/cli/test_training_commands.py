@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = ["--width", "0.25", "--batch-size", "4", "--epochs", "2", "--cache", "ram", "--workers", "0"]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 import smri
 from smri import api
@@ -24,8 +23,9 @@ from smri.parallel import BACKENDS
 from smri.phantoms import FORMATS, LAYOUTS, SynthConfig
 from smri.preprocessing import PreprocessConfig
 from smri.store import COMPRESSIONS, DTYPES
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 API = {"synth": api.synth, "preprocess": api.preprocess, "train": api.train,
        "evaluate": api.evaluate, "predict": api.predict}  # fmt: skip
 # click parameter name -> API keyword, where they differ

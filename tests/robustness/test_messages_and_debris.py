@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import DEADLINE_S, ENV, error_line, leftovers, smri_cmd
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 from tests.conftest import write_patient
+from tests.helpers.cli import DEADLINE_S, ENV, error_line, leftovers, smri_cmd
+from tests.helpers.training import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 
 def _limited(limit: int):

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import ENV, error_line, run_smri
 from click.testing import CliRunner
-from train_helpers import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 from smri.models import MAX_PARAMETERS, ModelConfig, build_model, check_config
+from tests.helpers.cli import ENV, error_line, run_smri
+from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 MEMORY_CAP_MIB = 700
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIGURES = [
     "CNN1_loss_curve.png", "CNN2_loss_curve.png", "CNN3_loss_curve.png",
     "all_models_loss_curve.png", "all_models_accuracy.png", "all_models_roc.png",

@@ -15,13 +15,13 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 import smri.data.slots
 from smri.cli import main
 from smri.errors import DataError
 from smri.store import StoreReader, StoreWriter
 from tests.conftest import write_patient
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", "1",
          "--device", "cpu", "--no-tensorboard"]  # fmt: skip

@@ -13,11 +13,11 @@ from pathlib import Path
 import h5py
 import pytest
 from click.testing import CliRunner
-from train_helpers import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 import smri
 from smri.cli import main
 from smri.errors import DataError
+from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 
 def _labels(f: h5py.File, value: int) -> None:

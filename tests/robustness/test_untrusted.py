@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 from smri.errors import DataError
@@ -26,6 +25,7 @@ from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
 from tests.conftest import write_patient
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")
 SMALL = ModelConfig(width=0.25)
@@ -281,6 +281,7 @@ def test_predict_ids_are_folder_names_and_only_the_csv_is_written(run, tmp_path)
 
 
 # Covered elsewhere: labels-CSV ids such as '../../x' are reported, never followed
-# (tests/test_bad_inputs.py::test_patient_ids_never_escape_the_output_folder); synth makes its
-# own ids (BraTS19_SYN_0000_1, ...) and --overwrite deletes only what it wrote
-# (tests/test_synth.py); K-fold folders are fold<k> and run folders <model>-<date>-<time>.
+# (tests/robustness/test_bad_inputs_preprocess.py::test_patient_ids_never_escape_the_output_folder);
+# synth makes its own ids (BraTS19_SYN_0000_1, ...) and --overwrite deletes only what it wrote
+# (tests/stages/test_phantoms.py); K-fold folders are fold<k> and run folders
+# <model>-<date>-<time>.

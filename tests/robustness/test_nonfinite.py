@@ -19,12 +19,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 from smri.data import Batches
 from smri.models import ModelConfig
 from smri.training import NonFiniteOutput, TrainConfig, evaluate, train
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", "2",
          "--device", "cpu", "--no-tensorboard"]  # fmt: skip

@@ -7,11 +7,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from train_helpers import (  # noqa: F401 (autouse fixture)
-    assert_same_batches,
-    make_store,
-    one_torch_thread,
-)
 
 from smri.data import (
     BatchDataset,
@@ -24,6 +19,11 @@ from smri.data import (
 )
 from smri.errors import ConfigError, DataError
 from smri.store import StoreReader
+from tests.helpers.training import (  # noqa: F401 (autouse fixture)
+    assert_same_batches,
+    make_store,
+    one_torch_thread,
+)
 
 CLASSES = {"LGG": 0, "HGG": 1}
 CPU = torch.device("cpu")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 from smri.cli import main
 from tests.conftest import write_cohort
+from tests.helpers.training import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 PID = "BraTS19_HGG_000_1"
 

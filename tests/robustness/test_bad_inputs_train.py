@@ -4,11 +4,11 @@ Each case asserts the exit code, that the message names the offending file, opti
 that no traceback is printed, and that nothing half-made is left (no run folder, no --out, no
 CSV; a resumed run folder unchanged).
 
-Already covered in tests/test_cli_train.py (not repeated here): batch larger than the training
-split, more folds than patients of a class, --device cuda without CUDA (train), a text file as
-the store, evaluate on a store of another volume shape, a text file as the checkpoint, predict
-on an empty folder, an existing --out without --overwrite, new settings given with --resume.
-The preprocess/info side is in tests/test_bad_inputs.py.
+Already covered in tests/cli/test_training_commands.py (not repeated here): batch larger than the
+training split, more folds than patients of a class, --device cuda without CUDA (train), a text file
+as the store, evaluate on a store of another volume shape, a text file as the checkpoint, predict on
+an empty folder, an existing --out without --overwrite, new settings given with --resume.
+The preprocess/info side is in tests/robustness/test_bad_inputs_preprocess.py.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri.atomic import OutputLock
 from smri.cli import main
 from smri.models import ModelConfig, build_model
 from smri.training import TrainConfig, train
 from tests.conftest import write_patient
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 SMALL = ModelConfig(width=0.25)
 GEOMETRY = (32, 32, 20)  # raw (X, Y, Z) that preprocesses to the store's (16, 32, 32)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from train_helpers import SHAPE, make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 from smri import StoreDataset
 from smri.errors import ConfigError, DataError
 from smri.store import StoreReader
+from tests.helpers.training import SHAPE, make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 LABELS = [0, 1, 1, 0, 1, -1, 0, 1]
 

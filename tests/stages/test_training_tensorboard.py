@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import make_store, metric_rows, one_torch_thread  # noqa: F401 (autouse)
 
 from smri.errors import ConfigError
 from smri.models import ModelConfig
@@ -16,6 +15,7 @@ from smri.training import TrainConfig, train
 from smri.training import tensorboard as tensorboard_log
 from smri.training.runs import METRIC_COLUMNS
 from smri.training.tensorboard import Board, resolve, scalar_tag
+from tests.helpers.training import make_store, metric_rows, one_torch_thread  # noqa: F401 (autouse)
 
 HAVE_TB = importlib.util.find_spec("tensorboard") is not None
 needs_tb = pytest.mark.skipif(not HAVE_TB, reason="pip install 'smri[tensorboard]'")

@@ -12,7 +12,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from torch import nn
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 import smri
 from smri.cli import main
@@ -24,7 +23,8 @@ from smri.evaluation.saliency import (
     share_inside,
 )
 from smri.models import ModelConfig, build_model
-from tests.test_masks import to_version_1
+from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.stages.test_preprocessing_masks import to_version_1
 
 SHAPE = (4, 16, 32, 32)
 FAST = ["--width", "0.25", "--batch-size", "4", "--epochs", "2", "--cache", "ram", "--workers", "0"]
