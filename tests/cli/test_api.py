@@ -23,7 +23,8 @@ from smri.parallel import BACKENDS
 from smri.phantoms import FORMATS, LAYOUTS, SynthConfig
 from smri.preprocessing import PreprocessConfig
 from smri.store import COMPRESSIONS, DTYPES
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 API = {"synth": api.synth, "preprocess": api.preprocess, "train": api.train,

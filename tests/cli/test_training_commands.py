@@ -9,7 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from smri.cli import main
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = ["--width", "0.25", "--batch-size", "4", "--epochs", "2", "--cache", "ram", "--workers", "0"]
 

@@ -1,64 +1,15 @@
-"""Tiny learnable stores for the data/train/CLI tests (class 1 patients carry a bright blob)."""
+"""Training helpers: one torch thread per test module, quiet logs, metrics rows, equal batches, and
+a one-epoch run on a tiny store."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from smri.store import StoreWriter
-
-SHAPE = (4, 16, 32, 32)  # (M, S, H, W): the smallest volume the four poolings accept
-CONFIG = {
-    "modalities": ["flair", "t1", "t1ce", "t2"],
-    "slices": 16,
-    "dtype": "float16",
-    "compression": "none",
-    "canonical": False,
-    "classes": {"LGG": 0, "HGG": 1},
-}
-
-
-def make_store(
-    path: Path,
-    labels: list[int] | None = None,
-    shape: tuple[int, int, int, int] = SHAPE,
-    seed: int = 0,
-    modalities: tuple[str, ...] = ("flair", "t1", "t1ce", "t2"),
-    masks: bool = False,
-) -> Path:
-    """A store of noise volumes; class-1 patients get a bright cube, so the task is learnable.
-
-    With `masks`, every patient has a mask: the cube (label 1) for class 1, none for class 0.
-    """
-    labels = [0, 1] * 8 if labels is None else labels
-    rng = np.random.default_rng(seed)
-    _, s, h, w = shape
-    with StoreWriter(
-        path,
-        n_patients=len(labels),
-        volume_shape=shape,
-        dtype="float16",
-        compression=None,
-        modalities=modalities,
-        classes={"LGG": 0, "HGG": 1},
-        config={**CONFIG, "modalities": list(modalities), "slices": s},
-    ) as writer:
-        for i, label in enumerate(labels):
-            images = rng.random(shape, dtype=np.float32) * 0.5
-            mask = np.zeros(shape[1:], dtype=np.uint8)
-            if label == 1:
-                z, y, x = rng.integers(0, [s - 6, h - 10, w - 10])
-                images[:, z : z + 6, y : y + 10, x : x + 10] += 0.5
-                mask[z : z + 6, y : y + 10, x : x + 10] = 1
-            n = int(mask.sum())
-            meta = {"has_mask": True, "tumour_voxels": n, "tumour_voxels_in_slab": n}
-            writer.write(i, images=images, label=label, patient_id=f"P{i:03d}",
-                         meta=meta if masks else None, mask=mask if masks else None)  # fmt: skip
-    return path
+from tests.helpers.stores import make_store
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from smri.cli import main
 from smri.store import StoreReader
-from tests.conftest import write_nifti, write_patient
+from tests.helpers.nifti import write_nifti, write_patient
 
 PID = "BraTS19_HGG_000_1"
 

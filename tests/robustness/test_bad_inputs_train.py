@@ -27,8 +27,9 @@ from smri.atomic import OutputLock
 from smri.cli import main
 from smri.models import ModelConfig, build_model
 from smri.training import TrainConfig, train
-from tests.conftest import write_patient
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.nifti import write_patient
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SMALL = ModelConfig(width=0.25)
 GEOMETRY = (32, 32, 20)  # raw (X, Y, Z) that preprocesses to the store's (16, 32, 32)

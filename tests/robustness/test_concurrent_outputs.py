@@ -17,9 +17,9 @@ import h5py
 import pytest
 
 from smri.atomic import OutputLock, OutputLocked
-from tests.conftest import write_patient
 from tests.helpers.cli import ENV, error_line, leftovers, paused_holder, run_smri, smri_cmd
-from tests.helpers.training import make_store
+from tests.helpers.nifti import write_patient
+from tests.helpers.stores import make_store
 
 LOCKED = r"another smri process \(pid {pid}\) is writing it; wait for it to finish or stop it"
 

@@ -23,8 +23,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import write_cohort, write_nifti
 from tests.helpers.cli import ENV, error_line, leftovers, run_smri
+from tests.helpers.nifti import write_cohort, write_nifti
 
 PID = "BraTS19_HGG_000_1"
 MEMORY_CAP_MIB = 700  # the whole process, torch included (about 250 MiB here); was 4.4 GB

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from smri.preprocessing import PreprocessConfig, run_preprocess
-from tests.conftest import placed
+from tests.helpers.stores import placed
 
 
 def _cmd(root, out, *extra):

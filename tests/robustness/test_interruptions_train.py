@@ -40,8 +40,8 @@ from smri.model_io import load_checkpoint, save_checkpoint
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
-from tests.conftest import direct_io_works
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.stores import direct_io_works, make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TIMING = {"seconds", "patients_per_s"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

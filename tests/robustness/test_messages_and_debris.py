@@ -22,9 +22,10 @@ import pytest
 from click.testing import CliRunner
 
 from smri.cli import main
-from tests.conftest import write_patient
 from tests.helpers.cli import DEADLINE_S, ENV, error_line, leftovers, smri_cmd
-from tests.helpers.training import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
+from tests.helpers.nifti import write_patient
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 
 def _limited(limit: int):

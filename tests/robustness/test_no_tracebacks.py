@@ -20,8 +20,9 @@ import smri.data.slots
 from smri.cli import main
 from smri.errors import DataError
 from smri.store import StoreReader, StoreWriter
-from tests.conftest import write_patient
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.nifti import write_patient
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", "1",
          "--device", "cpu", "--no-tensorboard"]  # fmt: skip

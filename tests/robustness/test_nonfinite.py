@@ -24,7 +24,8 @@ from smri.cli import main
 from smri.data import Batches
 from smri.models import ModelConfig
 from smri.training import NonFiniteOutput, TrainConfig, evaluate, train
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", "2",
          "--device", "cpu", "--no-tensorboard"]  # fmt: skip

@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from smri.cli import main
-from tests.conftest import write_cohort
-from tests.helpers.training import make_store, one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
+from tests.helpers.nifti import write_cohort
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 PID = "BraTS19_HGG_000_1"
 

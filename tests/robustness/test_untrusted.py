@@ -24,8 +24,9 @@ from smri.model_io import load_checkpoint
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
-from tests.conftest import write_patient
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.nifti import write_patient
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")
 SMALL = ModelConfig(width=0.25)

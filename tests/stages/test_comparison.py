@@ -15,7 +15,7 @@ import smri.comparison.compare
 from smri.comparison.compare import compare
 from smri.comparison.report import summary_markdown
 from smri.metrics import baseline, binary_metrics, stats
-from tests.helpers.training import make_store
+from tests.helpers.stores import make_store
 
 
 # ----------------------------------------------------------------------------------- stats

@@ -19,9 +19,9 @@ from smri.data import (
 )
 from smri.errors import ConfigError, DataError
 from smri.store import StoreReader
+from tests.helpers.stores import make_store
 from tests.helpers.training import (  # noqa: F401 (autouse fixture)
     assert_same_batches,
-    make_store,
     one_torch_thread,
 )
 

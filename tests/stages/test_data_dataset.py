@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 from smri import StoreDataset
 from smri.errors import ConfigError, DataError
 from smri.store import StoreReader
-from tests.helpers.training import SHAPE, make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.stores import SHAPE, make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 LABELS = [0, 1, 1, 0, 1, -1, 0, 1]
 

@@ -7,7 +7,7 @@ import pytest
 
 from smri.discovery import discover, modality_of, parse_classes, parse_modalities
 from smri.errors import ConfigError, DataError
-from tests.conftest import write_nifti, write_patient
+from tests.helpers.nifti import write_nifti, write_patient
 
 
 @pytest.mark.parametrize(

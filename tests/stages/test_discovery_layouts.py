@@ -13,7 +13,7 @@ from smri.discovery import BidsOptions, discover, modality_of, parse_brats_name,
 from smri.discovery.bids import parse_bids_name
 from smri.errors import ConfigError, DataError, PatientError
 from smri.store import StoreReader
-from tests.conftest import MODALITIES, patient_volumes, write_nifti
+from tests.helpers.nifti import MODALITIES, patient_volumes, write_nifti
 
 BRATS2023_FILES = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
 BIDS_FILES = {"flair": "FLAIR", "t1": "T1w", "t1ce": "ce-gadolinium_T1w", "t2": "T2w"}

@@ -23,8 +23,8 @@ from smri.evaluation.saliency import (
     share_inside,
 )
 from smri.models import ModelConfig, build_model
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
-from tests.stages.test_preprocessing_masks import to_version_1
+from tests.helpers.stores import make_store, to_version_1
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SHAPE = (4, 16, 32, 32)
 FAST = ["--width", "0.25", "--batch-size", "4", "--epochs", "2", "--cache", "ram", "--workers", "0"]

@@ -22,8 +22,9 @@ from smri.errors import SmriError
 from smri.model_io import export_run, load_checkpoint, load_model, model_from_checkpoint
 from smri.models import ModelConfig
 from smri.training import TrainConfig, train
-from tests.conftest import write_nifti, write_patient
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.nifti import write_nifti, write_patient
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SMALL = ModelConfig(width=0.25)
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")

@@ -15,7 +15,8 @@ from smri.errors import ConfigError, DataError
 from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
 from smri.store import direct as direct_writes
-from tests.conftest import SHAPE, direct_io_works, expected_images, placed, write_nifti
+from tests.helpers.nifti import SHAPE, expected_images, write_nifti
+from tests.helpers.stores import direct_io_works, placed
 
 CFG = PreprocessConfig(slices=16)
 # Two ways a store's images reach the file: at SHAPE a slab (16 x 24 x 20 float16) is not whole

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from smri.cli import main
 from smri.preprocessing import PreprocessConfig, orientation_warning, run_preprocess
 from smri.store import StoreReader, coverage, orientation_counts, read_info
-from tests.conftest import SHAPE, expected_images, write_nifti, write_patient
+from tests.helpers.nifti import SHAPE, expected_images, write_nifti, write_patient
+from tests.helpers.stores import to_version_1
 
 CFG = PreprocessConfig(slices=16)
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -246,16 +247,6 @@ def test_orientation_and_coverage_functions():
         "low_coverage": ["b"],
         "empty_masks": ["c"],
     }
-
-
-def to_version_1(path):
-    """Rewrite a store as smri wrote schema version 1: without the keys version 2 added."""
-    with h5py.File(path, "a") as f:
-        del f["masks"]
-        for key in ("has_mask", "tumour_voxels", "tumour_voxels_in_slab", "axis_codes"):
-            del f["meta"][key]
-        f.attrs["schema_version"] = 1
-    return path
 
 
 def test_version_1_stores_keep_working(tmp_path):

@@ -21,7 +21,8 @@ from smri.errors import ConfigError, DataError
 from smri.parallel import ordered_map
 from smri.preprocessing import PatientResult, PreprocessConfig, append_preprocess, run_preprocess
 from smri.store import StoreReader
-from tests.conftest import placed, write_nifti
+from tests.helpers.nifti import write_nifti
+from tests.helpers.stores import placed
 
 CFG = PreprocessConfig(slices=8)
 TINY = (10, 12, 20)  # (X, Y, Z): a fast, non-square volume

@@ -15,7 +15,7 @@ from smri.phantoms import SynthConfig, synthesize
 from smri.plots import content_box, mosaic
 from smri.preprocessing.show import ShownPatient, slab_figure, slab_from_folder
 from smri.volume import central_slab, load_volume, minmax_normalize
-from tests.stages.test_preprocessing_masks import to_version_1
+from tests.helpers.stores import to_version_1
 
 matplotlib.use("Agg")
 

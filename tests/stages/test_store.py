@@ -16,7 +16,7 @@ from smri.errors import DataError
 from smri.store import StoreReader, StoreWriter, read_info
 from smri.store import direct as direct_writes
 from smri.store.direct import aligned_empty, is_aligned
-from tests.conftest import direct_io_works
+from tests.helpers.stores import direct_io_works
 
 SHAPE = (2, 4, 6, 5)
 

@@ -15,8 +15,8 @@ from smri.model_io import check_compatible, load_checkpoint, resolve_device
 from smri.models import MODEL_NAMES, ModelConfig, build_model
 from smri.training import TrainConfig, train
 from smri.training.runs import METRIC_COLUMNS
-from tests.helpers.training import (  # noqa: F401 (one_torch_thread: autouse fixture)
-    make_store,
+from tests.helpers.stores import make_store
+from tests.helpers.training import (  # noqa: F401 (autouse fixture)
     metric_rows,
     one_torch_thread,
     quiet,

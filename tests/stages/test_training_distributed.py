@@ -30,7 +30,8 @@ from smri.evaluation import evaluate_store
 from smri.metrics import binary_metrics
 from smri.training.distributed import SINGLE, Dist, from_env
 from smri.training.runs import METRIC_COLUMNS
-from tests.helpers.training import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 # 11 LGG + 13 HGG: 19 training patients (odd: the sampler pads one), 5 validation (shards 3 + 2)
 LABELS = [0, 1] * 11 + [1, 1]

@@ -15,7 +15,8 @@ from smri.training import TrainConfig, train
 from smri.training import tensorboard as tensorboard_log
 from smri.training.runs import METRIC_COLUMNS
 from smri.training.tensorboard import Board, resolve, scalar_tag
-from tests.helpers.training import make_store, metric_rows, one_torch_thread  # noqa: F401 (autouse)
+from tests.helpers.stores import make_store
+from tests.helpers.training import metric_rows, one_torch_thread  # noqa: F401 (autouse fixture)
 
 HAVE_TB = importlib.util.find_spec("tensorboard") is not None
 needs_tb = pytest.mark.skipif(not HAVE_TB, reason="pip install 'smri[tensorboard]'")

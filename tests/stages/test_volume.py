@@ -20,7 +20,7 @@ from smri.volume import (
     normalized_slab,
     slab_start,
 )
-from tests.conftest import write_nifti
+from tests.helpers.nifti import write_nifti
 
 
 def direct(vol: np.ndarray, slices: int) -> np.ndarray:

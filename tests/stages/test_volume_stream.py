@@ -19,7 +19,7 @@ import smri.volume.nifti as nifti
 import smri.volume.stream as slab_stream
 from smri.errors import DataError
 from smri.volume import load_volume, open_volume
-from tests.conftest import write_nifti
+from tests.helpers.nifti import write_nifti
 
 
 def seed_slab(data: np.ndarray, slices: int, dtype: str = "float16") -> np.ndarray:

@@ -18,7 +18,8 @@ from smri.data import Batches, resolve_cache
 from smri.model_io import load_checkpoint
 from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.training import TrainConfig, train
-from tests.helpers.training import assert_same_batches, make_store, metric_rows, quiet
+from tests.helpers.stores import make_store
+from tests.helpers.training import assert_same_batches, metric_rows, quiet
 
 pytestmark = [
     pytest.mark.gpu,

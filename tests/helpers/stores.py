@@ -1,0 +1,90 @@
+"""Tiny stores: learnable ones written directly (`make_store`, class 1 patients carry a bright
+blob), a version-1 store, and checks on how a store was written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from smri.store import StoreWriter
+
+SHAPE = (4, 16, 32, 32)  # (M, S, H, W): the smallest volume the four poolings accept
+CONFIG = {
+    "modalities": ["flair", "t1", "t1ce", "t2"],
+    "slices": 16,
+    "dtype": "float16",
+    "compression": "none",
+    "canonical": False,
+    "classes": {"LGG": 0, "HGG": 1},
+}
+
+
+def make_store(
+    path: Path,
+    labels: list[int] | None = None,
+    shape: tuple[int, int, int, int] = SHAPE,
+    seed: int = 0,
+    modalities: tuple[str, ...] = ("flair", "t1", "t1ce", "t2"),
+    masks: bool = False,
+) -> Path:
+    """A store of noise volumes; class-1 patients get a bright cube, so the task is learnable.
+
+    With `masks`, every patient has a mask: the cube (label 1) for class 1, none for class 0.
+    """
+    labels = [0, 1] * 8 if labels is None else labels
+    rng = np.random.default_rng(seed)
+    _, s, h, w = shape
+    with StoreWriter(
+        path,
+        n_patients=len(labels),
+        volume_shape=shape,
+        dtype="float16",
+        compression=None,
+        modalities=modalities,
+        classes={"LGG": 0, "HGG": 1},
+        config={**CONFIG, "modalities": list(modalities), "slices": s},
+    ) as writer:
+        for i, label in enumerate(labels):
+            images = rng.random(shape, dtype=np.float32) * 0.5
+            mask = np.zeros(shape[1:], dtype=np.uint8)
+            if label == 1:
+                z, y, x = rng.integers(0, [s - 6, h - 10, w - 10])
+                images[:, z : z + 6, y : y + 10, x : x + 10] += 0.5
+                mask[z : z + 6, y : y + 10, x : x + 10] = 1
+            n = int(mask.sum())
+            meta = {"has_mask": True, "tumour_voxels": n, "tumour_voxels_in_slab": n}
+            writer.write(i, images=images, label=label, patient_id=f"P{i:03d}",
+                         meta=meta if masks else None, mask=mask if masks else None)  # fmt: skip
+    return path
+
+
+def to_version_1(path):
+    """Rewrite a store as smri wrote schema version 1: without the keys version 2 added."""
+    with h5py.File(path, "a") as f:
+        del f["masks"]
+        for key in ("has_mask", "tumour_voxels", "tumour_voxels_in_slab", "axis_codes"):
+            del f["meta"][key]
+        f.attrs["schema_version"] = 1
+    return path
+
+
+def direct_io_works(directory: Path) -> bool:
+    """Whether files in `directory` can be opened with O_DIRECT (the store's chunk writes)."""
+    probe = directory / ".o_direct_probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_DIRECT))
+        return True
+    except (OSError, AttributeError):
+        return False
+    finally:
+        probe.unlink()
+
+
+def placed(path: Path) -> bool:
+    """Whether a store's image chunks were allocated up front (the O_DIRECT layout)."""
+    with h5py.File(path) as f:
+        return f["images"].id.get_create_plist().get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY
