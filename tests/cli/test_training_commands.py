@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from smri.cli import main
+from tests.helpers.cli import invoke
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -26,10 +27,6 @@ def run(store, tmp_path_factory):
     result = CliRunner().invoke(main, ["train", str(store), *FAST, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_models_lists_parameter_counts():

@@ -1,4 +1,5 @@
-"""Running `smri` as a real subprocess, as a user's shell does, and checking what it left."""
+"""Running `smri`: in-process through click (`invoke`), or as a real subprocess as a user's shell
+does (`run_smri`), and checking what it printed and left."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from click.testing import CliRunner, Result
+
+from smri.cli import main
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 DEADLINE_S = 180.0  # generous: the machine may be busy with other work
+
+
+def invoke(*args: object) -> Result:
+    """`smri ARGS` in-process; the result, once no traceback was printed and no exception but the
+    exit escaped."""
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
 
 
 def smri_cmd(*args: object) -> list[str]:

@@ -16,20 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from smri.cli import main
 from smri.store import StoreReader
+from tests.helpers.cli import invoke
 from tests.helpers.nifti import write_nifti, write_patient
 
 PID = "BraTS19_HGG_000_1"
-
-
-def invoke(*args: str):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
-    return res
 
 
 def preprocess(root: Path, out: Path, *extra: str):

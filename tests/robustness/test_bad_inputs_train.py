@@ -27,6 +27,7 @@ from smri.atomic import OutputLock
 from smri.cli import main
 from smri.models import ModelConfig, build_model
 from smri.training import TrainConfig, train
+from tests.helpers.cli import invoke
 from tests.helpers.nifti import write_patient
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -34,13 +35,6 @@ from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixtu
 SMALL = ModelConfig(width=0.25)
 GEOMETRY = (32, 32, 20)  # raw (X, Y, Z) that preprocesses to the store's (16, 32, 32)
 FAST = ["--width", "0.25", "--batch-size", "2", "--epochs", "1", "--cache", "ram", "--workers", "0"]
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def error_line(result, code: int = 1) -> str:

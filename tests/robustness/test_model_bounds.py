@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from smri.cli import main
 from smri.models import MAX_PARAMETERS, ModelConfig, build_model, check_config
-from tests.helpers.cli import ENV, error_line, run_smri
+from tests.helpers.cli import ENV, error_line, invoke, run_smri
 from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 MEMORY_CAP_MIB = 700
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -14,25 +14,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import smri.data.slots
-from smri.cli import main
 from smri.errors import DataError
 from smri.store import StoreReader, StoreWriter
+from tests.helpers.cli import invoke
 from tests.helpers.nifti import write_patient
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", "1",
          "--device", "cpu", "--no-tensorboard"]  # fmt: skip
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def error(result, code: int = 1) -> str:

@@ -17,13 +17,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 
-from smri.cli import main
 from smri.data import Batches
 from smri.models import ModelConfig
 from smri.training import NonFiniteOutput, TrainConfig, evaluate, train
+from tests.helpers.cli import invoke
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -32,13 +31,6 @@ TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", 
 CACHES = [["--cache", "ram"], ["--cache", "none", "--workers", "2"], ["--cache", "none",
           "--workers", "0"]]  # fmt: skip
 CACHE_IDS = ["ram", "stream-2-workers", "stream-in-process"]
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def error(result) -> str:

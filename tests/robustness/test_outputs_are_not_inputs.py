@@ -12,21 +12,13 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from smri.cli import main
+from tests.helpers.cli import invoke
 from tests.helpers.nifti import write_cohort
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 
 PID = "BraTS19_HGG_000_1"
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def usage_error(result, option: str) -> str:

@@ -24,6 +24,7 @@ from smri.model_io import load_checkpoint
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
+from tests.helpers.cli import invoke
 from tests.helpers.nifti import write_patient
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -40,13 +41,6 @@ class Payload:
 
     def __reduce__(self):
         return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def one_line_error(result) -> str:

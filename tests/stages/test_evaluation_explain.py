@@ -9,12 +9,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
 import smri
-from smri.cli import main
 from smri.evaluation.explanation import summarise
 from smri.evaluation.saliency import (
     chance_share,
@@ -23,15 +21,12 @@ from smri.evaluation.saliency import (
     share_inside,
 )
 from smri.models import ModelConfig, build_model
+from tests.helpers.cli import invoke
 from tests.helpers.stores import make_store, to_version_1
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SHAPE = (4, 16, 32, 32)
 FAST = ["--width", "0.25", "--batch-size", "4", "--epochs", "2", "--cache", "ram", "--workers", "0"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 # ------------------------------------------------------------------------ share inside

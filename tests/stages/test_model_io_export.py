@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from smri.cli import main
 from smri.errors import SmriError
 from smri.model_io import export_run, load_checkpoint, load_model, model_from_checkpoint
 from smri.models import ModelConfig
 from smri.training import TrainConfig, train
+from tests.helpers.cli import invoke
 from tests.helpers.nifti import write_nifti, write_patient
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -29,13 +28,6 @@ from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixtu
 SMALL = ModelConfig(width=0.25)
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")
 GEOMETRY = (32, 32, 20)  # raw (X, Y, Z) that preprocesses to the store's (16, 32, 32)
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def error_line(result, code: int = 1) -> str:

@@ -10,9 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from smri.cli import main
 from smri.phantoms import (
     SynthConfig,
     anatomy,
@@ -25,14 +23,10 @@ from smri.phantoms import (
 )
 from smri.phantoms.anatomy import CSF, ENHANCING, GM, MODALITIES, WM
 from smri.phantoms.write import NAME_MAPPING_COLUMNS, TRUTH_COLUMNS
+from tests.helpers.cli import invoke
 
 SHAPE = (48, 48, 40)  # 5 x 5 x 3.9 mm voxels over the BraTS field of view
 FILES = (*MODALITIES, "seg")
-
-
-def run(*args: str) -> object:
-    """Invoke `smri` in-process and return click's result."""
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -120,7 +114,7 @@ def test_truth_matches_segmentation(cohort2019: Path) -> None:
 
 
 def test_layout_2020_and_uncompressed_format(tmp_path: Path) -> None:
-    result = run(
+    result = invoke(
         "synth",
         tmp_path / "c",
         "-n",
@@ -244,7 +238,7 @@ def test_tumour_positions_along_the_slice_axis_are_brats_like() -> None:
 def test_bad_options_exit_2_naming_option(
     tmp_path: Path, args: list, option: str, message: str
 ) -> None:
-    result = run("synth", tmp_path / "out", *args)
+    result = invoke("synth", tmp_path / "out", *args)
     assert result.exit_code == 2
     assert f"Invalid value for {option}" in result.output
     assert message in result.output
@@ -253,12 +247,12 @@ def test_bad_options_exit_2_naming_option(
 
 def test_non_empty_out_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert run("synth", out, "-n", 3, "--shape", *SHAPE, "-j", 1).exit_code == 0
-    result = run("synth", out, "-n", 2, "--shape", *SHAPE, "-j", 1)
+    assert invoke("synth", out, "-n", 3, "--shape", *SHAPE, "-j", 1).exit_code == 0
+    result = invoke("synth", out, "-n", 2, "--shape", *SHAPE, "-j", 1)
     assert result.exit_code == 2
     assert f"Invalid value for 'OUT': {out} is not empty; pass --overwrite" in result.output
     (out / "notes.txt").write_text("mine")
-    result = run("synth", out, "-n", 2, "--shape", *SHAPE, "-j", 1, "--overwrite")
+    result = invoke("synth", out, "-n", 2, "--shape", *SHAPE, "-j", 1, "--overwrite")
     assert result.exit_code == 0, result.output
     assert len(read_csv(out / "truth.csv")) == 2
     assert len(list(out.rglob("*_flair.nii.gz"))) == 2  # the 3-patient cohort is gone
@@ -268,7 +262,7 @@ def test_non_empty_out_needs_overwrite(tmp_path: Path) -> None:
 def test_overwrite_never_deletes_what_synth_did_not_write(tmp_path: Path) -> None:
     out = tmp_path / "brats"
     (out / "HGG" / "BraTS19_2013_10_1").mkdir(parents=True)
-    result = run("synth", out, "-n", 2, "--shape", *SHAPE, "--overwrite")
+    result = invoke("synth", out, "-n", 2, "--shape", *SHAPE, "--overwrite")
     assert result.exit_code == 2
     assert "Invalid value for '--overwrite'" in result.output
     assert "holds HGG, which smri synth did not write (no .smri-synth file)" in result.output
@@ -304,7 +298,7 @@ def test_preprocess_reads_what_synth_writes(cohort2019: Path, tmp_path: Path) ->
     import h5py
 
     store = tmp_path / "s.h5"
-    result = run("preprocess", cohort2019, store, "--jobs", 1)
+    result = invoke("preprocess", cohort2019, store, "--jobs", 1)
     assert result.exit_code == 0, result.output
     truth = {r["patient_id"]: int(r["label"]) for r in read_csv(cohort2019 / "truth.csv")}
     with h5py.File(store, "r") as f:

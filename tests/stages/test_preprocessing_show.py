@@ -8,23 +8,17 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from smri.cli import main
 from smri.phantoms import SynthConfig, synthesize
 from smri.plots import content_box, mosaic
 from smri.preprocessing.show import ShownPatient, slab_figure, slab_from_folder
 from smri.volume import central_slab, load_volume, minmax_normalize
+from tests.helpers.cli import invoke
 from tests.helpers.stores import to_version_1
 
 matplotlib.use("Agg")
 
 SHAPE = (48, 40, 40)  # non-square in-plane, so transposed axes would show
-
-
-def run(*args: object) -> object:
-    """Invoke `smri` in-process and return click's result."""
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -46,7 +40,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo cohort preprocessed into a store."""
     out = tmp_path_factory.mktemp("store") / "demo.h5"
-    result = run("preprocess", demo, out, "--jobs", 1)
+    result = invoke("preprocess", demo, out, "--jobs", 1)
     assert result.exit_code == 0, result.output
     return out
 
@@ -74,7 +68,7 @@ def test_slab_from_folder_is_preprocessing(demo: Path) -> None:
 def test_show_raw_folder_png(demo: Path, tmp_path: Path) -> None:
     folder = first_patient(demo, "LGG")
     out = tmp_path / "figs" / "p.png"
-    result = run("show", folder, "--out", out, "--contours")
+    result = invoke("show", folder, "--out", out, "--contours")
     assert result.exit_code == 0, result.output
     assert result.output == f"wrote {out} ({folder.name}, class LGG (0))\n"
     width, height = png_size(out)
@@ -85,7 +79,7 @@ def test_show_raw_folder_png(demo: Path, tmp_path: Path) -> None:
 def test_show_cohort_root_plus_id_and_montage(demo: Path, tmp_path: Path) -> None:
     pid = first_patient(demo).name
     out = tmp_path / "m.png"
-    result = run("show", demo, pid, "--out", out, "--montage", "--modalities", "t2,flair")
+    result = invoke("show", demo, pid, "--out", out, "--montage", "--modalities", "t2,flair")
     assert result.exit_code == 0, result.output
     assert png_size(out)[0] == 12 * 150
 
@@ -101,23 +95,23 @@ def test_show_from_store_matches_folder(demo: Path, store: Path, tmp_path: Path)
     assert (from_store.first_slice, from_store.depth) == (4, 40)
     np.testing.assert_allclose(from_store.slab, from_folder.slab, atol=1e-3)  # float16 store
     out = tmp_path / "s.png"
-    result = run("show", store, folder.name, "--out", out)
+    result = invoke("show", store, folder.name, "--out", out)
     assert result.exit_code == 0, result.output
     assert png_size(out)[0] == round(3.2 * 4 * 150)
 
 
 def test_store_needs_patient_id(store: Path, tmp_path: Path) -> None:
-    result = run("show", store, "--out", tmp_path / "x.png")
+    result = invoke("show", store, "--out", tmp_path / "x.png")
     assert result.exit_code == 2
     assert "Invalid value for 'PATIENT_ID'" in result.output
     assert "is a store: name the patient to show" in result.output
 
 
 def test_store_unknown_patient_and_modality(store: Path, tmp_path: Path) -> None:
-    result = run("show", store, "nobody", "--out", tmp_path / "x.png")
+    result = invoke("show", store, "nobody", "--out", tmp_path / "x.png")
     assert result.exit_code == 1
     assert "no patient 'nobody' in the store (4 patients)" in result.output
-    result = run(
+    result = invoke(
         "show", store, "BraTS19_SYN_0001_1", "--modalities", "dwi", "--out", tmp_path / "x.png"
     )
     assert result.exit_code == 2
@@ -127,13 +121,13 @@ def test_store_unknown_patient_and_modality(store: Path, tmp_path: Path) -> None
 
 
 def test_unknown_patient_folder_exits_1(demo: Path, tmp_path: Path) -> None:
-    result = run("show", demo, "BraTS19_SYN_9999_1", "--out", tmp_path / "x.png")
+    result = invoke("show", demo, "BraTS19_SYN_9999_1", "--out", tmp_path / "x.png")
     assert result.exit_code == 1
     assert "no patient folder 'BraTS19_SYN_9999_1'" in result.output
 
 
 def test_folder_missing_modality_exits_1(demo: Path, tmp_path: Path) -> None:
-    result = run(
+    result = invoke(
         "show", first_patient(demo), "--modalities", "flair,dwi", "--out", tmp_path / "x.png"
     )
     assert result.exit_code == 1
@@ -174,7 +168,7 @@ def test_class_from_name_mapping_in_2020_layout(tmp_path: Path) -> None:
     root = tmp_path / "c20"
     synthesize(SynthConfig(patients=2, hgg_fraction=0.0, shape=SHAPE, layout="2020"), root, jobs=1)
     out = tmp_path / "p.png"
-    result = run("show", root, "BraTS20_Training_002", "--out", out, "--modalities", "t1")
+    result = invoke("show", root, "BraTS20_Training_002", "--out", out, "--modalities", "t1")
     assert result.exit_code == 0, result.output
     assert result.output == f"wrote {out} (BraTS20_Training_002, class LGG (0))\n"
     assert png_size(out)[0] == round(3.2 * 150)
@@ -187,12 +181,12 @@ def test_contours_of_a_store_come_from_its_masks(demo: Path, store: Path, tmp_pa
     from_store = slab_from_store(store, folder.name, None)
     from_folder = slab_from_folder(folder, ("flair", "t1", "t1ce", "t2"), 32)
     np.testing.assert_array_equal(from_store.seg, from_folder.seg)
-    result = run("show", store, folder.name, "--out", tmp_path / "x.png", "--contours")
+    result = invoke("show", store, folder.name, "--out", tmp_path / "x.png", "--contours")
     assert result.exit_code == 0, result.output
     old = tmp_path / "v1.h5"
     old.write_bytes(store.read_bytes())
     to_version_1(old)
-    result = run("show", old, folder.name, "--out", tmp_path / "y.png", "--contours")
+    result = invoke("show", old, folder.name, "--out", tmp_path / "y.png", "--contours")
     assert result.exit_code == 1
     assert "(--contours): a schema v1 store keeps no segmentation; preprocess it again" in (
         result.output
@@ -206,10 +200,10 @@ def test_contours_without_a_seg_file_are_refused(demo: Path, tmp_path: Path) -> 
     folder = shutil.copytree(first_patient(demo), tmp_path / "p")
     for seg in folder.glob("*seg*"):
         seg.unlink()
-    result = run("show", folder, "--out", tmp_path / "x.png", "--contours")
+    result = invoke("show", folder, "--out", tmp_path / "x.png", "--contours")
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"Error: {folder}: no *seg* file with the volumes' 40 slices to outline (--contours)"
     )
     assert not (tmp_path / "x.png").exists()
-    assert run("show", folder, "--out", tmp_path / "x.png").exit_code == 0  # without: fine
+    assert invoke("show", folder, "--out", tmp_path / "x.png").exit_code == 0  # without: fine
