@@ -20,6 +20,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 DEADLINE_S = 180.0  # generous: the machine may be busy with other work
 
 
+def quiet(*_args: object) -> None:
+    """Swallow log lines."""
+
+
 def invoke(*args: object) -> Result:
     """`smri ARGS` in-process; the result, once no traceback was printed and no exception but the
     exit escaped."""

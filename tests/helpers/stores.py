@@ -1,15 +1,20 @@
 """Tiny stores: learnable ones written directly (`make_store`, class 1 patients carry a bright
-blob), a version-1 store, and checks on how a store was written."""
+blob), preprocessing run in-process (`preprocessing_runner`), a version-1 store, and checks on
+how a store was written."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
+from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreWriter
+from tests.helpers.cli import quiet
 
 SHAPE = (4, 16, 32, 32)  # (M, S, H, W): the smallest volume the four poolings accept
 CONFIG = {
@@ -59,6 +64,21 @@ def make_store(
             writer.write(i, images=images, label=label, patient_id=f"P{i:03d}",
                          meta=meta if masks else None, mask=mask if masks else None)  # fmt: skip
     return path
+
+
+def preprocessing_runner(cfg: PreprocessConfig, *, keep_lines: bool = False) -> Callable[..., Any]:
+    """`run(root, out, cfg=cfg, **kw)`: `run_preprocess` in-process with one job (unless `jobs=`),
+    no progress bar and its lines swallowed; it returns the summary, or with `keep_lines` the
+    summary and the lines it printed."""
+
+    def run(root: Path, out: Path, cfg: PreprocessConfig = cfg, **kw: Any) -> Any:
+        kw.setdefault("jobs", 1)
+        lines: list[str] = []
+        echo = lines.append if keep_lines else quiet
+        summary = run_preprocess(root, out, cfg, echo=echo, progress=False, **kw)
+        return (summary, lines) if keep_lines else summary
+
+    return run
 
 
 def to_version_1(path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.cli import quiet
 from tests.helpers.stores import make_store
 
 
@@ -19,10 +20,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def quiet(*_args: object) -> None:
-    """Swallow log lines."""
 
 
 def metric_rows(run: Path) -> list[dict[str, str]]:

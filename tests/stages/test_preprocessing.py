@@ -16,7 +16,7 @@ from smri.preprocessing import PreprocessConfig, run_preprocess
 from smri.store import StoreReader
 from smri.store import direct as direct_writes
 from tests.helpers.nifti import SHAPE, expected_images, write_nifti
-from tests.helpers.stores import direct_io_works, placed
+from tests.helpers.stores import direct_io_works, placed, preprocessing_runner
 
 CFG = PreprocessConfig(slices=16)
 # Two ways a store's images reach the file: at SHAPE a slab (16 x 24 x 20 float16) is not whole
@@ -25,13 +25,7 @@ PLACED = (32, 24, 40)
 SHAPES = pytest.mark.parametrize("shape", [SHAPE, PLACED], ids=["h5py-writes", "placed"])
 
 
-def quiet(*_):
-    pass
-
-
-def run(root, out, cfg=CFG, **kw):
-    kw.setdefault("jobs", 1)
-    return run_preprocess(root, out, cfg, echo=quiet, progress=False, **kw)
+run = preprocessing_runner(CFG)
 
 
 @SHAPES

@@ -10,20 +10,16 @@ import pytest
 from click.testing import CliRunner
 
 from smri.cli import main
-from smri.preprocessing import PreprocessConfig, orientation_warning, run_preprocess
+from smri.preprocessing import PreprocessConfig, orientation_warning
 from smri.store import StoreReader, coverage, orientation_counts, read_info
 from tests.helpers.nifti import SHAPE, expected_images, write_nifti, write_patient
-from tests.helpers.stores import to_version_1
+from tests.helpers.stores import preprocessing_runner, to_version_1
 
 CFG = PreprocessConfig(slices=16)
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def run(root, out, cfg=CFG, **kw):
-    lines: list[str] = []
-    kw.setdefault("jobs", 1)
-    summary = run_preprocess(root, out, cfg, echo=lines.append, progress=False, **kw)
-    return summary, lines
+run = preprocessing_runner(CFG, keep_lines=True)
 
 
 def tumour(seed: int, shape=SHAPE, centre_z: int = 20, dtype=np.uint8) -> np.ndarray:

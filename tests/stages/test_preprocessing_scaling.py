@@ -19,22 +19,17 @@ import smri.store
 from smri.cli import main
 from smri.errors import ConfigError, DataError
 from smri.parallel import ordered_map
-from smri.preprocessing import PatientResult, PreprocessConfig, append_preprocess, run_preprocess
+from smri.preprocessing import PatientResult, PreprocessConfig, append_preprocess
 from smri.store import StoreReader
+from tests.helpers.cli import quiet
 from tests.helpers.nifti import write_nifti
-from tests.helpers.stores import placed
+from tests.helpers.stores import placed, preprocessing_runner
 
 CFG = PreprocessConfig(slices=8)
 TINY = (10, 12, 20)  # (X, Y, Z): a fast, non-square volume
 
 
-def quiet(*_):
-    pass
-
-
-def run(root, out, cfg=CFG, **kw):
-    kw.setdefault("jobs", 1)
-    return run_preprocess(root, out, cfg, echo=quiet, progress=False, **kw)
+run = preprocessing_runner(CFG)
 
 
 def append(root, out, cfg=CFG, **kw):

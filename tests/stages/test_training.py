@@ -15,12 +15,9 @@ from smri.model_io import check_compatible, load_checkpoint, resolve_device
 from smri.models import MODEL_NAMES, ModelConfig, build_model
 from smri.training import TrainConfig, train
 from smri.training.runs import METRIC_COLUMNS
+from tests.helpers.cli import quiet
 from tests.helpers.stores import make_store
-from tests.helpers.training import (  # noqa: F401 (autouse fixture)
-    metric_rows,
-    one_torch_thread,
-    quiet,
-)
+from tests.helpers.training import metric_rows, one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = TrainConfig(epochs=3, batch_size=4, workers=0, cache="ram", lr=3e-3)
 SMALL = ModelConfig(width=0.25)
