@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny NIfTI trees in every input layout, and tiny stores. Plain helper
-functions are in tests/helpers/."""
+"""Shared fixtures: tiny NIfTI trees in the BraTS layouts, and a tiny learnable store. Plain
+helper functions are in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.nifti import SHAPE, write_patient
+from tests.helpers.stores import make_store
 
 
 @pytest.fixture
@@ -64,3 +65,13 @@ def brats2020(tmp_path: Path) -> Callable[..., tuple[Path, dict[str, tuple[int, 
         return root, truth
 
     return make
+
+
+@pytest.fixture(scope="module")
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny learnable store (`make_store`), made once per test module. The module's
+    STORE_LABELS (default: 8 LGG/HGG pairs) and STORE_MASKS (default: no masks) shape it."""
+    labels = getattr(request.module, "STORE_LABELS", None)
+    masks = getattr(request.module, "STORE_MASKS", False)
+    folder = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    return make_store(folder / "s.h5", labels=labels, masks=masks)

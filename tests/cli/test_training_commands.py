@@ -17,11 +17,6 @@ FAST = ["--width", "0.25", "--batch-size", "4", "--epochs", "2", "--cache", "ram
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("cli") / "s.h5", labels=[0, 1] * 8)
-
-
-@pytest.fixture(scope="module")
 def run(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "r"
     result = CliRunner().invoke(main, ["train", str(store), *FAST, "--out", str(out)])

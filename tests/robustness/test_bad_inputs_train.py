@@ -53,9 +53,7 @@ def error_line_of(result) -> str:
     return result.stderr.splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("bad-train") / "s.h5", labels=[0, 1] * 6)
+STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
 
 
 @pytest.fixture(scope="module")

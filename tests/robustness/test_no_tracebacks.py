@@ -53,9 +53,7 @@ def test_a_name_that_is_not_utf8_skips_only_that_patient(tmp_path):
 
 
 # -------------------------------------------------------------------------- damaged stores
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("nt") / "s.h5", labels=[0, 1] * 6)
+STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
 
 
 def _flip_metadata(src: Path, dst: Path, seed: int) -> None:

@@ -41,9 +41,13 @@ def error(result) -> str:
     return lines[0]
 
 
+STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
+
+
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("nonfinite") / "s.h5", labels=[0, 1] * 6)
+def clean(store: Path) -> Path:
+    """conftest's `store`: every value finite (the tests poison copies of it)."""
+    return store
 
 
 @pytest.fixture(scope="module")

@@ -51,9 +51,7 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("untrusted") / "s.h5", labels=[0, 1] * 6)
+STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
 
 
 @pytest.fixture(scope="module")

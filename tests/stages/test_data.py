@@ -29,9 +29,7 @@ CLASSES = {"LGG": 0, "HGG": 1}
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("data") / "s.h5", labels=[0, 1, 1] * 5 + [-1])
+STORE_LABELS = [0, 1, 1] * 5 + [-1]  # the patients of conftest's `store`
 
 
 def test_split_is_patient_level_stratified_and_seeded():

@@ -15,15 +15,13 @@ from torch.utils.data import DataLoader
 from smri import StoreDataset
 from smri.errors import ConfigError, DataError
 from smri.store import StoreReader
-from tests.helpers.stores import SHAPE, make_store
+from tests.helpers.stores import SHAPE
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 LABELS = [0, 1, 1, 0, 1, -1, 0, 1]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("ds") / "s.h5", labels=LABELS)
+STORE_LABELS = LABELS  # the patients of conftest's `store`
 
 
 @pytest.fixture(scope="module")

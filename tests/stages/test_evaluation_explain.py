@@ -22,7 +22,7 @@ from smri.evaluation.saliency import (
 )
 from smri.models import ModelConfig, build_model
 from tests.helpers.cli import invoke
-from tests.helpers.stores import make_store, to_version_1
+from tests.helpers.stores import to_version_1
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SHAPE = (4, 16, 32, 32)
@@ -122,9 +122,7 @@ def test_integrated_gradients_of_the_cnn_lstm_are_nearly_complete():
 # ------------------------------------------------------------------------ smri explain
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("explain") / "s.h5", masks=True)
+STORE_MASKS = True  # conftest's `store`: class 1 patients have a tumour mask
 
 
 @pytest.fixture(scope="module")

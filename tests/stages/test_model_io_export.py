@@ -22,7 +22,6 @@ from smri.models import ModelConfig
 from smri.training import TrainConfig, train
 from tests.helpers.cli import invoke
 from tests.helpers.nifti import write_nifti, write_patient
-from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SMALL = ModelConfig(width=0.25)
@@ -39,9 +38,7 @@ def error_line(result, code: int = 1) -> str:
     return lines[-1]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_store(tmp_path_factory.mktemp("export") / "s.h5", labels=[0, 1] * 6)
+STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
 
 
 @pytest.fixture(scope="module")

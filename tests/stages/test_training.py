@@ -23,9 +23,7 @@ FAST = TrainConfig(epochs=3, batch_size=4, workers=0, cache="ram", lr=3e-3)
 SMALL = ModelConfig(width=0.25)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("train") / "s.h5", labels=[0, 1] * 10)
+STORE_LABELS = [0, 1] * 10  # the patients of conftest's `store`
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -204,9 +204,7 @@ def run_torchrun(*args: str | Path, nproc: int = 2) -> subprocess.CompletedProce
     return result
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("dist") / "s.h5", labels=LABELS)
+STORE_LABELS = LABELS  # the patients of conftest's `store`
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from smri.training import TrainConfig, train
 from smri.training import tensorboard as tensorboard_log
 from smri.training.runs import METRIC_COLUMNS
 from smri.training.tensorboard import Board, resolve, scalar_tag
-from tests.helpers.stores import make_store
 from tests.helpers.training import metric_rows, one_torch_thread  # noqa: F401 (autouse fixture)
 
 HAVE_TB = importlib.util.find_spec("tensorboard") is not None
@@ -23,11 +22,6 @@ needs_tb = pytest.mark.skipif(not HAVE_TB, reason="pip install 'smri[tensorboard
 SMALL = ModelConfig(width=0.25)
 FAST = TrainConfig(epochs=2, batch_size=4, workers=0, cache="ram", lr=3e-3)
 NOTE = "note: TensorBoard logs off: pip install 'smri[tensorboard]'"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("tb") / "s.h5", labels=[0, 1] * 8)
 
 
 def events(folder: Path):

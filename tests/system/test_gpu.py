@@ -19,7 +19,6 @@ from smri.model_io import load_checkpoint
 from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.training import TrainConfig, train
 from tests.helpers.cli import quiet
-from tests.helpers.stores import make_store
 from tests.helpers.training import assert_same_batches, metric_rows
 
 pytestmark = [
@@ -31,9 +30,7 @@ GPU = TrainConfig(epochs=3, batch_size=4, workers=2, device="cuda", lr=3e-3)
 SMALL = ModelConfig(width=0.25)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("gpu") / "s.h5", labels=[0, 1] * 10)
+STORE_LABELS = [0, 1] * 10  # the patients of conftest's `store`
 
 
 def losses(run, key="train_loss"):
