@@ -3,6 +3,7 @@ does (`run_smri`), and checking what it printed and left."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -44,13 +45,35 @@ def run_smri(*args: object, timeout: float = DEADLINE_S, **kw) -> subprocess.Com
     )
 
 
-def error_line(res: subprocess.CompletedProcess, code: int = 1) -> str:
-    """The one `Error:` line of a refused command (exit `code`), and no traceback."""
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+def error_line(res: Result | subprocess.CompletedProcess, code: int = 1) -> str:
+    """The one `Error:` line of a refused command (exit `code`), and no traceback; `res` is
+    click's result (`invoke`) or a finished subprocess (`run_smri`)."""
+    exit_code = res.exit_code if isinstance(res, Result) else res.returncode
+    assert exit_code == code, (exit_code, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1, res.stderr
     return lines[0]
+
+
+def sole_error_line(res: Result | subprocess.CompletedProcess, code: int = 1) -> str:
+    """`error_line`, and the last line on stderr: for exit 1 the only one, for exit 2 below
+    click's usage lines."""
+    line = error_line(res, code)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines[-1] == line and line.startswith("Error: "), res.stderr
+    if code == 1:
+        assert len(lines) == 1, res.stderr
+    return line
+
+
+def digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -91,6 +91,14 @@ def to_version_1(path):
     return path
 
 
+def same_store(a: Path, b: Path) -> None:
+    """Two stores hold the same images, labels and patient ids, byte for byte."""
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert fa["images"][:].tobytes() == fb["images"][:].tobytes()
+        assert fa["labels"][:].tobytes() == fb["labels"][:].tobytes()
+        assert list(fa["patient_id"].asstr()[:]) == list(fb["patient_id"].asstr()[:])
+
+
 def direct_io_works(directory: Path) -> bool:
     """Whether files in `directory` can be opened with O_DIRECT (the store's chunk writes)."""
     probe = directory / ".o_direct_probe"

@@ -27,7 +27,7 @@ from smri.atomic import OutputLock
 from smri.cli import main
 from smri.models import ModelConfig, build_model
 from smri.training import TrainConfig, train
-from tests.helpers.cli import invoke
+from tests.helpers.cli import invoke, sole_error_line
 from tests.helpers.nifti import write_patient
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -35,16 +35,6 @@ from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixtu
 SMALL = ModelConfig(width=0.25)
 GEOMETRY = (32, 32, 20)  # raw (X, Y, Z) that preprocesses to the store's (16, 32, 32)
 FAST = ["--width", "0.25", "--batch-size", "2", "--epochs", "1", "--cache", "ram", "--workers", "0"]
-
-
-def error_line(result, code: int = 1) -> str:
-    """The command's `Error: ...` line; for exit 1 it is the only line on stderr."""
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    if code == 1:
-        assert len(lines) == 1, result.stderr
-    assert lines[-1].startswith("Error: ")
-    return lines[-1]
 
 
 def error_line_of(result) -> str:
@@ -142,9 +132,11 @@ def test_broken_checkpoint_in_evaluate_and_predict(store, good, tmp_path, make, 
     make(path, good)
     patient = tmp_path / "P1"
     write_patient(patient, "P1", 1, shape=GEOMETRY)
-    line = error_line(invoke("evaluate", path, store, "--out", tmp_path / "ev", "--cache", "ram"))
+    line = sole_error_line(
+        invoke("evaluate", path, store, "--out", tmp_path / "ev", "--cache", "ram")
+    )
     assert line.startswith(f"Error: {path}: ") and message in line
-    line = error_line(invoke("predict", path, patient, "--csv", tmp_path / "p.csv"))
+    line = sole_error_line(invoke("predict", path, patient, "--csv", tmp_path / "p.csv"))
     assert line.startswith(f"Error: {path}: ") and message in line
     assert not (tmp_path / "ev").exists() and not (tmp_path / "p.csv").exists()
 
@@ -190,7 +182,7 @@ def test_predict_on_volumes_with_too_few_slices(run, tmp_path):
 # --------------------------------------------------------------------------- evaluate inputs
 def test_evaluate_on_a_store_of_other_modalities(run, tmp_path):
     other = make_store(tmp_path / "o.h5", labels=[0, 1], modalities=("flair", "t1", "t2", "pd"))
-    line = error_line(invoke("evaluate", run / "best.pt", other, "--out", tmp_path / "ev"))
+    line = sole_error_line(invoke("evaluate", run / "best.pt", other, "--out", tmp_path / "ev"))
     assert line == (
         f"Error: {other} does not match {run / 'best.pt'}: modalities ['flair', 't1', 't2', 'pd'] "
         "(checkpoint: ['flair', 't1', 't1ce', 't2'])"
@@ -200,7 +192,7 @@ def test_evaluate_on_a_store_of_other_modalities(run, tmp_path):
 
 def test_evaluate_on_a_store_of_other_slices(run, tmp_path):
     other = make_store(tmp_path / "o.h5", labels=[0, 1], shape=(4, 20, 32, 32))
-    line = error_line(invoke("evaluate", run / "best.pt", other, "--out", tmp_path / "ev"))
+    line = sole_error_line(invoke("evaluate", run / "best.pt", other, "--out", tmp_path / "ev"))
     assert "slices 20 (checkpoint: 16); volume_shape [4, 20, 32, 32]" in line
     assert not (tmp_path / "ev").exists()
 
@@ -209,7 +201,7 @@ def test_evaluate_on_a_foreign_hdf5(run, tmp_path):
     foreign = tmp_path / "f.h5"
     with h5py.File(foreign, "w") as f:
         f["data"] = [1, 2, 3]
-    line = error_line(invoke("evaluate", run / "best.pt", foreign, "--out", tmp_path / "ev"))
+    line = sole_error_line(invoke("evaluate", run / "best.pt", foreign, "--out", tmp_path / "ev"))
     assert line.startswith(f"Error: {foreign}: not an smri store")
     assert not (tmp_path / "ev").exists()
 
@@ -218,7 +210,7 @@ def test_evaluate_on_a_foreign_hdf5(run, tmp_path):
 def test_evaluate_device_cuda_without_cuda(run, store, tmp_path):
     result = invoke("evaluate", run / "best.pt", store, "--device", "cuda", "--out", tmp_path / "e")
     assert "Invalid value for '--device': CUDA was asked for but torch sees no GPU" in (
-        error_line(result, code=2)
+        sole_error_line(result, code=2)
     )
     assert not (tmp_path / "e").exists()
 
@@ -285,9 +277,9 @@ def test_train_on_a_broken_store(store, tmp_path, make, message):
     make(path, store)
     result = invoke("train", path, *FAST, "--out", tmp_path / "run")
     if make is _a_folder:  # click's dir_okay=False catches it first: a usage error
-        assert f"'{path}' is a directory" in error_line(result, code=2)
+        assert f"'{path}' is a directory" in sole_error_line(result, code=2)
     else:
-        line = error_line(result)
+        line = sole_error_line(result)
         assert message in line
         if make not in (_one_class, _lone_patient):  # these name the class counts, not the file
             assert str(path) in line
@@ -305,7 +297,7 @@ def test_train_on_a_broken_store(store, tmp_path, make, message):
 )
 def test_train_bad_split_options(store, tmp_path, args, option, message):
     result = invoke("train", store, *FAST, *args, "--out", tmp_path / "run")
-    assert f"Invalid value for '{option}': {message}" in error_line(result, code=2)
+    assert f"Invalid value for '{option}': {message}" in sole_error_line(result, code=2)
     assert not (tmp_path / "run").exists()
 
 
@@ -325,13 +317,13 @@ def test_train_numbers_that_are_not_finite_or_out_of_range(store, tmp_path, args
     # nan passes every range comparison: without a check these reached torch as tracebacks,
     # after the run folder had been started
     result = invoke("train", store, *FAST, *args, "--out", tmp_path / "run")
-    assert f"Invalid value for '{option}': {message}" in error_line(result, code=2)
+    assert f"Invalid value for '{option}': {message}" in sole_error_line(result, code=2)
     assert not (tmp_path / "run").exists()
 
 
 def test_models_width_not_finite():
     result = invoke("models", "--width", "nan")
-    assert "Invalid value for '--width': width must be a finite number, got nan" in error_line(
+    assert "Invalid value for '--width': width must be a finite number, got nan" in sole_error_line(
         result, code=2
     )
 
@@ -339,7 +331,7 @@ def test_models_width_not_finite():
 def test_train_out_is_a_file(store, tmp_path):
     (tmp_path / "run").write_text("mine")
     result = invoke("train", store, *FAST, "--out", tmp_path / "run")
-    assert f"'{tmp_path / 'run'}' is a file" in error_line(result, code=2)
+    assert f"'{tmp_path / 'run'}' is a file" in sole_error_line(result, code=2)
     assert (tmp_path / "run").read_text() == "mine"
 
 
@@ -357,7 +349,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_resume_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "notes").mkdir()
     result = invoke("train", "--resume", tmp_path / "notes")
-    assert "not an smri run folder (no config.json)" in error_line(result, code=2)
+    assert "not an smri run folder (no config.json)" in sole_error_line(result, code=2)
     assert list((tmp_path / "notes").iterdir()) == []
 
 
@@ -368,7 +360,7 @@ def test_resume_a_run_another_process_has_just_started(tmp_path):
     run.mkdir()
     with OutputLock(run):  # flock: held against any other open of the lock file, even ours
         result = invoke("train", "--resume", run)
-    assert "another smri process" in error_line(result, code=1)
+    assert "another smri process" in sole_error_line(result, code=1)
     assert list(run.iterdir()) == []
 
 
@@ -376,7 +368,7 @@ def test_resume_with_a_truncated_last_pt(cut):
     last = cut / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     before = _snapshot(cut)
-    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    line = sole_error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
     assert line.startswith(f"Error: {last}: not a readable torch checkpoint (truncated")
     assert _snapshot(cut) == before
 
@@ -387,7 +379,7 @@ def test_resume_when_the_store_changed_geometry(cut, tmp_path):
     make_store(moved, labels=[0, 1] * 6, shape=(4, 16, 32, 48))
     before = _snapshot(cut)
     result = invoke("train", moved, "--resume", cut, "--cache", "ram", "--workers", "0")
-    line = error_line(result)
+    line = sole_error_line(result)
     assert line == (
         f"Error: the store differs from the one {cut} was trained on: volume_shape "
         f"(4, 16, 32, 48) vs {config['store']['volume_shape']}"
@@ -400,7 +392,7 @@ def test_resume_when_the_store_is_gone(cut, tmp_path):
     config["store"]["path"] = str(tmp_path / "gone.h5")
     (cut / "config.json").write_text(json.dumps(config))
     before = _snapshot(cut)
-    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    line = sole_error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
     assert line == (
         f"Error: {tmp_path / 'gone.h5'}: no such store (the one {cut / 'config.json'} records); "
         f"if it moved, give it: smri train STORE --resume {cut}"
@@ -442,7 +434,7 @@ def test_resume_without_last_pt_leaves_the_run_as_it_is(cut):
     # starting over would replace best.pt with a fresh epoch 1
     (cut / "last.pt").unlink()
     before = _snapshot(cut)
-    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    line = sole_error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
     assert line == (
         f"Error: {cut / 'last.pt'}: missing, but metrics.csv records finished epoch 1; --resume "
         "continues from last.pt, so the run is left as it is (start a new run with --out)"
@@ -460,7 +452,7 @@ def test_resume_of_an_older_last_pt_without_metrics_csv(cut):
     _older_last_pt(cut)
     (cut / "metrics.csv").unlink()
     before = _snapshot(cut)
-    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    line = sole_error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
     assert line == (
         f"Error: {cut / 'metrics.csv'}: missing, but {cut / 'last.pt'} has finished epoch 1; the "
         "run's history is incomplete, so it cannot be continued (start a new run with --out)"
@@ -473,7 +465,7 @@ def test_resume_of_an_older_last_pt_with_a_damaged_metrics_csv(cut):
     text = (cut / "metrics.csv").read_text()
     (cut / "metrics.csv").write_text(text[: len(text) - 40])
     before = _snapshot(cut)
-    line = error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
+    line = sole_error_line(invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0"))
     assert line.startswith(f"Error: {cut / 'metrics.csv'}: damaged metrics file (")
     assert _snapshot(cut) == before
 
@@ -482,7 +474,7 @@ def test_resume_of_an_older_last_pt_with_a_damaged_metrics_csv(cut):
 def test_plot_of_a_run_with_a_cut_metrics_csv(cut, tmp_path):
     text = (cut / "metrics.csv").read_text()
     (cut / "metrics.csv").write_text(text[: len(text) - 40])
-    line = error_line(invoke("plot", cut, "--out", tmp_path / "figs"))
+    line = sole_error_line(invoke("plot", cut, "--out", tmp_path / "figs"))
     assert line.startswith(f"Error: {cut / 'metrics.csv'}: damaged metrics file (TypeError: ")
     assert not (tmp_path / "figs").exists()
 
@@ -494,7 +486,9 @@ def test_predict_keeps_an_existing_csv_without_overwrite(run, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("patient_id,label\nP1,HGG\n")
     result = invoke("predict", run / "best.pt", tmp_path / "P1", "--csv", labels)
-    assert error_line(result, code=2) == f"Error: {labels} exists; pass --overwrite to replace it"
+    assert (
+        sole_error_line(result, code=2) == f"Error: {labels} exists; pass --overwrite to replace it"
+    )
     assert labels.read_text() == "patient_id,label\nP1,HGG\n"
     result = invoke("predict", run / "best.pt", tmp_path / "P1", "--csv", labels, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -505,7 +499,7 @@ def test_predict_keeps_an_existing_csv_without_overwrite(run, tmp_path):
 def test_predict_csv_in_a_missing_folder_is_refused_before_the_work(run, tmp_path):
     write_patient(tmp_path / "P1", "P1", 1, shape=GEOMETRY)
     result = invoke("predict", run / "best.pt", tmp_path / "P1", "--csv", tmp_path / "no" / "p.csv")
-    line = error_line(result)
+    line = sole_error_line(result)
     assert line == f"Error: {tmp_path / 'no' / 'p.csv'}: folder {tmp_path / 'no'} does not exist"
     assert result.stdout == ""  # refused before any prediction
 
@@ -519,7 +513,7 @@ def test_evaluate_of_last_pt_keeps_the_results_of_best_pt(cut, store):
     result = invoke("evaluate", cut / "last.pt", store, *args)
     assert f"Invalid value for '--out': {out} already holds evaluation results (metrics.json, " \
         "predictions.csv, roc.png); choose another --out, or pass --overwrite to replace them" \
-        in error_line(result, code=2)  # fmt: skip
+        in sole_error_line(result, code=2)  # fmt: skip
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert invoke("evaluate", cut / "last.pt", store, *args, "--overwrite").exit_code == 0
     assert json.loads((out / "metrics.json").read_text())["checkpoint"] == str(cut / "last.pt")

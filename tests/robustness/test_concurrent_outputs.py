@@ -13,13 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import pytest
 
 from smri.atomic import OutputLock, OutputLocked
 from tests.helpers.cli import ENV, error_line, leftovers, paused_holder, run_smri, smri_cmd
 from tests.helpers.nifti import write_patient
-from tests.helpers.stores import make_store
+from tests.helpers.stores import make_store, same_store
 
 LOCKED = r"another smri process \(pid {pid}\) is writing it; wait for it to finish or stop it"
 
@@ -30,13 +29,6 @@ def _lock(output: Path) -> Path:
 
 def _preprocess(root: Path, out: Path, *extra: str) -> list[str]:
     return smri_cmd("preprocess", root, out, "--slices", "16", "-j", "1", *extra)
-
-
-def _same_store(a: Path, b: Path) -> None:
-    with h5py.File(a) as fa, h5py.File(b) as fb:
-        assert fa["images"][:].tobytes() == fb["images"][:].tobytes()
-        assert fa["labels"][:].tobytes() == fb["labels"][:].tobytes()
-        assert list(fa["patient_id"].asstr()[:]) == list(fb["patient_id"].asstr()[:])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +75,7 @@ def test_two_preprocess_runs_on_one_store(cohort, first, second):
         assert line.startswith(f"Error: {good}: ")
         assert __import__("re").search(LOCKED.format(pid=holder.pid), line)
     assert holder.returncode == 0, holder.err
-    _same_store(ref, good)  # the first run's store, complete and correct
+    same_store(ref, good)  # the first run's store, complete and correct
     assert leftovers(good.parent) == []
 
 

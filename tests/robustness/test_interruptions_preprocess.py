@@ -7,12 +7,11 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
 from smri.preprocessing import PreprocessConfig, run_preprocess
-from tests.helpers.stores import placed
+from tests.helpers.stores import placed, same_store
 
 
 def _cmd(root, out, *extra):
@@ -29,13 +28,6 @@ def _cmd(root, out, *extra):
         "1",
         *extra,
     ]
-
-
-def _same_store(a, b):
-    with h5py.File(a) as fa, h5py.File(b) as fb:
-        assert fa["images"][:].tobytes() == fb["images"][:].tobytes()
-        assert fa["labels"][:].tobytes() == fb["labels"][:].tobytes()
-        assert list(fa["patient_id"].asstr()[:]) == list(fb["patient_id"].asstr()[:])
 
 
 def _written_since(path, t_ns):
@@ -81,7 +73,7 @@ def test_killed_preprocess_resumes_to_the_same_store(brats2019, tmp_path, sig):
     )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    _same_store(ref, out)
+    same_store(ref, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["brats19", "ref.h5", "s.h5"]
 
 

@@ -18,20 +18,13 @@ import pytest
 import smri.data.slots
 from smri.errors import DataError
 from smri.store import StoreReader, StoreWriter
-from tests.helpers.cli import invoke
+from tests.helpers.cli import error_line, invoke
 from tests.helpers.nifti import write_patient
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", "1",
          "--device", "cpu", "--no-tensorboard"]  # fmt: skip
-
-
-def error(result, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    lines = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 # ------------------------------------------------------------------------- names not UTF-8
@@ -82,7 +75,7 @@ def test_damaged_hdf5_metadata_is_one_line(store, tmp_path, seed):
         res = invoke(*args)
         if res.exit_code == 0:  # the flips missed everything the command reads
             continue
-        assert error(res).startswith(f"Error: {bad}: "), res.stderr
+        assert error_line(res).startswith(f"Error: {bad}: "), res.stderr
 
 
 def _compressed_with_a_bad_chunk(src: Path, dst: Path, row: int) -> None:
@@ -106,7 +99,7 @@ def _compressed_with_a_bad_chunk(src: Path, dst: Path, row: int) -> None:
 def test_a_damaged_chunk_names_the_store_and_patient(store, tmp_path, cache):
     bad = tmp_path / "bad.h5"
     _compressed_with_a_bad_chunk(store, bad, 3)
-    line = error(invoke("train", bad, *TRAIN, *cache, "--out", tmp_path / "run"))
+    line = error_line(invoke("train", bad, *TRAIN, *cache, "--out", tmp_path / "run"))
     assert line.startswith(f"Error: {bad}: cannot read patient P003 (row 3): ")
     assert line.endswith("the store is damaged: make it again with `smri preprocess`")
 
@@ -115,7 +108,7 @@ def test_a_damaged_chunk_names_the_store_and_patient(store, tmp_path, cache):
 def test_too_little_shared_memory_for_streaming_says_what_to_do(store, tmp_path, monkeypatch):
     monkeypatch.setattr(smri.data.slots, "shm_free_bytes", lambda: 64 * 10**6)  # Docker's default
     big = make_store(tmp_path / "big.h5", shape=(4, 32, 96, 96))
-    line = error(invoke("train", big, *TRAIN, "--batch-size", "8", "--cache", "none",
+    line = error_line(invoke("train", big, *TRAIN, "--batch-size", "8", "--cache", "none",
                         "--workers", "4", "--out", tmp_path / "run"), code=2)  # fmt: skip
     assert line.startswith("Error: Invalid value for '--cache': streaming (--cache none) passes")
     assert "/dev/shm has 61 MiB free" in line and "Use --cache ram" in line
@@ -124,7 +117,7 @@ def test_too_little_shared_memory_for_streaming_says_what_to_do(store, tmp_path,
 
 
 def test_a_phantom_shape_that_cannot_fit_in_memory_is_refused(tmp_path):
-    line = error(invoke("synth", tmp_path / "c", "--shape", "1024", "1024", "1024"), code=2)
+    line = error_line(invoke("synth", tmp_path / "c", "--shape", "1024", "1024", "1024"), code=2)
     assert line.startswith("Error: Invalid value for '--shape': too large for this machine: a "
                            "phantom of 1024x1024x1024 voxels takes about 64.0 GiB")  # fmt: skip
     assert not (tmp_path / "c").exists()
@@ -140,7 +133,7 @@ def test_out_of_memory_anywhere_is_one_line(store, tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(smri.training.fit, "train_one_epoch", allocate)  # where fit calls it
-    line = error(invoke("train", store, *TRAIN, "--cache", "ram", "--out", tmp_path / "run"))
+    line = error_line(invoke("train", store, *TRAIN, "--cache", "ram", "--out", tmp_path / "run"))
     assert line.startswith("Error: out of memory ([enforce fail at alloc_cpu.cpp:117] data. ")
     assert line.endswith("fewer --jobs or --workers, or a machine with more memory")
 

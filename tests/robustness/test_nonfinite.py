@@ -22,7 +22,7 @@ from torch import nn
 from smri.data import Batches
 from smri.models import ModelConfig
 from smri.training import NonFiniteOutput, TrainConfig, evaluate, train
-from tests.helpers.cli import invoke
+from tests.helpers.cli import error_line, invoke
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -31,14 +31,6 @@ TRAIN = ["--model", "cnn2", "--width", "0.25", "--batch-size", "4", "--epochs", 
 CACHES = [["--cache", "ram"], ["--cache", "none", "--workers", "2"], ["--cache", "none",
           "--workers", "0"]]  # fmt: skip
 CACHE_IDS = ["ram", "stream-2-workers", "stream-in-process"]
-
-
-def error(result) -> str:
-    """The last stderr line of a failed command (exit 1): its one `Error:` line."""
-    assert result.exit_code == 1, result.output
-    lines = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
@@ -84,7 +76,7 @@ def test_a_nan_patient_stops_training_with_its_name(clean, tmp_path, cache, side
     row = (val_rows if side == "val" else train_rows)[0]
     store = poisoned(clean, tmp_path, row)
     res = invoke("train", store, *TRAIN, *cache, "--out", tmp_path / "run")
-    assert error(res).startswith(
+    assert error_line(res).startswith(
         f"Error: {store}: patient P{row:03d} holds 1 non-finite voxel (NaN or Inf), which "
         "preprocessing never writes: the store is damaged"
     )
@@ -95,13 +87,13 @@ def test_a_nan_patient_stops_training_with_its_name(clean, tmp_path, cache, side
 def test_inf_values_count_as_well(clean, tmp_path):
     store = poisoned(clean, tmp_path, _split_sides(clean)[1][0], value=-np.inf, count=3)
     res = invoke("train", store, *TRAIN, "--cache", "ram", "--out", tmp_path / "run")
-    assert "holds 3 non-finite voxels (NaN or Inf)" in error(res)
+    assert "holds 3 non-finite voxels (NaN or Inf)" in error_line(res)
 
 
 def test_a_loss_that_diverges_stops_at_its_epoch_and_batch(clean, tmp_path):
     res = invoke("train", clean, *TRAIN, "--cache", "ram", "--lr", "1e30", "--no-amp",
                  "--out", tmp_path / "run")  # fmt: skip
-    line = error(res)
+    line = error_line(res)
     assert line.startswith("Error: training diverged: the loss became NaN or Inf at epoch 1, "
                            "batch ") or "the model diverged" in line  # fmt: skip
     assert not (tmp_path / "run" / "best.pt").exists()
@@ -112,7 +104,7 @@ def test_evaluate_names_the_nan_patient_and_writes_nothing(run, clean, tmp_path,
     store = poisoned(clean, tmp_path, 5)
     res = invoke("evaluate", run / "best.pt", store, "--device", "cpu", *cache,
                  "--out", tmp_path / "ev")  # fmt: skip
-    assert error(res).startswith(f"Error: {store}: patient P005 holds 1 non-finite voxel")
+    assert error_line(res).startswith(f"Error: {store}: patient P005 holds 1 non-finite voxel")
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
@@ -123,7 +115,7 @@ def test_weights_holding_nan_are_refused_everywhere(run, clean, tmp_path):
     torch.save(ckpt, bad)
     for args in (["evaluate", bad, clean, "--out", tmp_path / "ev"],
                  ["predict", bad, tmp_path, "--device", "cpu"]):  # fmt: skip
-        line = error(invoke(*args))
+        line = error_line(invoke(*args))
         assert line == (
             f"Error: {bad}: the weights hold non-finite values (1 NaN or Inf in fc.weight): the "
             "run that saved them diverged; use an earlier checkpoint"
@@ -133,7 +125,7 @@ def test_weights_holding_nan_are_refused_everywhere(run, clean, tmp_path):
     last = torch.load(resumed / "last.pt", weights_only=True)
     last["model"]["fc.bias"][0] = float("inf")
     torch.save(last, resumed / "last.pt")
-    assert "the weights hold non-finite values" in error(invoke("train", "--resume", resumed))
+    assert "the weights hold non-finite values" in error_line(invoke("train", "--resume", resumed))
 
 
 class _NanFor(nn.Module):

@@ -7,13 +7,12 @@ and `smri plot` / `smri evaluate` never write into a run folder.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import invoke
+from tests.helpers.cli import digest, invoke
 from tests.helpers.nifti import write_cohort
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
@@ -27,15 +26,6 @@ def usage_error(result, option: str) -> str:
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"Error: Invalid value for '{option}': "), line
     return line
-
-
-def digest(root: Path) -> dict[str, str]:
-    """Every file under `root` and a hash of its bytes."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture

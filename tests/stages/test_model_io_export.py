@@ -20,22 +20,13 @@ from smri.errors import SmriError
 from smri.model_io import export_run, load_checkpoint, load_model, model_from_checkpoint
 from smri.models import ModelConfig
 from smri.training import TrainConfig, train
-from tests.helpers.cli import invoke
+from tests.helpers.cli import invoke, sole_error_line
 from tests.helpers.nifti import write_nifti, write_patient
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SMALL = ModelConfig(width=0.25)
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")
 GEOMETRY = (32, 32, 20)  # raw (X, Y, Z) that preprocesses to the store's (16, 32, 32)
-
-
-def error_line(result, code: int = 1) -> str:
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    if code == 1:
-        assert len(lines) == 1, result.stderr
-    assert lines[-1].startswith("Error: ")
-    return lines[-1]
 
 
 STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
@@ -163,7 +154,7 @@ def test_the_card_prints_recorded_intervals(run, tmp_path):
 
 def test_a_k_fold_run_exports_one_fold(cv, tmp_path):
     result = invoke("export", cv, tmp_path / "m")
-    line = error_line(result, code=2)
+    line = sole_error_line(result, code=2)
     aucs = [
         json.loads((cv / f"fold{k}" / "summary.json").read_text())["best"]["auc"] for k in (0, 1)
     ]
@@ -172,7 +163,7 @@ def test_a_k_fold_run_exports_one_fold(cv, tmp_path):
         f"per fold; choose one with --fold K: fold 0 (AUC {aucs[0]:.3f}), fold 1 (AUC "
         f"{aucs[1]:.3f})"
     )
-    assert "there is no fold 2:" in error_line(
+    assert "there is no fold 2:" in sole_error_line(
         invoke("export", cv, tmp_path / "m", "--fold", "2"), 2
     )
     assert not (tmp_path / "m").exists()
@@ -198,17 +189,17 @@ def test_a_k_fold_run_exports_one_fold(cv, tmp_path):
 
 
 def test_fold_of_a_single_split_run_and_unfinished_runs(run, tmp_path):
-    line = error_line(invoke("export", run, tmp_path / "m", "--fold", "0"), code=2)
+    line = sole_error_line(invoke("export", run, tmp_path / "m", "--fold", "0"), code=2)
     assert line.endswith(f"{run} is a single-split run, not K folds; drop --fold")
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "summary.json").unlink()
-    assert error_line(invoke("export", copy, tmp_path / "m")) == (
+    assert sole_error_line(invoke("export", copy, tmp_path / "m")) == (
         f"Error: {copy}: no summary.json: the run has not finished; finish it with "
         f"`smri train --resume {copy}` before exporting"
     )
     (copy / "config.json").unlink()
-    assert error_line(invoke("export", copy, tmp_path / "m")) == (
+    assert sole_error_line(invoke("export", copy, tmp_path / "m")) == (
         f"Error: {copy}: not an smri run folder (no config.json)"
     )
 
@@ -220,7 +211,7 @@ def test_out_dir_is_never_overwritten_silently(run, tmp_path):
     (out / ".gitattributes").write_text("*.safetensors filter=lfs\n")
     assert invoke("export", run, out).exit_code == 0
     (out / "README.md").write_text("my edits")
-    line = error_line(invoke("export", run, out), code=2)
+    line = sole_error_line(invoke("export", run, out), code=2)
     assert line == (
         f"Error: Invalid value for 'OUT_DIR': {out} already holds model.safetensors, "
         "config.json, README.md; choose another OUT_DIR or pass --overwrite"
@@ -235,7 +226,7 @@ def test_out_dir_is_never_overwritten_silently(run, tmp_path):
 def test_out_dir_may_not_be_the_run_folder(run):
     before = (run / "config.json").read_text()
     for args in ([], ["--overwrite"]):
-        line = error_line(invoke("export", run, run, *args), code=2)
+        line = sole_error_line(invoke("export", run, run, *args), code=2)
         assert line.startswith(f"Error: Invalid value for 'OUT_DIR': {run} is an smri run folder")
     assert (run / "config.json").read_text() == before
     result = invoke("export", run, run / "export")  # a new subfolder of the run is fine
@@ -329,15 +320,17 @@ def test_broken_export_in_evaluate_and_predict(exported, store, tmp_path, make, 
     make(folder)
     patient = tmp_path / "P1"
     write_patient(patient, "P1", 1, shape=GEOMETRY)
-    line = error_line(invoke("evaluate", folder, store, "--out", tmp_path / "ev", "--cache", "ram"))
+    line = sole_error_line(
+        invoke("evaluate", folder, store, "--out", tmp_path / "ev", "--cache", "ram")
+    )
     assert line.startswith(f"Error: {folder}") and message in line, line
-    line = error_line(invoke("predict", folder, patient))
+    line = sole_error_line(invoke("predict", folder, patient))
     assert line.startswith(f"Error: {folder}") and message in line, line
     assert not (tmp_path / "ev").exists() and not (tmp_path / "pwned").exists()
 
 
 def test_a_run_folder_is_not_an_export(run, store, tmp_path):
-    line = error_line(invoke("evaluate", run, store, "--out", tmp_path / "ev"))
+    line = sole_error_line(invoke("evaluate", run, store, "--out", tmp_path / "ev"))
     assert line == (
         f"Error: {run} is a run folder, not an exported model; give its best.pt, or export it "
         f"with `smri export {run} OUT_DIR`"

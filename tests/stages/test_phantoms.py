@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +22,7 @@ from smri.phantoms import (
 )
 from smri.phantoms.anatomy import CSF, ENHANCING, GM, MODALITIES, WM
 from smri.phantoms.write import NAME_MAPPING_COLUMNS, TRUTH_COLUMNS
-from tests.helpers.cli import invoke
+from tests.helpers.cli import digest, invoke
 
 SHAPE = (48, 48, 40)  # 5 x 5 x 3.9 mm voxels over the BraTS field of view
 FILES = (*MODALITIES, "seg")
@@ -33,15 +32,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV as dicts."""
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under `root`, by relative path."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
