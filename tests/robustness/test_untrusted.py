@@ -24,31 +24,14 @@ from smri.model_io import load_checkpoint
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
-from tests.helpers.cli import invoke
+from tests.helpers.cli import invoke, sole_error_line
+from tests.helpers.hostile import Payload
 from tests.helpers.nifti import write_patient
 from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram")
 SMALL = ModelConfig(width=0.25)
-
-
-class Payload:
-    """Unpickling this runs `exec`, which creates `marker`: what a malicious checkpoint does."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
-
-
-def one_line_error(result) -> str:
-    """The single `Error: ...` line of a failed command."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 STORE_LABELS = [0, 1] * 6  # the patients of conftest's `store`
@@ -92,7 +75,7 @@ def test_evaluate_and_predict_refuse_a_checkpoint_that_runs_code(run, store, tmp
     ):
         result = invoke(*args)
         assert result.exit_code == 1, result.output
-        line = one_line_error(result)
+        line = sole_error_line(result)
         assert line.startswith(f"Error: {path}: ")
         if kind == "legacy":  # not a torch zip file: refused as unreadable before any object
             assert "not a readable torch checkpoint" in line
@@ -113,7 +96,7 @@ def test_resume_refuses_a_last_pt_that_runs_code(run, tmp_path):
     metrics = (cut / "metrics.csv").read_text()
     result = invoke("train", "--resume", cut, "--cache", "ram", "--workers", "0")
     assert result.exit_code == 1, result.output
-    line = one_line_error(result)
+    line = sole_error_line(result)
     assert line.startswith(f"Error: {cut / 'last.pt'}: refused: the file holds a Python object")
     assert not marker.exists()
     assert (cut / "metrics.csv").read_text() == metrics
@@ -201,7 +184,7 @@ def test_a_known_attribute_holding_pickled_bytes_is_a_damaged_store(store, tmp_p
         f.attrs["config"] = np.bytes_(pickle.dumps(Payload(marker)))
     result = invoke("info", path)
     assert result.exit_code == 1
-    assert one_line_error(result).startswith(f"Error: {path}: damaged smri store")
+    assert sole_error_line(result).startswith(f"Error: {path}: damaged smri store")
     assert not marker.exists()
 
 
@@ -247,7 +230,7 @@ def test_store_ids_are_data_not_paths_in_runs_folds_and_evaluate(hostile_store, 
 def test_show_of_an_unknown_hostile_id_names_it(hostile_store, tmp_path):
     result = invoke("show", hostile_store, "../../nobody", "-o", tmp_path / "x.png")
     assert result.exit_code == 1
-    assert "no patient '../../nobody' in the store" in one_line_error(result)
+    assert "no patient '../../nobody' in the store" in sole_error_line(result)
     assert not (tmp_path / "x.png").exists()
 
 

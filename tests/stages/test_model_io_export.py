@@ -21,6 +21,7 @@ from smri.model_io import export_run, load_checkpoint, load_model, model_from_ch
 from smri.models import ModelConfig
 from smri.training import TrainConfig, train
 from tests.helpers.cli import invoke, sole_error_line
+from tests.helpers.hostile import Payload
 from tests.helpers.nifti import write_nifti, write_patient
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -260,16 +261,6 @@ def _config(folder: Path, **changes) -> None:
 def _weights(folder: Path, change) -> None:
     tensors = load_file(folder / "model.safetensors")
     save_file(change(tensors), folder / "model.safetensors")
-
-
-class Payload:
-    """Unpickling this would create `marker`."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
 
 
 BROKEN_EXPORTS = [

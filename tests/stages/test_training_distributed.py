@@ -31,7 +31,7 @@ from smri.metrics import binary_metrics
 from smri.training.distributed import SINGLE, Dist, from_env
 from smri.training.runs import METRIC_COLUMNS
 from tests.helpers.stores import make_store
-from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.helpers.training import metric_rows, one_torch_thread  # noqa: F401 (autouse fixture)
 
 # 11 LGG + 13 HGG: 19 training patients (odd: the sampler pads one), 5 validation (shards 3 + 2)
 LABELS = [0, 1] * 11 + [1, 1]
@@ -212,11 +212,6 @@ def run(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
     result = run_torchrun("train", store, *TRAIN_ARGS, "--out", out)
     return out, result.stdout
-
-
-def metric_rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_two_process_run_writes_one_valid_run_folder(run):
