@@ -5,9 +5,9 @@ only when the caller takes a result, so at most ``window`` finished results exis
 whatever the cohort size and however slow the writer. joblib's ordered generator cannot give that:
 it dispatches a new task whenever one *finishes*, not when one is *consumed*, so behind a slow
 writer (compression, a busy disk, a large cluster) every finished result piles up in the parent
-(tests/test_scaling_preprocess.py measured 39 of 40 alive at once). Executors are used here
-directly instead, one per backend (`BACKENDS`): threads (the default: ISA-L and numpy release the
-GIL, and no result is pickled), joblib's loky processes, and a Dask ``distributed.Client`` (the
+(tests/stages/test_preprocessing_scaling.py measured 39 of 40 alive at once). Executors are used
+here directly instead, one per backend (`BACKENDS`): threads (the default: ISA-L and numpy release
+the GIL, and no result is pickled), joblib's loky processes, and a Dask ``distributed.Client`` (the
 cluster's own futures, so workers keep at most ``window`` results too).
 """
 

@@ -100,7 +100,7 @@ run() { if want "$1"; then stage "$@"; fi; }
 export PY JOBS OUT N XYZ SMALL INPUT_POOL
 export -f environment end_to_end experiments pack  # `timeout` runs commands: functions via bash -c
 run environment 10 bash -c environment
-run gpu-tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "${GPU_TESTS_K:-}"
+run gpu-tests 60 $PY -m pytest -q -p no:cacheprovider tests/system/test_gpu.py -k "${GPU_TESTS_K:-}"
 run bench-train 150 $PY -m benchmarks.bench_train $N $VOLUME \
   --paths "${BENCH_PATHS:-fp32,bf16,pad8}" --json "$OUT/bench_train.json"
 run profile 30 $PY -m studies.gpu_training_step.profile_step cnn2 $VOLUME

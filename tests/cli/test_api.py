@@ -1,0 +1,211 @@
+"""The Python API: importable from a light `smri`, the commands' defaults, typed errors, quiet
+output, and docs/api.md's example, which runs here block by block."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import smri
+from smri import api
+from smri.cli import main
+from smri.config import CACHE_MODES, CLASS_WEIGHTS, MODEL_NAMES, ModelConfig, TrainConfig
+from smri.discovery import parse_classes, parse_modalities
+from smri.errors import ConfigError, DataError
+from smri.parallel import BACKENDS
+from smri.phantoms import FORMATS, LAYOUTS, SynthConfig
+from smri.preprocessing import PreprocessConfig
+from smri.store import COMPRESSIONS, DTYPES
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
+
+ROOT = Path(__file__).resolve().parents[2]
+API = {"synth": api.synth, "preprocess": api.preprocess, "train": api.train,
+       "evaluate": api.evaluate, "predict": api.predict}  # fmt: skip
+# click parameter name -> API keyword, where they differ
+RENAMED = {"input_dir": "input", "labels_csv": "labels", "fmt": "format", "compile_": "compile",
+           "checkpoint": "model", "csv_path": "csv"}  # fmt: skip
+
+
+def _command(name: str) -> click.Command:
+    return main.get_command(click.Context(main), name)
+
+
+def _defaults(func) -> dict:
+    params = inspect.signature(func).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+# ------------------------------------------------------------------------------ the package
+def test_import_smri_loads_neither_torch_nor_numpy():
+    code = ("import sys, smri; smri.__version__; "
+            "print(sorted(m for m in ('torch', 'numpy', 'h5py') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_api_names_stay_functions_after_their_modules_are_imported():
+    import smri.phantoms
+    import smri.preprocessing
+    import smri.training
+
+    assert {name: getattr(smri, name) for name in API} == API
+    assert smri.StoreDataset.__module__ == "smri.data.dataset"
+    assert set(smri.__all__) <= set(dir(smri))
+    with pytest.raises(AttributeError, match="has no attribute 'fit'"):
+        smri.fit  # noqa: B018
+
+
+# ------------------------------------------------------------------- one source for defaults
+@pytest.mark.parametrize("name", list(API))
+def test_every_command_default_is_the_api_default(name):
+    """Every option of the command has the API function's default (no default spelled twice)."""
+    expected = _defaults(API[name])
+    command, wrong = _command(name), []
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name == "help":
+            continue
+        key = RENAMED.get(param.name, param.name)
+        assert key in expected, f"smri {name} {param.opts[0]} has no keyword in smri.{name}"
+        default = param.get_default(click.Context(command))
+        if key == "modalities":
+            default = parse_modalities(default)
+        if key == "classes":  # the API's None: the dataclass's classes (the CLI shows them)
+            default, expected[key] = parse_classes(default), PreprocessConfig().classes
+        if key == "shape":
+            default = tuple(default)
+        if default != expected[key]:
+            wrong.append(f"{param.opts[0]}: {default!r} != {expected[key]!r}")
+    assert not wrong, f"smri {name}: " + "; ".join(wrong)
+
+
+def test_api_defaults_are_the_dataclass_defaults():
+    train, model = _defaults(api.train), ModelConfig()
+    assert {k: train[k] for k in vars(TrainConfig())} == vars(TrainConfig())
+    assert (train["model"], train["width"], train["dropout"]) == (
+        model.name, model.width, model.dropout)  # fmt: skip
+    pre, cfg = _defaults(api.preprocess), PreprocessConfig()
+    assert {k: pre[k] for k in ("modalities", "slices", "dtype", "compression", "canonical")} == {
+        k: getattr(cfg, k) for k in ("modalities", "slices", "dtype", "compression", "canonical")
+    }
+    synth = {("fmt" if k == "format" else k): v for k, v in _defaults(api.synth).items()}
+    assert {k: synth[k] for k in vars(SynthConfig())} == vars(SynthConfig())
+
+
+def test_other_commands_take_their_defaults_from_the_dataclasses():
+    models = {p.name: p.default for p in _command("models").params}
+    m = ModelConfig()
+    assert models == {
+        "shape": "x".join(map(str, (4, *m.volume_shape))),
+        "width": m.width,
+        "input_pool": m.input_pool,
+    }
+    show = {p.name: p.default for p in _command("show").params}
+    assert show["slices"] == PreprocessConfig().slices
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "choices"),
+    [("train", "model", MODEL_NAMES), ("train", "cache", CACHE_MODES),
+     ("evaluate", "cache", CACHE_MODES), ("train", "class_weight", CLASS_WEIGHTS),
+     ("preprocess", "backend", BACKENDS), ("preprocess", "dtype", DTYPES),
+     ("preprocess", "compression", tuple(COMPRESSIONS)), ("synth", "layout", LAYOUTS),
+     ("synth", "fmt", FORMATS)],
+)  # fmt: skip
+def test_choices_come_from_their_single_source(command, option, choices):
+    (param,) = [p for p in _command(command).params if p.name == option]
+    assert tuple(param.type.choices) == tuple(choices)
+
+
+# ----------------------------------------------------------------------- errors and output
+def test_errors_are_the_typed_exceptions_the_cli_maps(tmp_path):
+    with pytest.raises(DataError, match="input folder does not exist"):
+        smri.preprocess(tmp_path / "nowhere", tmp_path / "s.h5")
+    with pytest.raises(ConfigError, match="give a STORE to train on") as err:
+        smri.train()
+    assert err.value.option is None
+    with pytest.raises(ConfigError, match="drop --epochs") as err:
+        smri.train(resume=tmp_path, epochs=3)
+    assert err.value.option == "--epochs"
+    with pytest.raises(ConfigError, match="expected NAME=0,NAME=1") as err:
+        smri.preprocess(tmp_path, tmp_path / "s.h5", classes="LGG")
+    assert err.value.option == "--classes"
+
+
+def test_quiet_keeps_only_the_result(tmp_path):
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 4)
+    lines: list[str] = []
+    run = smri.train(store, epochs=1, width=0.25, batch_size=2, cache="ram", workers=0,
+                     out=tmp_path / "run", quiet=True, log=lines.append)  # fmt: skip
+    assert lines == [] and (run / "best.pt").is_file()
+    result = CliRunner().invoke(main, ["train", str(store), "--epochs", "1", "--width", "0.25",
+                                       "--batch-size", "2", "--cache", "ram", "--workers", "0",
+                                       "--out", str(tmp_path / "cli"), "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output == f"run folder: {tmp_path / 'cli'}\n"
+    result = CliRunner().invoke(main, ["evaluate", str(run / "best.pt"), str(store), "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("{") and result.output.endswith(f"written to {run}/eval-s\n")
+
+
+# ---------------------------------------------------------------------------- docs/api.md
+def test_the_api_page_runs(tmp_path, monkeypatch, capsys):
+    """Examples that run: docs/api.md's python blocks, in order, in one namespace."""
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/api.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "wrote 16 patients (HGG 12, LGG 4) to demo.h5; skipped 0" in out
+    assert "torch.Size([4, 4, 32, 32, 32]) torch.float32" in out
+    assert (tmp_path / "runs" / "cnn2" / "eval-demo" / "metrics.json").is_file()
+
+
+def test_progress_bars_on_every_long_step_and_none_when_quiet(tmp_path, capsys):
+    cohort = smri.synth(tmp_path / "c", patients=6, hgg_fraction=0.5, shape=(16, 16, 32),
+                        jobs=1, progress=True)  # fmt: skip
+    store = smri.preprocess(cohort, tmp_path / "c.h5", jobs=1, slices=16, progress=True).output
+    run = smri.train(store, epochs=1, width=0.25, batch_size=2, cache="ram", workers=0,
+                     out=tmp_path / "r", progress=True, log=lambda _: None)  # fmt: skip
+    smri.evaluate(run / "best.pt", store, progress=True, log=lambda _: None)
+    smri.predict(run / "best.pt", sorted((cohort / "HGG").iterdir()), progress=True)
+    err = capsys.readouterr().err
+    for step in ("synth: 100%", "preprocess: 100%", "epoch 1: ", "evaluate: 100%",
+                 "predict: 100%"):  # fmt: skip
+        assert step in err, step
+    smri.synth(tmp_path / "c", patients=6, hgg_fraction=0.5, shape=(16, 16, 32), jobs=1,
+               overwrite=True, progress=True, quiet=True)  # fmt: skip
+    smri.preprocess(cohort, tmp_path / "c.h5", jobs=1, slices=16, overwrite=True,
+                    progress=True, quiet=True)  # fmt: skip
+    smri.evaluate(run / "best.pt", store, progress=True, quiet=True, overwrite=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_numpy_numbers_as_settings_give_checkpoints_smri_loads(tmp_path):
+    """Settings from numpy (a sweep over np.arange, a config read with numpy) were pickled into
+    best.pt as numpy scalars, which the weights-only loader then refused as foreign objects."""
+    import numpy as np
+
+    from smri.model_io import load_checkpoint
+
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 6, shape=(4, 16, 64, 64))
+    run = smri.train(store, width=np.float32(0.25), epochs=np.int64(1), batch_size=np.int64(4),
+                     lr=np.float64(1e-3), input_pool=np.int64(2), cache="ram", workers=0,
+                     out=tmp_path / "r", quiet=True)  # fmt: skip
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(run / name)
+        assert type(ckpt["model_config"]["input_pool"]) is int
+        assert ckpt["model_config"]["input_pool"] == 2
+    smri.train(resume=run, quiet=True)  # reads last.pt
+    metrics = smri.evaluate(run / "best.pt", store, out=tmp_path / "ev", quiet=True)
+    assert 0 <= metrics["auc"] <= 1

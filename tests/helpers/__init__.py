@@ -1,0 +1,1 @@
+"""Plain functions the tests share (fixtures are in tests/conftest.py)."""

@@ -1,0 +1,109 @@
+"""TensorBoard event files: per-epoch scalars, the best epoch's ROC, one folder per fold,
+resume without doubled steps, and one note (not an error) when the package is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smri.errors import ConfigError
+from smri.models import ModelConfig
+from smri.training import TrainConfig, train
+from smri.training import tensorboard as tensorboard_log
+from smri.training.runs import METRIC_COLUMNS
+from smri.training.tensorboard import Board, resolve, scalar_tag
+from tests.helpers.training import metric_rows, one_torch_thread  # noqa: F401 (autouse fixture)
+
+HAVE_TB = importlib.util.find_spec("tensorboard") is not None
+needs_tb = pytest.mark.skipif(not HAVE_TB, reason="pip install 'smri[tensorboard]'")
+SMALL = ModelConfig(width=0.25)
+FAST = TrainConfig(epochs=2, batch_size=4, workers=0, cache="ram", lr=3e-3)
+NOTE = "note: TensorBoard logs off: pip install 'smri[tensorboard]'"
+
+
+def events(folder: Path):
+    """The scalars and images TensorBoard reads from `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_scalar_tags_pair_training_and_validation_curves():
+    assert [scalar_tag(c) for c in METRIC_COLUMNS if c != "epoch"] == [
+        "loss/train", "accuracy/train", "loss/val", "accuracy/val", "balanced_accuracy/val",
+        "auc/val", "sensitivity/val", "specificity/val", "lr", "seconds", "patients_per_s",
+    ]  # fmt: skip
+
+
+def test_resolve_without_the_package(monkeypatch):
+    monkeypatch.setattr(tensorboard_log, "available", lambda: False)
+    lines: list[str] = []
+    assert resolve(None, lines.append) is False
+    assert lines == [NOTE]
+    assert resolve(False, lines.append) is False and lines == [NOTE]
+    with pytest.raises(ConfigError, match=r"need the tensorboard package: pip install") as err:
+        resolve(True, lines.append)
+    assert err.value.option == "--tensorboard"
+
+
+@needs_tb
+def test_a_run_writes_every_metric_per_epoch_and_the_best_roc(store, tmp_path):
+    out = tmp_path / "run"
+    summary = train(store, SMALL, FAST, out, log=lambda _: None)
+    acc = events(out)
+    rows = metric_rows(out)
+    for column in METRIC_COLUMNS[1:]:
+        scalars = acc.Scalars(scalar_tag(column))
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx(
+            [float(r[column]) for r in rows], rel=1e-5, nan_ok=True
+        )
+    (roc,) = acc.Images("roc/best_epoch")
+    assert roc.step == summary["best_epoch"] and roc.encoded_image_string[:4] == b"\x89PNG"
+
+
+@needs_tb
+def test_each_fold_has_its_own_event_files(store, tmp_path):
+    out = tmp_path / "cv"
+    train(store, SMALL, TrainConfig(**{**vars(FAST), "epochs": 1, "folds": 2}), out,
+          log=lambda _: None)  # fmt: skip
+    assert not list(out.glob("events.out.tfevents.*"))
+    for k in (0, 1):
+        assert [s.step for s in events(out / f"fold{k}").Scalars("auc/val")] == [1]
+
+
+def test_without_the_package_a_run_says_so_once(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(tensorboard_log, "available", lambda: False)
+    lines: list[str] = []
+    out = tmp_path / "cv"
+    train(store, SMALL, TrainConfig(**{**vars(FAST), "epochs": 1, "folds": 2}), out,
+          log=lines.append)  # fmt: skip
+    assert lines.count(NOTE) == 1 and lines[0] == NOTE
+    assert not list(out.rglob("events.out.tfevents.*"))
+
+
+@needs_tb
+def test_resumed_board_replaces_the_epochs_after_the_checkpoint(tmp_path):
+    board = Board(tmp_path)
+    for epoch in (1, 2, 3):  # epoch 3 was logged, but last.pt holds epoch 2
+        board.epoch({"epoch": epoch, "val_auc": float(epoch)})
+    board.close()
+    board = Board(tmp_path, first_epoch=3)
+    for epoch in (3, 4):
+        board.epoch({"epoch": epoch, "val_auc": 10.0 * epoch})
+    board.close()
+    values = [(s.step, s.value) for s in events(tmp_path).Scalars("auc/val")]
+    assert values == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
+def test_a_disabled_board_writes_nothing(tmp_path):
+    board = Board(tmp_path, enabled=False)
+    board.epoch({"epoch": 1, "val_auc": 0.5})
+    board.roc(np.array([0, 1]), np.array([0.2, 0.8]), 1, "cnn2")
+    board.close()
+    assert list(tmp_path.iterdir()) == []
