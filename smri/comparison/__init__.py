@@ -6,7 +6,7 @@ features); `report` words it as summary.md; `figures.plot_runs` reads the runs, 
 curves and writes all of it into one folder.
 """
 
-from smri.comparison.compare import store_features
+from smri.comparison.common import store_features
 from smri.comparison.figures import check_plot_out, load_run, plot_runs
 from smri.comparison.report import summary_markdown
 

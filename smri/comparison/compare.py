@@ -36,12 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from smri.comparison.common import BASELINE, as_interval, finite, store_features
 from smri.errors import DataError
 from smri.metrics import baseline, stats
 from smri.training.runs import DAMAGED, member_dirs, read_prediction_table, read_run_json
 
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
-BASELINE = "intensity_logreg"
 
 
 @dataclass
@@ -111,19 +111,6 @@ def read_run(path: Path) -> Run:
 
 
 # ------------------------------------------------------------------------------ the comparison
-def finite(x: Any) -> float | None:
-    """x as a float, or None when it is not a finite number (JSON has no NaN)."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def as_interval(ci: tuple[float, float] | None) -> list[float] | None:
-    return None if ci is None else [float(ci[0]), float(ci[1])]
-
-
 def _labels(runs: Sequence[Run]) -> list[str]:
     """Each run's name in the tables: its model, or model@folder when a model repeats."""
     models = [r.model for r in runs]
@@ -260,14 +247,6 @@ def _comparison(
 def _not_compared(a: str, b: str) -> dict[str, Any]:
     return {"a": a, "b": b, "metric": "auc", "difference": None, "ci95": None, "p_value": None,
             "method": None}  # fmt: skip
-
-
-def store_features(store: Path, rows: Sequence[int]) -> np.ndarray:
-    """(len(rows), M * 9) intensity features of the given store rows, one patient at a time."""
-    from smri.store import StoreReader
-
-    with StoreReader(store) as reader:
-        return np.stack([baseline.intensity_features(reader.read(int(i))) for i in rows])
 
 
 def intensity_baseline(

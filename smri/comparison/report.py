@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from smri.comparison.compare import BASELINE
+from smri.comparison.common import BASELINE
 
 ALPHA = 0.05  # significance level of the sentences
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from smri.comparison.compare import BASELINE, as_interval, finite, store_features
+from smri.comparison.common import BASELINE, as_interval, finite, store_features
 from smri.errors import DataError
 from smri.evaluation.members import RunEvaluation, read_run_predictions
 from smri.metrics import baseline, heldout

@@ -11,13 +11,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from train_helpers import make_store, one_torch_thread, quiet  # noqa: F401 (autouse fixture)
 
 from smri.metrics import binary_metrics
 from smri.model_io import calibration_of, load_checkpoint, model_from_checkpoint
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
+from tests.helpers.cli import quiet
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 LABELS = [1, 1, 1, 0] * 6  # 75 % class 1, as BraTS
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import make_store, one_torch_thread, quiet  # noqa: F401 (autouse fixture)
 
 import smri.comparison.testset
 from smri.comparison.compare import compare
@@ -23,6 +22,9 @@ from smri.metrics import baseline
 from smri.models import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
+from tests.helpers.cli import quiet
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = TrainConfig(epochs=1, batch_size=4, workers=0, cache="ram", lr=3e-3, folds=2)
 SMALL = ModelConfig(width=0.25)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SMRI = Path(__file__).resolve().parents[1] / "smri"
+SMRI = Path(__file__).resolve().parents[2] / "smri"
 
 
 def _module(path: Path) -> str:
