@@ -1,9 +1,10 @@
 """smri: CNN-LSTM classification of structural MRI, from NIfTI folders to a trained model.
 
 The Python API (docs/api.md) is the library the `smri` commands call, with their options as
-keyword arguments: `smri.synth`, `smri.preprocess`, `smri.train`, `smri.evaluate`,
-`smri.explain`, `smri.predict`, and `smri.StoreDataset`, a torch Dataset of a store's patients.
-They are imported on first use, so `import smri` loads no torch.
+keyword arguments: `smri.synth`, `smri.preprocess`, `smri.info`, `smri.show`, `smri.train`,
+`smri.evaluate`, `smri.explain`, `smri.predict`, `smri.export`, `smri.plot` (and
+`smri.api.models`: `smri.models` is the models package), and `smri.StoreDataset`, a torch
+Dataset of a store's patients. They are imported on first use, so `import smri` loads no torch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ _LAZY = {
     "evaluate": "smri.api",
     "predict": "smri.api",
     "explain": "smri.api",
+    "export": "smri.api",
+    "plot": "smri.api",
+    "info": "smri.api",
+    "show": "smri.api",
     "StoreDataset": "smri.data",
 }
 
@@ -33,8 +38,12 @@ __all__ = [
     "StoreDataset",
     "evaluate",
     "explain",
+    "export",
+    "info",
+    "plot",
     "predict",
     "preprocess",
+    "show",
     "synth",
     "train",
 ]

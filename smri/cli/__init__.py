@@ -1,7 +1,8 @@
 """The `smri` command group.
 
-Commands live in their own modules and are imported only when invoked, so `smri --help` is
-instant and torch/matplotlib load only for the commands that need them.
+Each command lives in its own module, `smri/cli/<command>_cmd.py`, imported only when invoked,
+so `smri --help` is instant and torch/matplotlib load only for the commands that need them.
+Each parses its options, calls its function of `smri.api`, and prints the result.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from smri.cli.common import UNRECOVERABLE
 COMMANDS: dict[str, str] = {
     "synth": "smri.cli.synth_cmd:synth",
     "preprocess": "smri.cli.preprocess_cmd:preprocess",
-    "info": "smri.cli.preprocess_cmd:info",
-    "show": "smri.cli.synth_cmd:show",
-    "models": "smri.cli.train_cmd:models",
+    "info": "smri.cli.info_cmd:info",
+    "show": "smri.cli.show_cmd:show",
+    "models": "smri.cli.models_cmd:models",
     "train": "smri.cli.train_cmd:train",
-    "evaluate": "smri.cli.train_cmd:evaluate",
+    "evaluate": "smri.cli.evaluate_cmd:evaluate",
     "explain": "smri.cli.explain_cmd:explain",
-    "predict": "smri.cli.train_cmd:predict",
+    "predict": "smri.cli.predict_cmd:predict",
     "export": "smri.cli.export_cmd:export",
-    "plot": "smri.cli.train_cmd:plot",
+    "plot": "smri.cli.plot_cmd:plot",
 }
 
 

@@ -7,10 +7,11 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
+from smri.config import CACHE_MODES
 from smri.errors import ConfigError, SmriError
 
 # Errors after which the process must not tear down normally (a failed HDF5 write: h5py
@@ -116,3 +117,28 @@ def quiet_option(what: str) -> Callable[[Any], Any]:
         help=f"No progress bar{what}; warnings, errors and the final line are still printed "
         "[default: off].",
     )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cache_options(defaults: dict[str, Any]) -> Callable[[F], F]:
+    """--cache and --workers of train and evaluate, with their API function's defaults."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=defaults["workers"],
+            show_default=True,
+            help="DataLoader workers when streaming (--cache none).",
+        )(func)
+        return click.option(
+            "--cache",
+            type=click.Choice(CACHE_MODES),
+            default=defaults["cache"],
+            show_default=True,
+            help="Keep the store on the GPU / in RAM (auto: when it fits), or stream it (none).",
+        )(func)
+
+    return decorate

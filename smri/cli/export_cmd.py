@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from smri.cli.common import handle_errors, path_option_type
+from smri import api
+from smri.cli.common import api_defaults, handle_errors, path_option_type
+
+EXPORT = api_defaults(api.export)
 
 
 @click.command()
@@ -15,7 +18,7 @@ from smri.cli.common import handle_errors, path_option_type
 @click.option(
     "--fold",
     type=click.IntRange(min=0),
-    default=None,
+    default=EXPORT["fold"],
     help="Of a K-fold run, export fold K's model (0-based) [default: none: a K-fold run is "
     "refused with its folds listed; a single-split run needs none].",
 )
@@ -23,7 +26,7 @@ from smri.cli.common import handle_errors, path_option_type
     "--license",
     "license_",
     metavar="ID",
-    default=None,
+    default=EXPORT["license"],
     help="License id for the model card's front matter, e.g. mit or cc-by-nc-4.0 "
     "[default: none: no license line].",
 )
@@ -47,7 +50,5 @@ def export(run: Path, out_dir: Path, fold: int | None, license_: str | None,
     smri export runs/cnn2 models/glioma-cnn2
     smri export runs/cnn3-cv models/glioma-cnn3-fold2 --fold 2
     """
-    from smri.model_io import export_run
-
-    for path in export_run(run, out_dir, fold=fold, license=license_, overwrite=overwrite):
+    for path in api.export(run, out_dir, fold=fold, license=license_, overwrite=overwrite):
         click.echo(str(path))

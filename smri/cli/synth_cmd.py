@@ -1,4 +1,4 @@
-"""`smri synth` (a BraTS-like phantom cohort) and `smri show` (a PNG of one patient's slab)."""
+"""`smri synth`: a BraTS-like phantom cohort."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option
+from smri.cli.common import api_defaults, handle_errors, quiet_option
 from smri.errors import plural
 from smri.phantoms import FORMATS, LAYOUTS
 
@@ -99,80 +99,3 @@ def synth(
         f"{len(labels) - sum(labels)}) to {out} in {time.perf_counter() - t0:.1f} s; "
         f"parameters in {out / 'truth.csv'}"
     )
-
-
-@click.command()
-@click.argument("source", metavar="SOURCE", type=click.Path(exists=True, path_type=Path))
-@click.argument("patient_id", metavar="[PATIENT_ID]", required=False)
-@click.option(
-    "--out",
-    "-o",
-    type=OutputFile(),
-    required=True,
-    help="PNG file to write.",
-)
-@click.option(
-    "--montage",
-    is_flag=True,
-    help="Show every slice of the slab, one row per modality [default: off: the middle slice].",
-)
-@click.option(
-    "--modalities",
-    default=None,
-    help="Modalities to show, comma-separated, in order [default: flair,t1,t1ce,t2; for a "
-    "store, all of its modalities].",
-)
-@click.option(
-    "--slices",
-    type=click.IntRange(min=1),
-    default=api_defaults(api.preprocess)["slices"],
-    show_default=True,
-    help="Central slices kept from a raw folder (a store records its own).",
-)
-@click.option(
-    "--contours/--no-contours",
-    default=False,
-    show_default=True,
-    help="Outline the tumour regions of the folder's *seg* file, or of the store's mask.",
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace an existing --out file that is not a PNG image (a PNG is always replaced; "
-    "what SOURCE reads never is) [default: off].",
-)
-@handle_errors
-def show(
-    source: Path,
-    patient_id: str | None,
-    out: Path,
-    montage: bool,
-    modalities: str | None,
-    slices: int,
-    contours: bool,
-    overwrite: bool,
-) -> None:
-    """Draw what preprocessing keeps of one patient as a PNG (middle slice of each modality).
-
-    SOURCE is a patient folder, a cohort folder plus PATIENT_ID, or an .h5 store plus
-    PATIENT_ID. Raw folders get the same min–max normalisation and central slab as
-    `smri preprocess`.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from smri.discovery import parse_modalities
-    from smri.preprocessing.show import show_patient
-
-    names = parse_modalities(modalities) if modalities is not None else None
-    patient = show_patient(
-        source,
-        patient_id,
-        out,
-        modalities=names,
-        slices=slices,
-        montage=montage,
-        contours=contours,
-        overwrite=overwrite,
-    )
-    click.echo(f"wrote {out} ({patient.patient_id}, class {patient.label_text})")

@@ -1,11 +1,10 @@
-"""`smri models`, `smri train`, `smri evaluate`, `smri predict` and `smri plot`."""
+"""`smri train`: a run folder from a store, on one process or under torchrun."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,107 +12,19 @@ from smri import api
 from smri.api import RUN_OPTIONS
 from smri.cli.common import (
     FiniteFloatRange,
-    OutputFile,
     api_defaults,
+    cache_options,
     handle_errors,
     path_option_type,
     quiet_option,
 )
-from smri.config import CACHE_MODES, CLASS_WEIGHTS, MODEL_NAMES, ModelConfig
-from smri.discovery import DEFAULT_MODALITIES
+from smri.config import CLASS_WEIGHTS, MODEL_NAMES
 from smri.errors import ConfigError, RunInterrupted, SmriError
 
 if TYPE_CHECKING:
     from smri.training import Dist
 
 TRAIN = api_defaults(api.train)
-EVALUATE = api_defaults(api.evaluate)
-PREDICT = api_defaults(api.predict)
-
-
-def _parse_shape(text: str) -> tuple[int, int, int, int]:
-    try:
-        shape = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise ConfigError(f"expected M x S x H x W such as 4x32x240x240, got {text!r}", "--shape")
-    return shape  # type: ignore[return-value]
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def cache_options(defaults: dict[str, Any]) -> Callable[[F], F]:
-    """--cache and --workers of train and evaluate, with their API function's defaults."""
-
-    def decorate(func: F) -> F:
-        func = click.option(
-            "--workers",
-            type=click.IntRange(min=0),
-            default=defaults["workers"],
-            show_default=True,
-            help="DataLoader workers when streaming (--cache none).",
-        )(func)
-        return click.option(
-            "--cache",
-            type=click.Choice(CACHE_MODES),
-            default=defaults["cache"],
-            show_default=True,
-            help="Keep the store on the GPU / in RAM (auto: when it fits), or stream it (none).",
-        )(func)
-
-    return decorate
-
-
-@click.command()
-@click.option(
-    "--shape",
-    default="x".join(str(n) for n in (len(DEFAULT_MODALITIES), *ModelConfig().volume_shape)),
-    show_default=True,
-    help="Input geometry M x S x H x W (modalities x slices x height x width).",
-)
-@click.option(
-    "--width",
-    type=float,
-    default=ModelConfig().width,
-    show_default=True,
-    help="Channel multiplier of the conv blocks (16-32-64-128 at 1).",
-)
-@click.option(
-    "--input-pool",
-    type=click.IntRange(min=1),
-    default=ModelConfig().input_pool,
-    show_default=True,
-    help="Average each slice over K x K voxels before the first conv block (1: off, the seed).",
-)
-@handle_errors
-def models(shape: str, width: float, input_pool: int) -> None:
-    """List the models and their parameter counts at a given input geometry."""
-    from smri.models import build_model, count_parameters
-
-    m, s, h, w = _parse_shape(shape)
-    about = {
-        "cnn1": "conv blocks -> flatten -> FC 256 (baseline, large)",
-        "cnn2": "conv blocks -> global average pooling",
-        "cnn3": "CNN2 + squeeze-and-excitation (r=8)",
-    }
-    rows = []
-    for name in MODEL_NAMES:  # all built (or refused) before a line is printed
-        cfg = ModelConfig(name=name, volume_shape=(s, h, w), width=width, input_pool=input_pool)
-        model = build_model(cfg)
-        cnn, total = count_parameters(model.cnn), count_parameters(model)
-        rows.append(
-            f"{name:<6} {cnn:>12,} {total - cnn:>10,} {total:>12,} {model.cnn.out_features:>6}  "
-            f"{about[name]}"
-        )
-    click.echo(
-        f"input {m}x{s}x{h}x{w}, width {width:g}"
-        + (f", pooled {input_pool}x{input_pool} in-plane" if input_pool > 1 else "")
-        + f"; the CNN is shared across the {m} modalities"
-    )
-    click.echo(f"{'model':<6} {'CNN':>12} {'LSTM+head':>10} {'total':>12} {'embed':>6}  design")
-    click.echo("\n".join(rows))
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -334,125 +245,3 @@ def _train(dist: Dist, store: Path | None, opts: dict[str, Any]) -> None:
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
     """click.echo of ranks other than 0."""
-
-
-@click.command()
-@click.argument("checkpoint", metavar="MODEL", type=path_option_type(exists=True))
-@click.argument("store", type=path_option_type(dir_okay=False))
-@click.option("--out", type=path_option_type(file_okay=False), default=None,
-              help="Folder for metrics.json, predictions.csv, roc.png [default: eval-<store "
-                   "name> beside the checkpoint, or inside an exported MODEL folder].")  # fmt: skip
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=EVALUATE["batch_size"],
-    show_default=True,
-    help="Patients per batch.",
-)
-@click.option("--device", default=EVALUATE["device"], show_default=True,
-              help="auto, cuda, cuda:N or cpu.")  # fmt: skip
-@cache_options(EVALUATE)
-@click.option(
-    "--saliency-patients",
-    type=click.IntRange(min=0),
-    default=EVALUATE["saliency_patients"],
-    show_default=True,
-    help="When STORE has masks: the share of saliency inside the tumour, as smri explain "
-    "computes it, averaged over this many patients with tumour in the slab at most (the run's "
-    "validation patients when STORE holds them, else all); 0 skips it.",
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace the results of an earlier evaluate in --out [default: off: refuse].",
-)
-@quiet_option("")
-@handle_errors
-def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
-             cache: str, workers: int, saliency_patients: int, overwrite: bool,
-             quiet: bool) -> None:  # fmt: skip
-    """Metrics of MODEL on every labelled patient of STORE (e.g. a held-out cohort).
-
-    MODEL is a checkpoint (a run's best.pt) or a folder written by `smri export`. Prints the
-    metrics as JSON; writes them with predictions.csv and a ROC curve to --out.
-    """
-    report = api.evaluate(checkpoint, store, out=out, batch_size=batch_size, device=device,
-                          cache=cache, workers=workers, saliency_patients=saliency_patients,
-                          overwrite=overwrite, quiet=quiet,
-                          log=lambda line: click.echo(line, err=True))  # fmt: skip
-    where = report.pop("out")
-    from smri.jsonfiles import json_text
-
-    click.echo(json_text(report))  # NaN (an AUC of one class) as null, as in metrics.json
-    click.echo(f"written to {where}", err=True)
-
-
-@click.command()
-@click.argument("checkpoint", metavar="MODEL", type=path_option_type(exists=True))
-@click.argument("patient_dirs", nargs=-1, required=True,
-                type=path_option_type(file_okay=False, exists=True))  # fmt: skip
-@click.option(
-    "--csv",
-    "csv_path",
-    type=OutputFile(),
-    default=None,
-    help="Also write patient_id,probability,predicted to this CSV file "
-    "[default: none: print only].",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=PREDICT["batch_size"],
-    show_default=True,
-    help="Patients per forward pass.",
-)
-@click.option("--device", default=PREDICT["device"], show_default=True,
-              help="auto, cuda, cuda:N or cpu.")  # fmt: skip
-@click.option(
-    "--overwrite", is_flag=True, help="Replace an existing --csv file [default: off: refuse]."
-)
-@quiet_option("")
-@handle_errors
-def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | None,
-            batch_size: int, device: str, overwrite: bool, quiet: bool) -> None:  # fmt: skip
-    """Probability of class 1 for raw NIfTI patient folders, preprocessed as the store was.
-
-    MODEL is a checkpoint (a run's best.pt) or a folder written by `smri export`. A folder is
-    a BraTS-style patient folder (2018-2021 or 2023 names), a BIDS subject (sub-01, one
-    session) or a BIDS session folder (sub-01/ses-02, predicted as sub-01_ses-02).
-    """
-    results = api.predict(checkpoint, patient_dirs, csv=csv_path, batch_size=batch_size,
-                          device=device, overwrite=overwrite, quiet=quiet,
-                          log=lambda line: click.echo(line, err=True))  # fmt: skip
-    width = max(len("patient_id"), *(len(r.patient_id) for r in results))
-    click.echo(f"{'patient_id':<{width}}  probability  predicted")
-    for r in results:
-        click.echo(f"{r.patient_id:<{width}}  {r.probability:>11.4f}  {r.predicted}")
-
-
-@click.command()
-@click.argument("run_dirs", nargs=-1, required=True,
-                type=path_option_type(file_okay=False, exists=True))  # fmt: skip
-@click.option(
-    "--out",
-    type=path_option_type(file_okay=False),
-    default=Path("figures"),
-    show_default=True,
-    help="Folder for the PNG figures, summary.md and summary.json.",
-)
-@click.option(
-    "--store",
-    type=path_option_type(dir_okay=False, exists=True),
-    default=None,
-    help="The store the runs trained on, for the intensity baseline  [default: the path "
-    "recorded in the first run's config.json]",
-)
-@handle_errors
-def plot(run_dirs: tuple[Path, ...], out: Path, store: Path | None) -> None:
-    """Figures and summary comparing runs: loss, accuracy and ROC (K folds as mean ± std
-    bands); every model's AUC and balanced accuracy with 95 % intervals, paired tests between
-    models on the same patients, and the majority and intensity baselines."""
-    from smri.comparison import plot_runs
-
-    for path in plot_runs(run_dirs, out, store):
-        click.echo(str(path))

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import smri
 from smri import api
-from smri.cli import main
+from smri.cli import COMMANDS, main
 from smri.config import CACHE_MODES, CLASS_WEIGHTS, MODEL_NAMES, ModelConfig, TrainConfig
 from smri.discovery import parse_classes, parse_modalities
 from smri.errors import ConfigError, DataError
@@ -27,11 +27,11 @@ from tests.helpers.stores import make_store
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
-API = {"synth": api.synth, "preprocess": api.preprocess, "train": api.train,
-       "evaluate": api.evaluate, "predict": api.predict}  # fmt: skip
+API = {name: getattr(api, name) for name in COMMANDS}  # every command is a function
 # click parameter name -> API keyword, where they differ
 RENAMED = {"input_dir": "input", "labels_csv": "labels", "fmt": "format", "compile_": "compile",
-           "checkpoint": "model", "csv_path": "csv"}  # fmt: skip
+           "checkpoint": "model", "csv_path": "csv", "license_": "license"}  # fmt: skip
+PRINTING = {"as_json"}  # options of how a command prints (--json): none of the function's
 
 
 def _command(name: str) -> click.Command:
@@ -56,7 +56,11 @@ def test_the_api_names_stay_functions_after_their_modules_are_imported():
     import smri.preprocessing
     import smri.training
 
-    assert {name: getattr(smri, name) for name in API} == API
+    assert {name: getattr(smri, name) for name in API if name != "models"} == {
+        name: func for name, func in API.items() if name != "models"
+    }
+    assert smri.models.__name__ == "smri.models"  # the models package; the listing is api.models
+    assert api.models.__module__ == "smri.api.runs"
     assert smri.StoreDataset.__module__ == "smri.data.dataset"
     assert set(smri.__all__) <= set(dir(smri))
     with pytest.raises(AttributeError, match="has no attribute 'fit'"):
@@ -70,17 +74,23 @@ def test_every_command_default_is_the_api_default(name):
     expected = _defaults(API[name])
     command, wrong = _command(name), []
     for param in command.params:
-        if not isinstance(param, click.Option) or param.name == "help":
+        if not isinstance(param, click.Option) or param.name in ("help", *PRINTING):
             continue
         key = RENAMED.get(param.name, param.name)
-        assert key in expected, f"smri {name} {param.opts[0]} has no keyword in smri.{name}"
+        keywords = inspect.signature(API[name]).parameters
+        assert key in keywords, f"smri {name} {param.opts[0]} has no keyword in smri.{name}"
+        if key not in expected:  # a required option is a keyword without a default
+            assert param.required, f"smri {name} {param.opts[0]}: smri.{name} has no default"
+            continue
         default = param.get_default(click.Context(command))
-        if key == "modalities":
+        if key == "modalities" and default is not None:
             default = parse_modalities(default)
         if key == "classes":  # the API's None: the dataclass's classes (the CLI shows them)
             default, expected[key] = parse_classes(default), PreprocessConfig().classes
         if key == "shape":
-            default = tuple(default)
+            default = (
+                tuple(int(v) for v in default.split("x")) if name == "models" else tuple(default)
+            )
         if default != expected[key]:
             wrong.append(f"{param.opts[0]}: {default!r} != {expected[key]!r}")
     assert not wrong, f"smri {name}: " + "; ".join(wrong)

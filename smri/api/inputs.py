@@ -1,0 +1,207 @@
+"""The API of cohorts and stores: `synth` (a phantom cohort), `preprocess` (NIfTI folders to a
+store), `info` (what a store holds) and `show` (a PNG of one patient's slab)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from smri.api.common import Log, PathLike, bars, silent
+from smri.atomic import OutputLock
+from smri.errors import ConfigError, DataError
+from smri.parallel import DEFAULT_BACKEND, cap_jobs
+from smri.phantoms import SynthConfig
+from smri.preprocessing import PreprocessConfig, PreprocessSummary
+
+if TYPE_CHECKING:
+    from smri.preprocessing.show import ShownPatient
+    from smri.store import StoreInfo
+
+_PRE, _SYNTH = PreprocessConfig(), SynthConfig()
+
+
+# ------------------------------------------------------------------------------------ synth
+def synth(
+    out: PathLike,
+    *,
+    patients: int = _SYNTH.patients,
+    hgg_fraction: float = _SYNTH.hgg_fraction,
+    layout: str = _SYNTH.layout,
+    format: str = _SYNTH.fmt,
+    shape: tuple[int, int, int] = _SYNTH.shape,
+    seed: int = _SYNTH.seed,
+    jobs: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Write a BraTS-like phantom cohort to the folder `out` (`smri synth`); returns `out`.
+
+    `out/truth.csv` records each case's class and tumour parameters. `jobs`: worker processes
+    (None: all cores). The same settings write the same bytes.
+    """
+    from smri.phantoms import synthesize
+
+    cfg = SynthConfig(patients=patients, hgg_fraction=hgg_fraction, shape=tuple(shape),
+                      layout=layout, fmt=format, seed=seed)  # fmt: skip
+    cfg.validate()
+    jobs = _synth_jobs(cfg, cap_jobs(jobs, silent))  # at most one per core, and as memory allows
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(Path(out)):  # a second synth into OUT stops here, before it deletes a file
+        try:
+            synthesize(cfg, Path(out), jobs=jobs, overwrite=overwrite,
+                       progress=bars(progress, quiet))  # fmt: skip
+        except MemoryError:
+            raise DataError(_synth_memory(cfg, "ran out of memory")) from None
+        except Exception as exc:  # joblib's TerminatedWorkerError: a worker killed by the OS
+            if type(exc).__name__ != "TerminatedWorkerError":
+                raise
+            raise DataError(_synth_memory(cfg, "a worker process was killed")) from None
+    return Path(out)
+
+
+# Peak memory of one phantom being made and written, per voxel of --shape: measured 38-52
+# bytes (96^3 to 256x256x200); a margin on top.
+SYNTH_BYTES_PER_VOXEL = 64
+
+
+def _synth_jobs(cfg: SynthConfig, jobs: int) -> int:
+    """Worker processes that fit in the available memory; ConfigError (--shape) if none does."""
+    from smri.parallel import available_memory
+
+    need = math.prod(cfg.shape) * SYNTH_BYTES_PER_VOXEL
+    fits = available_memory() // need
+    if fits < 1:
+        raise ConfigError(_synth_memory(cfg, "too large for this machine", jobs=False),
+                          option="--shape")  # fmt: skip
+    return int(min(jobs, fits))
+
+
+def _synth_memory(cfg: SynthConfig, what: str, jobs: bool = True) -> str:
+    from smri.parallel import available_memory
+
+    x, y, z = cfg.shape
+    need = math.prod(cfg.shape) * SYNTH_BYTES_PER_VOXEL
+    return (
+        f"{what}: a phantom of {x}x{y}x{z} voxels takes about {need / 2**30:,.1f} GiB while it "
+        f"is made, and {available_memory() / 2**30:,.1f} GiB are available; use a smaller "
+        "--shape (the field of view stays 240x240x155 mm)" + (" or fewer --jobs" if jobs else "")
+    )
+
+
+# ------------------------------------------------------------------------------- preprocess
+def preprocess(
+    input: PathLike,
+    output: PathLike,
+    *,
+    jobs: int | None = None,
+    modalities: str | Sequence[str] = _PRE.modalities,
+    slices: int = _PRE.slices,
+    labels: PathLike | None = None,
+    classes: str | Mapping[str, int] | None = None,
+    label_column: str | None = None,
+    positive: str | None = None,
+    session: str | None = None,
+    dtype: str = _PRE.dtype,
+    compression: str = _PRE.compression,
+    canonical: bool = _PRE.canonical,
+    masks: bool = _PRE.masks,
+    overwrite: bool = False,
+    append: bool = False,
+    resume: bool = False,
+    strict: bool = False,
+    backend: str = DEFAULT_BACKEND,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+    quiet: bool = False,
+    log: Log = print,
+) -> PreprocessSummary:
+    """Preprocess the patient folders under `input` into the HDF5 store `output`
+    (`smri preprocess`); returns the summary: `.written` per class, `.skipped` with reasons,
+    `.output`, `.seconds`, `.warnings`, and `.line()`, the command's last line.
+
+    `modalities`: names in order (``"flair,t1"`` or a sequence); `classes`: ``"LGG=0,HGG=1"``
+    or a mapping (None: LGG=0,HGG=1, or with `positive`, ``not VALUE``=0 and VALUE=1);
+    `labels`: a labels CSV. `masks`: store each patient's segmentation of the slab (schema
+    version 2; never used in training). Messages (skipped patients, warnings) go to `log`;
+    `quiet` only hides the progress bar, since preprocessing prints nothing else.
+    """
+    from smri.discovery import BidsOptions, parse_classes, parse_modalities
+    from smri.files import special_kind
+
+    if append and (overwrite or resume):
+        raise ConfigError(
+            f"--append cannot be combined with {'--overwrite' if overwrite else '--resume'}: "
+            "an append adds to OUTPUT (and an interrupted one leaves it unchanged)"
+        )
+    labels_csv = None if labels is None else Path(labels)
+    if labels_csv is not None and not labels_csv.is_file():
+        kind = special_kind(labels_csv)
+        problem = (f"is {kind}, not a regular file" if kind else "is a folder; expected a CSV "
+                   "file" if labels_csv.is_dir() else "no such file")  # fmt: skip
+        raise ConfigError(f"{labels_csv}: {problem}", option="--labels")
+    if classes is None:
+        class_names = {f"not {positive}": 0, positive: 1} if positive else dict(_PRE.classes)
+    elif isinstance(classes, str):
+        class_names = parse_classes(classes)
+    else:
+        class_names = parse_classes(",".join(f"{k}={v}" for k, v in classes.items()))
+    names = modalities if isinstance(modalities, str) else ",".join(modalities)
+    cfg = PreprocessConfig(modalities=parse_modalities(names), slices=slices, dtype=dtype,
+                           compression=compression, canonical=canonical,
+                           classes=class_names, masks=masks)  # fmt: skip
+    common = {
+        "jobs": jobs, "labels_csv": labels_csv, "strict": strict, "backend": backend,
+        "scheduler": scheduler, "progress": bars(progress, quiet), "echo": log,
+        "bids": BidsOptions(label_column, positive, session),
+    }  # fmt: skip
+    if append:
+        from smri.preprocessing import append_preprocess
+
+        return append_preprocess(Path(input), Path(output), cfg, **common)
+    from smri.preprocessing import run_preprocess
+
+    return run_preprocess(Path(input), Path(output), cfg, overwrite=overwrite, resume=resume,
+                          **common)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- info
+def info(store: PathLike) -> StoreInfo:
+    """What the store `store` holds (`smri info`): patients per class, shape, dtype, settings,
+    masks and how much tumour the slab holds, orientations, skipped patients; `.as_dict()` is
+    what ``smri info --json`` prints."""
+    from smri.store import read_info
+
+    return read_info(Path(store))
+
+
+# ------------------------------------------------------------------------------------- show
+def show(
+    source: PathLike,
+    patient_id: str | None = None,
+    *,
+    out: PathLike,
+    montage: bool = False,
+    modalities: str | Sequence[str] | None = None,
+    slices: int = _PRE.slices,
+    contours: bool = False,
+    overwrite: bool = False,
+) -> ShownPatient:
+    """Draw what preprocessing keeps of one patient into the PNG `out` (`smri show`); returns
+    the patient drawn (`.patient_id`, `.label_text`, `.slab` (M, S, H, W)).
+
+    `source`: a patient folder, a cohort folder with `patient_id`, or a store with
+    `patient_id`. Raw folders get preprocessing's min–max and central slab of `slices`.
+    """
+    from smri.discovery import parse_modalities
+    from smri.preprocessing.show import show_patient
+
+    names = None
+    if modalities is not None:
+        names = parse_modalities(
+            modalities if isinstance(modalities, str) else ",".join(modalities)
+        )
+    return show_patient(Path(source), patient_id, Path(out), modalities=names, slices=slices,
+                        montage=montage, contours=contours, overwrite=overwrite)  # fmt: skip
