@@ -58,6 +58,11 @@ clean:  ## remove the virtual environment and caches
 #   make experiments DATA=/path/to/BraTS  a real copy, either BraTS layout
 #   make experiments FOLDS=1              one stratified split instead of cross-validation
 #   make experiments QUICK=1              a tiny smoke run (what CI runs)
+#   make experiments SEEDS=3              every fold trained with 3 initialisation seeds
+# The untouched test set: the demo generates a second, independent phantom cohort (seed
+# TEST_SEED, site code TST in its ids); with DATA, a stratified TEST_FRACTION of the patients
+# is listed in OUT/holdout.csv before anything trains, kept out of every fold by
+# `smri train --holdout`, and scored only at the end (`smri evaluate RUN ... --out RUN/test`).
 # Training settings are smri train's own defaults (smri train --help says where each comes
 # from); this file passes only what it changes: the demo's size on a machine without a GPU, and
 # any variable you set (EPOCHS, BATCH, WIDTH, DROPOUT, INPUT_POOL, AUGMENT=0/1, SEED, DEVICE).
@@ -77,6 +82,9 @@ INPUT_POOL ?=
 AUGMENT ?=
 SEED    ?=
 DEVICE  ?=
+SEEDS   ?= 1
+TEST_FRACTION ?= 0.2
+TEST_SEED ?= $(shell echo $$(( $(or $(SEED),0) + 1000 )))
 HAS_GPU := $(shell $(BIN)/python -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
 
 ifeq ($(QUICK),1)
@@ -109,15 +117,21 @@ TRAIN_OPTIONS := $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH)
   $(call opt,--width,$(WIDTH)) $(call opt,--dropout,$(DROPOUT)) \
   $(call opt,--input-pool,$(INPUT_POOL)) $(AUGMENT_FLAG) \
   $(call opt,--seed,$(SEED)) $(call opt,--device,$(DEVICE)) \
-  $(if $(filter-out 1,$(FOLDS)),--folds $(FOLDS)) $(call opt,--jobs,$(FOLD_JOBS))
+  $(if $(filter-out 1,$(FOLDS)),--folds $(FOLDS)) $(call opt,--jobs,$(FOLD_JOBS)) \
+  $(if $(filter-out 1,$(SEEDS)),--seeds $(SEEDS))
 
-ifeq ($(strip $(DATA)),)
-  INPUT := $(OUT)/demo
-else
-  INPUT := $(DATA)
-endif
 STORE := $(OUT)/store.h5
+ifeq ($(strip $(DATA)),)
+  INPUT      := $(OUT)/demo
+  TEST_STORE := $(OUT)/test.h5
+  HOLDOUT    :=
+else
+  INPUT      := $(DATA)
+  TEST_STORE := $(STORE)
+  HOLDOUT    := $(OUT)/holdout.csv
+endif
 RUNS  := $(foreach m,$(MODELS),$(OUT)/runs/$(m)/summary.json)
+TESTS := $(foreach m,$(MODELS),$(OUT)/runs/$(m)/test/metrics.json)
 SMRI  := $(BIN)/smri
 
 .PHONY: experiments settings
@@ -128,20 +142,34 @@ settings:
 	@echo "smri experiments: DATA=$(if $(DATA),$(DATA),<demo cohort from smri synth>) OUT=$(OUT)"
 	@echo "  models=$(MODELS) folds=$(FOLDS) jobs=$(JOBS); smri train $(strip $(TRAIN_OPTIONS)) (everything else: smri train's defaults)"
 	@$(if $(DATA),,echo "  demo cohort: $(PATIENTS) phantoms of $(SHAPE) voxels -- $(SIZE_NOTE)")
+	@echo "  test set: $(if $(DATA),a stratified $(TEST_FRACTION) of DATA's patients held out ($(HOLDOUT)),a second phantom cohort ($(PATIENTS) patients, seed $(TEST_SEED))), scored only at the end"
 
 $(OUT)/demo/truth.csv: | $(STAMP)
 	$(SMRI) synth $(OUT)/demo --patients $(PATIENTS) --shape $(SHAPE) $(call opt,--seed,$(SEED)) --jobs $(JOBS) --overwrite
+
+$(OUT)/test-demo/truth.csv: | $(STAMP)
+	$(SMRI) synth $(OUT)/test-demo --patients $(PATIENTS) --shape $(SHAPE) --seed $(TEST_SEED) --site TST --jobs $(JOBS) --overwrite
 
 $(STORE): $(if $(DATA),,$(OUT)/demo/truth.csv) | $(STAMP)
 	mkdir -p $(@D)
 	$(SMRI) preprocess $(INPUT) $@ --jobs $(JOBS) --overwrite
 
-$(OUT)/runs/%/summary.json: $(STORE)
+$(OUT)/test.h5: $(OUT)/test-demo/truth.csv | $(STAMP)
+	$(SMRI) preprocess $(OUT)/test-demo $@ --jobs $(JOBS) --overwrite
+
+$(OUT)/holdout.csv: $(STORE)
+	$(SMRI) holdout $(STORE) $@ --fraction $(TEST_FRACTION) $(call opt,--seed,$(SEED)) --overwrite
+
+$(OUT)/runs/%/summary.json: $(STORE) $(HOLDOUT)
 	if [ -f $(OUT)/runs/$*/config.json ]; then \
 	  $(SMRI) train --resume $(OUT)/runs/$*; \
 	else \
-	  $(SMRI) train $(STORE) --model $* $(strip $(TRAIN_OPTIONS)) --out $(OUT)/runs/$*; \
+	  $(SMRI) train $(STORE) --model $* $(strip $(TRAIN_OPTIONS)) $(call opt,--holdout,$(HOLDOUT)) --out $(OUT)/runs/$*; \
 	fi
 
-$(OUT)/summary.md: $(RUNS)
-	$(SMRI) plot $(addprefix $(OUT)/runs/,$(MODELS)) --store $(STORE) --out $(OUT)
+# every training of the run (each fold and seed) on the untouched test patients
+$(OUT)/runs/%/test/metrics.json: $(OUT)/runs/%/summary.json $(TEST_STORE) $(HOLDOUT)
+	$(SMRI) evaluate $(OUT)/runs/$* $(TEST_STORE) $(call opt,--patients,$(HOLDOUT)) --out $(OUT)/runs/$*/test --overwrite
+
+$(OUT)/summary.md: $(RUNS) $(TESTS)
+	$(SMRI) plot $(addprefix $(OUT)/runs/,$(MODELS)) --store $(STORE) --test test --out $(OUT)
