@@ -165,27 +165,35 @@ def fit_folds_in_parallel(
     CPU threads; returns each member's summary by its folder.
 
     Two single-threaded trainings do more per second than one on two threads (small 3D
-    convolutions scale poorly across threads: benchmarks/RESULTS.md). Each worker prints its
-    own lines, prefixed "fold k:". Ctrl-C or an error stops every worker; each fold keeps its
-    last finished epoch in last.pt (checkpoints are written atomically), and workers end with
-    the parent however it ends.
+    convolutions scale poorly across threads: benchmarks/RESULTS.md); but the last trainings,
+    when fewer remain than workers, would leave cores idle, so they get those cores' threads
+    from the start (decided by their place in the order, so a run is the same every time).
+    Each worker prints its own lines, prefixed "fold k:". Ctrl-C or an error stops every
+    worker; each fold keeps its last finished epoch in last.pt (checkpoints are written
+    atomically), and workers end with the parent however it ends.
     """
     import multiprocessing
 
     from smri.parallel import cap_jobs
 
     jobs = min(cap_jobs(jobs, log), len(pending))
-    threads = max(1, torch.get_num_threads() // jobs)
+    total = torch.get_num_threads()
+    threads = max(1, total // jobs)
+    tail = len(pending) % jobs  # trainings that run with fewer beside them than workers
+    plan = [threads] * (len(pending) - tail) + [max(1, total // tail)] * tail if tail else None
+    plan = plan or [threads] * len(pending)
     plain = all(m.repeat == 0 and "/" not in m.folder for m in pending)  # as smri always said
     names = ("folds " + ", ".join(str(m.split.fold) for m in pending) if plain
              else ", ".join(m.label for m in pending))  # fmt: skip
+    last = f", the last {tail} with {plan[-1]}" if tail and plan[-1] != threads else ""
     log(f"{names}: {jobs} at a time, "
-        f"{threads} thread{'s' if threads > 1 else ''} each")  # fmt: skip
+        f"{threads} thread{'s' if threads > 1 else ''} each{last}")  # fmt: skip
     ctx = multiprocessing.get_context("spawn")  # no forked torch or HDF5 state in the workers
     pool = ctx.Pool(jobs, initializer=_fold_worker_init, initargs=(os.getpid(), threads))
     done = False
     try:
-        results = dict(pool.imap_unordered(_fold_worker, [(job, m) for m in pending]))
+        tasks = [(job, m, n) for m, n in zip(pending, plan, strict=True)]
+        results = dict(pool.imap_unordered(_fold_worker, tasks))
         pool.close()  # done: the workers leave on their own (terminating them here would
         done = True  # leave their semaphores to a resource_tracker warning)
         return results
@@ -210,8 +218,9 @@ def _fold_worker_init(parent: int, threads: int) -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def _fold_worker(task: tuple[FoldJob, Member]) -> tuple[str, dict[str, Any]]:
-    fold_job, m = task
+def _fold_worker(task: tuple[FoldJob, Member, int]) -> tuple[str, dict[str, Any]]:
+    fold_job, m, threads = task
+    torch.set_num_threads(threads)
 
     def log(line: str) -> None:
         if fold_job.verbose:
