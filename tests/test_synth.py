@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from bad_values import cases
 from click.testing import CliRunner
 
 from smri.cli import main
@@ -232,21 +233,13 @@ def test_tumour_positions_along_the_slice_axis_are_brats_like() -> None:
     assert 1 <= (share < 0.1).sum() <= 8
 
 
-@pytest.mark.parametrize(
-    ("args", "option", "message"),
-    [
-        (["--shape", 48, 48, 31], "'--shape'", "Z must be at least 32"),
-        (["--shape", 8, 48, 40], "'--shape'", "X and Y must be at least 16"),
-        (["--hgg-fraction", 1.5], "'--hgg-fraction'", "between 0 and 1, got 1.5"),
-        (["--patients", 0], "'--patients'", "at least 1 patient, got 0"),
-    ],
-)
+@pytest.mark.parametrize(("args", "option", "message"), cases("synth"))  # tests/bad_values.py
 def test_bad_options_exit_2_naming_option(
     tmp_path: Path, args: list, option: str, message: str
 ) -> None:
     result = run("synth", tmp_path / "out", *args)
     assert result.exit_code == 2
-    assert f"Invalid value for {option}" in result.output
+    assert f"Invalid value for '{option}'" in result.output
     assert message in result.output
     assert not (tmp_path / "out").exists()
 
