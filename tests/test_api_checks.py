@@ -244,3 +244,31 @@ def test_load_model_refuses_what_is_not_a_model(where, tmp_path):
     with pytest.raises(ConfigError, match=r"^device: expected a string, got 0$"):
         smri.load_model(where["model"], device=0)
 
+
+# ------------------------------------------------------------- documented, and typed
+def test_every_public_function_documents_every_argument():
+    from api_reference import public, split_doc
+
+    for name, obj in public():
+        _, args = split_doc(obj)
+        params = list(inspect.signature(obj).parameters)
+        assert list(args) == params, f"{name}: Args {list(args)} != arguments {params}"
+        assert all(text.strip() for text in args.values()), name
+
+
+def test_the_api_reference_is_generated_from_the_code():
+    from api_reference import END, PAGE, START, reference
+
+    page = PAGE.read_text(encoding="utf-8")
+    section = START + page.partition(START)[2].partition(END)[0] + END
+    assert section == reference(), "docs/api.md is stale: run python tests/api_reference.py"
+
+
+def test_the_package_ships_py_typed():
+    import configparser
+
+    root = Path(smri.__file__).parent
+    assert (root / "py.typed").is_file()
+    cfg = configparser.ConfigParser()
+    cfg.read(root.parent / "setup.cfg")
+    assert "py.typed" in cfg["options.package_data"]["smri"]
