@@ -3,8 +3,9 @@
 The Python API (docs/api.md) is the library the `smri` commands call, with their options as
 keyword arguments: `smri.synth`, `smri.preprocess`, `smri.info`, `smri.show`, `smri.train`,
 `smri.evaluate`, `smri.explain`, `smri.predict`, `smri.export`, `smri.plot` (and
-`smri.api.models`: `smri.models` is the models package), and `smri.StoreDataset`, a torch
-Dataset of a store's patients. They are imported on first use, so `import smri` loads no torch.
+`smri.api.models`: `smri.models` is the models package), `smri.load_model` (a trained model
+as a torch module) and `smri.StoreDataset`, a torch Dataset of a store's patients. They are
+imported on first use, so `import smri` loads no torch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _LAZY = {
     "plot": "smri.api",
     "info": "smri.api",
     "show": "smri.api",
+    "load_model": "smri.api",
     "StoreDataset": "smri.data",
 }
 
@@ -40,6 +42,7 @@ __all__ = [
     "explain",
     "export",
     "info",
+    "load_model",
     "plot",
     "predict",
     "preprocess",

@@ -11,18 +11,19 @@ Keyword arguments are the commands' options (`--batch-size` is `batch_size=`) wi
 defaults: those of the settings dataclasses (`smri.config`, `PreprocessConfig`, `SynthConfig`)
 and, for options no dataclass holds, of these signatures, which the CLI reads. Errors are the
 typed exceptions of `smri.errors` that the CLI maps to exit codes: `ConfigError` (settings;
-exit 2), other `SmriError`s (data; exit 1). Messages name options as the CLI spells them.
+exit 2), other `SmriError`s (data; exit 1). Messages name keywords (`overwrite=True`).
 
 Output: `log` receives info lines and warnings (default: print); `quiet` drops the info lines
 and progress bars, never warnings; `progress` None shows bars when stderr is a terminal.
 This package imports no torch: the work is imported on the first call. See docs/api.md.
 Its modules, by job: `inputs` (synth, preprocess, info, show), `runs` (models, train, export,
-plot), `inference` (evaluate, explain, predict), `common` (what they share). No module is named
-like a function: `smri.api.train` is the function.
+plot), `inference` (evaluate, explain, predict, load_model), `checks` (every setting's rule),
+`common` (what they share: `public`, the messages worded for Python). No module is named like
+a function: `smri.api.train` is the function.
 """
 
 from smri.api.common import Log, PathLike
-from smri.api.inference import EVAL_FILES, evaluate, explain, predict
+from smri.api.inference import EVAL_FILES, evaluate, explain, load_model, predict
 from smri.api.inputs import SYNTH_BYTES_PER_VOXEL, info, preprocess, show, synth
 from smri.api.runs import RUN_OPTIONS, export, interrupted_message, models, plot, train
 
@@ -37,6 +38,7 @@ __all__ = [
     "export",
     "info",
     "interrupted_message",
+    "load_model",
     "models",
     "plot",
     "predict",

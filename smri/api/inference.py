@@ -1,5 +1,5 @@
 """The API of a trained model at work: `evaluate` (metrics on a store), `explain` (saliency
-against the tumour) and `predict` (raw patient folders)."""
+against the tumour), `predict` (raw patient folders) and `load_model` (the model itself)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smri.api.common import Log, PathLike, bars, refuse_run_folder, silent
+from smri.api.common import Log, PathLike, bars, public, refuse_run_folder, silent
 from smri.atomic import OutputLock, check_not_input
-from smri.config import MOSTLY_OUTSIDE, SALIENCY_STEPS
+from smri.config import MOSTLY_OUTSIDE, SALIENCY_STEPS, ModelConfig
 from smri.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
+
     from smri.evaluation import Prediction
 
 EVAL_FILES = ("metrics.json", "predictions.csv", "roc.png")  # what `evaluate` writes
 
 
 # --------------------------------------------------------------------------------- evaluate
+@public
 def evaluate(
     model: PathLike,
     store: PathLike,
@@ -37,17 +40,30 @@ def evaluate(
     quiet: bool = False,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Metrics of `model` (a checkpoint such as a run's best.pt, or an `smri export` folder)
-    on every labelled patient of `store` (`smri evaluate`).
+    """Metrics of `model` on every labelled patient of `store` (`smri evaluate`).
 
-    Writes metrics.json, predictions.csv and roc.png to `out` (default: ``eval-<store name>``
-    beside the checkpoint, or inside an exported folder) and returns metrics.json's content
-    (checkpoint, store, n, accuracy, balanced_accuracy, auc, sensitivity, specificity, ...)
-    plus ``"out"``, the folder. Earlier results in `out` are kept unless `overwrite`.
-    When the store has masks, metrics.json also holds ``saliency_in_tumour_mean`` (and ``_n``):
-    the mean share of the positive saliency inside the tumour (as `explain` computes it) over
-    the first `saliency_patients` patients with tumour in the slab: of the run's validation
-    patients when the store holds them, else of all (0: skip it).
+    Writes metrics.json, predictions.csv and roc.png to `out` and returns metrics.json's
+    content (checkpoint, store, n, accuracy, balanced_accuracy, auc, sensitivity,
+    specificity, ...) plus ``"out"``, the folder (a `Path`). When the store has masks,
+    metrics.json also holds ``saliency_in_tumour_mean`` (and ``_n``): the mean share of the
+    positive saliency inside the tumour, as `explain` computes it.
+
+    Args:
+        model: a checkpoint (a run's best.pt) or a folder written by `export`.
+        store: the store to evaluate on.
+        out: the folder for the results (None: ``eval-<store name>`` beside the checkpoint,
+            or inside an exported folder).
+        batch_size: patients per batch.
+        device: ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+        cache: ``"auto"``, ``"device"``, ``"ram"`` or ``"none"`` (stream), as for `train`.
+        workers: DataLoader workers when streaming.
+        saliency_patients: with masks: how many patients with tumour in the slab the
+            saliency share is averaged over (the run's validation patients when the store
+            holds them, else all; 0: skip it).
+        overwrite: replace the results of an earlier evaluate in `out`.
+        progress: show a progress bar (None: when stderr is a terminal).
+        quiet: no progress bar and no info lines (warnings still).
+        log: receives each info line and warning (default: print).
     """
     from smri.evaluation import evaluate_store
     from smri.jsonfiles import write_json
@@ -59,9 +75,6 @@ def evaluate(
     beside = model if model.is_dir() else model.parent
     where = Path(out) if out is not None else beside / f"eval-{store.stem}"
     _check_eval_out(where, overwrite, model, store)
-    if saliency_patients < 0:
-        raise ConfigError(f"must be 0 or more, got {saliency_patients}",
-                          option="--saliency-patients")  # fmt: skip
     where.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(where):  # one evaluate at a time writes a folder
         _check_eval_out(where, overwrite, model, store)  # again: another may have written it
@@ -88,7 +101,7 @@ def evaluate(
             save_figure(roc_figure(curves, f"ROC on {store.name}"), where / "roc.png")
         else:
             log("no ROC curve: the store does not have labelled patients of both classes")
-    return {**report, "out": str(where)}
+    return {**report, "out": where}
 
 
 def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> None:
@@ -108,6 +121,7 @@ def _check_eval_out(where: Path, overwrite: bool, model: Path, store: Path) -> N
 
 
 # ---------------------------------------------------------------------------------- explain
+@public
 def explain(
     model: PathLike,
     store: PathLike,
@@ -123,21 +137,30 @@ def explain(
     log: Log = print,
 ) -> dict[str, Any]:
     """Where `model` looks (`smri explain`): integrated gradients of every modality of each
-    patient of `store`, a PNG montage per patient with the tumour's contour, and the share of
-    the positive saliency inside the tumour.
+    patient, a PNG montage per patient with the tumour's contour, and the share of the
+    positive saliency inside the tumour.
 
-    `patient_ids`: one id or several (None: the validation patients of the model's run, from
-    the split.json beside it, else the store's first 8). Writes ``<id>.png`` and explain.json
-    to `out` (default ``explain-<store name>`` beside the checkpoint, or inside an exported
-    folder) and returns explain.json's content (method, the summary: ``share_in_tumour_mean``,
-    ``mostly_outside``, ``verdict``; ``rows``, one per patient) plus ``"out"``. `steps`:
-    integration steps (forward and backward passes per patient). An earlier explain.json in
-    `out` is kept unless `overwrite`.
+    Writes ``<id>.png`` and explain.json to `out` and returns explain.json's content (method,
+    the summary: ``share_in_tumour_mean``, ``mostly_outside``, ``verdict``; ``rows``, one per
+    patient) plus ``"out"``, the folder (a `Path`).
+
+    Args:
+        model: a checkpoint (a run's best.pt) or a folder written by `export`.
+        store: the store whose patients to explain.
+        patient_ids: one id or several (None: the validation patients of the model's run,
+            from the split.json beside it, else the store's first 8).
+        out: the folder for the figures and explain.json (None: ``explain-<store name>``
+            beside the checkpoint, or inside an exported folder).
+        steps: integrated-gradients steps: forward and backward passes per patient.
+        batch_size: steps run at once.
+        device: ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+        overwrite: replace an earlier explain.json in `out`.
+        progress: show a progress bar (None: when stderr is a terminal).
+        quiet: no progress bar and no info lines (warnings still).
+        log: receives each info line and warning (default: print).
     """
     from smri.evaluation import check_out, explain_store
 
-    if steps < 1:
-        raise ConfigError(f"must be at least 1, got {steps}", option="--steps")
     model, store = Path(model), Path(store)
     ids = [patient_ids] if isinstance(patient_ids, str) else list(patient_ids or ())
     beside = model if model.is_dir() else model.parent
@@ -150,10 +173,11 @@ def explain(
         report = explain_store(model, store, where, ids, steps=steps, batch_size=batch_size,
                                device=device, progress=bars(progress, quiet),
                                log=silent if quiet else log)  # fmt: skip
-    return {**report, "out": str(where)}
+    return {**report, "out": where}
 
 
 # ---------------------------------------------------------------------------------- predict
+@public
 def predict(
     model: PathLike,
     patient_dirs: PathLike | Iterable[PathLike],
@@ -170,9 +194,19 @@ def predict(
     was (`smri predict`); returns one `Prediction` (patient_id, probability, predicted class
     name) per usable folder, in the order given.
 
-    `patient_dirs`: one folder or several. A folder that cannot be used is reported through
-    `log` and skipped; none usable is a DataError. `csv`: also write
-    ``patient_id,probability,predicted`` there (an existing file only with `overwrite`).
+    A folder that cannot be used is reported through `log` and skipped; none usable is a
+    DataError.
+
+    Args:
+        model: a checkpoint (a run's best.pt) or a folder written by `export`.
+        patient_dirs: one patient folder or several (BraTS-style, a BIDS subject or session).
+        csv: also write ``patient_id,probability,predicted`` to this file (None: do not).
+        batch_size: patients per forward pass.
+        device: ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+        overwrite: replace an existing `csv` file.
+        progress: show a progress bar (None: when stderr is a terminal).
+        quiet: no progress bar.
+        log: receives each skipped folder's line (default: print).
     """
     from smri.atomic import atomic_open
     from smri.evaluation import predict_folders
@@ -196,3 +230,30 @@ def predict(
                     [r.patient_id, f"{r.probability:.6f}", r.predicted] for r in results
                 )
     return results
+
+
+# ------------------------------------------------------------------------------- load_model
+@public
+def load_model(path: PathLike, *, device: str = "cpu") -> torch.nn.Module:
+    """A trained model as a torch module in eval mode, from a checkpoint or an exported
+    folder, checked (names, shapes, finite values) before it is used.
+
+    The module takes ``(B, M, S, H, W)`` float tensors with values in [0, 1], as a store holds
+    them, and returns logits ``(B,)``: ``torch.sigmoid`` of them is the probability of class
+    1. It carries ``.config`` (its `smri.config.ModelConfig`), ``.modalities`` (the input's
+    channel order) and ``.classes`` (class name -> label).
+
+    Args:
+        path: a checkpoint (a run's best.pt or last.pt), or a folder written by `export` (or
+            its model.safetensors or config.json).
+        device: ``"cpu"``, ``"auto"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+    from smri.model_io import load_model as read_model
+    from smri.model_io import model_from_checkpoint, resolve_device
+
+    ckpt = read_model(Path(path))
+    model = model_from_checkpoint(ckpt, resolve_device(device), str(path))
+    model.config = ModelConfig.from_dict(ckpt["model_config"])
+    model.modalities = tuple(ckpt["store"]["modalities"])
+    model.classes = dict(ckpt["store"]["classes"])
+    return model

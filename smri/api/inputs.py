@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from smri.api.common import Log, PathLike, bars, silent
+from smri.api.common import Log, PathLike, bars, public, silent
 from smri.atomic import OutputLock
 from smri.errors import ConfigError, DataError
 from smri.parallel import DEFAULT_BACKEND, cap_jobs
@@ -23,6 +23,7 @@ _PRE, _SYNTH = PreprocessConfig(), SynthConfig()
 
 
 # ------------------------------------------------------------------------------------ synth
+@public
 def synth(
     out: PathLike,
     *,
@@ -39,8 +40,22 @@ def synth(
 ) -> Path:
     """Write a BraTS-like phantom cohort to the folder `out` (`smri synth`); returns `out`.
 
-    `out/truth.csv` records each case's class and tumour parameters. `jobs`: worker processes
-    (None: all cores). The same settings write the same bytes.
+    Each patient gets flair, t1, t1ce, t2 and seg NIfTI files; ``out/truth.csv`` records each
+    case's class and tumour parameters. The same settings write the same bytes.
+
+    Args:
+        out: the cohort folder to write.
+        patients: how many patients.
+        hgg_fraction: the share of HGG patients (BraTS 2019's is 0.77).
+        layout: ``"2019"`` (``out/{HGG,LGG}/<id>/``) or ``"2020"`` (``out/<id>/`` and a
+            name_mapping.csv).
+        format: the NIfTI file format, ``"nii.gz"`` or ``"nii"``.
+        shape: voxels per axis (X, Y, Z) over a fixed 240x240x155 mm field of view.
+        seed: the random seed.
+        jobs: worker processes, at most one per usable core and as memory allows (None: all).
+        overwrite: replace a cohort already in `out` (only what synth wrote is removed).
+        progress: show a progress bar (None: when stderr is a terminal).
+        quiet: no progress bar.
     """
     from smri.phantoms import synthesize
 
@@ -92,6 +107,7 @@ def _synth_memory(cfg: SynthConfig, what: str, jobs: bool = True) -> str:
 
 
 # ------------------------------------------------------------------------------- preprocess
+@public
 def preprocess(
     input: PathLike,
     output: PathLike,
@@ -119,14 +135,37 @@ def preprocess(
     log: Log = print,
 ) -> PreprocessSummary:
     """Preprocess the patient folders under `input` into the HDF5 store `output`
-    (`smri preprocess`); returns the summary: `.written` per class, `.skipped` with reasons,
-    `.output`, `.seconds`, `.warnings`, and `.line()`, the command's last line.
+    (`smri preprocess`): each volume min-max normalised and cropped to its central `slices`.
 
-    `modalities`: names in order (``"flair,t1"`` or a sequence); `classes`: ``"LGG=0,HGG=1"``
-    or a mapping (None: LGG=0,HGG=1, or with `positive`, ``not VALUE``=0 and VALUE=1);
-    `labels`: a labels CSV. `masks`: store each patient's segmentation of the slab (schema
-    version 2; never used in training). Messages (skipped patients, warnings) go to `log`;
-    `quiet` only hides the progress bar, since preprocessing prints nothing else.
+    Returns the summary: ``.written`` per class, ``.skipped`` with reasons, ``.output``,
+    ``.seconds``, ``.warnings``, and ``.line()``, the command's last line. Messages (skipped
+    patients, warnings) go to `log`.
+
+    Args:
+        input: the folder of patient folders (BraTS, class folders, BIDS: docs/usage.md).
+        output: the store to write (an .h5 file).
+        jobs: parallel workers, at most one per usable core (None: all cores).
+        modalities: modality names in order, ``"flair,t1,t1ce,t2"`` or a sequence.
+        slices: central slices kept along the third (depth) axis.
+        labels: a CSV of patient_id,label (None: ``input/name_mapping.csv`` when present).
+        classes: class names and labels, ``"LGG=0,HGG=1"`` or a mapping (None: LGG=0,HGG=1,
+            or with `positive`, ``not VALUE``=0 and VALUE=1).
+        label_column: BIDS: the participants.tsv column holding the labels.
+        positive: BIDS: the `label_column` value that is class 1 (any other is 0).
+        session: BIDS: read session ``ses-<session>`` of every subject.
+        dtype: the stored voxel type, ``"float16"`` or ``"float32"``.
+        compression: the HDF5 filter for images: ``"none"``, ``"lzf"``, ``"gzip-1"`` to ``-9``.
+        canonical: reorient every volume to the closest canonical (RAS+) orientation first.
+        masks: store each patient's segmentation of the slab (never used in training).
+        overwrite: replace `output` if it exists.
+        append: add `input`'s patients that the store `output` lacks (same settings).
+        resume: continue an interrupted run from the patients it already wrote.
+        strict: stop at the first unusable patient instead of skipping it.
+        backend: where patients are processed: ``"threading"``, ``"loky"`` or ``"dask"``.
+        scheduler: the address of a running Dask scheduler, for ``backend="dask"``.
+        progress: show a progress bar (None: when stderr is a terminal).
+        quiet: no progress bar (preprocessing logs only warnings besides).
+        log: receives each message line (default: print).
     """
     from smri.discovery import BidsOptions, parse_classes, parse_modalities
     from smri.files import special_kind
@@ -168,16 +207,23 @@ def preprocess(
 
 
 # ------------------------------------------------------------------------------------- info
+@public
 def info(store: PathLike) -> StoreInfo:
     """What the store `store` holds (`smri info`): patients per class, shape, dtype, settings,
-    masks and how much tumour the slab holds, orientations, skipped patients; `.as_dict()` is
-    what ``smri info --json`` prints."""
+    masks and how much tumour the slab holds, orientations, skipped patients.
+
+    Returns a `StoreInfo`; its ``.as_dict()`` is what ``smri info --json`` prints.
+
+    Args:
+        store: a store written by `preprocess`.
+    """
     from smri.store import read_info
 
     return read_info(Path(store))
 
 
 # ------------------------------------------------------------------------------------- show
+@public
 def show(
     source: PathLike,
     patient_id: str | None = None,
@@ -189,11 +235,23 @@ def show(
     contours: bool = False,
     overwrite: bool = False,
 ) -> ShownPatient:
-    """Draw what preprocessing keeps of one patient into the PNG `out` (`smri show`); returns
-    the patient drawn (`.patient_id`, `.label_text`, `.slab` (M, S, H, W)).
+    """Draw what preprocessing keeps of one patient into the PNG `out` (`smri show`).
 
-    `source`: a patient folder, a cohort folder with `patient_id`, or a store with
-    `patient_id`. Raw folders get preprocessing's min–max and central slab of `slices`.
+    Raw folders get preprocessing's min-max normalisation and central slab. Returns the
+    patient drawn: ``.patient_id``, ``.label_text``, ``.slab`` (M, S, H, W).
+
+    Args:
+        source: a patient folder, a cohort folder (with `patient_id`) or a store (with
+            `patient_id`).
+        patient_id: the patient to draw from a cohort folder or a store.
+        out: the PNG file to write.
+        montage: every slice of the slab, one row per modality (default: the middle slice).
+        modalities: the modalities to show, in order, ``"flair,t1"`` or a sequence (None:
+            flair, t1, t1ce, t2; for a store, all of its modalities).
+        slices: central slices kept from a raw folder (a store records its own).
+        contours: outline the tumour regions of the folder's seg file, or the store's mask.
+        overwrite: replace an existing `out` that is not a PNG image (a PNG is always
+            replaced).
     """
     from smri.discovery import parse_modalities
     from smri.preprocessing.show import show_patient

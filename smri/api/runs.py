@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smri.api.common import Log, PathLike, bars
+from smri.api.common import Log, PathLike, bars, public
 from smri.config import MODEL_NAMES, ModelConfig, TrainConfig
 from smri.discovery import DEFAULT_MODALITIES
 from smri.errors import ConfigError, DataError, RunInterrupted
@@ -33,6 +33,7 @@ MODEL_DESIGNS = {
 
 
 # ----------------------------------------------------------------------------------- models
+@public
 def models(
     *,
     shape: str | Sequence[int] = (len(DEFAULT_MODALITIES), *_MODEL.volume_shape),
@@ -41,10 +42,16 @@ def models(
 ) -> dict[str, Any]:
     """The models and their parameter counts at an input geometry (`smri models`).
 
-    `shape`: M x S x H x W (modalities, slices, height, width), as a sequence or a string such
-    as ``"4x32x240x240"``. Returns ``{"shape", "width", "input_pool", "models"}``, `models` one
-    dict per architecture: ``name``, ``cnn``, ``lstm_head`` and ``total`` parameters, ``embed``
-    (the CNN's embedding size) and ``design``. Every model is built (or refused) first.
+    Every model is built (or refused) first. Returns ``{"shape", "width", "input_pool",
+    "models"}``, `models` one dict per architecture: ``name``, ``cnn``, ``lstm_head`` and
+    ``total`` parameters, ``embed`` (the CNN's embedding size) and ``design``. (This is
+    ``smri.api.models``: ``smri.models`` is the package of the architectures.)
+
+    Args:
+        shape: the input geometry M x S x H x W (modalities, slices, height, width), a
+            sequence of 4 or a string such as ``"4x32x240x240"``.
+        width: the channel multiplier of the conv blocks (16-32-64-128 at 1).
+        input_pool: average each slice over K x K voxels before the first conv block (1: off).
     """
     from smri.models import build_model, count_parameters
 
@@ -74,6 +81,7 @@ def _parse_shape(shape: str | Sequence[int]) -> tuple[int, int, int, int]:
 
 
 # ------------------------------------------------------------------------------------ train
+@public
 def train(
     store: PathLike | None = None,
     model: str = _MODEL.name,
@@ -109,14 +117,46 @@ def train(
 ) -> Path:
     """Train a CNN-LSTM on `store` into a run folder (`smri train`); returns the folder.
 
-    The folder (`out`, default ``runs/<model>-<date>-<time>``) holds config.json, split.json,
-    metrics.csv, best.pt, last.pt, predictions.csv, summary.json, loss_curve.png and, when
-    tensorboard is installed, event files; with `folds` K, one such folder per fold (`fold0`,
-    ...) plus the summary over folds. `resume=RUN` continues RUN with its own settings (only
-    `device`, `cache`, `workers` may change; `store` if the file moved). `dry_run` checks
-    everything and logs the plan (even when quiet), writing nothing. `tensorboard` None: event
-    files when the package is installed. Ctrl-C raises `RunInterrupted` (a KeyboardInterrupt)
-    saying what the folder kept. `dist`: a started `smri.training.Dist` under torchrun.
+    The folder holds config.json, split.json, metrics.csv, best.pt, last.pt,
+    predictions.csv, summary.json, loss_curve.png and, when tensorboard is installed, event
+    files; with `folds` K, one such folder per fold (``fold0``, ...) plus the summary over
+    folds. Every setting is checked before anything is written. Ctrl-C raises
+    `RunInterrupted` (a KeyboardInterrupt) saying what the folder kept.
+
+    Args:
+        store: the store to train on (with `resume`: only if the file moved).
+        model: the CNN that embeds each modality volume: ``"cnn1"``, ``"cnn2"`` or ``"cnn3"``.
+        width: the channel multiplier of the conv blocks.
+        dropout: the dropout rate on the LSTM's output (and CNN1's FC embedding), in [0, 1).
+        input_pool: average each slice over K x K voxels before the first conv block.
+        epochs: training epochs.
+        batch_size: patients per batch (under torchrun: the global batch).
+        lr: the AdamW learning rate (cosine decay over the epochs).
+        weight_decay: the AdamW weight decay.
+        seed: the seed of the split, the initial weights and every epoch's shuffle.
+        val_fraction: the share of each class held out for validation (not with `folds`).
+        folds: K-fold cross-validation: train all K folds (None: one split).
+        fold: with `folds`, train only this fold (0-based; None: all).
+        class_weight: ``"auto"`` (BCE pos_weight = n_neg / n_pos of the training split) or
+            ``"none"``.
+        device: ``"auto"`` (CUDA when present), ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+        amp: bf16 autocast on CUDA (ignored on CPU).
+        compile: torch.compile the model (faster steps after ~30 s of compilation).
+        cache: keep the store on the GPU (``"device"``), in RAM (``"ram"``), stream it
+            (``"none"``), or choose (``"auto"``).
+        workers: DataLoader workers when streaming.
+        augment: random flips along each spatial axis, all modalities of a patient together.
+        jobs: with `folds` on a CPU: folds trained at once, each in its own process.
+        out: the run folder (None: ``runs/<model>-<date>-<time>``).
+        resume: continue the run in this folder from its last.pt, with its own settings
+            (only `device`, `cache`, `workers` may change).
+        overwrite: replace an existing run folder `out`.
+        dry_run: check everything and log the plan (even when quiet); write nothing.
+        tensorboard: write TensorBoard event files (None: when the package is installed).
+        progress: show a progress bar per epoch (None: when stderr is a terminal).
+        quiet: no per-epoch or info lines and no progress bars (warnings still).
+        log: receives each info line and warning (default: print).
+        dist: a started `smri.training.Dist` under torchrun (None: one process).
     """
     from smri.training import SINGLE, describe, load_run_config
     from smri.training import train as run_training
@@ -193,6 +233,7 @@ def interrupted_message(out: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------- export
+@public
 def export(
     run: PathLike,
     out: PathLike,
@@ -202,12 +243,17 @@ def export(
     overwrite: bool = False,
 ) -> list[Path]:
     """Write `run`'s best model to the folder `out` (`smri export`): model.safetensors,
-    config.json and a README.md model card; returns the files written.
+    config.json and a README.md model card; returns the files written (`list[Path]`).
 
-    `fold`: of a K-fold run, the fold to export (a K-fold run needs one; a single-split run
-    none). `license`: an id for the card's front matter (e.g. ``"mit"``). Files already in
-    `out` that an export writes are replaced only with `overwrite`; others are kept. Needs
-    the safetensors package (``pip install 'smri[export]'``).
+    Files already in `out` that an export does not write are kept. Needs the safetensors
+    package (``pip install 'smri[export]'``).
+
+    Args:
+        run: the run folder to export.
+        out: the folder to write.
+        fold: of a K-fold run, the fold to export (0-based; a K-fold run needs one).
+        license: a license id for the card's front matter, e.g. ``"mit"`` (None: no line).
+        overwrite: replace model.safetensors, config.json and README.md already in `out`.
     """
     from smri.model_io import export_run
 
@@ -215,6 +261,7 @@ def export(
 
 
 # ------------------------------------------------------------------------------------- plot
+@public
 def plot(
     run_dirs: PathLike | Sequence[PathLike],
     *,
@@ -222,12 +269,17 @@ def plot(
     store: PathLike | None = None,
 ) -> list[Path]:
     """Figures and a summary comparing finished runs in the folder `out` (`smri plot`);
-    returns the files written.
+    returns the files written (`list[Path]`).
 
     Loss, accuracy and ROC curves (K folds as mean ± std bands), every model's AUC and balanced
     accuracy with 95 % intervals, paired tests between models, and the majority and intensity
-    baselines (summary.md, summary.json). `store`: the store the runs trained on, for the
-    intensity baseline (None: the one the first run's config.json records).
+    baselines (summary.md, summary.json). Every run file is read before anything is written.
+
+    Args:
+        run_dirs: one run folder or several.
+        out: the folder for the PNG figures, summary.md and summary.json.
+        store: the store the runs trained on, for the intensity baseline (None: the one the
+            first run's config.json records).
     """
     from smri.comparison import plot_runs
 

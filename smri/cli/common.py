@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -11,7 +10,6 @@ from typing import Any, TypeVar
 
 import click
 
-from smri.config import CACHE_MODES
 from smri.errors import ConfigError, SmriError
 
 # Errors after which the process must not tear down normally (a failed HDF5 write: h5py
@@ -22,14 +20,19 @@ UNRECOVERABLE: list[BaseException] = []
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command body; a user-facing problem becomes one line on stderr, never a traceback.
 
-    `SmriError` exits 1 (data problems); `ConfigError` naming an option exits 2 (usage);
-    Ctrl-C exits 130 after the library has cleaned up its temporary files.
+    `SmriError` exits 1 (data problems); `ConfigError` naming an option exits 2 (usage), as
+    "Invalid value for '--option': ..." (the one place a ConfigError's option becomes CLI
+    text; `smri.api.common.python_message` is Python's); Ctrl-C exits 130 after the library
+    has cleaned up its temporary files.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from smri.api.common import command_line  # messages as the command line words them
+
         try:
-            return func(*args, **kwargs)
+            with command_line():
+                return func(*args, **kwargs)
         except ConfigError as exc:
             if exc.option:
                 raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
@@ -87,16 +90,6 @@ class OutputFile(click.Path):
         return super().convert(value, param, ctx)
 
 
-class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses nan and inf (nan passes every range comparison)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"expected a finite number, got {value!r}.", param, ctx)
-        return rv
-
-
 def api_defaults(func: Callable[..., Any]) -> dict[str, Any]:
     """The keyword defaults of an `smri.api` function: the commands' option defaults.
 
@@ -128,17 +121,81 @@ def cache_options(defaults: dict[str, Any]) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         func = click.option(
             "--workers",
-            type=click.IntRange(min=0),
+            type=setting("workers"),
             default=defaults["workers"],
             show_default=True,
             help="DataLoader workers when streaming (--cache none).",
         )(func)
         return click.option(
             "--cache",
-            type=click.Choice(CACHE_MODES),
+            type=setting("cache"),
             default=defaults["cache"],
             show_default=True,
             help="Keep the store on the GPU / in RAM (auto: when it fits), or stream it (none).",
         )(func)
 
     return decorate
+
+
+def setting(keyword: str) -> click.ParamType:
+    """The click type of the API keyword `keyword`: the text parsed as its rule's kind, then
+    checked by `smri.api.checks.check`, the API's own check (one rule, one message). Ranges
+    and choices stay click's types, so --help shows them and shells complete them."""
+    from smri.api.checks import RULES
+
+    rule = RULES[keyword]
+    if rule.choices is not None:
+        return _CheckedChoice(keyword, rule.choices)
+    if rule.low is None and rule.high is None:
+        return _CheckedNumber(keyword, click.INT if rule.kind is int else click.FLOAT)
+    if rule.kind is int:
+        return _CheckedInt(keyword, min=rule.low, max=rule.high)
+    return _CheckedFloat(keyword, min=rule.low, max=rule.high, min_open=rule.low_open,
+                         max_open=rule.high_open)  # fmt: skip
+
+
+class _Checked:
+    """convert: parse as the base type without its range check, then the API's check."""
+
+    keyword: str
+    parse: click.ParamType
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from smri.api.checks import check
+
+        value = self.parse.convert(value, param, ctx)
+        try:
+            return check(self.keyword, value)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _CheckedInt(_Checked, click.IntRange):
+    parse = click.INT
+
+    def __init__(self, keyword: str, **bounds: Any) -> None:
+        super().__init__(**bounds)
+        self.keyword = keyword
+
+
+class _CheckedFloat(_Checked, click.FloatRange):
+    parse = click.FLOAT
+
+    def __init__(self, keyword: str, **bounds: Any) -> None:
+        super().__init__(**bounds)
+        self.keyword = keyword
+
+
+class _CheckedNumber(_Checked, click.ParamType):
+    """A number without a range to show (INTEGER or FLOAT in --help)."""
+
+    def __init__(self, keyword: str, parse: click.ParamType) -> None:
+        self.keyword, self.parse, self.name = keyword, parse, parse.name
+
+
+class _CheckedChoice(_Checked, click.Choice):
+    parse = click.STRING
+
+    def __init__(self, keyword: str, choices: tuple[str, ...]) -> None:
+        super().__init__(choices)
+        self.keyword = keyword

@@ -13,6 +13,7 @@ from smri.cli.common import (
     handle_errors,
     path_option_type,
     quiet_option,
+    setting,
 )
 
 EVALUATE = api_defaults(api.evaluate)
@@ -26,7 +27,7 @@ EVALUATE = api_defaults(api.evaluate)
                    "name> beside the checkpoint, or inside an exported MODEL folder].")  # fmt: skip
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=setting("batch_size"),
     default=EVALUATE["batch_size"],
     show_default=True,
     help="Patients per batch.",
@@ -36,7 +37,7 @@ EVALUATE = api_defaults(api.evaluate)
 @cache_options(EVALUATE)
 @click.option(
     "--saliency-patients",
-    type=click.IntRange(min=0),
+    type=setting("saliency_patients"),
     default=EVALUATE["saliency_patients"],
     show_default=True,
     help="When STORE has masks: the share of saliency inside the tumour, as smri explain "

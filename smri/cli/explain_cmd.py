@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import api_defaults, handle_errors, path_option_type, quiet_option
+from smri.cli.common import api_defaults, handle_errors, path_option_type, quiet_option, setting
 
 EXPLAIN = api_defaults(api.explain)
 
@@ -21,14 +21,14 @@ EXPLAIN = api_defaults(api.explain)
                    "the checkpoint, or inside an exported MODEL folder].")  # fmt: skip
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=setting("steps"),
     default=EXPLAIN["steps"],
     show_default=True,
     help="Integrated-gradients steps: forward and backward passes per patient.",
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=setting("batch_size"),
     default=EXPLAIN["batch_size"],
     show_default=True,
     help="Steps run at once.",

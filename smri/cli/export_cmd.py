@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import api_defaults, handle_errors, path_option_type
+from smri.cli.common import api_defaults, handle_errors, path_option_type, setting
 
 EXPORT = api_defaults(api.export)
 
@@ -17,7 +17,7 @@ EXPORT = api_defaults(api.export)
 @click.argument("out_dir", type=path_option_type(file_okay=False))
 @click.option(
     "--fold",
-    type=click.IntRange(min=0),
+    type=setting("fold"),
     default=EXPORT["fold"],
     help="Of a K-fold run, export fold K's model (0-based) [default: none: a K-fold run is "
     "refused with its folds listed; a single-split run needs none].",

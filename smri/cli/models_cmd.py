@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from smri import api
-from smri.cli.common import api_defaults, handle_errors
+from smri.cli.common import api_defaults, handle_errors, setting
 
 MODELS = api_defaults(api.models)
 
@@ -19,14 +19,14 @@ MODELS = api_defaults(api.models)
 )
 @click.option(
     "--width",
-    type=float,
+    type=setting("width"),
     default=MODELS["width"],
     show_default=True,
     help="Channel multiplier of the conv blocks (16-32-64-128 at 1).",
 )
 @click.option(
     "--input-pool",
-    type=click.IntRange(min=1),
+    type=setting("input_pool"),
     default=MODELS["input_pool"],
     show_default=True,
     help="Average each slice over K x K voxels before the first conv block (1: off, the seed).",

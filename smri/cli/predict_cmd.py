@@ -7,7 +7,14 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import OutputFile, api_defaults, handle_errors, path_option_type, quiet_option
+from smri.cli.common import (
+    OutputFile,
+    api_defaults,
+    handle_errors,
+    path_option_type,
+    quiet_option,
+    setting,
+)
 
 PREDICT = api_defaults(api.predict)
 
@@ -26,7 +33,7 @@ PREDICT = api_defaults(api.predict)
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=setting("batch_size"),
     default=PREDICT["batch_size"],
     show_default=True,
     help="Patients per forward pass.",

@@ -7,10 +7,8 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option
+from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option, setting
 from smri.discovery import DEFAULT_CLASSES
-from smri.parallel import BACKENDS
-from smri.store import COMPRESSIONS, DTYPES
 
 PathArg = click.Path(path_type=Path)
 PREPROCESS = api_defaults(api.preprocess)
@@ -22,7 +20,7 @@ PREPROCESS = api_defaults(api.preprocess)
 @click.option(
     "--jobs",
     "-j",
-    type=click.IntRange(min=1),
+    type=setting("jobs"),
     default=None,
     help="Parallel workers (threads, processes, or local Dask workers), at most one per usable "
     "core; with --scheduler, patients in flight at once [default: all cores, or the cluster's "
@@ -36,7 +34,7 @@ PREPROCESS = api_defaults(api.preprocess)
 )
 @click.option(
     "--slices",
-    type=click.IntRange(min=1),
+    type=setting("slices"),
     default=PREPROCESS["slices"],
     show_default=True,
     help="Central slices kept along the third (depth) axis.",
@@ -81,14 +79,14 @@ PREPROCESS = api_defaults(api.preprocess)
 )
 @click.option(
     "--dtype",
-    type=click.Choice(DTYPES),
+    type=setting("dtype"),
     default=PREPROCESS["dtype"],
     show_default=True,
     help="Stored voxel type (values are in [0, 1]; float16 keeps 11 bits).",
 )
 @click.option(
     "--compression",
-    type=click.Choice(list(COMPRESSIONS)),
+    type=setting("compression"),
     default=PREPROCESS["compression"],
     show_default=True,
     help="HDF5 filter for images: gzip is HDF5's own (every HDF5 tool reads it); lzf is "
@@ -128,7 +126,7 @@ PREPROCESS = api_defaults(api.preprocess)
 )
 @click.option(
     "--backend",
-    type=click.Choice(BACKENDS),
+    type=setting("backend"),
     default=PREPROCESS["backend"],
     show_default=True,
     help="Where patients are processed: threads share memory and ISA-L gzip and numpy release "

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import OutputFile, api_defaults, handle_errors
+from smri.cli.common import OutputFile, api_defaults, handle_errors, setting
 
 SHOW = api_defaults(api.show)
 
@@ -35,7 +35,7 @@ SHOW = api_defaults(api.show)
 )
 @click.option(
     "--slices",
-    type=click.IntRange(min=1),
+    type=setting("slices"),
     default=SHOW["slices"],
     show_default=True,
     help="Central slices kept from a raw folder (a store records its own).",

@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import api_defaults, handle_errors, quiet_option
+from smri.cli.common import api_defaults, handle_errors, quiet_option, setting
 from smri.errors import plural
-from smri.phantoms import FORMATS, LAYOUTS
 
 SYNTH = api_defaults(api.synth)
 
@@ -19,19 +18,19 @@ SYNTH = api_defaults(api.synth)
 @click.command()
 @click.argument("out", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--patients", "-n", type=int, default=SYNTH["patients"], show_default=True,
+    "--patients", "-n", type=setting("patients"), default=SYNTH["patients"], show_default=True,
     help="Patients to write.",
 )  # fmt: skip
 @click.option(
     "--hgg-fraction",
-    type=float,
+    type=setting("hgg_fraction"),
     default=SYNTH["hgg_fraction"],
     show_default=True,
     help="Share of HGG patients (BraTS 2019's share is 0.77).",
 )
 @click.option(
     "--layout",
-    type=click.Choice(LAYOUTS),
+    type=setting("layout"),
     default=SYNTH["layout"],
     show_default=True,
     help="2019: OUT/{HGG,LGG}/<pid>/; 2020: OUT/<pid>/ plus OUT/name_mapping.csv.",
@@ -39,7 +38,7 @@ SYNTH = api_defaults(api.synth)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
+    type=setting("format"),
     default=SYNTH["format"],
     show_default=True,
     help="NIfTI file format.",
@@ -53,13 +52,13 @@ SYNTH = api_defaults(api.synth)
     help="Voxels per axis over a fixed 240x240x155 mm field of view (Z >= 32, X, Y >= 16).",
 )
 @click.option(
-    "--seed", type=int, default=SYNTH["seed"], show_default=True,
+    "--seed", type=setting("seed"), default=SYNTH["seed"], show_default=True,
     help="Random seed: same seed, same bytes.",
 )  # fmt: skip
 @click.option(
     "--jobs",
     "-j",
-    type=click.IntRange(min=1),
+    type=setting("jobs"),
     default=SYNTH["jobs"],
     help="Parallel worker processes, at most one per usable core [default: all cores].",
 )

@@ -11,14 +11,13 @@ import click
 from smri import api
 from smri.api import RUN_OPTIONS
 from smri.cli.common import (
-    FiniteFloatRange,
     api_defaults,
     cache_options,
     handle_errors,
     path_option_type,
     quiet_option,
+    setting,
 )
-from smri.config import CLASS_WEIGHTS, MODEL_NAMES
 from smri.errors import ConfigError, RunInterrupted, SmriError
 
 if TYPE_CHECKING:
@@ -35,21 +34,21 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.argument("store", required=False, type=path_option_type(dir_okay=False))
 @click.option(
     "--model",
-    type=click.Choice(MODEL_NAMES),
+    type=setting("model"),
     default=TRAIN["model"],
     show_default=True,
     help="CNN that embeds each modality volume.",
 )
 @click.option(
     "--width",
-    type=float,
+    type=setting("width"),
     default=TRAIN["width"],
     show_default=True,
     help="Channel multiplier of the conv blocks.",
 )
 @click.option(
     "--dropout",
-    type=click.FloatRange(min=0, max=1, max_open=True),
+    type=setting("dropout"),
     default=TRAIN["dropout"],
     show_default=True,
     help="Dropout rate on the LSTM's output and on CNN1's FC embedding (the seed specifies "
@@ -57,7 +56,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--input-pool",
-    type=click.IntRange(min=1),
+    type=setting("input_pool"),
     default=TRAIN["input_pool"],
     show_default=True,
     help="Average each slice over K x K voxels before the first conv block (the seed has none: "
@@ -66,7 +65,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--epochs",
-    type=click.IntRange(min=1),
+    type=setting("epochs"),
     default=TRAIN["epochs"],
     show_default=True,
     help="Training epochs (the seed states none; smri's choice, not cross-validated; "
@@ -74,7 +73,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=setting("batch_size"),
     default=TRAIN["batch_size"],
     show_default=True,
     help="Patients per batch (under torchrun: the global batch, split evenly over the ranks). "
@@ -83,7 +82,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--lr",
-    type=FiniteFloatRange(min=0, min_open=True),
+    type=setting("lr"),
     default=TRAIN["lr"],
     show_default=True,
     help="AdamW learning rate (cosine decay over the epochs; the seed states none: 1e-3 was "
@@ -91,41 +90,41 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--weight-decay",
-    type=FiniteFloatRange(min=0),
+    type=setting("weight_decay"),
     default=TRAIN["weight_decay"],
     show_default=True,
     help="AdamW weight decay.",
 )
 @click.option(
     "--seed",
-    type=click.IntRange(min=0, max=2**64 - 1),  # numpy and torch seeds are unsigned 64-bit
+    type=setting("seed"),
     default=TRAIN["seed"],
     show_default=True,
     help="Seed of the split, the initial weights and every epoch's shuffle.",
 )
 @click.option(
     "--val-fraction",
-    type=float,
+    type=setting("val_fraction"),
     default=TRAIN["val_fraction"],
     show_default=True,
     help="Share of each class held out for validation (ignored with --folds).",
 )
 @click.option(
     "--folds",
-    type=click.IntRange(min=2),
+    type=setting("folds"),
     default=TRAIN["folds"],
     help="K-fold cross-validation: train all K folds, report mean ± std "
     "[default: none: one split by --val-fraction].",
 )
 @click.option(
     "--fold",
-    type=click.IntRange(min=0),
+    type=setting("fold"),
     default=TRAIN["fold"],
     help="With --folds K, train only fold i (0-based) [default: all K folds].",
 )
 @click.option(
     "--class-weight",
-    type=click.Choice(CLASS_WEIGHTS),
+    type=setting("class_weight"),
     default=TRAIN["class_weight"],
     show_default=True,
     help="auto: BCE pos_weight = n_neg / n_pos of the training split.",
@@ -160,7 +159,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(min=1),
+    type=setting("jobs"),
     default=TRAIN["jobs"],
     show_default=True,
     help="With --folds on a CPU: folds trained at once, each in its own process on its share "

@@ -28,14 +28,18 @@ SIDES = ("train", "val")
 class StoreDataset(LazyReader, Dataset):
     """Patients of an smri store as ``(images (M, S, H, W) float tensor, int label)``.
 
-    `rows`: None for every patient; ``"train"`` or ``"val"`` for a side of the split of the run
-    folder `run` (its split.json; for a K-fold run, a fold folder such as ``run/fold2``); or a
-    sequence of store rows (ints) or patient ids (strings). `transform` is called on each
-    images tensor (a MONAI or TorchIO transform takes it as channels-first 3D: channels are
-    the modalities). `dtype` is the images' dtype.
-
     The file is indexed here and then closed; each process (every DataLoader worker) opens it
     on its first item, so no HDF5 handle is carried across a fork or pickled.
+
+    Args:
+        store: a store written by `smri.preprocess`.
+        rows: None for every patient; ``"train"`` or ``"val"`` for a side of the split of
+            the run folder `run`; or a sequence of store rows (0-based ints) or patient ids.
+        run: the run folder whose split.json `rows` ``"train"``/``"val"`` take (for a K-fold
+            run, a fold folder such as ``run/fold2``).
+        transform: called on each images tensor (a MONAI or TorchIO transform takes it as
+            channels-first 3D: the channels are the modalities).
+        dtype: the images' dtype.
     """
 
     def __init__(
@@ -89,8 +93,8 @@ def _select(
             if r not in index:
                 raise DataError(f"{path}: no patient '{r}' in the store ({len(ids)} patients)")
             out.append(index[r])
-        elif isinstance(r, (int, np.integer)) and -len(ids) <= int(r) < len(ids):
-            out.append(int(r) % len(ids))
+        elif isinstance(r, (int, np.integer)) and not isinstance(r, bool) and 0 <= r < len(ids):
+            out.append(int(r))  # no negative rows: -1 is as much not a row as len(ids) is
         else:
             raise ConfigError(
                 f"rows: expected row numbers in 0..{len(ids) - 1} or patient ids, got {r!r}"

@@ -27,6 +27,7 @@ from smri.atomic import OutputLock
 from smri.cli import main
 from smri.models import ModelConfig, build_model
 from smri.training import TrainConfig, train
+from tests.helpers.bad_values import cases
 from tests.helpers.cli import invoke, sole_error_line
 from tests.helpers.nifti import write_patient
 from tests.helpers.stores import make_store
@@ -34,6 +35,7 @@ from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixtu
 
 SMALL = ModelConfig(width=0.25)
 GEOMETRY = (32, 32, 20)  # raw (X, Y, Z) that preprocesses to the store's (16, 32, 32)
+SPLIT = ("val-fraction", "fold-without-folds", "fold-out-of-range")  # checked against the store
 FAST = ["--width", "0.25", "--batch-size", "2", "--epochs", "1", "--cache", "ram", "--workers", "0"]
 
 
@@ -287,14 +289,8 @@ def test_train_on_a_broken_store(store, tmp_path, make, message):
 
 
 @pytest.mark.parametrize(
-    ("args", "option", "message"),
-    [
-        (["--val-fraction", "1.5"], "--val-fraction", "must be strictly between 0 and 1, got 1.5"),
-        (["--fold", "1"], "--fold", "--fold needs --folds K"),
-        (["--folds", "3", "--fold", "3"], "--fold", "must be in 0..2, got 3"),
-    ],
-    ids=["val-fraction", "fold-without-folds", "fold-out-of-range"],
-)
+    ("args", "option", "message"), [c for c in cases("train") if c.id in SPLIT]
+)  # tests/helpers/bad_values.py
 def test_train_bad_split_options(store, tmp_path, args, option, message):
     result = invoke("train", store, *FAST, *args, "--out", tmp_path / "run")
     assert f"Invalid value for '{option}': {message}" in sole_error_line(result, code=2)
@@ -302,17 +298,8 @@ def test_train_bad_split_options(store, tmp_path, args, option, message):
 
 
 @pytest.mark.parametrize(
-    ("args", "option", "message"),
-    [
-        (["--lr", "nan"], "--lr", "expected a finite number, got 'nan'."),
-        (["--lr", "inf"], "--lr", "expected a finite number, got 'inf'."),
-        (["--weight-decay", "nan"], "--weight-decay", "expected a finite number, got 'nan'."),
-        (["--width", "nan"], "--width", "width must be a finite number, got nan"),
-        (["--width", "inf"], "--width", "width must be a finite number, got inf"),
-        (["--seed", "-1"], "--seed", "-1 is not in the range 0<=x<=18446744073709551615."),
-    ],
-    ids=["lr-nan", "lr-inf", "weight-decay-nan", "width-nan", "width-inf", "seed-negative"],
-)
+    ("args", "option", "message"), [c for c in cases("train") if c.id not in SPLIT]
+)  # the table the API's tests share (tests/helpers/bad_values.py)
 def test_train_numbers_that_are_not_finite_or_out_of_range(store, tmp_path, args, option, message):
     # nan passes every range comparison: without a check these reached torch as tracebacks,
     # after the run folder had been started
@@ -323,7 +310,7 @@ def test_train_numbers_that_are_not_finite_or_out_of_range(store, tmp_path, args
 
 def test_models_width_not_finite():
     result = invoke("models", "--width", "nan")
-    assert "Invalid value for '--width': width must be a finite number, got nan" in sole_error_line(
+    assert "Invalid value for '--width': expected a finite number, got nan." in sole_error_line(
         result, code=2
     )
 

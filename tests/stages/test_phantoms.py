@@ -22,6 +22,7 @@ from smri.phantoms import (
 )
 from smri.phantoms.anatomy import CSF, ENHANCING, GM, MODALITIES, WM
 from smri.phantoms.write import NAME_MAPPING_COLUMNS, TRUTH_COLUMNS
+from tests.helpers.bad_values import cases
 from tests.helpers.cli import digest, invoke
 
 SHAPE = (48, 48, 40)  # 5 x 5 x 3.9 mm voxels over the BraTS field of view
@@ -217,20 +218,14 @@ def test_tumour_positions_along_the_slice_axis_are_brats_like() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "option", "message"),
-    [
-        (["--shape", 48, 48, 31], "'--shape'", "Z must be at least 32"),
-        (["--shape", 8, 48, 40], "'--shape'", "X and Y must be at least 16"),
-        (["--hgg-fraction", 1.5], "'--hgg-fraction'", "between 0 and 1, got 1.5"),
-        (["--patients", 0], "'--patients'", "at least 1 patient, got 0"),
-    ],
-)
+    ("args", "option", "message"), cases("synth")
+)  # tests/helpers/bad_values.py
 def test_bad_options_exit_2_naming_option(
     tmp_path: Path, args: list, option: str, message: str
 ) -> None:
     result = invoke("synth", tmp_path / "out", *args)
     assert result.exit_code == 2
-    assert f"Invalid value for {option}" in result.output
+    assert f"Invalid value for '{option}'" in result.output
     assert message in result.output
     assert not (tmp_path / "out").exists()
 
