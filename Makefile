@@ -169,7 +169,7 @@ $(OUT)/runs/%/summary.json: $(STORE) $(HOLDOUT)
 
 # every training of the run (each fold and seed) on the untouched test patients
 $(OUT)/runs/%/test/metrics.json: $(OUT)/runs/%/summary.json $(TEST_STORE) $(HOLDOUT)
-	$(SMRI) evaluate $(OUT)/runs/$* $(TEST_STORE) $(call opt,--patients,$(HOLDOUT)) --out $(OUT)/runs/$*/test --overwrite
+	$(SMRI) evaluate $(OUT)/runs/$* $(TEST_STORE) $(call opt,--holdout,$(HOLDOUT)) --out $(OUT)/runs/$*/test --overwrite
 
 $(OUT)/summary.md: $(RUNS) $(TESTS)
 	$(SMRI) plot $(addprefix $(OUT)/runs/,$(MODELS)) --store $(STORE) --test test --out $(OUT)

@@ -17,15 +17,15 @@ Output: `log` receives info lines and warnings (default: print); `quiet` drops t
 and progress bars, never warnings; `progress` None shows bars when stderr is a terminal.
 This package imports no torch: the work is imported on the first call. See docs/api.md.
 Its modules, by job: `inputs` (synth, preprocess, info, show), `runs` (models, train, export,
-plot), `inference` (evaluate, explain, predict, load_model), `checks` (every setting's rule),
-`common` (what they share: `public`, the messages worded for Python). No module is named like
-a function: `smri.api.train` is the function.
+plot, holdout), `inference` (evaluate, explain, predict, load_model), `checks` (every
+setting's rule), `common` (what they share: `public`, the messages worded for Python). No
+module is named like a function: `smri.api.train` is the function.
 """
 
 from smri.api.common import Log, PathLike
 from smri.api.inference import EVAL_FILES, evaluate, explain, load_model, predict
 from smri.api.inputs import SYNTH_BYTES_PER_VOXEL, info, preprocess, show, synth
-from smri.api.runs import RUN_OPTIONS, export, interrupted_message, models, plot, train
+from smri.api.runs import RUN_OPTIONS, export, holdout, interrupted_message, models, plot, train
 
 __all__ = [
     "EVAL_FILES",
@@ -36,6 +36,7 @@ __all__ = [
     "evaluate",
     "explain",
     "export",
+    "holdout",
     "info",
     "interrupted_message",
     "load_model",

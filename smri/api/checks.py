@@ -78,6 +78,10 @@ RULES: dict[str, Rule] = {
     "cache": Rule(str, choices=CACHE_MODES),
     "workers": _at_least(0),
     "jobs": _at_least(1),
+    "seeds": _at_least(1),
+    "fraction": Rule(float, low=0, high=1, low_open=True, high_open=True),
+    "test": Rule(str),
+    "site": Rule(str),  # SynthConfig.validate: 2-8 capitals or digits
     "steps": _at_least(1),
     "saliency_patients": _at_least(0),
     # cohorts and stores (their own ranges: SynthConfig.validate, PreprocessConfig.validate)

@@ -35,6 +35,7 @@ def evaluate(
     cache: str = "auto",
     workers: int = 2,
     saliency_patients: int = 16,
+    holdout: PathLike | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
     quiet: bool = False,
@@ -44,12 +45,20 @@ def evaluate(
 
     Writes metrics.json, predictions.csv and roc.png to `out` and returns metrics.json's
     content (checkpoint, store, n, accuracy, balanced_accuracy, auc, sensitivity,
-    specificity, ...) plus ``"out"``, the folder (a `Path`). When the store has masks,
-    metrics.json also holds ``saliency_in_tumour_mean`` (and ``_n``): the mean share of the
-    positive saliency inside the tumour, as `explain` computes it.
+    specificity, brier, ece, threshold, calibration, ...) plus ``"out"``, the folder (a
+    `Path`). Probabilities are calibrated (the class weighting of training undone); class 1 is
+    predicted at and above the model's threshold, the training share of class 1. When the
+    store has masks, metrics.json also holds ``saliency_in_tumour_mean`` (and ``_n``): the
+    mean share of the positive saliency inside the tumour, as `explain` computes it.
+
+    With a run folder as `model`, every training of the run (each fold and seed) scores the
+    patients: metrics.json holds each one's metrics, their mean and the ensemble's AUC (their
+    mean probability), and predictions.csv one row per training and patient: what `plot`'s
+    `test` reads. A patient any of those trainings trained or validated on is refused.
 
     Args:
-        model: a checkpoint (a run's best.pt) or a folder written by `export`.
+        model: a checkpoint (a run's best.pt), a folder written by `export`, or a run folder
+            (every training of it).
         store: the store to evaluate on.
         out: the folder for the results (None: ``eval-<store name>`` beside the checkpoint,
             or inside an exported folder).
@@ -59,29 +68,38 @@ def evaluate(
         workers: DataLoader workers when streaming.
         saliency_patients: with masks: how many patients with tumour in the slab the
             saliency share is averaged over (the run's validation patients when the store
-            holds them, else all; 0: skip it).
+            holds them, else all; 0: skip it; not with a run folder).
+        holdout: a holdout list (CSV with a ``patient_id`` column, as `holdout` writes):
+            evaluate these patients of `store` only (None: all).
         overwrite: replace the results of an earlier evaluate in `out`.
         progress: show a progress bar (None: when stderr is a terminal).
         quiet: no progress bar and no info lines (warnings still).
         log: receives each info line and warning (default: print).
     """
+    from smri.data.holdout import read_holdout
     from smri.evaluation import evaluate_store
     from smri.jsonfiles import write_json
     from smri.plots import roc_figure, save_figure
-    from smri.training.runs import write_predictions
+    from smri.training.runs import member_dirs, write_predictions
 
     model, store = Path(model), Path(store)
+    chosen = None if holdout is None else read_holdout(Path(holdout))
     # best.pt and last.pt of a run share the default out: never replace one's results silently
     beside = model if model.is_dir() else model.parent
     where = Path(out) if out is not None else beside / f"eval-{store.stem}"
     _check_eval_out(where, overwrite, model, store)
     where.parent.mkdir(parents=True, exist_ok=True)
+    every = model.is_dir() and bool(member_dirs(model, "best.pt"))  # a run folder
     with OutputLock(where):  # one evaluate at a time writes a folder
         _check_eval_out(where, overwrite, model, store)  # again: another may have written it
+        if every:
+            return _evaluate_run(model, store, chosen, where, device=device,
+                                 batch_size=batch_size, cache=cache, workers=workers,
+                                 progress=bars(progress, quiet))  # fmt: skip
         result = evaluate_store(model, store, device=device, batch_size=batch_size,
                                 cache=cache, workers=workers, progress=bars(progress, quiet),
                                 saliency_patients=saliency_patients,
-                                saliency_steps=SALIENCY_STEPS)  # fmt: skip
+                                saliency_steps=SALIENCY_STEPS, patients=chosen)  # fmt: skip
         where.mkdir(parents=True, exist_ok=True)
         report = {"checkpoint": str(model), "store": str(store), **result.metrics,
                   "threshold": result.threshold, "calibration": result.calibration}  # fmt: skip
@@ -101,6 +119,28 @@ def evaluate(
             save_figure(roc_figure(curves, f"ROC on {store.name}"), where / "roc.png")
         else:
             log("no ROC curve: the store does not have labelled patients of both classes")
+    return {**report, "out": where}
+
+
+def _evaluate_run(
+    run: Path, store: Path, patients: list[str] | None, where: Path, **settings: Any
+) -> dict[str, Any]:
+    """`evaluate` of every training of a run folder: metrics.json, predictions.csv (one row
+    per training and patient) and roc.png (the trainings' curves, mean ± band) in `where`."""
+    from smri.evaluation.members import evaluate_run, metrics_of, write_run_predictions
+    from smri.jsonfiles import write_json
+    from smri.plots import roc_figure, save_figure
+
+    ev = evaluate_run(run, store, patients=patients, **settings)
+    report = {"run": str(run), "store": str(store), "trainings": ev.members,
+              **metrics_of(ev)}  # fmt: skip
+    where.mkdir(parents=True, exist_ok=True)
+    write_json(where / "metrics.json", report)
+    write_run_predictions(where / "predictions.csv", ev)
+    known = ev.labels >= 0
+    if len(set(ev.labels[known].tolist())) == 2:
+        curves = {run.name or "run": [(ev.labels[known], p[known]) for p in ev.probabilities]}
+        save_figure(roc_figure(curves, f"ROC on {store.name}"), where / "roc.png")
     return {**report, "out": where}
 
 

@@ -33,6 +33,7 @@ def synth(
     format: str = _SYNTH.fmt,
     shape: tuple[int, int, int] = _SYNTH.shape,
     seed: int = _SYNTH.seed,
+    site: str = _SYNTH.site,
     jobs: int | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -52,6 +53,8 @@ def synth(
         format: the NIfTI file format, ``"nii.gz"`` or ``"nii"``.
         shape: voxels per axis (X, Y, Z) over a fixed 240x240x155 mm field of view.
         seed: the random seed.
+        site: the site code in every patient id (``BraTS19_<site>_0001_1``): a cohort of
+            another site never shares an id with this one (an untouched test cohort).
         jobs: worker processes, at most one per usable core and as memory allows (None: all).
         overwrite: replace a cohort already in `out` (only what synth wrote is removed).
         progress: show a progress bar (None: when stderr is a terminal).
@@ -60,7 +63,7 @@ def synth(
     from smri.phantoms import synthesize
 
     cfg = SynthConfig(patients=patients, hgg_fraction=hgg_fraction, shape=tuple(shape),
-                      layout=layout, fmt=format, seed=seed)  # fmt: skip
+                      layout=layout, fmt=format, seed=seed, site=site)  # fmt: skip
     cfg.validate()
     jobs = _synth_jobs(cfg, cap_jobs(jobs, silent))  # at most one per core, and as memory allows
     Path(out).parent.mkdir(parents=True, exist_ok=True)

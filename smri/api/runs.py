@@ -1,6 +1,7 @@
 """The API of models and run folders: `models` (the architectures and their sizes), `train` (a
 run folder from a store, or a run resumed), `export` (a run's best model as a shareable folder)
-and `plot` (figures and summary comparing runs)."""
+`plot` (figures and summary comparing runs) and `holdout` (the untouched test patients of a
+store, listed before anything trains)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ _MODEL, _TRAIN = ModelConfig(), TrainConfig()
 RUN_OPTIONS = (
     "model", "width", "dropout", "input_pool", "epochs", "batch_size", "lr", "weight_decay",
     "seed", "val_fraction", "folds", "fold", "class_weight", "amp", "compile", "augment",
+    "seeds", "holdout",
 )  # fmt: skip
 MODEL_DESIGNS = {
     "cnn1": "conv blocks -> flatten -> FC 256 (baseline, large)",
@@ -105,6 +107,8 @@ def train(
     workers: int = _TRAIN.workers,
     augment: bool = _TRAIN.augment,
     jobs: int = _TRAIN.jobs,
+    seeds: int = _TRAIN.seeds,
+    holdout: PathLike | None = None,
     out: PathLike | None = None,
     resume: PathLike | None = None,
     overwrite: bool = False,
@@ -146,7 +150,12 @@ def train(
             (``"none"``), or choose (``"auto"``).
         workers: DataLoader workers when streaming.
         augment: random flips along each spatial axis, all modalities of a patient together.
-        jobs: with `folds` on a CPU: folds trained at once, each in its own process.
+        jobs: on a CPU: folds (or seeds) trained at once, each in its own process.
+        seeds: train every fold (or the one split) this many times, each with its own
+            initialisation, batch order, flips and dropout (the splits stay `seed`'s); the
+            trainings go to ``seed0/``, ``seed1/``, ... and the summary pools them.
+        holdout: a holdout list (CSV with a ``patient_id`` column, as `holdout` writes): the
+            untouched test patients, never trained or validated on.
         out: the run folder (None: ``runs/<model>-<date>-<time>``).
         resume: continue the run in this folder from its last.pt, with its own settings
             (only `device`, `cache`, `workers` may change).
@@ -167,6 +176,7 @@ def train(
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "seed": seed, "val_fraction": val_fraction, "folds": folds, "fold": fold,
         "class_weight": class_weight, "amp": amp, "compile": compile, "augment": augment,
+        "seeds": seeds, "holdout": None if holdout is None else str(Path(holdout).resolve()),
     }  # fmt: skip
     if resume is not None:
         _check_resume_options(settings, out, overwrite)
@@ -267,6 +277,7 @@ def plot(
     *,
     out: PathLike = Path("figures"),
     store: PathLike | None = None,
+    test: str | None = None,
 ) -> list[Path]:
     """Figures and a summary comparing finished runs in the folder `out` (`smri plot`);
     returns the files written (`list[Path]`).
@@ -280,9 +291,52 @@ def plot(
         out: the folder for the PNG figures, summary.md and summary.json.
         store: the store the runs trained on, for the intensity baseline (None: the one the
             first run's config.json records).
+        test: the name of each run's subfolder holding its scores on the untouched test
+            patients (``evaluate(run, test_store, out=run / test)``); summary.json then holds
+            a ``test`` block and summary.md leads with it (None: validation only).
     """
     from smri.comparison import plot_runs
 
     runs = [Path(run_dirs)] if isinstance(run_dirs, (str, os.PathLike)) else [
         Path(r) for r in run_dirs]  # fmt: skip
-    return plot_runs(runs, Path(out), None if store is None else Path(store))
+    return plot_runs(runs, Path(out), None if store is None else Path(store), test=test)
+
+
+# ---------------------------------------------------------------------------------- holdout
+@public
+def holdout(
+    store: PathLike,
+    out: PathLike,
+    *,
+    fraction: float = 0.2,
+    seed: int = _TRAIN.seed,
+    overwrite: bool = False,
+) -> Path:
+    """Set aside a stratified share of `store`'s labelled patients as the untouched test set
+    (`smri holdout`): writes the list to the CSV `out` (``patient_id,label``) and returns it.
+
+    Give the list to `train(holdout=...)`, which never trains or validates on those patients,
+    and to `evaluate(run, store, holdout=...)` at the end. Each class keeps its share, and at
+    least one patient of each class stays on each side.
+
+    Args:
+        store: the store whose patients are split.
+        out: the CSV file to write.
+        fraction: the share of each class set aside, between 0 and 1.
+        seed: the seed of the draw (a random stream of its own: never a split of `train`).
+        overwrite: replace an existing `out`.
+    """
+    from smri.atomic import OutputLock, check_not_input
+    from smri.data.holdout import holdout_rows, write_holdout
+    from smri.preprocessing import check_output
+    from smri.store import StoreReader
+
+    store, out = Path(store), Path(out)
+    check_not_input(out, {"STORE": store}, "OUT", inside=False)
+    check_output(out, overwrite)
+    with StoreReader(store) as reader:
+        ids, labels, classes = reader.patient_ids, reader.labels.copy(), reader.info.classes
+    rows = holdout_rows(labels, classes, fraction, seed)
+    with OutputLock(out):
+        write_holdout(out, [ids[i] for i in rows], labels[rows])
+    return out

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "preprocess": "smri.cli.preprocess_cmd:preprocess",
     "info": "smri.cli.info_cmd:info",
     "show": "smri.cli.show_cmd:show",
+    "holdout": "smri.cli.holdout_cmd:holdout",
     "models": "smri.cli.models_cmd:models",
     "train": "smri.cli.train_cmd:train",
     "evaluate": "smri.cli.evaluate_cmd:evaluate",

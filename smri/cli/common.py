@@ -146,6 +146,8 @@ def setting(keyword: str) -> click.ParamType:
     rule = RULES[keyword]
     if rule.choices is not None:
         return _CheckedChoice(keyword, rule.choices)
+    if rule.kind is str:
+        return _CheckedText(keyword)
     if rule.low is None and rule.high is None:
         return _CheckedNumber(keyword, click.INT if rule.kind is int else click.FLOAT)
     if rule.kind is int:
@@ -191,6 +193,16 @@ class _CheckedNumber(_Checked, click.ParamType):
 
     def __init__(self, keyword: str, parse: click.ParamType) -> None:
         self.keyword, self.parse, self.name = keyword, parse, parse.name
+
+
+class _CheckedText(_Checked, click.ParamType):
+    """A string whose form the API's check (or its dataclass) decides."""
+
+    name = "text"
+    parse = click.STRING
+
+    def __init__(self, keyword: str) -> None:
+        self.keyword = keyword
 
 
 class _CheckedChoice(_Checked, click.Choice):

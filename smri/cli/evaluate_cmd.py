@@ -45,6 +45,13 @@ EVALUATE = api_defaults(api.evaluate)
     "validation patients when STORE holds them, else all); 0 skips it.",
 )
 @click.option(
+    "--holdout",
+    type=path_option_type(dir_okay=False, exists=True),
+    default=None,
+    help="A holdout list (CSV with a patient_id column, written by smri holdout): evaluate "
+    "these patients of STORE only [default: all].",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the results of an earlier evaluate in --out [default: off: refuse].",
@@ -52,16 +59,20 @@ EVALUATE = api_defaults(api.evaluate)
 @quiet_option("")
 @handle_errors
 def evaluate(checkpoint: Path, store: Path, out: Path | None, batch_size: int, device: str,
-             cache: str, workers: int, saliency_patients: int, overwrite: bool,
-             quiet: bool) -> None:  # fmt: skip
-    """Metrics of MODEL on every labelled patient of STORE (e.g. a held-out cohort).
+             cache: str, workers: int, saliency_patients: int, holdout: Path | None,
+             overwrite: bool, quiet: bool) -> None:  # fmt: skip
+    """Metrics of MODEL on every labelled patient of STORE (e.g. an untouched test cohort).
 
-    MODEL is a checkpoint (a run's best.pt) or a folder written by `smri export`. Prints the
-    metrics as JSON; writes them with predictions.csv and a ROC curve to --out.
+    MODEL is a checkpoint (a run's best.pt), a folder written by `smri export`, or a run
+    folder: then every training of it (each fold and seed) scores the patients, and a patient
+    any of them trained or validated on is refused. Prints the metrics as JSON; writes them
+    with predictions.csv and a ROC curve to --out. Probabilities are calibrated (the class
+    weighting of training undone); class 1 is predicted at and above the model's threshold,
+    the training share of class 1.
     """
     report = api.evaluate(checkpoint, store, out=out, batch_size=batch_size, device=device,
                           cache=cache, workers=workers, saliency_patients=saliency_patients,
-                          overwrite=overwrite, quiet=quiet,
+                          holdout=holdout, overwrite=overwrite, quiet=quiet,
                           log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
     from smri.jsonfiles import json_text

@@ -29,10 +29,17 @@ PLOT = api_defaults(api.plot)
     help="The store the runs trained on, for the intensity baseline  [default: the path "
     "recorded in the first run's config.json]",
 )
+@click.option(
+    "--test",
+    default=None,
+    help="The subfolder of each run holding its scores on the untouched test patients "
+    "(smri evaluate RUN TEST_STORE --out RUN/NAME): summary.md then leads with the test set "
+    "[default: none: validation only].",
+)
 @handle_errors
-def plot(run_dirs: tuple[Path, ...], out: Path, store: Path | None) -> None:
+def plot(run_dirs: tuple[Path, ...], out: Path, store: Path | None, test: str | None) -> None:
     """Figures and summary comparing runs: loss, accuracy and ROC (K folds as mean ± std
     bands); every model's AUC and balanced accuracy with 95 % intervals, paired tests between
     models on the same patients, and the majority and intensity baselines."""
-    for path in api.plot(run_dirs, out=out, store=store):
+    for path in api.plot(run_dirs, out=out, store=store, test=test):
         click.echo(str(path))

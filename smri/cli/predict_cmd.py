@@ -52,6 +52,11 @@ def predict(checkpoint: Path, patient_dirs: tuple[Path, ...], csv_path: Path | N
     MODEL is a checkpoint (a run's best.pt) or a folder written by `smri export`. A folder is
     a BraTS-style patient folder (2018-2021 or 2023 names), a BIDS subject (sub-01, one
     session) or a BIDS session folder (sub-01/ses-02, predicted as sub-01_ses-02).
+
+    The probability is calibrated: the class weighting of training is undone, so among
+    patients like the training cohort, about that share are class 1. `predicted` is class 1
+    at and above the model's threshold, the training share of class 1 (the balanced rule the
+    class weighting aims at), not at 0.5.
     """
     results = api.predict(checkpoint, patient_dirs, csv=csv_path, batch_size=batch_size,
                           device=device, overwrite=overwrite, quiet=quiet,

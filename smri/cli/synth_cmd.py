@@ -56,6 +56,11 @@ SYNTH = api_defaults(api.synth)
     help="Random seed: same seed, same bytes.",
 )  # fmt: skip
 @click.option(
+    "--site", type=setting("site"), default=SYNTH["site"], show_default=True,
+    help="Site code in every patient id (BraTS19_<SITE>_0001_1): a second cohort with another "
+    "site never shares an id with the first (e.g. an untouched test cohort).",
+)  # fmt: skip
+@click.option(
     "--jobs",
     "-j",
     type=setting("jobs"),
@@ -77,6 +82,7 @@ def synth(
     fmt: str,
     shape: tuple[int, int, int],
     seed: int,
+    site: str,
     jobs: int | None,
     overwrite: bool,
     quiet: bool,
@@ -89,7 +95,7 @@ def synth(
     """
     t0 = time.perf_counter()
     api.synth(out, patients=patients, hgg_fraction=hgg_fraction, layout=layout, format=fmt,
-              shape=tuple(shape), seed=seed, jobs=jobs, overwrite=overwrite,
+              shape=tuple(shape), seed=seed, site=site, jobs=jobs, overwrite=overwrite,
               quiet=quiet)  # fmt: skip
     with open(out / "truth.csv", newline="") as fh:
         labels = [int(row["label"]) for row in csv.DictReader(fh)]

@@ -162,8 +162,24 @@ def _given(ctx: click.Context, name: str) -> bool:
     type=setting("jobs"),
     default=TRAIN["jobs"],
     show_default=True,
-    help="With --folds on a CPU: folds trained at once, each in its own process on its share "
-    "of the cores, at most one per core (2 on 2 cores: about 1.4x the folds per hour).",
+    help="On a CPU, with --folds or --seeds: trainings at once, each in its own process on its "
+    "share of the cores, at most one per core (2 on 2 cores: about 1.4x the folds per hour).",
+)
+@click.option(
+    "--seeds",
+    type=setting("seeds"),
+    default=TRAIN["seeds"],
+    show_default=True,
+    help="Train every fold (or the one split) N times, each with its own initialisation, batch "
+    "order, flips and dropout; the splits stay --seed's. Trainings go to seed0/, seed1/, ...; "
+    "the summary and smri plot's comparisons pool them (training variation included).",
+)
+@click.option(
+    "--holdout",
+    type=path_option_type(dir_okay=False, exists=True),
+    default=None,
+    help="A holdout list (CSV with a patient_id column, written by smri holdout): the untouched "
+    "test patients, never trained or validated on [default: none].",
 )
 @click.option(
     "--out",

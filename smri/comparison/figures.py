@@ -65,7 +65,9 @@ def load_run(run: Path) -> RunData:
     return data
 
 
-def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> list[Path]:
+def plot_runs(
+    runs: Sequence[Path], out: Path, store: Path | None = None, *, test: str | None = None
+) -> list[Path]:
     """CNNx_loss_curve.png per model, the all_models_* comparisons, summary.json and
     summary.md (`smri.comparison.compare`: intervals, paired tests, baselines); returns the files.
 
@@ -78,7 +80,7 @@ def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> lis
         merged.metrics += data.metrics
         merged.predictions += data.predictions
     by_model = dict(sorted(by_model.items()))
-    summary = compare(runs, store)  # every problem found before anything is written
+    summary = compare(runs, store, test=test)  # every problem found before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):  # one `smri plot` at a time writes a folder
         return _write_plots(out, by_model, summary)

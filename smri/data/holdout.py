@@ -1,6 +1,6 @@
 """The untouched test patients of a cohort: a stratified share set aside before any training,
 recorded in a CSV (``patient_id,label``) that `smri train --holdout` keeps out of training and
-validation, and `smri evaluate --patients` scores at the end.
+validation, and `smri evaluate --holdout` scores at the end.
 
 The file, not a seed, is the record: a run names it in config.json and lists the patients it
 kept out in split.json, so what was held out can be checked after the fact.

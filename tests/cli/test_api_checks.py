@@ -16,7 +16,6 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import make_store, one_torch_thread  # noqa: F401 (autouse fixture)
 
 import smri
 from smri import api
@@ -24,6 +23,8 @@ from smri.api.checks import RULES
 from smri.cli import COMMANDS, main
 from smri.errors import ConfigError, DataError, RunInterrupted
 from tests.helpers.bad_values import API_ONLY, BAD
+from tests.helpers.stores import make_store
+from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)
 
 FAST = {"width": 0.25, "batch_size": 2, "epochs": 1, "cache": "ram", "workers": 0}
 
