@@ -19,7 +19,15 @@ from smri.comparison.report import summary_markdown
 from smri.errors import ConfigError, DataError
 from smri.jsonfiles import write_json
 from smri.model_io import RUN_FILES
-from smri.plots import Rows, color_for, compare_figure, fold_loss_figure, roc_figure, save_figure
+from smri.plots import (
+    Rows,
+    color_for,
+    compare_figure,
+    fold_loss_figure,
+    reliability_figure,
+    roc_figure,
+    save_figure,
+)
 from smri.training.runs import (
     DAMAGED,
     read_metrics_csv,
@@ -83,7 +91,8 @@ def plot_runs(
     summary = compare(runs, store, test=test)  # every problem found before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):  # one `smri plot` at a time writes a folder
-        return _write_plots(out, by_model, summary)
+        tested = _write_test_plots(out, runs, test, summary) if test is not None else []
+        return _write_plots(out, by_model, summary, tested)
 
 
 def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
@@ -102,9 +111,31 @@ def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
         )
 
 
-def _write_plots(out: Path, by_model: dict[str, RunData], summary: dict) -> list[Path]:
-    """The figures, summary.json and summary.md of `plot_runs` into `out`."""
-    written = []
+def _write_test_plots(out: Path, runs: Sequence[Path], test: str, summary: dict) -> list[Path]:
+    """test_roc.png (each model's trainings on the test patients, mean ± band) and
+    test_reliability.png (each model's calibration, its trainings' predictions pooled)."""
+    from smri.comparison.testset import read_test
+
+    labels = [m["model"] for m in summary["test"]["models"]]
+    evs = read_test(runs, test)
+    curves, pooled = {}, {}
+    for label, ev in zip(labels, evs, strict=True):
+        m = ev.as_members()
+        y = ev.labels[ev.labels >= 0]
+        curves[label] = [(y, p) for p in m.probs]
+        pooled[label] = (np.tile(y, len(m.probs)), m.probs.ravel())
+    n = summary["test"]["patients"]
+    roc = roc_figure(curves, f"ROC on the {n} untouched test patients")
+    cal = reliability_figure(pooled, f"Calibration on the {n} untouched test patients")
+    return [save_figure(roc, out / "test_roc.png"), save_figure(cal, out / "test_reliability.png")]
+
+
+def _write_plots(
+    out: Path, by_model: dict[str, RunData], summary: dict, tested: Sequence[Path] = ()
+) -> list[Path]:
+    """The figures, summary.json and summary.md of `plot_runs` into `out` (`tested`: the test
+    set's figures, already written, listed first)."""
+    written = list(tested)
     for model, data in by_model.items():
         fig = fold_loss_figure(data.metrics, f"{model.upper()}-LSTM loss", color_for(model))
         written.append(save_figure(fig, out / f"{model.upper()}_loss_curve.png"))

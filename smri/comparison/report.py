@@ -45,18 +45,18 @@ def _p_text(p: float | None, c: dict[str, Any] | None = None) -> str:
 def _verdict(c: dict[str, Any], a: str, b: str, family: int) -> str:
     """One plain sentence on a paired difference b - a, judged after Holm's correction."""
     if c["difference"] is None:
-        return f"- {b.upper()} vs {a.upper()}: not compared (see notes)."
+        return f"- {_name(b)} vs {_name(a)}: not compared (see notes)."
     d, p, holm = c["difference"], c["p_value"], c.get("p_value_holm")
     better, worse = (b, a) if d > 0 else (a, b)
-    interval = f"95 % CI of {b.upper()} − {a.upper()}: {c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f}"
+    interval = f"95 % CI of {_name(b)} − {_name(a)}: {c['ci95'][0]:+.3f} to {c['ci95'][1]:+.3f}"
     if holm is not None and holm < ALPHA:
         return (
-            f"- {better.upper()} scores a higher AUC than {worse.upper()} by {abs(d):.3f} "
+            f"- {_name(better)} scores a higher AUC than {_name(worse)} by {abs(d):.3f} "
             f"({interval}, {_p_text(p, c)}, Holm over {family}: {_p(holm, c)}): "
             "**significant** at 0.05."
         )
     return (
-        f"- {b.upper()} − {a.upper()}: AUC {d:+.3f} ({interval}, {_p_text(p, c)}, Holm over "
+        f"- {_name(b)} − {_name(a)}: AUC {d:+.3f} ({interval}, {_p_text(p, c)}, Holm over "
         f"{family}: {_p(holm, c)}): **not significant** at 0.05 — this does not tell the two "
         "apart."
     )
@@ -125,12 +125,17 @@ def _test_lines(test: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _name(model: str) -> str:
+    """A model as the tables name it: CNN2, or "intensity baseline"."""
+    return "intensity baseline" if model == BASELINE else model.upper()
+
+
 def _comparison_row(c: dict[str, Any]) -> str:
     ci = "n/a" if c["ci95"] is None else f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
     diff = "n/a" if c["difference"] is None else f"{c['difference']:+.3f}"
     a, b = c.get("a") or c.get("baseline"), c.get("b") or c.get("model")
     return (
-        f"| {a.upper()} | {b.upper()} | {diff} | {ci} | {_p(c['p_value'], c)} "
+        f"| {_name(a)} | {_name(b)} | {diff} | {ci} | {_p(c['p_value'], c)} "
         f"| {_p(c.get('p_value_holm'), c)} |"
     )
 

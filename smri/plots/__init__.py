@@ -13,6 +13,7 @@ from smri.plots.curves import (
     fold_loss_figure,
     loss_curve_figure,
     mean_std_by_epoch,
+    reliability_figure,
     roc_figure,
 )
 from smri.plots.png import DPI, save_figure
@@ -29,6 +30,7 @@ __all__ = [
     "loss_curve_figure",
     "mean_std_by_epoch",
     "mosaic",
+    "reliability_figure",
     "roc_figure",
     "save_figure",
 ]

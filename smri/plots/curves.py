@@ -135,3 +135,39 @@ def roc_figure(curves: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]], title
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     return fig
+
+
+def reliability_figure(
+    models: dict[str, tuple[np.ndarray, np.ndarray]], title: str, bins: int = 10
+) -> Figure:
+    """A reliability diagram per model: in each of `bins` equal-width bins of predicted
+    probability, the observed share of class 1 against the mean probability (a calibrated
+    model lies on the diagonal), with the predictions per bin as bars below. `models`: name ->
+    (labels, probabilities), the predictions of all of a model's trainings pooled."""
+    from matplotlib.figure import Figure
+
+    from smri.metrics.calibration import brier, ece, reliability
+
+    fig = Figure(figsize=(4.0 * max(1, len(models)), 4.6))
+    axes = fig.subplots(2, max(1, len(models)), squeeze=False,
+                        gridspec_kw={"height_ratios": [3, 1]}, sharex=True)  # fmt: skip
+    order = list(models)
+    for k, (name, (y, p)) in enumerate(models.items()):
+        top, bottom = axes[0][k], axes[1][k]
+        count, mean_p, observed = reliability(y, p, bins)
+        full = count > 0
+        color = color_for(name, order)
+        top.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+        top.plot(mean_p[full], observed[full], marker="o", color=color)
+        top.set_title(f"{name.upper()}: Brier {brier(y, p):.3f}, ECE {ece(y, p, bins):.3f} "
+                      "(pooled)", fontsize=9)  # fmt: skip
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("observed share of class 1" if k == 0 else "")
+        edges = np.linspace(0, 1, bins + 1)
+        bottom.bar(edges[:-1], count, width=1 / bins, align="edge", color=color, alpha=0.5)
+        bottom.set_xlabel("predicted probability of class 1")
+        bottom.set_ylabel("predictions" if k == 0 else "")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -171,3 +171,19 @@ def test_a_bad_holdout_list_is_one_line_naming_the_file(tmp_path, text, message)
     with pytest.raises(DataError, match=message) as exc:
         read_holdout(path)
     assert str(path) in str(exc.value)
+
+
+def test_plot_with_a_test_set_leads_with_it_and_draws_its_roc_and_calibration(cohort, tmp_path):
+    from smri.comparison import plot_runs
+
+    dev, _test, runs = cohort
+    written = plot_runs(runs, tmp_path / "figs", dev, test="test")
+    names = [p.name for p in written]
+    assert names[:2] == ["test_roc.png", "test_reliability.png"]
+    assert all((tmp_path / "figs" / n).stat().st_size > 1000 for n in names[:2])
+    text = (tmp_path / "figs" / "summary.md").read_text()
+    assert "![test_reliability.png](test_reliability.png)" in text
+    assert text.index("## Test set (untouched)") < text.index("## Validation")
+    assert "| intensity baseline | CNN1 |" in text  # not the JSON key
+    with pytest.raises(DataError, match=r"no test predictions; score the run first"):
+        plot_runs(runs, tmp_path / "other", dev, test="elsewhere")

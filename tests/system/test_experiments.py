@@ -64,9 +64,23 @@ def test_summary_has_three_models_intervals_comparisons_and_baselines(results):
         assert c["ci95"][0] <= c["difference"] <= c["ci95"][1] and 0 < c["p_value"] <= 1
     assert 0 < summary["baselines"]["majority"]["accuracy"] < 1
     assert 0 <= summary["baselines"]["intensity_logreg"]["auc"] <= 1
+    test = summary["test"]  # issue 27's contract: the untouched test set
+    assert test["patients"] == len(test["ids"]) > 0
+    assert [m["model"] for m in test["models"]] == ["cnn1", "cnn2", "cnn3"]
+    for m in test["models"]:
+        assert set(m) >= {"model", "auc", "balanced_accuracy", "ci95", "ensemble_auc", "brier",
+                          "ece"}  # fmt: skip
+    for c in test["comparisons"]:
+        assert set(c) >= {"a", "b", "metric", "difference", "ci95", "p_value", "method"}
+    assert "auc" in test["baselines"]["intensity_logreg"]
+    assert all(m["std_ddof"] == 1 for m in models)
+    dev = set(json.loads((results / "runs" / "cnn1" / "fold0" / "split.json").read_text())["train"])
+    assert not dev & set(test["ids"])  # no test patient ever trained
     table = (results / "summary.md").read_text()
-    models_table = table.split("## Pairwise comparisons on validation")[0]
+    models_table = table.split("## Validation")[1].split("## Pairwise comparisons on validation")[0]
     assert models_table.count("\n| CNN") == 3 and "Majority class" in table
+    tested = table.split("## Validation")[0]  # the test set leads
+    assert "## Test set (untouched)" in tested and tested.count("\n| CNN") == 3 + 3
     assert "significant at 0.05" in table and "Intensity baseline" in table
 
 
