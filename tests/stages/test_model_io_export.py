@@ -321,11 +321,14 @@ def test_broken_export_in_evaluate_and_predict(exported, store, tmp_path, make, 
 
 
 def test_a_run_folder_is_not_an_export(run, store, tmp_path):
-    line = sole_error_line(invoke("evaluate", run, store, "--out", tmp_path / "ev"))
+    line = sole_error_line(invoke("predict", run, tmp_path))
     assert line == (
         f"Error: {run} is a run folder, not an exported model; give its best.pt, or export it "
         f"with `smri export {run} OUT_DIR`"
     )
+    # evaluate takes a run folder (every training of it), but never on patients it trained on
+    line = sole_error_line(invoke("evaluate", run, store, "--out", tmp_path / "ev"))
+    assert "not untouched test patients" in line and not (tmp_path / "ev").exists()
 
 
 def test_export_of_weights_saved_channels_last(run, tmp_path):
