@@ -28,6 +28,7 @@ from smri.data import contiguous_shard, epoch_batches, random_flips, strided_sha
 from smri.errors import ConfigError
 from smri.evaluation import evaluate_store
 from smri.metrics import binary_metrics
+from smri.model_io import calibration_of
 from smri.training.distributed import SINGLE, Dist, from_env
 from smri.training.runs import METRIC_COLUMNS
 from tests.helpers.stores import make_store
@@ -263,7 +264,8 @@ def test_validation_metrics_equal_a_single_process_evaluation(run, store):
     summary = json.loads((out / "summary.json").read_text())
     labels, probs = _evaluate_val(out / "best.pt", store, val_ids)
     assert len(set(np.round(probs, 4))) > 1  # the model tells patients apart
-    expected = binary_metrics(labels, probs)
+    offset, threshold, _ = calibration_of(torch.load(out / "best.pt", weights_only=True))
+    expected = binary_metrics(labels, probs, threshold)
     assert {k: summary["best"][k] for k in expected} == pytest.approx(expected, abs=1e-9)
     with open(out / "predictions.csv", newline="") as fh:
         preds = list(csv.DictReader(fh))
@@ -273,12 +275,12 @@ def test_validation_metrics_equal_a_single_process_evaluation(run, store):
     # the last epoch's row was computed with the weights now in last.pt
     labels, probs = _evaluate_val(out / "last.pt", store, val_ids)
     final = metric_rows(out)[-1]
-    expected = binary_metrics(labels, probs)
+    expected = binary_metrics(labels, probs, threshold)
     assert {k: float(final[f"val_{k}"]) for k in expected} == pytest.approx(expected, abs=1e-9)
     y_train = np.array(LABELS)[[int(pid[1:]) for pid in json.loads(
         (out / "split.json").read_text())["train"]]]  # fmt: skip
     pos_weight = torch.tensor((y_train == 0).sum() / (y_train == 1).sum())
-    logits = torch.logit(torch.from_numpy(probs))
+    logits = torch.logit(torch.from_numpy(probs)) - offset  # the raw logits: calibration undone
     loss = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)(logits, torch.from_numpy(labels * 1.0))
     assert float(final["val_loss"]) == pytest.approx(loss.item(), abs=1e-5)
 
