@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smri.errors import ConfigError, DataError, PatientError
+from smri.text import has_control_characters, name_problem, printable
 
 DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
 DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}
 UNLABELLED = -1
 SEG = "seg"  # the segmentation's name ending: `_seg.nii.gz`, BraTS 2023's `-seg.nii.gz`
-# Characters that break a one-line message (and can forge lines of output): controls such as
-# newline, carriage return and escape, and the Unicode line and paragraph separators.
-_LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 
 @dataclass(frozen=True)
@@ -92,33 +89,6 @@ def check_mapped_modalities(
                 f"{layout} files {files} are read as {', '.join(known)}; {m!r} is none of these",
                 option="--modalities",
             )
-
-
-def has_control_characters(name: str) -> bool:
-    """Whether `name` holds a newline, another control character or a line separator, or
-    bytes that are not UTF-8 (a patient id must be text a store and a CSV can hold)."""
-    return name_problem(name) is not None
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a patient id or be named in a one-line message, or None."""
-    if any(unicodedata.category(c) == "Cs" for c in name):  # os.fsdecode's escaped bytes
-        return "is not valid UTF-8"
-    if any(unicodedata.category(c) in _LINE_BREAKING for c in name):
-        return "holds control characters"
-    return None
-
-
-def printable(name: str) -> str:
-    """`name` with control characters and bytes that are not UTF-8 escaped (as repr shows
-    them: ``Bad\\xff``), for one-line messages."""
-    try:
-        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    if any(unicodedata.category(c) in _LINE_BREAKING for c in shown):
-        return repr(shown)[1:-1]
-    return shown
 
 
 def list_subfolders(path: Path) -> list[Path]:
