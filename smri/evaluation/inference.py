@@ -78,7 +78,7 @@ def evaluate_store(
     nbytes = len(ids) * int(np.prod(info.volume_shape)) * np.dtype(info.dtype).itemsize
     batches = Batches(
         store, rows, batch_size=batch_size, seed=0, shuffle=False, device=dev, workers=workers,
-        cache=resolve_cache(cache, dev, nbytes),
+        cache=resolve_cache(cache, dev, nbytes), identity=info.identity,
     )  # fmt: skip
     use_amp = amp and dev.type == "cuda"
     bar = tqdm(total=len(batches), desc="evaluate", unit="batch", disable=not progress)
@@ -100,7 +100,7 @@ def evaluate_store(
     metrics = {"n": int(known.sum()), **(binary_metrics(labels[known], probs[known]) if
                                          known.any() else {})}  # fmt: skip
     if saliency_patients > 0:  # where the model looks: its saliency against the tumour masks
-        with StoreReader(store) as reader:
+        with StoreReader(store, expect=info.identity) as reader:
             metrics.update(saliency_in_tumour(
                 model, reader, Path(checkpoint), dev, limit=saliency_patients,
                 steps=saliency_steps, batch_size=batch_size, progress=progress,
