@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from smri.data import Batches, nonfinite_output_message, resolve_cache
-from smri.errors import DataError, PatientError
+from smri.errors import ConfigError, DataError, PatientError
 from smri.evaluation.explanation import patient_saliency, rounded, run_validation_ids
 from smri.evaluation.saliency import DEFAULT_STEPS, METHOD, share_inside
 from smri.metrics import binary_metrics
@@ -169,7 +169,7 @@ def predict_folders(
     ckpt = load_model(checkpoint)
     try:
         cfg = PreprocessConfig.from_dict({**ckpt["preprocess_config"], "masks": False})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:  # a value of the file, not an option
         raise DataError(
             f"{checkpoint}: damaged smri checkpoint or export: bad preprocess_config ({exc})"
         ) from None
