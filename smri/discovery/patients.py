@@ -92,13 +92,34 @@ def check_mapped_modalities(
 
 
 def list_subfolders(path: Path) -> list[Path]:
+    """The folders in `path` (not hidden), sorted by name; an entry that cannot be followed
+    (a symbolic link loop, no permission) is listed too, so that reading it skips that one
+    patient with the reason instead of losing the listing, and the cohort with it."""
     try:
-        return sorted(
-            (Path(e.path) for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")),
-            key=lambda p: p.name,
-        )
+        entries = list(os.scandir(path))
     except OSError as exc:
         raise DataError(f"{path}: cannot list folder ({exc.strerror})") from None
+    found = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir():
+                found.append(Path(entry.path))
+        except OSError:  # ELOOP, EACCES: is_dir raises for these (a dangling link is False)
+            found.append(Path(entry.path))
+    return sorted(found, key=lambda p: p.name)
+
+
+def check_followable(folder: Path, patient_id: str) -> None:
+    """PatientError naming `folder` when its path cannot be followed: a symbolic link loop
+    (ELOOP) or no permission. That patient is skipped with the reason; the others go on."""
+    try:
+        os.stat(folder)
+    except FileNotFoundError:
+        return  # missing: the caller says what it expected there
+    except OSError as exc:
+        raise PatientError(patient_id, f"cannot read {folder} ({exc.strerror})") from None
 
 
 def read_patient_folder(
@@ -126,6 +147,7 @@ def read_patient_folder(
             printable(pid),
             f"folder name '{printable(pid)}' {name_problem(pid)}; rename the folder",
         )
+    check_followable(folder, pid)
     if not folder.is_dir():
         raise PatientError(pid, f"{folder} is not a folder")
     found: dict[str, list[Path]] = {m: [] for m in modalities}
