@@ -15,11 +15,19 @@ import numpy as np
 
 from smri.atomic import OutputLock, check_not_input
 from smri.comparison.compare import compare
-from smri.comparison.report import summary_markdown
+from smri.comparison.report import SUMMARY_HEADING, summary_markdown
 from smri.errors import ConfigError, DataError
 from smri.jsonfiles import write_json
-from smri.model_io import RUN_FILES
-from smri.plots import Rows, color_for, compare_figure, fold_loss_figure, roc_figure, save_figure
+from smri.model_io import is_plot_summary, run_files
+from smri.plots import (
+    PNG_SIGNATURE,
+    Rows,
+    color_for,
+    compare_figure,
+    fold_loss_figure,
+    roc_figure,
+    save_figure,
+)
 from smri.training.runs import (
     DAMAGED,
     read_metrics_csv,
@@ -81,6 +89,7 @@ def plot_runs(runs: Sequence[Path], out: Path, store: Path | None = None) -> lis
     summary = compare(runs, store)  # every problem found before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):  # one `smri plot` at a time writes a folder
+        check_own_outputs(out, plot_files(by_model))
         return _write_plots(out, by_model, summary)
 
 
@@ -91,13 +100,53 @@ def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder", option="--out")
     check_not_input(out, [("RUN_DIR", run) for run in runs], "--out", folder=True, inside=False)
-    held = [name for name in RUN_FILES if (out / name).exists()]
+    held = run_files(out)  # plot's own summary.json (a first `smri plot`) is no run's
     if held:
         raise ConfigError(
             f"{out} is an smri run folder ({', '.join(held)}); its summary.json would be "
             "replaced; choose another --out (e.g. figures/)",
             option="--out",
         )
+
+
+def plot_files(by_model: dict[str, RunData]) -> list[str]:
+    """The names `smri plot` writes into --out for these models."""
+    figures = [f"{model.upper()}_loss_curve.png" for model in by_model]
+    figures += ["all_models_loss_curve.png", "all_models_accuracy.png"]
+    if any(d.predictions for d in by_model.values()):
+        figures.append("all_models_roc.png")
+    return [*figures, "summary.json", "summary.md"]
+
+
+def check_own_outputs(out: Path, names: Sequence[str]) -> None:
+    """ConfigError (--out) when a file plot is about to replace in `out` is not one plot
+    wrote: a figure that is not a PNG image, a summary.json that is not plot's comparison,
+    a summary.md that is not its report. Plot's own earlier outputs are replaced: plotting
+    again (the default figures/ included) remakes them from the runs."""
+    for name in names:
+        path = out / name
+        if not path.exists():
+            continue
+        if name.endswith(".png"):
+            own = _starts_with(path, PNG_SIGNATURE)
+        elif name == "summary.json":
+            own = is_plot_summary(path)
+        else:
+            own = _starts_with(path, SUMMARY_HEADING.encode())
+        if not own:
+            raise ConfigError(
+                f"{path} exists and was not written by `smri plot`, which would replace it; "
+                "choose another --out",
+                option="--out",
+            )
+
+
+def _starts_with(path: Path, head: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(head)) == head
+    except OSError:
+        return False
 
 
 def _write_plots(out: Path, by_model: dict[str, RunData], summary: dict) -> list[Path]:

@@ -49,6 +49,9 @@ def _verdict(c: dict[str, Any], a: str, b: str) -> str:
     )
 
 
+SUMMARY_HEADING = "# Validation results"  # summary.md's first line
+
+
 def summary_markdown(summary: dict[str, Any], figures: Sequence[str] = ()) -> str:
     """summary.md: the models with intervals, the paired comparisons, the baselines, in words."""
     models = summary["models"]
@@ -66,7 +69,7 @@ def summary_markdown(summary: dict[str, Any], figures: Sequence[str] = ()) -> st
         "device",
     ]
     lines = [
-        "# Validation results",
+        SUMMARY_HEADING,
         "",
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",

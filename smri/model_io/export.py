@@ -32,6 +32,8 @@ EXPORT_VERSION = 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 EXPORT_FILES = (WEIGHTS, CONFIG, CARD)
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "split.json", "summary.json")
+# The keys of the summary.json `smri plot` writes (its comparison): that file is no run's.
+PLOT_SUMMARY_KEYS = ("models", "comparisons", "baselines", "bootstrap")
 _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*\Z")
 
 
@@ -118,15 +120,34 @@ def read_json(path: Path, max_bytes: int = JSON_MAX_BYTES) -> Any:
         raise DataError(f"{path}: cannot read ({why})") from None
 
 
+def run_files(folder: Path) -> list[str]:
+    """The RUN_FILES in `folder`: what makes it a run or fold folder, whose files a command
+    writing there would replace. A summary.json that `smri plot` wrote, alone, does not: that
+    folder holds plot's own outputs (figures/ after a first `smri plot`), not a run."""
+    held = [name for name in RUN_FILES if (Path(folder) / name).exists()]
+    if held == ["summary.json"] and is_plot_summary(Path(folder) / "summary.json"):
+        return []
+    return held
+
+
+def is_plot_summary(path: Path) -> bool:
+    """Whether `path` is a summary.json written by `smri plot` (by its keys)."""
+    try:
+        data = read_json(path)
+    except DataError:
+        return False
+    return isinstance(data, dict) and all(key in data for key in PLOT_SUMMARY_KEYS)
+
+
 # --------------------------------------------------------------------------------- writing
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an OUT_DIR that holds an export (without `overwrite`) or is a run folder."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder", option="OUT_DIR")
-    run_files = [n for n in RUN_FILES if (out / n).exists()]
-    if run_files:
+    held = run_files(out)
+    if held:
         raise ConfigError(
-            f"{out} is an smri run folder ({', '.join(run_files)}); its config.json would be "
+            f"{out} is an smri run folder ({', '.join(held)}); its config.json would be "
             "replaced; export to another folder (e.g. a new subfolder)",
             option="OUT_DIR",
         )
