@@ -213,10 +213,10 @@ def _naming(path: Path, tmp: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise naming(exc, path, tmp) from None
-    except Exception as exc:  # safetensors' SafetensorError: "... Os { code: 28, ... }"
-        found = re.search(r"code: (\d+)", str(exc))
+    except Exception as exc:  # SafetensorError: "Os { code: 28, ..." or "(os error 27)"
+        found = re.search(r"code: (\d+)|os error (\d+)", str(exc))
         if found:
-            code = int(found.group(1))
+            code = int(found.group(1) or found.group(2))
             raise OSError(code, os.strerror(code), str(path)) from None
         first = one_line(str(exc).strip().split("\n")[0][:200]) or type(exc).__name__
         raise DataError(f"{path}: cannot write the weights ({first})") from None
