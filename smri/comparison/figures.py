@@ -101,7 +101,7 @@ def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
         raise ConfigError(f"{out} exists and is not a folder", option="--out")
     check_not_input(out, [("RUN_DIR", run) for run in runs], "--out", folder=True, inside=False)
     held = run_files(out)  # plot's own summary.json (a first `smri plot`) is no run's
-    if held:
+    if held and held != ["summary.json"]:  # one alone: `check_own_outputs` says whose it is
         raise ConfigError(
             f"{out} is an smri run folder ({', '.join(held)}); its summary.json would be "
             "replaced; choose another --out (e.g. figures/)",
