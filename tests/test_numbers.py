@@ -49,7 +49,7 @@ def test_a_range_the_epsilon_swamps_is_warned_of_like_a_constant_volume(tmp_path
 @pytest.mark.parametrize(
     ("low", "span", "message"),
     [(3.4e38, 1e36, "intensities reach 3.41e+38, beyond float32"),  # the edge of float32
-     (1e308, 1e300, "intensities reach 1e+308, beyond float32"),  # near float64's maximum
+     (1.7e308, 1e30, "intensities reach 1.7e+308, beyond float32"),  # near float64's max
      (-3e38, 6e38, "wider than float32")],
 )  # fmt: skip
 def test_float64_beyond_float32_is_refused_without_a_numpy_warning(tmp_path, low, span, message):

@@ -192,11 +192,15 @@ TYPES = [
     ("meta-text", _meta_as_text, "'meta/spacing' is object, expected floats"),
     ("labels-float", lambda f: _retype(f, "labels", np.float32), "'labels' is float32, "
      "expected integers"),
+    ("labels-wide", lambda f: _retype(f, "labels", np.int16, {4: 257}),
+     "patient P004 has label 257, expected -1, 0 or 1"),  # not read as int8's 1
 ]  # fmt: skip
 
 
-def _retype(f: h5py.File, key: str, dtype: type) -> None:
+def _retype(f: h5py.File, key: str, dtype: type, rows: dict[int, int] | None = None) -> None:
     data = f[key][:].astype(dtype)
+    for row, value in (rows or {}).items():
+        data[row] = value
     del f[key]
     f.create_dataset(key, data=data, maxshape=(None,))
 

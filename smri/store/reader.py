@@ -180,9 +180,10 @@ class StoreReader:
                     "`smri preprocess --append` or `--overwrite`?): its rows may hold other "
                     "patients now, so nothing more is read; run the command again"
                 )
-            self.labels: np.ndarray = self._file[LABELS][:].astype(np.int8)
+            labels = self._file[LABELS][:]  # checked as stored: int8 would wrap 257 to 1
             self.patient_ids: list[str] = _ids(self._file)
-            check_contents(self.info, self.labels, self.patient_ids, self._file.get(META))
+            check_contents(self.info, labels, self.patient_ids, self._file.get(META))
+            self.labels: np.ndarray = labels.astype(np.int8)
             self._images = self._file[IMAGES]
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             self._file.close()

@@ -209,16 +209,16 @@ def float32_problem(lo: float, hi: float) -> str | None:
     with np.errstate(over="ignore", invalid="ignore"):
         lo32, hi32 = np.float32(lo), np.float32(hi)
         span = hi32 - lo32
-    if not (np.isfinite(lo32) and np.isfinite(hi32)):
+    if hi - lo > FLOAT32_MAX:
+        return (
+            f"intensities span {lo:g} to {hi:g}, wider than float32 (±{FLOAT32_MAX:.3g}) in "
+            "which they are normalised"
+        )
+    if not (np.isfinite(lo32) and np.isfinite(hi32) and np.isfinite(span)):
         far = hi if abs(hi) >= abs(lo) else lo
         return (
             f"intensities reach {far:g}, beyond float32 (±{FLOAT32_MAX:.3g}) in which they "
             "are normalised"
-        )
-    if hi - lo > FLOAT32_MAX or not np.isfinite(span):
-        return (
-            f"intensities span {lo:g} to {hi:g}, wider than float32 (±{FLOAT32_MAX:.3g}) in "
-            "which they are normalised"
         )
     return None
 
