@@ -40,12 +40,17 @@ MAX_MODALITIES = 64
 
 def load_model(path: Path) -> dict[str, Any]:
     """A checkpoint file, or a folder written by `smri export` (or its model.safetensors or
-    config.json), as a checkpoint dict."""
+    config.json), as a checkpoint dict; either's store facts checked for their types."""
     path = Path(path)
     if path.name in (WEIGHTS, CONFIG) and path.is_file():  # a file of an exported folder
         return load_exported(path.parent)
     if not path.is_dir():
-        return load_checkpoint(path)
+        ckpt = load_checkpoint(path)
+        where = f"{path}: damaged smri checkpoint"
+        check_store_facts(ckpt["store"], where)  # as an export's: they name and shape outputs
+        if sorted(ckpt["store"]["classes"].values()) != [0, 1]:
+            raise DataError(f"{where}: 'store.classes' are not one name for 0 and one for 1")
+        return ckpt
     if (path / "best.pt").is_file() or fold_dirs(path):
         raise DataError(
             f"{path} is a run folder, not an exported model; give its best.pt, or export it "
