@@ -228,12 +228,12 @@ def _poison(store: Path, folder: Path, row: int, value: float) -> Path:
     return bad
 
 
-@pytest.mark.parametrize("value", [2.0, -0.5, 44640.0])
-def test_values_outside_zero_one_are_never_scored(good, tmp_path, value):
+@pytest.mark.parametrize(("value", "cache"), [(2.0, "none"), (-0.5, "ram"), (44640.0, "none")])
+def test_values_outside_zero_one_are_never_scored(good, tmp_path, value, cache):
     store, run = good
     bad = _poison(store, tmp_path, 3, value)
     line = one_error("evaluate", run / "best.pt", bad, "--out", tmp_path / "ev", "--cache",
-                     "none", "--device", "cpu")  # fmt: skip
+                     cache, "--workers", "0", "--device", "cpu")  # fmt: skip
     assert line.startswith(f"Error: {bad}: patient P003 holds values from ")
     assert "outside the [0, 1] that preprocessing writes" in line
     assert not (tmp_path / "ev").exists()
@@ -243,7 +243,7 @@ def test_values_outside_zero_one_stop_training_and_the_dataset(good, tmp_path):
     store, _ = good
     bad = _poison(store, tmp_path, 5, 1.5)
     line = one_error("train", bad, "--width", "0.25", "--epochs", "1", "--batch-size", "4",
-                     "--cache", "ram", "--device", "cpu", "--no-tensorboard",
+                     "--cache", "ram", "--workers", "0", "--device", "cpu", "--no-tensorboard",
                      "--out", tmp_path / "r")  # fmt: skip
     assert re.search(r"patient P005 holds values from [0-9.e-]+ to 1\.5, outside the \[0, 1\]",
                      line), line  # fmt: skip
