@@ -54,8 +54,8 @@ class OutputLock:
         while True:
             try:
                 fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise OSError(exc.errno, exc.strerror, str(self.lock_file)) from None
+            except OSError as exc:  # a read-only folder: named as the output asked for
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -71,8 +71,13 @@ class OutputLock:
             if _same_file(fd, self.lock_file):
                 break
             os.close(fd)  # removed (and maybe made again) by its holder meanwhile: try again
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: named as the output asked for
+            self.lock_file.unlink(missing_ok=True)  # still held: no other process uses it
+            os.close(fd)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         self._fd = fd
         return self
 

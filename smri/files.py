@@ -39,3 +39,24 @@ def check_regular(path: Path) -> Path:
             "to them)"
         )
     return Path(path)
+
+
+FileState = tuple[int, int, int, int, int]  # device, inode, size, mtime_ns, ctime_ns
+
+
+def file_state(fd: int | Path) -> FileState:
+    """Which file an open descriptor (or a path, links followed) reads and which version of
+    it: device, inode, size, modification and change time (ns). Two reads of one path that
+    see different states read different files (replaced by a rename) or a file written in
+    between."""
+    st = os.fstat(fd) if isinstance(fd, int) else os.stat(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def changed_message(path: Path) -> str:
+    """What to say of a file that changed while smri read it."""
+    return (
+        f"{path}: changed while smri read it (its size, modification time or inode differ "
+        "between two reads), so its header and voxels could come from different versions; "
+        "not used: run again once nothing writes to it"
+    )

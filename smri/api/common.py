@@ -42,12 +42,12 @@ def bars(progress: bool | None, quiet: bool) -> bool:
 
 def refuse_run_folder(where: Path, why: str) -> None:
     """ConfigError (--out) when `where` is a run or fold folder: `why` says what would happen."""
-    from smri.model_io import RUN_FILES
+    from smri.model_io import run_files
 
-    run_files = [n for n in RUN_FILES if (where / n).exists()]
-    if run_files:
+    held = run_files(where)  # a folder `smri plot` wrote into is no run
+    if held:
         raise ConfigError(
-            f"{where} is an smri run folder ({', '.join(run_files)}); {why}; choose another "
+            f"{where} is an smri run folder ({', '.join(held)}); {why}; choose another "
             "--out (e.g. a new subfolder)",
             option="--out",
         )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
 from smri.errors import ConfigError, SmriError
+from smri.text import one_line, terminal_text
 
 # Errors after which the process must not tear down normally (a failed HDF5 write: h5py
 # crashes when it frees the file's objects); `smri.cli.entry` ends the process at once.
@@ -23,7 +25,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     `SmriError` exits 1 (data problems); `ConfigError` naming an option exits 2 (usage), as
     "Invalid value for '--option': ..." (the one place a ConfigError's option becomes CLI
     text; `smri.api.common.python_message` is Python's); Ctrl-C exits 130 after the library
-    has cleaned up its temporary files.
+    has cleaned up its temporary files. Every command runs through here, so this is where
+    text from files is made safe to print: while the command runs, what it writes to stdout
+    and stderr passes `terminal_text` (no escape sequence from a patient id or class name
+    reaches the terminal), and its error is `one_line`.
     """
 
     @functools.wraps(func)
@@ -31,14 +36,14 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         from smri.api.common import command_line  # messages as the command line words them
 
         try:
-            with command_line():
+            with command_line(), printable_output():
                 return func(*args, **kwargs)
         except ConfigError as exc:
             if exc.option:
-                raise click.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
-            raise click.UsageError(str(exc)) from None
+                raise click.BadParameter(one_line(str(exc)), param_hint=f"'{exc.option}'") from None
+            raise click.UsageError(one_line(str(exc))) from None
         except SmriError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -46,17 +51,51 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             if getattr(exc, "unrecoverable", False):  # a failed HDF5 write (smri.store)
                 UNRECOVERABLE.append(exc)  # the console script leaves at once: see `entry`
-            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            raise click.ClickException(one_line(f"{exc.strerror or exc}{where}")) from None
         except MemoryError:
             raise click.ClickException(f"out of memory; {OUT_OF_MEMORY}") from None
         except RuntimeError as exc:  # torch's allocators (CPU and CUDA) raise these
             text = str(exc).strip()
             if not any(s in text for s in ("can't allocate memory", "out of memory")):
                 raise
-            first = text.splitlines()[0][:160]
+            first = one_line(text.splitlines()[0][:160])
             raise click.ClickException(f"out of memory ({first}); {OUT_OF_MEMORY}") from None
 
     return wrapper
+
+
+class TerminalStream:
+    """A text stream whose writes pass `terminal_text` first: control characters other than
+    newline, carriage return and tab are written escaped (``\\x1b``). Everything else is the
+    stream's (encoding, isatty, flush, fileno: click and tqdm see the stream they expect)."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: Any) -> Any:
+        return self.stream.write(terminal_text(text) if isinstance(text, str) else text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def printable_output() -> Iterator[None]:
+    """sys.stdout and sys.stderr as `TerminalStream`s while the block runs (once: nested
+    commands, such as `train` calling another, keep the outer ones)."""
+    saved = sys.stdout, sys.stderr
+    if not isinstance(sys.stdout, TerminalStream):
+        sys.stdout = TerminalStream(sys.stdout)
+    if not isinstance(sys.stderr, TerminalStream):
+        sys.stderr = TerminalStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 OUT_OF_MEMORY = (

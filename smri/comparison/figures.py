@@ -15,11 +15,12 @@ import numpy as np
 
 from smri.atomic import OutputLock, check_not_input
 from smri.comparison.compare import compare
-from smri.comparison.report import summary_markdown
+from smri.comparison.report import SUMMARY_HEADINGS, summary_markdown
 from smri.errors import ConfigError, DataError
 from smri.jsonfiles import write_json
-from smri.model_io import RUN_FILES
+from smri.model_io import is_plot_summary, run_files
 from smri.plots import (
+    PNG_SIGNATURE,
     Rows,
     color_for,
     compare_figure,
@@ -91,6 +92,7 @@ def plot_runs(
     summary = compare(runs, store, test=test)  # every problem found before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):  # one `smri plot` at a time writes a folder
+        check_own_outputs(out, plot_files(by_model, test is not None))
         tested = _write_test_plots(out, runs, test, summary) if test is not None else []
         return _write_plots(out, by_model, summary, tested)
 
@@ -102,13 +104,54 @@ def check_plot_out(out: Path, runs: Sequence[Path]) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder", option="--out")
     check_not_input(out, [("RUN_DIR", run) for run in runs], "--out", folder=True, inside=False)
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if held:
+    held = run_files(out)  # plot's own summary.json (a first `smri plot`) is no run's
+    if held and held != ["summary.json"]:  # one alone: `check_own_outputs` says whose it is
         raise ConfigError(
             f"{out} is an smri run folder ({', '.join(held)}); its summary.json would be "
             "replaced; choose another --out (e.g. figures/)",
             option="--out",
         )
+
+
+def plot_files(by_model: dict[str, RunData], test: bool = False) -> list[str]:
+    """The names `smri plot` writes into --out for these models (with the test set's)."""
+    figures = ["test_roc.png", "test_reliability.png"] if test else []
+    figures += [f"{model.upper()}_loss_curve.png" for model in by_model]
+    figures += ["all_models_loss_curve.png", "all_models_accuracy.png"]
+    if any(d.predictions for d in by_model.values()):
+        figures.append("all_models_roc.png")
+    return [*figures, "summary.json", "summary.md"]
+
+
+def check_own_outputs(out: Path, names: Sequence[str]) -> None:
+    """ConfigError (--out) when a file plot is about to replace in `out` is not one plot
+    wrote: a figure that is not a PNG image, a summary.json that is not plot's comparison,
+    a summary.md that is not its report. Plot's own earlier outputs are replaced: plotting
+    again (the default figures/ included) remakes them from the runs."""
+    for name in names:
+        path = out / name
+        if not path.exists():
+            continue
+        if name.endswith(".png"):
+            own = _starts_with(path, PNG_SIGNATURE)
+        elif name == "summary.json":
+            own = is_plot_summary(path)
+        else:
+            own = any(_starts_with(path, h.encode()) for h in SUMMARY_HEADINGS)
+        if not own:
+            raise ConfigError(
+                f"{path} exists and was not written by `smri plot`, which would replace it; "
+                "choose another --out",
+                option="--out",
+            )
+
+
+def _starts_with(path: Path, head: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(head)) == head
+    except OSError:
+        return False
 
 
 def _write_test_plots(out: Path, runs: Sequence[Path], test: str, summary: dict) -> list[Path]:

@@ -62,10 +62,14 @@ def _verdict(c: dict[str, Any], a: str, b: str, family: int) -> str:
     )
 
 
+# summary.md's first line; an earlier smri wrote the second (`smri plot` replaces either)
+SUMMARY_HEADINGS = ("# Results", "# Validation results")
+
+
 def summary_markdown(summary: dict[str, Any], figures: Sequence[str] = ()) -> str:
     """summary.md: the test set (when there is one), then validation with intervals, the
     comparisons, the baselines, in words."""
-    lines = ["# Results", ""]
+    lines = [SUMMARY_HEADINGS[0], ""]
     if summary.get("test"):
         lines += _test_lines(summary["test"])
     lines += _validation_lines(summary)

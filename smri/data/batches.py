@@ -17,6 +17,7 @@ import torch
 from smri.data.caches import DeviceCache, RamCache
 from smri.data.splits import EpochOrder
 from smri.data.stream import Streamed
+from smri.store import StoreIdentity
 
 
 class Batches:
@@ -30,6 +31,9 @@ class Batches:
     With world > 1 this rank gets its `strided_shard` of each epoch's order (torchrun/DDP):
     streaming reads only those patients; a cache holds all `rows`, since the shard changes
     every epoch.
+
+    `identity` is the store file the rows were planned on (`StoreInfo.identity`): every
+    source that opens the store again refuses another file at that path.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class Batches:
         workers: int = 0,
         rank: int = 0,
         world: int = 1,
+        identity: StoreIdentity | None = None,
     ):
         self.store = Path(path)
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -52,11 +57,11 @@ class Batches:
         self.order = EpochOrder(len(self.rows), batch_size, seed, shuffle, rank, world)
         self.source: Streamed | RamCache | DeviceCache
         if cache == "none":
-            self.source = Streamed(self.store, self.rows, self.order, device, workers)
+            self.source = Streamed(self.store, self.rows, self.order, device, workers, identity)
         elif cache == "ram":
-            self.source = RamCache(self.store, self.rows, self.order, device)
+            self.source = RamCache(self.store, self.rows, self.order, device, identity)
         elif cache == "device":
-            self.source = DeviceCache(self.store, self.rows, self.order, device)
+            self.source = DeviceCache(self.store, self.rows, self.order, device, identity)
         else:
             raise ValueError(f"cache must be 'device', 'ram' or 'none', got {cache!r}")
 

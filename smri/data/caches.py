@@ -13,21 +13,25 @@ import numpy as np
 import torch
 
 from smri.config import CACHE_MODES
-from smri.data.nonfinite import check_finite
 from smri.data.slots import host_empty, to_device
 from smri.data.splits import EpochOrder
 from smri.errors import ConfigError
-from smri.store import StoreReader
+from smri.store import StoreIdentity, StoreReader
 
 SAFE_SHARE = 0.5  # `auto` caches when the data take at most this share of free memory
 LOAD_CHUNK = 16  # patients per read when filling a cache
 
 
 def load_rows(
-    path: Path, rows: np.ndarray, device: torch.device, pin: bool = False
+    path: Path,
+    rows: np.ndarray,
+    device: torch.device,
+    pin: bool = False,
+    identity: StoreIdentity | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read `rows` of the store into one tensor on `device` (store dtype) plus float32 labels."""
-    with StoreReader(path) as reader:
+    """Read `rows` of the store into one tensor on `device` (store dtype) plus float32 labels;
+    `identity`: the file they were planned on (a store replaced since is refused)."""
+    with StoreReader(path, expect=identity) as reader:
         shape = (len(rows), *reader.info.volume_shape)
         dtype = getattr(torch, reader.info.dtype)
         images = torch.empty(shape, dtype=dtype, device=device)
@@ -35,9 +39,7 @@ def load_rows(
         for start in range(0, len(rows), LOAD_CHUNK):
             chunk = rows[start : start + LOAD_CHUNK]
             buf = staging[: len(chunk)]
-            for k, row in enumerate(chunk):
-                reader.read(int(row), out=buf[k].numpy())
-            check_finite(buf, chunk, reader)
+            reader.read_many(chunk, out=buf.numpy())  # values checked as read
             images[start : start + len(chunk)].copy_(buf, non_blocking=False)
         labels = torch.from_numpy(reader.labels[rows].astype(np.float32)).to(device)
     return images, labels
@@ -54,11 +56,12 @@ class _Cache:
         order: EpochOrder,
         device: torch.device,
         target: torch.device,
+        identity: StoreIdentity | None = None,
     ):
         self.order, self.device = order, device
         self.images: torch.Tensor | None
         self.labels: torch.Tensor | None
-        self.images, self.labels = load_rows(path, rows, target, pin=device.type == "cuda")
+        self.images, self.labels = load_rows(path, rows, target, device.type == "cuda", identity)
 
     def gather(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels of `positions`, ready to go to the device."""
@@ -77,8 +80,15 @@ class _Cache:
 class DeviceCache(_Cache):
     """The split resident on the device: an epoch is pure compute."""
 
-    def __init__(self, path: Path, rows: np.ndarray, order: EpochOrder, device: torch.device):
-        super().__init__(path, rows, order, device, target=device)
+    def __init__(
+        self,
+        path: Path,
+        rows: np.ndarray,
+        order: EpochOrder,
+        device: torch.device,
+        identity: StoreIdentity | None = None,
+    ):
+        super().__init__(path, rows, order, device, target=device, identity=identity)
 
     def gather(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(positions).to(self.images.device)
@@ -88,8 +98,15 @@ class DeviceCache(_Cache):
 class RamCache(_Cache):
     """The split in host memory; on CUDA each batch is pinned on its way to the GPU."""
 
-    def __init__(self, path: Path, rows: np.ndarray, order: EpochOrder, device: torch.device):
-        super().__init__(path, rows, order, device, target=torch.device("cpu"))
+    def __init__(
+        self,
+        path: Path,
+        rows: np.ndarray,
+        order: EpochOrder,
+        device: torch.device,
+        identity: StoreIdentity | None = None,
+    ):
+        super().__init__(path, rows, order, device, torch.device("cpu"), identity)
 
     def gather(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(positions)

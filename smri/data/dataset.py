@@ -55,6 +55,7 @@ class StoreDataset(LazyReader, Dataset):
         with StoreReader(self.path) as reader:
             self.info = reader.info
             ids, labels = reader.patient_ids, reader.labels.copy()
+        self.identity = self.info.identity  # each process's reader checks it is this file
         self.rows = _select(rows, run, ids, self.path)
         self.patient_ids = [ids[r] for r in self.rows]
         self.labels = labels[self.rows].astype(np.int64)

@@ -1,7 +1,8 @@
-"""NaN and Inf in training input or model output: found, and named by store and patient.
+"""NaN and Inf in model output: found, and named by store and patient.
 
-Preprocessing never writes a non-finite value, so one in the store means the store is damaged;
-one in the model's output means either that or a model that diverged, and the message says which.
+Preprocessing never writes a non-finite value, so one in the store means the store is damaged
+(`smri.store.StoreReader` refuses every read of one: training input never holds it); one in
+the model's output means either that or a model that diverged, and the message says which.
 """
 
 from __future__ import annotations
@@ -12,30 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smri.errors import DataError
-from smri.store import StoreReader
-
-
-def check_finite(images: torch.Tensor, rows: np.ndarray, reader: StoreReader) -> None:
-    """DataError naming the store and the first patient of `images` ``(K, M, S, H, W)``
-    (store rows `rows`) that holds NaN or Inf: preprocessing never writes one, so the store is
-    damaged, and a single one turns a whole batch's loss into NaN. Costs one min/max pass."""
-    lo, hi = torch.aminmax(images)
-    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-        return
-    for k, row in enumerate(np.asarray(rows).tolist()):
-        bad = int((~torch.isfinite(images[k])).sum())
-        if bad:
-            raise DataError(nonfinite_message(reader.path, reader.patient_ids[row], bad))
-
-
-def nonfinite_message(store: Path, patient_id: str, count: int) -> str:
-    """What to say of a store patient holding `count` NaN or Inf values."""
-    voxels = "voxel" if count == 1 else "voxels"
-    return (
-        f"{store}: patient {patient_id} holds {count} non-finite {voxels} (NaN or Inf), which "
-        "preprocessing never writes: the store is damaged; make it again with `smri preprocess`"
-    )
+from smri.store import StoreReader, nonfinite_message
 
 
 def nonfinite_rows(store: Path, rows: np.ndarray) -> list[tuple[str, int]]:
@@ -43,7 +21,7 @@ def nonfinite_rows(store: Path, rows: np.ndarray) -> list[tuple[str, int]]:
     found = []
     with StoreReader(store) as reader:
         for row in np.asarray(rows).tolist():
-            images = torch.from_numpy(reader.read(int(row)))
+            images = torch.from_numpy(reader.read(int(row), check=False))
             bad = int((~torch.isfinite(images)).sum())
             if bad:
                 found.append((reader.patient_ids[row], bad))

@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from smri.data.lazy import LazyReader
-from smri.data.nonfinite import check_finite
 from smri.data.slots import (
     PREFETCH,
     SLACK,
@@ -27,6 +26,7 @@ from smri.data.slots import (
 )
 from smri.data.splits import EpochOrder
 from smri.errors import DataError
+from smri.store import StoreIdentity
 
 
 class BatchDataset(LazyReader, Dataset):
@@ -38,8 +38,15 @@ class BatchDataset(LazyReader, Dataset):
     images (K, M, S, H, W) in the store's dtype and labels (K,) float32.
     """
 
-    def __init__(self, path: Path, rows: np.ndarray, slots: list[torch.Tensor] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        rows: np.ndarray,
+        slots: list[torch.Tensor] | None = None,
+        identity: StoreIdentity | None = None,
+    ):
         self.path = Path(path)
+        self.identity = identity
         self.rows = np.asarray(rows, dtype=np.int64)
         self.slots = slots or []
 
@@ -61,13 +68,11 @@ class BatchDataset(LazyReader, Dataset):
             if self.slots and k is not None:
                 slot = k % len(self.slots)
                 images = self.slots[slot][: len(rows)]
-                self.reader.read_many(rows, out=images.numpy())
-                check_finite(images, rows, self.reader)
+                self.reader.read_many(rows, out=images.numpy())  # values checked as read
                 return slot, labels
             shape = (len(rows), *self.reader.info.volume_shape)
             images = host_empty(shape, getattr(torch, self.reader.info.dtype))
             self.reader.read_many(rows, out=images.numpy())
-            check_finite(images, rows, self.reader)
             return images, labels
         except DataError as exc:
             return exc, None
@@ -93,7 +98,13 @@ class Streamed:
     in this process); with world > 1 only this rank's patients are read."""
 
     def __init__(
-        self, path: Path, rows: np.ndarray, order: EpochOrder, device: torch.device, workers: int
+        self,
+        path: Path,
+        rows: np.ndarray,
+        order: EpochOrder,
+        device: torch.device,
+        workers: int,
+        identity: StoreIdentity | None = None,
     ):
         self.device = device
         self._cuda = device.type == "cuda"
@@ -105,7 +116,7 @@ class Streamed:
             if self._cuda:
                 self._feeder = SlotFeeder(self._slots, device)
         self._loader: DataLoader | None = DataLoader(
-            BatchDataset(path, rows, self._slots),
+            BatchDataset(path, rows, self._slots, identity),
             batch_size=None,
             sampler=self._sampler,
             num_workers=workers,

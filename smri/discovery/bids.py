@@ -29,6 +29,7 @@ from smri.discovery.patients import (
     UNLABELLED,
     Discovery,
     Patient,
+    check_followable,
     check_mapped_modalities,
     list_subfolders,
     printable,
@@ -81,9 +82,18 @@ def is_bids(root: Path, subfolders: Sequence[Path]) -> bool:
         return True
     return any(
         SUBJECT.match(d.name)
-        and ((d / "anat").is_dir() or any(SESSION.match(s.name) for s in list_subfolders(d)))
+        and ((d / "anat").is_dir() or any(SESSION.match(s.name) for s in _subfolders(d)))
         for d in subfolders
     )
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """`list_subfolders`, or none for a folder that cannot be listed (a link loop): reading
+    that subject says why."""
+    try:
+        return list_subfolders(folder)
+    except DataError:
+        return []
 
 
 def sessions(subject: Path) -> list[tuple[str | None, Path]]:
@@ -105,6 +115,7 @@ def subject_patient(
     """The patient of one subject folder (its only session, or `session`); PatientError if
     the subject has none, several without `session`, or its anat folder is incomplete."""
     pid = subject.name
+    check_followable(subject, pid)
     found = sessions(subject)
     names = ", ".join(name or "anat/ without a session" for name, _ in found)
     if session is not None:

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smri.errors import ConfigError, DataError, PatientError
+from smri.text import has_control_characters, name_problem, printable
 
 DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
 DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}
 UNLABELLED = -1
 SEG = "seg"  # the segmentation's name ending: `_seg.nii.gz`, BraTS 2023's `-seg.nii.gz`
-# Characters that break a one-line message (and can forge lines of output): controls such as
-# newline, carriage return and escape, and the Unicode line and paragraph separators.
-_LINE_BREAKING = ("Cc", "Zl", "Zp")
 
 
 @dataclass(frozen=True)
@@ -94,41 +91,35 @@ def check_mapped_modalities(
             )
 
 
-def has_control_characters(name: str) -> bool:
-    """Whether `name` holds a newline, another control character or a line separator, or
-    bytes that are not UTF-8 (a patient id must be text a store and a CSV can hold)."""
-    return name_problem(name) is not None
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot be a patient id or be named in a one-line message, or None."""
-    if any(unicodedata.category(c) == "Cs" for c in name):  # os.fsdecode's escaped bytes
-        return "is not valid UTF-8"
-    if any(unicodedata.category(c) in _LINE_BREAKING for c in name):
-        return "holds control characters"
-    return None
-
-
-def printable(name: str) -> str:
-    """`name` with control characters and bytes that are not UTF-8 escaped (as repr shows
-    them: ``Bad\\xff``), for one-line messages."""
-    try:
-        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    if any(unicodedata.category(c) in _LINE_BREAKING for c in shown):
-        return repr(shown)[1:-1]
-    return shown
-
-
 def list_subfolders(path: Path) -> list[Path]:
+    """The folders in `path` (not hidden), sorted by name; an entry that cannot be followed
+    (a symbolic link loop, no permission) is listed too, so that reading it skips that one
+    patient with the reason instead of losing the listing, and the cohort with it."""
     try:
-        return sorted(
-            (Path(e.path) for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")),
-            key=lambda p: p.name,
-        )
+        entries = list(os.scandir(path))
     except OSError as exc:
         raise DataError(f"{path}: cannot list folder ({exc.strerror})") from None
+    found = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir():
+                found.append(Path(entry.path))
+        except OSError:  # ELOOP, EACCES: is_dir raises for these (a dangling link is False)
+            found.append(Path(entry.path))
+    return sorted(found, key=lambda p: p.name)
+
+
+def check_followable(folder: Path, patient_id: str) -> None:
+    """PatientError naming `folder` when its path cannot be followed: a symbolic link loop
+    (ELOOP) or no permission. That patient is skipped with the reason; the others go on."""
+    try:
+        os.stat(folder)
+    except FileNotFoundError:
+        return  # missing: the caller says what it expected there
+    except OSError as exc:
+        raise PatientError(patient_id, f"cannot read {folder} ({exc.strerror})") from None
 
 
 def read_patient_folder(
@@ -156,6 +147,7 @@ def read_patient_folder(
             printable(pid),
             f"folder name '{printable(pid)}' {name_problem(pid)}; rename the folder",
         )
+    check_followable(folder, pid)
     if not folder.is_dir():
         raise PatientError(pid, f"{folder} is not a folder")
     found: dict[str, list[Path]] = {m: [] for m in modalities}

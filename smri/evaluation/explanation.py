@@ -10,6 +10,7 @@ the tumour (the "Clever Hans" effect reported for brain-tumour MRI classifiers, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from smri.atomic import WRITE_ERRORS
 from smri.config import MOSTLY_OUTSIDE
-from smri.errors import ConfigError, plural
+from smri.errors import ConfigError, DataError, plural
 from smri.evaluation.saliency import (
     BASELINE,
     DEFAULT_STEPS,
@@ -313,17 +315,22 @@ def explain_store(
         if not reader.has_masks:
             log(f"{store} is a schema v{reader.version} store: no masks to compare the saliency "
                 "with (re-run smri preprocess on folders with *_seg files)")  # fmt: skip
-        info = reader.info
-        names = {v: k for k, v in info.classes.items()}
-        rows = []
+        files = file_names([reader.patient_ids[i] for i in choice.rows])
+        rows, skipped = [], []
         out.mkdir(parents=True, exist_ok=True)
         for i in tqdm(choice.rows, desc="explain", unit="patient", disable=not progress):
-            p = patient_saliency(model, reader, i, dev, steps, batch_size)
-            row = p.row(info.modalities, info.classes)
-            label_text = f"{names.get(p.label, p.label)} ({p.label})" if p.label >= 0 else "?"
-            fig = saliency_figure(p, info.modalities, row, label_text)
-            row["png"] = save_figure(fig, out / f"{_file_name(p.patient_id)}.png", tight=False).name
-            rows.append(row)
+            pid = reader.patient_ids[i]
+            try:
+                rows.append(_explain_one(model, reader, i, dev, steps, batch_size,
+                                         out / files[pid]))  # fmt: skip
+            except (DataError, OSError) as exc:  # this patient only; a full disk stops all
+                if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+                    raise
+                reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
+                log(f"skipped: patient {pid}: {reason}")
+                skipped.append({"patient_id": pid, "reason": reason})
+    if not rows:
+        raise DataError(f"{store}: no patient could be explained (see the lines above)")
     report = {
         "checkpoint": str(checkpoint),
         "store": str(store),
@@ -334,6 +341,7 @@ def explain_store(
         "patients": choice.how,
         **summarise(rows),
         "rows": rows,
+        "skipped": skipped,
     }
     from smri.jsonfiles import write_json
 
@@ -341,9 +349,51 @@ def explain_store(
     return report
 
 
-def _file_name(patient_id: str) -> str:
-    """A patient id as a file name (ids are folder names, but never trust a separator)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in patient_id)
+def _explain_one(
+    model: torch.nn.Module,
+    reader: StoreReader,
+    i: int,
+    device: torch.device,
+    steps: int,
+    batch_size: int,
+    png: Path,
+) -> dict[str, Any]:
+    """One patient's row of explain.json, its montage saved as `png`."""
+    info = reader.info
+    names = {v: k for k, v in info.classes.items()}
+    p = patient_saliency(model, reader, i, device, steps, batch_size)
+    row = p.row(info.modalities, info.classes)
+    label_text = f"{names.get(p.label, p.label)} ({p.label})" if p.label >= 0 else "?"
+    fig = saliency_figure(p, info.modalities, row, label_text)
+    row["png"] = save_figure(fig, png, tight=False).name
+    return row
+
+
+FILE_NAME_CHARS = 100  # of an id kept in its file name (a name may hold 255 bytes)
+
+
+def file_names(patient_ids: Sequence[str]) -> dict[str, str]:
+    """A PNG file name for each id: safe (letters, digits, ``-_.``; no separator, no leading
+    dot, at most FILE_NAME_CHARS of the id) and distinct, also where case is ignored (macOS,
+    Windows). An id that is not already such a name keeps its safe part and gains a hash of
+    the whole id, so ``a/b`` and ``a_b`` (or two 300-character ids alike in their first 100)
+    never share a file."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for pid in patient_ids:
+        safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in pid)
+        name = safe
+        if safe != pid or len(pid) > FILE_NAME_CHARS or safe.startswith(".") or not safe:
+            name = f"{safe.lstrip('.')[:FILE_NAME_CHARS]}-{_digest(pid)}"
+        while name.lower() in taken:  # a safe id equal to another's name, or in another case
+            name = f"{name}-{_digest(name)}"
+        taken.add(name.lower())
+        names[pid] = f"{name}.png"
+    return names
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
 def check_out(out: Path, overwrite: bool) -> None:

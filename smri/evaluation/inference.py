@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from smri.data import Batches, nonfinite_output_message, resolve_cache
-from smri.errors import DataError, PatientError
+from smri.errors import ConfigError, DataError, PatientError
 from smri.evaluation.explanation import patient_saliency, rounded, run_validation_ids
 from smri.evaluation.saliency import DEFAULT_STEPS, METHOD, share_inside
 from smri.metrics import binary_metrics
@@ -95,7 +95,7 @@ def evaluate_store(
     nbytes = len(ids) * int(np.prod(info.volume_shape)) * np.dtype(info.dtype).itemsize
     batches = Batches(
         store, rows, batch_size=batch_size, seed=0, shuffle=False, device=dev, workers=workers,
-        cache=resolve_cache(cache, dev, nbytes),
+        cache=resolve_cache(cache, dev, nbytes), identity=info.identity,
     )  # fmt: skip
     use_amp = amp and dev.type == "cuda"
     bar = tqdm(total=len(batches), desc="evaluate", unit="batch", disable=not progress)
@@ -120,7 +120,7 @@ def evaluate_store(
         metrics["brier"] = brier(labels[known], probs[known])
         metrics["ece"] = ece(labels[known], probs[known])
     if saliency_patients > 0:  # where the model looks: its saliency against the tumour masks
-        with StoreReader(store) as reader:
+        with StoreReader(store, expect=info.identity) as reader:
             metrics.update(saliency_in_tumour(
                 model, reader, Path(checkpoint), dev, limit=saliency_patients,
                 steps=saliency_steps, batch_size=batch_size, progress=progress,
@@ -206,7 +206,7 @@ def predict_folders(
     offset, threshold, _ = calibration_of(ckpt, str(checkpoint))
     try:
         cfg = PreprocessConfig.from_dict({**ckpt["preprocess_config"], "masks": False})
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:  # a value of the file, not an option
         raise DataError(
             f"{checkpoint}: damaged smri checkpoint or export: bad preprocess_config ({exc})"
         ) from None

@@ -18,7 +18,7 @@ from smri.model_io.checkpoint import (
     set_rng_state,
     store_fields,
 )
-from smri.model_io.export import RUN_FILES, export_run
+from smri.model_io.export import RUN_FILES, export_run, is_plot_summary, run_files
 from smri.model_io.loading import load_model, load_weights, model_from_checkpoint
 
 __all__ = [
@@ -29,12 +29,14 @@ __all__ = [
     "check_compatible",
     "checkpoint_header",
     "export_run",
+    "is_plot_summary",
     "load_checkpoint",
     "load_model",
     "load_weights",
     "model_from_checkpoint",
     "resolve_device",
     "rng_state",
+    "run_files",
     "save_checkpoint",
     "set_rng_state",
     "store_fields",

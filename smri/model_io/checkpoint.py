@@ -22,6 +22,7 @@ from smri.atomic import atomic_open
 from smri.errors import ConfigError, DataError
 from smri.files import check_regular
 from smri.store import StoreInfo
+from smri.text import has_control_characters, printable
 
 CHECKPOINT_FORMAT = "smri-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -163,6 +164,39 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise DataError(f"{path}: damaged smri checkpoint: store facts lack {', '.join(missing)}")
     return ckpt
+
+
+def check_store_facts(store: dict[str, Any], where: str) -> None:
+    """DataError (``WHERE: 'store.FIELD' is ..., expected ...``) unless a checkpoint's or
+    export's store facts have the types smri uses them as: modalities a list of names, slices
+    an integer, volume_shape four integers, classes names each given 0 or 1. Names are
+    printed, so they may hold no control character. (Ranges and agreement are the caller's.)"""
+
+    def wrong(key: str, expected: str) -> DataError:
+        shown = printable(repr(store.get(key)))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return DataError(f"{where}: 'store.{key}' is {shown}, expected {expected}")
+
+    modalities, shape = store.get("modalities"), store.get("volume_shape")
+    slices, classes = store.get("slices"), store.get("classes")
+    if not isinstance(modalities, list) or not modalities or not all(map(_name, modalities)):
+        raise wrong("modalities", "a list of modality names")
+    if not _int(slices):
+        raise wrong("slices", "an integer")
+    if not isinstance(shape, list) or len(shape) != 4 or not all(map(_int, shape)):
+        raise wrong("volume_shape", "4 integers (modalities, slices, height, width)")
+    if not isinstance(classes, dict) or not all(
+        _name(k) and _int(v) and v in (0, 1) for k, v in classes.items()
+    ):
+        raise wrong("classes", "class names, each given 0 or 1")
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and not has_control_characters(value)
 
 
 def _check_archive(path: Path) -> None:

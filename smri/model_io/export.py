@@ -11,24 +11,29 @@ Reading such a folder back (for `smri evaluate`, `smri predict`, `smri explain`)
 from __future__ import annotations
 
 import json
+import os
 import re
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from smri import __version__
-from smri.atomic import OutputLock, atomic_path
+from smri.atomic import OutputLock, atomic_path, naming
 from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
 from smri.jsonfiles import json_text
 from smri.model_io.checkpoint import load_checkpoint
 from smri.model_io.model_card import model_card
+from smri.text import one_line
 
 EXPORT_FORMAT = "smri-model"
 EXPORT_VERSION = 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 EXPORT_FILES = (WEIGHTS, CONFIG, CARD)
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "split.json", "summary.json")
+# The keys of the summary.json `smri plot` writes (its comparison): that file is no run's.
+PLOT_SUMMARY_KEYS = ("models", "comparisons", "baselines", "bootstrap")
 _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*\Z")
 
 
@@ -89,13 +94,49 @@ def _fold_auc(fold: Path) -> str:
         return "unfinished"
 
 
-def read_json(path: Path) -> Any:
+JSON_MAX_BYTES = 64 << 20  # a run's split.json of 100,000 patients takes about 4 MB
+
+
+def read_json(path: Path, max_bytes: int = JSON_MAX_BYTES) -> Any:
+    """The JSON in `path` (None when it does not exist); DataError naming the file when it is
+    larger than `max_bytes` (never read whole), not JSON, or nested too deeply to parse."""
     try:
-        return json.loads(check_regular(path).read_text())
+        with open(check_regular(path), "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(max_bytes + 1) if size <= max_bytes else b""
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if size > max_bytes or len(data) > max_bytes:
+        raise DataError(
+            f"{path}: {max(size, len(data)):,} bytes, more than the {max_bytes:,} smri reads of "
+            "such a file; not read (it was not written by smri)"
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else one_line(str(exc)[:200])
+        raise DataError(f"{path}: cannot read ({why})") from None
+
+
+def run_files(folder: Path) -> list[str]:
+    """The RUN_FILES in `folder`: what makes it a run or fold folder, whose files a command
+    writing there would replace. A summary.json that `smri plot` wrote, alone, does not: that
+    folder holds plot's own outputs (figures/ after a first `smri plot`), not a run."""
+    held = [name for name in RUN_FILES if (Path(folder) / name).exists()]
+    if held == ["summary.json"] and is_plot_summary(Path(folder) / "summary.json"):
+        return []
+    return held
+
+
+def is_plot_summary(path: Path) -> bool:
+    """Whether `path` is a summary.json written by `smri plot` (by its keys)."""
+    try:
+        data = read_json(path)
+    except DataError:
+        return False
+    return isinstance(data, dict) and all(key in data for key in PLOT_SUMMARY_KEYS)
 
 
 # --------------------------------------------------------------------------------- writing
@@ -103,10 +144,10 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an OUT_DIR that holds an export (without `overwrite`) or is a run folder."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder", option="OUT_DIR")
-    run_files = [n for n in RUN_FILES if (out / n).exists()]
-    if run_files:
+    held = run_files(out)
+    if held:
         raise ConfigError(
-            f"{out} is an smri run folder ({', '.join(run_files)}); its config.json would be "
+            f"{out} is an smri run folder ({', '.join(held)}); its config.json would be "
             "replaced; export to another folder (e.g. a new subfolder)",
             option="OUT_DIR",
         )
@@ -153,10 +194,32 @@ def _export(st: Any, source: Path, run: Path, out: Path, license: str | None) ->
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as staged:  # all three are written before any takes its real name
         temps = {name: staged.enter_context(atomic_path(out / name)) for name in EXPORT_FILES}
-        st.save_file(tensors, str(temps[WEIGHTS]), metadata={"format": "pt", "smri": __version__})
-        temps[CONFIG].write_text(json_text(config) + "\n")  # NaN as null
-        temps[CARD].write_text(card)
+        with _naming(out / WEIGHTS, temps[WEIGHTS]):
+            st.save_file(tensors, str(temps[WEIGHTS]), metadata={"format": "pt",
+                                                                 "smri": __version__})  # fmt: skip
+        with _naming(out / CONFIG, temps[CONFIG]):
+            temps[CONFIG].write_text(json_text(config) + "\n")  # NaN as null
+        with _naming(out / CARD, temps[CARD]):
+            temps[CARD].write_text(card)
     return [out / name for name in EXPORT_FILES]
+
+
+@contextmanager
+def _naming(path: Path, tmp: Path) -> Iterator[None]:
+    """A failed write of `tmp` as the OSError naming `path`, the file asked for: a full disk
+    is ``No space left on device: OUT/model.safetensors``, never a hidden file or a
+    SafetensorError traceback (safetensors reports the OS error inside its own type)."""
+    try:
+        yield
+    except OSError as exc:
+        raise naming(exc, path, tmp) from None
+    except Exception as exc:  # SafetensorError: "Os { code: 28, ..." or "(os error 27)"
+        found = re.search(r"code: (\d+)|os error (\d+)", str(exc))
+        if found:
+            code = int(found.group(1) or found.group(2))
+            raise OSError(code, os.strerror(code), str(path)) from None
+        first = one_line(str(exc).strip().split("\n")[0][:200]) or type(exc).__name__
+        raise DataError(f"{path}: cannot write the weights ({first})") from None
 
 
 def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, Any]:

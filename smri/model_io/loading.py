@@ -18,7 +18,7 @@ import torch
 
 from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
-from smri.model_io.checkpoint import load_checkpoint
+from smri.model_io.checkpoint import check_store_facts, load_checkpoint
 from smri.model_io.export import (
     CONFIG,
     EXPORT_FORMAT,
@@ -29,19 +29,28 @@ from smri.model_io.export import (
     safetensors_torch,
 )
 from smri.models import CNNLSTM, ModelConfig, build_model
+from smri.text import printable
 
+# An export's config.json is a few KB (the model, the input, the preprocessing, the metrics):
+# anything larger is not one, and is not read.
+CONFIG_MAX_BYTES = 1 << 20
 MAX_SIZE = 4096  # largest slices / height / width an exported config may ask for
 MAX_MODALITIES = 64
 
 
 def load_model(path: Path) -> dict[str, Any]:
     """A checkpoint file, or a folder written by `smri export` (or its model.safetensors or
-    config.json), as a checkpoint dict."""
+    config.json), as a checkpoint dict; either's store facts checked for their types."""
     path = Path(path)
     if path.name in (WEIGHTS, CONFIG) and path.is_file():  # a file of an exported folder
         return load_exported(path.parent)
     if not path.is_dir():
-        return load_checkpoint(path)
+        ckpt = load_checkpoint(path)
+        where = f"{path}: damaged smri checkpoint"
+        check_store_facts(ckpt["store"], where)  # as an export's: they name and shape outputs
+        if sorted(ckpt["store"]["classes"].values()) != [0, 1]:
+            raise DataError(f"{where}: 'store.classes' are not one name for 0 and one for 1")
+        return ckpt
     if (path / "best.pt").is_file() or fold_dirs(path):
         raise DataError(
             f"{path} is a run folder, not an exported model; give its best.pt, or export it "
@@ -61,17 +70,20 @@ def _field(config: dict, where: Path, *keys: str, kind: type | tuple[type, ...])
 
 
 def _read_export_config(folder: Path) -> dict[str, Any]:
+    """config.json of an exported folder, every field smri uses checked for its type (and
+    range) before it is used: DataError naming the file and the field. Larger than
+    CONFIG_MAX_BYTES, or nested too deeply to parse, it is not read at all."""
     where = check_regular(folder / CONFIG)
     if not where.is_file():
         raise DataError(f"{folder}: no {CONFIG}; expected a folder written by `smri export`")
-    config = read_json(where)
+    config = read_json(where, max_bytes=CONFIG_MAX_BYTES)
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise DataError(f"{where}: not an smri exported model (written by `smri export`)")
     version = config.get("version")
     if not isinstance(version, int) or version > EXPORT_VERSION:
         raise DataError(
-            f"{where}: export version {version} is newer than this smri reads "
-            f"(version {EXPORT_VERSION}); upgrade smri"
+            f"{where}: export version {printable(repr(version))[:40]} is newer than this smri "
+            f"reads (version {EXPORT_VERSION}); upgrade smri"
         )
     modalities = _field(config, where, "store", "modalities", kind=list)
     shape = _field(config, where, "store", "volume_shape", kind=list)
@@ -81,6 +93,7 @@ def _read_export_config(folder: Path) -> dict[str, Any]:
     _field(config, where, "preprocess", kind=dict)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in shape) or len(shape) != 4:
         raise DataError(f"{where}: damaged export: store.volume_shape {shape} is not 4 integers")
+    check_store_facts(config["store"], f"{where}: damaged export")  # each element's type
     if not 1 <= len(modalities) <= MAX_MODALITIES or not all(1 <= v <= MAX_SIZE for v in shape):
         raise DataError(
             f"{where}: input {'x'.join(map(str, shape))} is out of range (at most "
@@ -91,6 +104,12 @@ def _read_export_config(folder: Path) -> dict[str, Any]:
             f"{where}: damaged export: volume_shape {shape}, {len(modalities)} modalities, "
             f"{slices} slices and classes {classes} disagree"
         )
+    training = config.get("training", {})
+    if not isinstance(training, dict):
+        raise DataError(f"{where}: damaged export: 'training' is not an object")
+    epoch = training.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise DataError(f"{where}: damaged export: 'training.epoch' is not a whole number")
     return config
 
 
@@ -119,7 +138,7 @@ def load_exported(folder: Path) -> dict[str, Any]:
         "store": config["store"],
         "preprocess_config": config["preprocess"],
         **({"calibration": config["calibration"]} if config.get("calibration") else {}),
-        "epoch": config.get("training", {}).get("epoch", 0),
+        "epoch": config.get("training", {}).get("epoch", 0),  # checked above
     }
 
 

@@ -16,12 +16,13 @@ from smri.plots.curves import (
     reliability_figure,
     roc_figure,
 )
-from smri.plots.png import DPI, save_figure
+from smri.plots.png import DPI, PNG_SIGNATURE, save_figure
 from smri.plots.slices import content_box, mosaic
 
 __all__ = [
     "DPI",
     "MODEL_COLORS",
+    "PNG_SIGNATURE",
     "Rows",
     "color_for",
     "compare_figure",

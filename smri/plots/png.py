@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 150
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = DPI, *, tight: bool = True) -> Path:

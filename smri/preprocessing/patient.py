@@ -18,7 +18,14 @@ import numpy as np
 from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Patient
 from smri.errors import ConfigError, DataError, PatientError, plural
 from smri.store import COMPRESSIONS, DTYPES, NO_MASK, StoredMask, empty_images, encode_mask
-from smri.volume import axis_codes, header_shape, label_slab, load_volume, open_volume
+from smri.volume import (
+    axis_codes,
+    flat_note,
+    header_shape,
+    label_slab,
+    load_volume,
+    open_volume,
+)
 
 DEFAULT_SLICES = 32
 
@@ -133,8 +140,9 @@ def load_patient(
             lo, hi = vol.normalized_slab_into(cfg.slices, images[m])
         except DataError as exc:
             raise PatientError(pid, str(exc)) from None
-        if hi == lo:
-            notes.append(f"patient {pid}: {path.name} is constant ({lo:g}); normalised to zeros")
+        flat = flat_note(lo, hi)  # constant, or too narrow for the min-max: warned alike
+        if flat:
+            notes.append(f"patient {pid}: {path.name} {flat}")
         notes += [f"patient {pid}: {path.name}: {note}" for note in vol.notes]
         meta["original_shape"].append([x, y, z])
         meta["spacing"].append(list(vol.spacing))

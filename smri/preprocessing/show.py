@@ -18,7 +18,7 @@ import numpy as np
 from smri.atomic import OutputLock, check_not_input
 from smri.errors import ConfigError, DataError, plural
 from smri.files import special_kind
-from smri.plots import content_box, mosaic, save_figure
+from smri.plots import PNG_SIGNATURE, content_box, mosaic, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -266,9 +266,6 @@ def show_patient(
         check_out_png(out, {}, overwrite)  # again: another may have written it meanwhile
         save_figure(fig, out, tight=False)
     return patient
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def check_out_png(out: Path, inputs: dict[str, Path], overwrite: bool) -> None:

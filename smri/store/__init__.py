@@ -7,9 +7,15 @@ chunks with O_DIRECT, masks compressed by the workers); `errors` the refusals an
 No module outside this package spells a key.
 """
 
-from smri.store.checks import check_contents
+from smri.store.checks import check_contents, nonfinite_message, range_message
 from smri.store.direct import MaskChunk, StoredMask, empty_images, encode_mask
-from smri.store.errors import LockedError, StoreWriteError, check_room, write_error
+from smri.store.errors import (
+    LockedError,
+    StoreChanged,
+    StoreWriteError,
+    check_room,
+    write_error,
+)
 from smri.store.reader import (
     StoreReader,
     coverage,
@@ -35,6 +41,7 @@ from smri.store.schema import (
     PATIENT_ID,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
+    StoreIdentity,
     StoreInfo,
 )
 from smri.store.writer import StoreWriter
@@ -59,6 +66,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "LockedError",
     "MaskChunk",
+    "StoreChanged",
+    "StoreIdentity",
     "StoreInfo",
     "StoreReader",
     "StoreWriteError",
@@ -69,8 +78,10 @@ __all__ = [
     "coverage",
     "empty_images",
     "encode_mask",
+    "nonfinite_message",
     "orientation_counts",
     "patient_axis_codes",
+    "range_message",
     "read_info",
     "write_error",
 ]

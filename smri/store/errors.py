@@ -78,6 +78,10 @@ def is_locked(exc: OSError) -> bool:
     return "unable to lock file" in str(exc)
 
 
+class StoreChanged(DataError):
+    """The store at a path is no longer the file a command planned on (replaced meanwhile)."""
+
+
 class LockedError(DataError):
     """Another process holds the file open for writing."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +14,15 @@ import numpy as np
 
 from smri.errors import DataError, plural
 from smri.files import check_regular
-from smri.store.checks import check_contents, check_layout
-from smri.store.errors import h5_reason
+from smri.store.checks import (
+    check_contents,
+    check_layout,
+    nonfinite_message,
+    range_message,
+    value_problem,
+    within_promise,
+)
+from smri.store.errors import StoreChanged, h5_reason
 from smri.store.schema import (
     IMAGES,
     LABELS,
@@ -26,8 +34,10 @@ from smri.store.schema import (
     NO_MASK,
     PATIENT_ID,
     READ_CACHE_BYTES,
+    StoreIdentity,
     StoreInfo,
 )
+from smri.text import printable
 
 
 def _compression_name(ds: h5py.Dataset) -> str | None:
@@ -51,11 +61,11 @@ def _open_h5(path: Path) -> h5py.File:
         raise DataError(f"{path}: not a readable HDF5 file ({h5_reason(exc)})") from None
 
 
-def _info_from_file(f: h5py.File, path: Path) -> StoreInfo:
+def _info_from_file(f: h5py.File, path: Path, attrs: dict[str, Any]) -> StoreInfo:
     images = f[IMAGES]
     labels = f[LABELS][:]
-    v2 = int(f.attrs["schema_version"]) >= 2
-    classes = json.loads(f.attrs["classes"])
+    v2 = attrs["schema_version"] >= 2
+    classes = attrs["classes"]
     counts = {name: int(np.sum(labels == value)) for name, value in classes.items()}
     unlabelled = int(np.sum(labels < 0))
     if unlabelled:
@@ -63,27 +73,48 @@ def _info_from_file(f: h5py.File, path: Path) -> StoreInfo:
     return StoreInfo(
         path=path,
         n_patients=int(images.shape[0]),
-        modalities=tuple(json.loads(f.attrs["modalities"])),
-        slices=int(f.attrs["slices"]),
+        modalities=attrs["modalities"],
+        slices=attrs["slices"],
         volume_shape=tuple(int(s) for s in images.shape[1:]),
         dtype=str(images.dtype),
         compression=_compression_name(images),
         classes=classes,
-        config=json.loads(f.attrs["config"]),
-        skipped=json.loads(f.attrs["skipped"]),
-        schema_version=int(f.attrs["schema_version"]),
-        smri_version=str(f.attrs["smri_version"]),
-        created=str(f.attrs["created"]),
-        axis_order=str(f.attrs["axis_order"]),
+        config=attrs["config"],
+        skipped=attrs["skipped"],
+        schema_version=attrs["schema_version"],
+        smri_version=attrs["smri_version"],
+        created=attrs["created"],
+        axis_order=attrs["axis_order"],
         class_counts=counts,
         file_bytes=path.stat().st_size,
         coverage=coverage(_ids(f), *(f[META][k][:] for k in NO_MASK)) if v2 else None,
         orientations=orientation_counts(f[META]["axis_codes"][:]) if v2 else {},
+        identity=identity_of(f),
     )
 
 
+def _text(value: bytes | str) -> str:
+    """A string the store holds, made printable (`smri.text.printable`): ids and meta/
+    strings are data someone wrote, and reach messages and the terminal."""
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    return printable(text)
+
+
 def _ids(f: h5py.File) -> list[str]:
-    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f[PATIENT_ID][:]]
+    """The patient ids, as printable text (preprocessing writes no control character in one,
+    so an id smri wrote comes back unchanged)."""
+    return [_text(s) for s in f[PATIENT_ID][:]]
+
+
+def identity_of(f: h5py.File) -> StoreIdentity:
+    """Which file `f` is, as the kernel knows it: a store replaced by `--append` or
+    `--overwrite` (renamed into place) is another inode; one rewritten in place has another
+    size or modification time."""
+    try:
+        st = os.fstat(f.id.get_vfd_handle())
+    except (OSError, ValueError, TypeError):  # a driver without a file descriptor
+        st = os.stat(f.filename)
+    return StoreIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def coverage(
@@ -112,7 +143,7 @@ def coverage(
 def patient_axis_codes(codes: Sequence[str]) -> str:
     """One patient's orientation from its volumes' axis codes: ``"LPS"``; ``"LPS/RAS/LPS/LPS"``
     when its volumes disagree; ``"unknown"`` when not recorded (rows of a version-1 store)."""
-    codes = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in codes]
+    codes = [_text(c) for c in codes]
     if not any(codes):
         return "unknown"
     return codes[0] if len(set(codes)) == 1 else "/".join(codes)
@@ -137,18 +168,22 @@ def read_info(path: Path) -> StoreInfo:
 class StoreReader:
     """Read-only access to a validated store. Open one per process (never across a fork)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, expect: StoreIdentity | None = None):
         self.path = Path(path)
         self._file = _open_h5(self.path)
         try:
-            check_layout(self._file, self.path)
-            self.info = _info_from_file(self._file, self.path)
-            self.labels: np.ndarray = self._file[LABELS][:].astype(np.int8)
-            self.patient_ids: list[str] = [
-                s.decode("utf-8") if isinstance(s, bytes) else str(s)
-                for s in self._file[PATIENT_ID][:]
-            ]
-            check_contents(self.info, self.labels, self.patient_ids, self._file.get(META))
+            attrs = check_layout(self._file, self.path)
+            self.info = _info_from_file(self._file, self.path, attrs)
+            if expect is not None and self.info.identity != expect:
+                raise StoreChanged(
+                    f"{self.path}: the store was replaced after this command planned on it (by "
+                    "`smri preprocess --append` or `--overwrite`?): its rows may hold other "
+                    "patients now, so nothing more is read; run the command again"
+                )
+            labels = self._file[LABELS][:]  # checked as stored: int8 would wrap 257 to 1
+            self.patient_ids: list[str] = _ids(self._file)
+            check_contents(self.info, labels, self.patient_ids, self._file.get(META))
+            self.labels: np.ndarray = labels.astype(np.int8)
             self._images = self._file[IMAGES]
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
             self._file.close()
@@ -204,22 +239,48 @@ class StoreReader:
     def __len__(self) -> int:
         return self.info.n_patients
 
-    def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
-        """One patient's volumes, ``(M, S, H, W)`` in the store's dtype."""
+    def read(self, i: int, out: np.ndarray | None = None, *, check: bool = True) -> np.ndarray:
+        """One patient's volumes, ``(M, S, H, W)`` in the store's dtype (into `out` when given).
+
+        DataError naming the patient when a value is NaN, Inf or outside [0, 1], the range
+        every stored volume is normalised to (`check=False`: as stored, to say what is wrong).
+        """
         with self._reading([i]):
             if out is None:
-                return self._images[i]
-            self._images.read_direct(out, np.s_[i])
+                out = self._images[i]
+            else:
+                self._images.read_direct(out, np.s_[i])
+        if check:
+            self._check_values(out[None], [i])
         return out
 
     def read_many(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
-        """Several patients, ``(K, M, S, H, W)``, in the order given (into `out` when given)."""
+        """Several patients, ``(K, M, S, H, W)``, in the order given (into `out` when given);
+        their values checked as `read` checks them (one integer max over the batch)."""
         if out is None:
             out = np.empty((len(indices), *self.info.volume_shape), dtype=self._images.dtype)
         for k, i in enumerate(indices):
             with self._reading([i]):
                 self._images.read_direct(out, np.s_[int(i)], np.s_[k])
+        self._check_values(out[: len(indices)], indices)
         return out
+
+    def _check_values(self, images: np.ndarray, rows: Sequence[int]) -> None:
+        """DataError naming the first patient of `images` ``(K, M, S, H, W)`` (store `rows`)
+        whose values break the store's promise (finite, in [0, 1]): a damaged store, or one
+        not made by smri (HDF5 external storage in another file had been read as voxels)."""
+        if within_promise(images):
+            return
+        for k, row in enumerate(rows):
+            found = value_problem(images[k])
+            if found is None:
+                continue
+            pid = self.patient_ids[int(row)]
+            count, seen = found
+            raise DataError(
+                nonfinite_message(self.path, pid, count) if count
+                else range_message(self.path, pid, seen)
+            )  # fmt: skip
 
     def meta(self, i: int) -> dict[str, Any]:
         """Per-patient metadata (original shape, spacing, min/max, source files; v2: has_mask,
@@ -230,7 +291,7 @@ class StoreReader:
         for name in names:
             value = group[name][i]
             if name in ("source_files", "axis_codes"):
-                out[name] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in value]
+                out[name] = [_text(v) for v in value]
             else:
                 out[name] = value.tolist()
         return out

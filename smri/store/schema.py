@@ -78,6 +78,19 @@ READ_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
+class StoreIdentity:
+    """Which file a store was when it was opened: device, inode, size, modification time
+    (ns). A reader that opens the path again (a DataLoader worker, a cache, the next fold)
+    compares it, so a store replaced meanwhile (`--append`, `--overwrite`) is never read as
+    the one its rows were planned on."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
 class StoreInfo:
     """What a store holds, read from its attributes and dataset headers."""
 
@@ -99,10 +112,12 @@ class StoreInfo:
     file_bytes: int = 0
     coverage: dict[str, Any] | None = None  # v2: how much tumour the slab holds (see `coverage`)
     orientations: dict[str, int] = field(default_factory=dict)  # v2: patients per axis codes
+    # the file this was read from (not part of what the store says: never saved or compared)
+    identity: StoreIdentity | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (for `smri info --json`, run configs and checkpoints)."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "identity"}
         d["path"] = str(self.path)
         d["modalities"] = list(self.modalities)
         d["volume_shape"] = list(self.volume_shape)

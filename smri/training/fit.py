@@ -144,6 +144,7 @@ def _build(job: Job, split: Split, dist: Dist, log: Log) -> _Training:
         pos_weight=None if pos_weight is None else pos_weight.to(device)
     )
     common = {"seed": cfg.init_seed, "cache": setup.cache, "device": device, "workers": cfg.workers}
+    common["identity"] = setup.info.identity  # the store file the split was made on
     per_rank = cfg.batch_size // dist.world_size
     train_batches = Batches(
         job.store, split.train, batch_size=per_rank, shuffle=True, rank=dist.rank,

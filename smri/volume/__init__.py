@@ -10,6 +10,7 @@ from smri.volume.notes import nibabel_notes
 from smri.volume.slab import (
     cast_into,
     central_slab,
+    flat_note,
     label_slab,
     minmax_normalize,
     normalize_into,
@@ -24,6 +25,7 @@ __all__ = [
     "axis_codes",
     "cast_into",
     "central_slab",
+    "flat_note",
     "header_shape",
     "label_slab",
     "load_volume",

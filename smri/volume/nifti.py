@@ -11,6 +11,7 @@ import functools
 import io
 import math
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +21,7 @@ import numpy as np
 from isal import igzip
 
 from smri.errors import DataError, plural
-from smri.files import check_regular
+from smri.files import changed_message, check_regular, file_state
 from smri.volume.notes import NIBABEL_LOG, nibabel_notes
 
 # Intel ISA-L's gzip (the standard library's interface): inflating is most of preprocessing,
@@ -53,10 +54,22 @@ def read_nifti_bytes(path: Path) -> bytes:
     OSError when the file cannot be read.
     """
     path = check_regular(Path(path))
-    with open(path, "rb") as f:
-        compressed = f.read(2) == GZIP_MAGIC
+    with open(path, "rb") as raw:  # one open: the bytes all come from one version of the file
+        before = file_state(raw.fileno())
+        compressed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        try:
+            data = _inflated_bytes(path, raw, compressed)
+        finally:  # written to while it was read (truncated, say): said as such, not as damage
+            if file_state(raw.fileno()) != before:
+                raise DataError(changed_message(path)) from None
+        return data
+
+
+def _inflated_bytes(path: Path, raw: BinaryIO, compressed: bool) -> bytes:
+    """`read_nifti_bytes` of the open file `raw`."""
     try:
-        with (GZIP.open if compressed else open)(path, "rb") as f:
+        with GZIP.open(raw, "rb") if compressed else nullcontext(raw) as f:
             head = f.read(544)  # NIfTI-2's header + extension flag; NIfTI-1 needs 352
             need = _declared_bytes(head)
             if need is None:  # not a header smri reads: enough for the parser to say why
@@ -75,12 +88,12 @@ def read_nifti_bytes(path: Path) -> bytes:
                     f"({MAX_WHOLE_VOXELS:,}: scaled or reoriented volumes, `smri show`)"
                 )
             f.seek(0)  # read again from the start, into one buffer: the volume is held once
-            raw = f.read(offset + count * size)
-            if len(raw) == offset + count * size and skip_bytes(f, TRAILING_SLACK + 1) > (
+            data = f.read(offset + count * size)
+            if len(data) == offset + count * size and skip_bytes(f, TRAILING_SLACK + 1) > (
                 TRAILING_SLACK
             ):
                 raise DataError(f"{path}: {TRAILING_MESSAGE}")
-            return raw
+            return data
     except ValueError as exc:  # a header that declares more than the file holds
         raise DataError(f"{path}: not a readable NIfTI volume ({short_reason(exc)})") from None
     except (OSError, EOFError, zlib.error) as exc:
@@ -182,13 +195,32 @@ def _load_volume(path: Path, canonical: bool, notes: list[str]) -> Volume:
             raise DataError(
                 f"{path}: {plural(n_bad, 'voxel')} {'is' if n_bad == 1 else 'are'} NaN or Inf"
             )
-        if hi - lo > FLOAT32_MAX:  # min–max runs in float32: the range would overflow to NaN
-            raise DataError(
-                f"{path}: intensities span {lo:g} to {hi:g}, wider than float32 "
-                f"(±{FLOAT32_MAX:.3g}) in which they are normalised"
-            )
+        problem = float32_problem(lo, hi)
+        if problem:
+            raise DataError(f"{path}: {problem}")
     zooms = tuple(float(z) for z in header.get_zooms()[:3])
     return Volume(data=data, spacing=zooms, affine=np.asarray(affine), notes=tuple(notes))
+
+
+def float32_problem(lo: float, hi: float) -> str | None:
+    """Why finite intensities from `lo` to `hi` cannot be min-max normalised in float32 (the
+    seed's ``astype(float32)``), or None: values beyond float32's range become Inf, and a
+    range wider than it overflows to NaN (said here, before numpy warns of either)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+        span = hi32 - lo32
+    if hi - lo > FLOAT32_MAX:
+        return (
+            f"intensities span {lo:g} to {hi:g}, wider than float32 (±{FLOAT32_MAX:.3g}) in "
+            "which they are normalised"
+        )
+    if not (np.isfinite(lo32) and np.isfinite(hi32) and np.isfinite(span)):
+        far = hi if abs(hi) >= abs(lo) else lo
+        return (
+            f"intensities reach {far:g}, beyond float32 (±{FLOAT32_MAX:.3g}) in which they "
+            "are normalised"
+        )
+    return None
 
 
 def header_from_bytes(raw: bytes, *, extensions: bool = True) -> nib.Nifti1Header:

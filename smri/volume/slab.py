@@ -52,6 +52,28 @@ def minmax_normalize(x: np.ndarray) -> np.ndarray:
     return (v - v.min()) / (v.max() - v.min() + EPS)
 
 
+def flat_note(lo: float, hi: float) -> str | None:
+    """What to warn of a volume whose intensities `lo`..`hi` the min-max flattens (None: it
+    does not): a constant volume, one whose values float32 cannot tell apart, or one whose
+    range is below the 1e-8 added to it (a float32 volume spanning 1e-30 becomes zeros just
+    as a constant one does, and is warned of alike)."""
+    if hi == lo:
+        return f"is constant ({lo:g}); normalised to zeros"
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    if hi32 == lo32:
+        return (
+            f"is constant in float32 ({lo:.9g} to {hi:.9g}, closer than float32 tells apart); "
+            "normalised to zeros"
+        )
+    top = float((hi32 - lo32) / (hi32 - lo32 + np.float32(EPS)))
+    if top < 0.5:
+        return (
+            f"spans only {hi - lo:.3g} ({lo:g} to {hi:g}), less than the min-max's +{EPS:g}; "
+            f"normalised to nearly zeros (at most {top:.2g})"
+        )
+    return None
+
+
 def central_slab(vol: np.ndarray, slices: int) -> np.ndarray:
     """The central `slices` slices of the third axis, transposed: ``(X, Y, Z) -> (S, Y, X)``."""
     if vol.ndim != 3:

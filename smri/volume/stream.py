@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -16,15 +18,15 @@ import numpy as np
 
 import smri.volume.nifti as nifti  # nifti.GZIP, read at each call (swapped by the benchmark)
 from smri.errors import DataError
-from smri.files import check_regular, special_kind
+from smri.files import FileState, changed_message, check_regular, file_state, special_kind
 from smri.volume.nifti import (
-    FLOAT32_MAX,
     GZIP_MAGIC,
     MAX_HEADER_BYTES,
     TRAILING_MESSAGE,
     TRAILING_SLACK,
     Volume,
     axis_codes,
+    float32_problem,
     header_from_bytes,
     is_scaled,
     load_volume,
@@ -54,6 +56,7 @@ class SlabSource:
     header: nib.Nifti1Header | None = None  # streamed: the parsed header
     volume: Volume | None = None  # not streamed: the volume, loaded whole
     notes: tuple[str, ...] = ()  # what nibabel said of the header (and fixed), for a warning
+    state: FileState | None = None  # streamed: the file the header was read from (`file_state`)
 
     @property
     def streamed(self) -> bool:
@@ -86,18 +89,29 @@ class SlabSource:
         direct = out.dtype == np.float32 and out.flags.c_contiguous
         slab = out if direct else np.empty(out.shape, np.float32)
         try:
-            lo, hi = _stream_slab(self.path, self.header, self.shape, slab.reshape(-1))
+            lo, hi = _stream_slab(self.path, self.header, self.shape, slab.reshape(-1), self.state)
         except DataError:
             raise
         except Exception:  # truncated, corrupt, unreadable: load_volume says which
-            return _slab_from(load_volume(self.path), slices, out)
+            return _slab_from(self._whole_again(), slices, out)
         is_float = self.header.get_data_dtype().kind == "f"
-        if is_float and not _usable_float_range(float(lo), float(hi)):
-            return _slab_from(load_volume(self.path), slices, out)  # it names the problem
+        if is_float and float32_problem(float(lo), float(hi)):
+            return _slab_from(self._whole_again(), slices, out)  # it names the problem
         normalize_into(slab, slab, lo, hi)
         if slab is not out:
             cast_into(out, slab)
         return float(lo), float(hi)
+
+    def _whole_again(self) -> Volume:
+        """The volume read whole, to say what the stream could not use: from the same file
+        as the header (DataError when the path now leads to another one, or it changed)."""
+        try:
+            now = file_state(self.path)
+        except OSError:
+            now = None
+        if now != self.state:
+            raise DataError(changed_message(self.path))
+        return load_volume(self.path)
 
 
 STREAM_CHUNK = 1 << 20  # bytes inflated at a time: fits the L2 cache of current x86 cores
@@ -112,7 +126,7 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
     if not canonical:
         try:  # every reading of the header: nibabel raises for values it cannot interpret
             with nibabel_notes() as notes:  # load_volume below reads it again if unusable
-                header, limit = _stream_header(path)
+                header, limit, state = _stream_header(path)
             shape = _streamable_shape(header)
             zooms = tuple(float(z) for z in header.get_zooms()[:3])
             if shape is not None and not _holds_voxels(header, shape, limit):
@@ -120,7 +134,7 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
         except Exception:  # load_volume below names the problem
             shape = None
         if shape is not None:
-            return SlabSource(path, shape, zooms, header=header, notes=tuple(notes))  # type: ignore[arg-type]
+            return SlabSource(path, shape, zooms, header=header, notes=tuple(notes), state=state)  # type: ignore[arg-type]
     vol = load_volume(path, canonical=canonical)
     return SlabSource(path, vol.data.shape, vol.spacing, volume=vol, notes=vol.notes)
 
@@ -132,7 +146,7 @@ def header_shape(path: Path) -> tuple[int, ...] | None:
         if special_kind(path) is not None:
             return None
         with nibabel_notes():
-            header, _ = _stream_header(Path(path))
+            header, _, _ = _stream_header(Path(path))
         return tuple(int(n) for n in header.get_data_shape())
     except Exception:
         return None
@@ -144,10 +158,6 @@ def _slab_from(vol: Volume, slices: int, out: np.ndarray) -> tuple[float, float]
     if slab is not out:
         cast_into(out, slab)
     return lo, hi
-
-
-def _usable_float_range(lo: float, hi: float) -> bool:
-    return bool(np.isfinite(lo) and np.isfinite(hi) and hi - lo <= FLOAT32_MAX)
 
 
 def _streamable_shape(header: nib.Nifti1Header) -> tuple[int, int, int] | None:
@@ -168,36 +178,59 @@ def _holds_voxels(header: nib.Nifti1Header, shape: tuple[int, int, int], limit: 
     return needed <= limit
 
 
-def _open_stream(path: Path) -> tuple[BinaryIO, int]:
-    """The file's uncompressed bytes as a stream (gzip-compressed or not), and their number as
-    far as the file tells it cheaply: its size, or for gzip the size in its trailer (ISIZE:
-    modulo 4 GiB, of the last member only, so a file with more members shows less)."""
-    with open(check_regular(path), "rb") as f:
-        if f.read(2) != GZIP_MAGIC:
-            return open(path, "rb"), os.fstat(f.fileno()).st_size
-        f.seek(-4, os.SEEK_END)
-        isize = int.from_bytes(f.read(4), "little")
-    return nifti.GZIP.open(path, "rb"), isize
+@contextmanager
+def _unchanged(path: Path, raw: BinaryIO, state: FileState | None) -> Iterator[None]:
+    """DataError (`changed_message`) when the open file `raw` is not the version `state`
+    saw, or becomes another while the block reads it; also when the block fails for it."""
+    if state is not None and file_state(raw.fileno()) != state:
+        raise DataError(changed_message(path))
+    try:
+        yield
+    finally:
+        if state is not None and file_state(raw.fileno()) != state:
+            raise DataError(changed_message(path)) from None
 
 
-def _stream_header(path: Path) -> tuple[nib.Nifti1Header, int]:
-    """The NIfTI header (and extensions) from the start of the file, without its voxels, and
-    the stream's length as `_open_stream` gives it."""
-    stream, limit = _open_stream(path)
-    with stream as f:
+@contextmanager
+def _open_stream(path: Path) -> Iterator[tuple[BinaryIO, int, BinaryIO]]:
+    """The file's uncompressed bytes as a stream (gzip-compressed or not), their number as
+    far as the file tells it cheaply (its size, or for gzip the size in its trailer, ISIZE:
+    modulo 4 GiB, of the last member only, so a file with more members shows less), and the
+    file itself (for `file_state`). The file is opened once: every byte comes from it."""
+    with open(check_regular(path), "rb") as raw:
+        if raw.read(2) != GZIP_MAGIC:
+            raw.seek(0)
+            yield raw, os.fstat(raw.fileno()).st_size, raw
+            return
+        raw.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(raw.read(4), "little")
+        raw.seek(0)
+        with nifti.GZIP.open(raw, "rb") as f:
+            yield f, isize, raw
+
+
+def _stream_header(path: Path) -> tuple[nib.Nifti1Header, int, FileState]:
+    """The NIfTI header (and extensions) from the start of the file, without its voxels, the
+    stream's length as `_open_stream` gives it, and the file's `file_state`."""
+    with _open_stream(path) as (f, limit, raw):
+        state = file_state(raw.fileno())
         head = f.read(544)  # NIfTI-2's 540 bytes + the extension flag; NIfTI-1 needs 352
         try:
-            return header_from_bytes(head), limit
+            return header_from_bytes(head), limit, state
         except Exception:  # extensions that run past `head`: read up to the voxels, try again
             fixed = header_from_bytes(head, extensions=False)
             offset = int(fixed.get_data_offset())
             if not len(head) < offset <= MAX_HEADER_BYTES:
                 raise
-            return header_from_bytes(head + f.read(offset - len(head))), limit
+            return header_from_bytes(head + f.read(offset - len(head))), limit, state
 
 
 def _stream_slab(
-    path: Path, header: nib.Nifti1Header, shape: tuple[int, int, int], slab: np.ndarray
+    path: Path,
+    header: nib.Nifti1Header,
+    shape: tuple[int, int, int],
+    slab: np.ndarray,
+    state: FileState | None = None,
 ) -> tuple[np.generic, np.generic]:
     """One pass over the voxels: their min and max; the central slab into `slab` as float32.
 
@@ -205,7 +238,9 @@ def _stream_slab(
     Fortran-ordered volume are one contiguous run of voxels, which read as C order is
     ``(S, Y, X)``. Each piece is cast while it is in cache (the seed's astype(float32)). The
     stream is read to its end, so gzip's checksum is verified. ValueError when the file holds
-    fewer voxels than its header says.
+    fewer voxels than its header says. DataError when the file is not the one whose header
+    was read (`state`), or changes while it is read: a header of one version is never used
+    with the voxels of another.
     """
     x, y, z = shape
     dtype = header.get_data_dtype()
@@ -216,7 +251,7 @@ def _stream_slab(
     step = max(STREAM_CHUNK // size, 1)  # voxels per piece
     lo = hi = None
     done = 0  # voxels read
-    with _open_stream(path)[0] as f:
+    with _open_stream(path) as (f, _, raw), _unchanged(path, raw, state):
         skip = int(header.get_data_offset())
         if skip < 0:
             raise ValueError(f"negative voxel offset {skip}")
@@ -232,8 +267,9 @@ def _stream_slab(
             lo = p_lo if lo is None else np.minimum(lo, p_lo)  # NaN stays NaN
             hi = p_hi if hi is None else np.maximum(hi, p_hi)
             a, b = max(done, s0), min(done + take, s1)
-            if a < b:
-                slab[a - s0 : b - s0] = piece[a - done : b - done]
+            if a < b:  # values beyond float32 become Inf: refused after the pass, unwarned
+                with np.errstate(over="ignore"):
+                    slab[a - s0 : b - s0] = piece[a - done : b - done]
             done += take
         # what follows the voxels: a little is ignored, more refused
         if done == count and skip_bytes(f, TRAILING_SLACK + 1) > TRAILING_SLACK:
