@@ -33,7 +33,14 @@ from smri.evaluation.saliency import (
     share_by_modality,
     share_inside,
 )
-from smri.model_io import check_compatible, load_model, model_from_checkpoint, resolve_device
+from smri.metrics.calibration import undo_class_weight
+from smri.model_io import (
+    calibration_of,
+    check_compatible,
+    load_model,
+    model_from_checkpoint,
+    resolve_device,
+)
 from smri.plots import content_box, mosaic, save_figure
 from smri.store import StoreReader
 
@@ -94,13 +101,14 @@ class PatientSaliency:
     images: np.ndarray  # (M, S, H, W) float32
     attributions: np.ndarray  # (M, S, H, W) float32, toward the predicted class
     mask: np.ndarray | None  # (S, H, W) uint8 labels, None without a segmentation
-    probability: float
+    probability: float  # calibrated (the class weighting undone), as evaluate and predict say
     completeness_error: float
+    threshold: float = 0.5  # class 1 at and above it: the model's balanced threshold
 
     def row(self, modalities: Sequence[str], classes: dict[str, int]) -> dict[str, Any]:
         """The patient's numbers, JSON-ready (shares in [0, 1]; None where undefined)."""
         names = {v: k for k, v in classes.items()}
-        predicted = int(self.probability >= 0.5)
+        predicted = int(self.probability >= self.threshold)
         in_slab = int((self.mask > 0).sum()) if self.mask is not None else None
         per_mod = zip(modalities, self.attributions, share_by_modality(self.attributions),
                       strict=True)  # fmt: skip
@@ -141,15 +149,19 @@ def patient_saliency(
     device: torch.device,
     steps: int,
     batch_size: int,
+    calibration: tuple[float, float] = (0.0, 0.5),
 ) -> PatientSaliency:
-    """Integrated gradients of one store row, with its mask (when the store has one)."""
+    """Integrated gradients of one store row, with its mask (when the store has one);
+    `calibration`: the checkpoint's logit offset and threshold (`calibration_of`)."""
     images = np.asarray(reader.read(row), dtype=np.float32)
     attr = integrated_gradients(
         model, torch.from_numpy(images).to(device), steps=steps, batch_size=batch_size
     )
+    offset, threshold = calibration
+    probability = float(undo_class_weight(np.array([attr.logit]), offset)[0])
     return PatientSaliency(
         reader.patient_ids[row], int(reader.labels[row]), images, attr.attributions,
-        reader.read_mask(row), attr.probability, attr.completeness_error,
+        reader.read_mask(row), probability, attr.completeness_error, threshold,
     )  # fmt: skip
 
 
@@ -306,6 +318,7 @@ def explain_store(
     from tqdm import tqdm
 
     ckpt = load_model(checkpoint)
+    offset, threshold, _ = calibration_of(ckpt, str(checkpoint))
     dev = resolve_device(device)
     with StoreReader(store) as reader:
         check_compatible(ckpt["store"], reader.info, str(checkpoint))
@@ -322,7 +335,7 @@ def explain_store(
             pid = reader.patient_ids[i]
             try:
                 rows.append(_explain_one(model, reader, i, dev, steps, batch_size,
-                                         out / files[pid]))  # fmt: skip
+                                         out / files[pid], (offset, threshold)))  # fmt: skip
             except (DataError, OSError) as exc:  # this patient only; a full disk stops all
                 if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
                     raise
@@ -357,11 +370,12 @@ def _explain_one(
     steps: int,
     batch_size: int,
     png: Path,
+    calibration: tuple[float, float],
 ) -> dict[str, Any]:
     """One patient's row of explain.json, its montage saved as `png`."""
     info = reader.info
     names = {v: k for k, v in info.classes.items()}
-    p = patient_saliency(model, reader, i, device, steps, batch_size)
+    p = patient_saliency(model, reader, i, device, steps, batch_size, calibration)
     row = p.row(info.modalities, info.classes)
     label_text = f"{names.get(p.label, p.label)} ({p.label})" if p.label >= 0 else "?"
     fig = saliency_figure(p, info.modalities, row, label_text)

@@ -109,3 +109,16 @@ def test_a_checkpoint_without_calibration_reads_as_uncalibrated(store, tmp_path)
     ckpt["calibration"] = {"method": "x", "logit_offset": "nan", "threshold": 0.7}
     with pytest.raises(Exception, match="bad calibration"):
         calibration_of(ckpt, "best.pt")
+
+
+def test_explain_reports_the_same_calibrated_probability_and_decision(store, tmp_path):
+    import smri
+
+    run = _run(store, tmp_path / "run", "auto")
+    rows = {r["patient_id"]: r for r in _predictions(run)}
+    report = smri.explain(run / "best.pt", store, list(rows)[:3], out=tmp_path / "ex", steps=4,
+                          quiet=True, log=quiet)  # fmt: skip
+    for r in report["rows"]:
+        assert r["probability"] == pytest.approx(float(rows[r["patient_id"]]["probability"]),
+                                                 abs=2e-6)  # fmt: skip
+        assert r["predicted"] == rows[r["patient_id"]]["predicted"]
