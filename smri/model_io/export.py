@@ -153,7 +153,9 @@ def _export(st: Any, source: Path, run: Path, out: Path, license: str | None) ->
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as staged:  # all three are written before any takes its real name
         temps = {name: staged.enter_context(atomic_path(out / name)) for name in EXPORT_FILES}
-        st.save_file(tensors, str(temps[WEIGHTS]), metadata={"format": "pt", "smri": __version__})
+        # safetensors' own save_file creates its file 0600; written here, the weights get the
+        # mode of their siblings (the umask's)
+        temps[WEIGHTS].write_bytes(st.save(tensors, metadata={"format": "pt", "smri": __version__}))
         temps[CONFIG].write_text(json_text(config) + "\n")  # NaN as null
         temps[CARD].write_text(card)
     return [out / name for name in EXPORT_FILES]
