@@ -49,7 +49,7 @@ from smri.training.distributed import SINGLE, Dist
 from smri.training.loop import NonFiniteOutput, evaluate, train_one_epoch
 from smri.training.plan import Job
 from smri.training.runs import read_metrics, write_metrics, write_predictions
-from smri.training.tensorboard import Board
+from smri.training.tensorboard import Board, hparams_of
 
 Log = Callable[[str], None]
 
@@ -397,6 +397,7 @@ def _finish(
         ) from None  # fmt: skip
     if board is not None:
         board.roc(setup.labels[split.val], probs, int(ckpt["epoch"]), job.model_cfg.name)
+        board.hparams(hparams_of(job.model_cfg, job.cfg), metrics, int(ckpt["epoch"]))
     return dist.on_main(lambda: _write_results(job, out, split, rows, params, ckpt, metrics, probs))
 
 
