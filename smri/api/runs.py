@@ -250,24 +250,32 @@ def export(
     *,
     fold: int | None = None,
     license: str | None = None,
+    dataset: str | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write `run`'s best model to the folder `out` (`smri export`): model.safetensors,
     config.json and a README.md model card; returns the files written (`list[Path]`).
 
-    Files already in `out` that an export does not write are kept. Needs the safetensors
-    package (``pip install 'smri[export]'``).
+    config.json describes the input the model takes (``network_data_format``, as MONAI
+    bundles do); the card's front matter holds the Hub's ``model-index``: the validation
+    metrics, and the untouched test set's when ``run/test/metrics.json`` holds them
+    (``evaluate(run, test_store, out=run / "test")``). Files already in `out` that an export
+    does not write are kept. Needs the safetensors package (``pip install 'smri[export]'``).
 
     Args:
         run: the run folder to export.
         out: the folder to write.
         fold: of a K-fold run, the fold to export (0-based; a K-fold run needs one).
         license: a license id for the card's front matter, e.g. ``"mit"`` (None: no line).
+        dataset: the Hugging Face Hub id of the training data set, e.g. ``"org/name"``, for
+            the card's ``datasets`` and ``model-index`` (None: the cohort's folder name names
+            it in ``model-index``, and there is no ``datasets`` line).
         overwrite: replace model.safetensors, config.json and README.md already in `out`.
     """
     from smri.model_io import export_run
 
-    return export_run(Path(run), Path(out), fold=fold, license=license, overwrite=overwrite)
+    return export_run(Path(run), Path(out), fold=fold, license=license, dataset=dataset,
+                      overwrite=overwrite)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- plot

@@ -10,6 +10,7 @@ run and per fold in the HParams dashboard.
 from __future__ import annotations
 
 import importlib.util
+import numbers
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,19 @@ def hparams_of(model_cfg: ModelConfig, cfg: TrainConfig) -> dict[str, Any]:
     values = {"model" if k == "name" else k: getattr(model_cfg, k) for k in MODEL_HPARAMS}
     values["volume_shape"] = "x".join(str(n) for n in model_cfg.volume_shape)
     values.update({k: getattr(cfg, k) for k in TRAIN_HPARAMS})
-    # a flag as "true"/"false": torch would store it as the number 1 or 0
-    return {k: str(v).lower() if isinstance(v, bool) else v for k, v in values.items()
-            if v is not None}  # fmt: skip
+    return {k: _hparam(v) for k, v in values.items() if v is not None}
+
+
+def _hparam(value: Any) -> float | int | str:
+    """One setting as the hparams plugin stores it: numpy numbers as Python's (a sweep over
+    np.arange passes them), a flag as "true"/"false" (torch would store the number 1 or 0)."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return str(value)
 
 
 def scalar_tag(key: str) -> str:

@@ -58,6 +58,8 @@ def test_hparams_of_a_fold():
         "augment": "true",
     }  # fmt: skip
     assert "folds" not in hparams_of(SMALL, FAST)  # a single split: no fold columns
+    swept = hparams_of(ModelConfig(width=np.float64(0.5)), TrainConfig(epochs=np.int64(3)))
+    assert (type(swept["width"]), type(swept["epochs"])) == (float, int)  # numpy's: Python's
 
 
 def test_scalar_tags_pair_training_and_validation_curves():
