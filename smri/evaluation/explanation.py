@@ -301,7 +301,7 @@ def explain_store(
     import matplotlib
 
     matplotlib.use("Agg")
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     ckpt = load_model(checkpoint)
     dev = resolve_device(device)

@@ -80,7 +80,7 @@ def evaluate_store(
     `progress` shows a bar over the batches. With `saliency_patients` and a store with masks,
     the metrics add the mean share of saliency inside the tumour over that many patients at
     most (`saliency_in_tumour`, below)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     ckpt = load_model(checkpoint)
     offset, threshold, method = calibration_of(ckpt, str(checkpoint))
@@ -158,7 +158,7 @@ def saliency_in_tumour(
     """`smri evaluate`'s saliency number: the mean share inside the tumour over at most `limit`
     patients with tumour voxels in the slab (the run's validation patients when the store holds
     them, else all), in store order. None when the store has no such patient."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     if not reader.has_masks or limit < 1:
         return None
@@ -197,7 +197,7 @@ def predict_folders(
     A folder that cannot be used is reported through `warn` and skipped; none usable is an error.
     `progress` shows a bar over the folders (preprocessing them is most of the time).
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from smri.discovery import raw_patient
     from smri.preprocessing import PreprocessConfig, load_patient

@@ -65,7 +65,7 @@ def orientation_warning(counts: dict[str, int]) -> str | None:
 
 def progress_bar(total: int, initial: int, desc: str, progress: bool | None) -> Any:
     """A tqdm bar on stderr; shown when `progress`, or (None) when stderr is a terminal."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
     return tqdm(total=total, initial=initial, unit="patient", desc=desc, disable=not show)

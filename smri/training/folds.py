@@ -207,7 +207,7 @@ def _fold_worker_init(parent: int, threads: int) -> None:
     """A fold worker: Ctrl-C is the parent's to handle; end if the parent is gone."""
     import threading
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from smri.parallel import worker_init
 

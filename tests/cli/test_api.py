@@ -202,6 +202,27 @@ def test_progress_bars_on_every_long_step_and_none_when_quiet(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_progress_bars_are_tqdm_auto_so_notebooks_get_the_widget(tmp_path, monkeypatch):
+    """tqdm.auto picks tqdm's notebook widget in Jupyter (plain text bars on a terminal)."""
+    import tqdm.auto
+
+    sources = {p: p.read_text() for p in (ROOT / "smri").rglob("*.py")}
+    plain = [p.name for p, text in sources.items()
+             if re.search(r"^\s*(from tqdm import|import tqdm\b)", text, re.M)]  # fmt: skip
+    assert plain == []
+    assert any("from tqdm.auto import tqdm" in text for text in sources.values())
+    shown: list[str] = []
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            shown.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    smri.synth(tmp_path / "c", patients=2, shape=(16, 16, 32), jobs=1, quiet=True)
+    assert shown == ["synth"]
+
+
 def test_numpy_numbers_as_settings_give_checkpoints_smri_loads(tmp_path):
     """Settings from numpy (a sweep over np.arange, a config read with numpy) were pickled into
     best.pt as numpy scalars, which the weights-only loader then refused as foreign objects."""
