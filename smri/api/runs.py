@@ -16,6 +16,7 @@ from smri.api.common import Log, PathLike, bars, public
 from smri.config import MODEL_NAMES, ModelConfig, TrainConfig
 from smri.discovery import DEFAULT_MODALITIES
 from smri.errors import ConfigError, DataError, RunInterrupted
+from smri.messages import python_log
 
 if TYPE_CHECKING:
     from smri.training import Dist
@@ -116,7 +117,7 @@ def train(
     tensorboard: bool | None = None,
     progress: bool | None = None,
     quiet: bool = False,
-    log: Log = print,
+    log: Log = python_log,
     dist: Dist | None = None,
 ) -> Path:
     """Train a CNN-LSTM on `store` into a run folder (`smri train`); returns the folder.
@@ -164,7 +165,9 @@ def train(
         tensorboard: write TensorBoard event files (None: when the package is installed).
         progress: show a progress bar per epoch (None: when stderr is a terminal).
         quiet: no per-epoch or info lines and no progress bars (warnings still).
-        log: receives each info line and warning (default: print).
+        log: receives each info line and warning (default ``python_log``:
+            warnings through ``warnings.warn`` as ``smri.SmriWarning``, info lines to the
+            ``smri`` logger at INFO).
         dist: a started `smri.training.Dist` under torchrun (None: one process).
     """
     from smri.training import SINGLE, describe, load_run_config

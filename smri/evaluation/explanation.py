@@ -31,6 +31,7 @@ from smri.evaluation.saliency import (
     share_by_modality,
     share_inside,
 )
+from smri.messages import python_log, warning
 from smri.model_io import check_compatible, load_model, model_from_checkpoint, resolve_device
 from smri.plots import content_box, mosaic, save_figure
 from smri.store import StoreReader
@@ -294,7 +295,7 @@ def explain_store(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = python_log,
 ) -> dict[str, Any]:
     """Explain `checkpoint` (or an exported model) on patients of `store`: one PNG per patient
     and ``explain.json`` in `out`; returns explain.json's content."""
@@ -311,8 +312,9 @@ def explain_store(
         choice = choose_patients(reader, checkpoint, ids)
         log(f"explaining {choice.how}")
         if not reader.has_masks:
-            log(f"{store} is a schema v{reader.version} store: no masks to compare the saliency "
-                "with (re-run smri preprocess on folders with *_seg files)")  # fmt: skip
+            log(warning(f"{store} is a schema v{reader.version} store: no masks to compare "
+                        "the saliency with (re-run smri preprocess on folders with *_seg "
+                        "files)"))  # fmt: skip
         info = reader.info
         names = {v: k for k, v in info.classes.items()}
         rows = []

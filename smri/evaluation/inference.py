@@ -4,7 +4,6 @@ for raw folders (`smri predict`)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from smri.data import Batches, nonfinite_output_message, resolve_cache
 from smri.errors import DataError, PatientError
 from smri.evaluation.explanation import patient_saliency, rounded, run_validation_ids
 from smri.evaluation.saliency import DEFAULT_STEPS, METHOD, share_inside
+from smri.messages import python_log, warning
 from smri.metrics import binary_metrics
 from smri.metrics.calibration import brier, ece, undo_class_weight
 from smri.model_io import (
@@ -189,7 +189,7 @@ def predict_folders(
     device: str = "auto",
     batch_size: int = 4,
     amp: bool = True,
-    warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    warn: Callable[[str], None] = python_log,
     progress: bool = False,
 ) -> list[Prediction]:
     """Preprocess each raw patient folder exactly as the training store was made, then predict.
@@ -219,7 +219,7 @@ def predict_folders(
     for folder in tqdm(folders, desc="predict", unit="patient", disable=not progress):
         key = Path(folder).resolve()
         if key in seen:
-            warn(f"skipped: {folder} is listed again; predicted once")
+            warn(warning(f"skipped: {folder} is listed again; predicted once"))
             continue
         seen.add(key)
         try:
@@ -231,7 +231,7 @@ def predict_folders(
                     f"preprocessed shape {images.shape} differs from the model's {expected}",
                 )
         except PatientError as exc:
-            warn(f"skipped: {exc}")
+            warn(warning(f"skipped: {exc}"))
             continue
         ids.append(patient.patient_id)
         given.append(str(folder))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from smri.errors import DataError, PatientError, plural
+from smri.messages import warning
 from smri.preprocessing.patient import PatientResult
 
 
@@ -75,14 +76,14 @@ def skip(res: PatientError, strict: bool, skipped: list[PatientError], echo: Cal
     """Record a patient a worker could not use (or stop the run, with --strict)."""
     if strict:
         raise DataError(f"{res} (--strict)")
-    echo(f"skipping {res}")
+    echo(warning(f"skipping {res}"))
     skipped.append(res)
 
 
 def warn(res: PatientResult, echo: Callable[[str], None]) -> list[str]:
     """Print a result's warnings; return them for the summary."""
     for w in res.warnings:
-        echo(f"warning: {w}")
+        echo(warning(f"warning: {w}"))
     return res.warnings
 
 

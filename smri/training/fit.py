@@ -33,6 +33,7 @@ from smri.data import (
 )
 from smri.errors import DataError
 from smri.jsonfiles import write_json
+from smri.messages import python_log, warning
 from smri.metrics.calibration import logit_offset
 from smri.model_io import (
     calibration_fields,
@@ -79,7 +80,7 @@ def fit(
     out: Path,
     split: Split,
     *,
-    log: Log = print,
+    log: Log = python_log,
     dist: Dist = SINGLE,
     progress: bool | None = None,
     tensorboard: bool = False,
@@ -169,9 +170,11 @@ def _networks(
     net, synced = dist.prepare_model(build_model(model_cfg))
     if dist.enabled and not synced:
         log(
-            f"note: {dist.world_size} processes on {device.type}: SyncBatchNorm needs CUDA, so "
-            f"each rank normalises its own {cfg.batch_size // dist.world_size} patients "
-            "(running statistics are rank 0's)"
+            warning(
+                f"note: {dist.world_size} processes on {device.type}: SyncBatchNorm needs CUDA, so "
+                f"each rank normalises its own {cfg.batch_size // dist.world_size} patients "
+                "(running statistics are rank 0's)"
+            )
         )
     net = net.to(device, memory_format=torch.channels_last_3d)
     if device.type == "cuda":

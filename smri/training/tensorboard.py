@@ -19,6 +19,7 @@ import numpy as np
 
 from smri.config import ModelConfig, TrainConfig
 from smri.errors import ConfigError
+from smri.messages import warning
 
 INSTALL_HINT = "pip install 'smri[tensorboard]'"
 
@@ -40,7 +41,7 @@ def resolve(wanted: bool | None, log: Callable[[str], None]) -> bool:
             f"TensorBoard logs need the tensorboard package: {INSTALL_HINT}",
             option="--tensorboard",
         )
-    log(f"note: TensorBoard logs off: {INSTALL_HINT}")
+    log(warning(f"note: TensorBoard logs off: {INSTALL_HINT}"))
     return False
 
 
