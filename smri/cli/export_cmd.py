@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import api_defaults, handle_errors, path_option_type, setting
+from smri.cli.common import (
+    api_defaults,
+    handle_errors,
+    path_option_type,
+    quiet_writes_option,
+    setting,
+)
 
 EXPORT = api_defaults(api.export)
 
@@ -43,9 +49,10 @@ EXPORT = api_defaults(api.export)
     help="Replace model.safetensors, config.json and README.md already in OUT_DIR "
     "[default: off: refuse].",
 )
+@quiet_writes_option("the files written")
 @handle_errors
 def export(run: Path, out_dir: Path, fold: int | None, license_: str | None,
-           dataset: str | None, overwrite: bool) -> None:  # fmt: skip
+           dataset: str | None, overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Write RUN's best model to OUT_DIR: model.safetensors, config.json and a README.md card.
 
     The Hugging Face layout: weights without pickle (safe to load from strangers), the config
@@ -59,5 +66,5 @@ def export(run: Path, out_dir: Path, fold: int | None, license_: str | None,
     """
     written = api.export(run, out_dir, fold=fold, license=license_, dataset=dataset,
                          overwrite=overwrite)  # fmt: skip
-    for path in written:
+    for path in [] if quiet else written:
         click.echo(str(path))
