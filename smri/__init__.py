@@ -5,7 +5,8 @@ keyword arguments: `smri.synth`, `smri.preprocess`, `smri.info`, `smri.show`, `s
 `smri.evaluate`, `smri.explain`, `smri.predict`, `smri.export`, `smri.plot` (and
 `smri.api.models`: `smri.models` is the models package), `smri.load_model` (a trained model
 as a torch module) and `smri.StoreDataset`, a torch Dataset of a store's patients. They are
-imported on first use, so `import smri` loads no torch.
+imported on first use, so `import smri` loads no torch. Their warnings are `SmriWarning`s
+(`warnings.warn`), their info lines go to the ``smri`` logger (`smri.messages`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 from typing import Any
 
 from smri.errors import ConfigError, DataError, PatientError, SmriError
+from smri.messages import SmriWarning
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,7 @@ __all__ = [
     "DataError",
     "PatientError",
     "SmriError",
+    "SmriWarning",
     "StoreDataset",
     "evaluate",
     "explain",

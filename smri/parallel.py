@@ -26,6 +26,7 @@ from typing import Any
 
 from smri import __version__
 from smri.errors import ConfigError, DataError, plural
+from smri.messages import python_log, warning
 
 # --backend's choices, in the order `smri preprocess --help` lists them; the first is the default.
 BACKENDS = ("threading", "loky", "dask")
@@ -57,7 +58,7 @@ def pool(
     backend: str,
     jobs: int | None,
     scheduler: str | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = python_log,
 ) -> Iterator[tuple[Submit, int]]:
     """A ``submit(fn, *args)`` for `backend` and how many tasks it runs at once.
 
@@ -115,8 +116,8 @@ def cap_jobs(jobs: int | None, echo: Callable[[str], None]) -> int:
     """
     cores = usable_cores()
     if jobs is not None and jobs > cores:
-        echo(f"note: --jobs {jobs} is more than the {plural(cores, 'core')} this process may use; "
-             f"using {cores}")  # fmt: skip
+        echo(warning(f"note: --jobs {jobs} is more than the {plural(cores, 'core')} this "
+                     f"process may use; using {cores}"))  # fmt: skip
     return min(jobs or cores, cores)
 
 

@@ -13,8 +13,10 @@ and, for options no dataclass holds, of these signatures, which the CLI reads. E
 typed exceptions of `smri.errors` that the CLI maps to exit codes: `ConfigError` (settings;
 exit 2), other `SmriError`s (data; exit 1). Messages name keywords (`overwrite=True`).
 
-Output: `log` receives info lines and warnings (default: print); `quiet` drops the info lines
-and progress bars, never warnings; `progress` None shows bars when stderr is a terminal.
+Output: `log` receives info lines and warnings (default `smri.messages.python_log`: warnings
+through `warnings.warn` as `SmriWarning`, info lines to the ``smri`` logger); `quiet` drops the
+info lines and progress bars, never warnings; `progress` None shows bars when stderr is a
+terminal.
 This package imports no torch: the work is imported on the first call. See docs/api.md.
 Its modules, by job: `inputs` (synth, preprocess, info, show), `runs` (models, train, export,
 plot, holdout), `inference` (evaluate, explain, predict, load_model), `checks` (every

@@ -98,6 +98,7 @@ RULES: dict[str, Rule] = {
     "session": Rule(str),
     "scheduler": Rule(str),
     "license": Rule(str),
+    "dataset": Rule(str),
 }
 PATH, FLAG = Rule("path"), Rule(bool)  # keywords annotated PathLike, bool
 

@@ -14,6 +14,7 @@ from smri.api.common import Log, PathLike, bars, public, refuse_run_folder, sile
 from smri.atomic import OutputLock, check_not_input
 from smri.config import MOSTLY_OUTSIDE, SALIENCY_STEPS, ModelConfig
 from smri.errors import ConfigError
+from smri.messages import python_log, warning
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +40,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool | None = None,
     quiet: bool = False,
-    log: Log = print,
+    log: Log = python_log,
 ) -> dict[str, Any]:
     """Metrics of `model` on every labelled patient of `store` (`smri evaluate`).
 
@@ -74,7 +75,9 @@ def evaluate(
         overwrite: replace the results of an earlier evaluate in `out`.
         progress: show a progress bar (None: when stderr is a terminal).
         quiet: no progress bar and no info lines (warnings still).
-        log: receives each info line and warning (default: print).
+        log: receives each info line and warning (default ``python_log``:
+            warnings through ``warnings.warn`` as ``smri.SmriWarning``, info lines to the
+            ``smri`` logger at INFO).
     """
     from smri.data.holdout import read_holdout
     from smri.evaluation import evaluate_store
@@ -105,9 +108,10 @@ def evaluate(
                   "threshold": result.threshold, "calibration": result.calibration}  # fmt: skip
         share = report.get("saliency_in_tumour_mean")
         if share is not None and share < MOSTLY_OUTSIDE:
-            log(f"warning: the saliency lies mostly outside the tumour (mean share {share:.2f} "
-                f"over {report['saliency_in_tumour_n']} patients): the model may rely on "
-                "something other than the tumour; see smri explain")  # fmt: skip
+            log(warning(f"warning: the saliency lies mostly outside the tumour (mean share "
+                        f"{share:.2f} over {report['saliency_in_tumour_n']} patients): the "
+                        "model may rely on something other than the tumour; see smri "
+                        "explain"))  # fmt: skip
         write_json(where / "metrics.json", report)
         write_predictions(where / "predictions.csv", result.patient_ids, result.labels,
                           result.probabilities, result.classes,
@@ -118,7 +122,7 @@ def evaluate(
             curves = {name: [(result.labels[known], result.probabilities[known])]}
             save_figure(roc_figure(curves, f"ROC on {store.name}"), where / "roc.png")
         else:
-            log("no ROC curve: the store does not have labelled patients of both classes")
+            log(warning("no ROC curve: the store does not have labelled patients of both classes"))
     return {**report, "out": where}
 
 
@@ -174,7 +178,7 @@ def explain(
     overwrite: bool = False,
     progress: bool | None = None,
     quiet: bool = False,
-    log: Log = print,
+    log: Log = python_log,
 ) -> dict[str, Any]:
     """Where `model` looks (`smri explain`): integrated gradients of every modality of each
     patient, a PNG montage per patient with the tumour's contour, and the share of the
@@ -197,7 +201,9 @@ def explain(
         overwrite: replace an earlier explain.json in `out`.
         progress: show a progress bar (None: when stderr is a terminal).
         quiet: no progress bar and no info lines (warnings still).
-        log: receives each info line and warning (default: print).
+        log: receives each info line and warning (default ``python_log``:
+            warnings through ``warnings.warn`` as ``smri.SmriWarning``, info lines to the
+            ``smri`` logger at INFO).
     """
     from smri.evaluation import check_out, explain_store
 
@@ -228,7 +234,7 @@ def predict(
     overwrite: bool = False,
     progress: bool | None = None,
     quiet: bool = False,
-    log: Log = print,
+    log: Log = python_log,
 ) -> list[Prediction]:
     """Probability of class 1 for raw NIfTI patient folders, preprocessed as `model`'s store
     was (`smri predict`); returns one `Prediction` (patient_id, probability, predicted class
@@ -246,7 +252,9 @@ def predict(
         overwrite: replace an existing `csv` file.
         progress: show a progress bar (None: when stderr is a terminal).
         quiet: no progress bar.
-        log: receives each skipped folder's line (default: print).
+        log: receives each skipped folder's line, a warning (default ``python_log``:
+            warnings through ``warnings.warn`` as ``smri.SmriWarning``, info lines to the
+            ``smri`` logger at INFO).
     """
     from smri.atomic import atomic_open
     from smri.evaluation import predict_folders

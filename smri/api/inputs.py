@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from smri.api.common import Log, PathLike, bars, public, silent
 from smri.atomic import OutputLock
 from smri.errors import ConfigError, DataError
+from smri.messages import python_log
 from smri.parallel import DEFAULT_BACKEND, cap_jobs
 from smri.phantoms import SynthConfig
 from smri.preprocessing import PreprocessConfig, PreprocessSummary
@@ -135,7 +136,7 @@ def preprocess(
     scheduler: str | None = None,
     progress: bool | None = None,
     quiet: bool = False,
-    log: Log = print,
+    log: Log = python_log,
 ) -> PreprocessSummary:
     """Preprocess the patient folders under `input` into the HDF5 store `output`
     (`smri preprocess`): each volume min-max normalised and cropped to its central `slices`.
@@ -168,7 +169,9 @@ def preprocess(
         scheduler: the address of a running Dask scheduler, for ``backend="dask"``.
         progress: show a progress bar (None: when stderr is a terminal).
         quiet: no progress bar (preprocessing logs only warnings besides).
-        log: receives each message line (default: print).
+        log: receives each message line (default ``python_log``:
+            warnings through ``warnings.warn`` as ``smri.SmriWarning``, info lines to the
+            ``smri`` logger at INFO).
     """
     from smri.discovery import BidsOptions, parse_classes, parse_modalities
     from smri.files import special_kind

@@ -16,6 +16,7 @@ from smri.api.common import Log, PathLike, bars, public
 from smri.config import MODEL_NAMES, ModelConfig, TrainConfig
 from smri.discovery import DEFAULT_MODALITIES
 from smri.errors import ConfigError, DataError, RunInterrupted
+from smri.messages import python_log
 
 if TYPE_CHECKING:
     from smri.training import Dist
@@ -116,7 +117,7 @@ def train(
     tensorboard: bool | None = None,
     progress: bool | None = None,
     quiet: bool = False,
-    log: Log = print,
+    log: Log = python_log,
     dist: Dist | None = None,
 ) -> Path:
     """Train a CNN-LSTM on `store` into a run folder (`smri train`); returns the folder.
@@ -164,7 +165,9 @@ def train(
         tensorboard: write TensorBoard event files (None: when the package is installed).
         progress: show a progress bar per epoch (None: when stderr is a terminal).
         quiet: no per-epoch or info lines and no progress bars (warnings still).
-        log: receives each info line and warning (default: print).
+        log: receives each info line and warning (default ``python_log``:
+            warnings through ``warnings.warn`` as ``smri.SmriWarning``, info lines to the
+            ``smri`` logger at INFO).
         dist: a started `smri.training.Dist` under torchrun (None: one process).
     """
     from smri.training import SINGLE, describe, load_run_config
@@ -250,24 +253,32 @@ def export(
     *,
     fold: int | None = None,
     license: str | None = None,
+    dataset: str | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write `run`'s best model to the folder `out` (`smri export`): model.safetensors,
     config.json and a README.md model card; returns the files written (`list[Path]`).
 
-    Files already in `out` that an export does not write are kept. Needs the safetensors
-    package (``pip install 'smri[export]'``).
+    config.json describes the input the model takes (``network_data_format``, as MONAI
+    bundles do); the card's front matter holds the Hub's ``model-index``: the validation
+    metrics, and the untouched test set's when ``run/test/metrics.json`` holds them
+    (``evaluate(run, test_store, out=run / "test")``). Files already in `out` that an export
+    does not write are kept. Needs the safetensors package (``pip install 'smri[export]'``).
 
     Args:
         run: the run folder to export.
         out: the folder to write.
         fold: of a K-fold run, the fold to export (0-based; a K-fold run needs one).
         license: a license id for the card's front matter, e.g. ``"mit"`` (None: no line).
+        dataset: the Hugging Face Hub id of the training data set, e.g. ``"org/name"``, for
+            the card's ``datasets`` and ``model-index`` (None: the cohort's folder name names
+            it in ``model-index``, and there is no ``datasets`` line).
         overwrite: replace model.safetensors, config.json and README.md already in `out`.
     """
     from smri.model_io import export_run
 
-    return export_run(Path(run), Path(out), fold=fold, license=license, overwrite=overwrite)
+    return export_run(Path(run), Path(out), fold=fold, license=license, dataset=dataset,
+                      overwrite=overwrite)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- plot

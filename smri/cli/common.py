@@ -151,6 +151,17 @@ def quiet_option(what: str) -> Callable[[Any], Any]:
     )
 
 
+def quiet_writes_option(what: str) -> Callable[[Any], Any]:
+    """--quiet/-q of a command that writes files and has no bar or info line: on success it
+    prints nothing (not `what`), as the exit status says it worked."""
+    return click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        help=f"Print nothing on success (not {what}); errors are still printed [default: off].",
+    )
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -7,7 +7,13 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import api_defaults, handle_errors, path_option_type, setting
+from smri.cli.common import (
+    api_defaults,
+    handle_errors,
+    path_option_type,
+    quiet_writes_option,
+    setting,
+)
 
 EXPORT = api_defaults(api.export)
 
@@ -31,14 +37,22 @@ EXPORT = api_defaults(api.export)
     "[default: none: no license line].",
 )
 @click.option(
+    "--dataset",
+    metavar="ID",
+    default=EXPORT["dataset"],
+    help="Hugging Face Hub id of the training data set (e.g. org/name), for the card's "
+    "datasets and model-index [default: none: model-index names the cohort's folder].",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace model.safetensors, config.json and README.md already in OUT_DIR "
     "[default: off: refuse].",
 )
+@quiet_writes_option("the files written")
 @handle_errors
 def export(run: Path, out_dir: Path, fold: int | None, license_: str | None,
-           overwrite: bool) -> None:  # fmt: skip
+           dataset: str | None, overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Write RUN's best model to OUT_DIR: model.safetensors, config.json and a README.md card.
 
     The Hugging Face layout: weights without pickle (safe to load from strangers), the config
@@ -50,5 +64,7 @@ def export(run: Path, out_dir: Path, fold: int | None, license_: str | None,
     smri export runs/cnn2 models/glioma-cnn2
     smri export runs/cnn3-cv models/glioma-cnn3-fold2 --fold 2
     """
-    for path in api.export(run, out_dir, fold=fold, license=license_, overwrite=overwrite):
+    written = api.export(run, out_dir, fold=fold, license=license_, dataset=dataset,
+                         overwrite=overwrite)  # fmt: skip
+    for path in [] if quiet else written:
         click.echo(str(path))

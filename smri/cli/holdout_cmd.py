@@ -7,7 +7,14 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import OutputFile, api_defaults, handle_errors, path_option_type, setting
+from smri.cli.common import (
+    OutputFile,
+    api_defaults,
+    handle_errors,
+    path_option_type,
+    quiet_writes_option,
+    setting,
+)
 
 HOLDOUT = api_defaults(api.holdout)
 
@@ -30,8 +37,10 @@ HOLDOUT = api_defaults(api.holdout)
     help="Seed of the draw (a random stream of its own, never a split of smri train).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT [default: off].")
+@quiet_writes_option("the line saying how many patients OUT holds")
 @handle_errors
-def holdout(store: Path, out: Path, fraction: float, seed: int, overwrite: bool) -> None:
+def holdout(store: Path, out: Path, fraction: float, seed: int, overwrite: bool,
+            quiet: bool) -> None:  # fmt: skip
     """Set aside a stratified share of STORE's labelled patients as the untouched test set:
     their ids go to the CSV OUT (patient_id,label).
 
@@ -39,6 +48,8 @@ def holdout(store: Path, out: Path, fraction: float, seed: int, overwrite: bool)
     end with `smri evaluate RUN STORE --holdout OUT`.
     """
     written = api.holdout(store, out, fraction=fraction, seed=seed, overwrite=overwrite)
+    if quiet:
+        return
     with open(written) as fh:
         n = sum(1 for _ in fh) - 1
     click.echo(f"held out {n} patients of {store} as the test set: {written}")

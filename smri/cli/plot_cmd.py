@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import api_defaults, handle_errors, path_option_type
+from smri.cli.common import api_defaults, handle_errors, path_option_type, quiet_writes_option
 
 PLOT = api_defaults(api.plot)
 
@@ -36,10 +36,13 @@ PLOT = api_defaults(api.plot)
     "(smri evaluate RUN TEST_STORE --out RUN/NAME): summary.md then leads with the test set "
     "[default: none: validation only].",
 )
+@quiet_writes_option("the files written")
 @handle_errors
-def plot(run_dirs: tuple[Path, ...], out: Path, store: Path | None, test: str | None) -> None:
+def plot(run_dirs: tuple[Path, ...], out: Path, store: Path | None, test: str | None,
+         quiet: bool) -> None:  # fmt: skip
     """Figures and summary comparing runs: loss, accuracy and ROC (K folds as mean ± std
     bands); every model's AUC and balanced accuracy with 95 % intervals, paired tests between
     models on the same patients, and the majority and intensity baselines."""
-    for path in api.plot(run_dirs, out=out, store=store, test=test):
+    written = api.plot(run_dirs, out=out, store=store, test=test)
+    for path in [] if quiet else written:
         click.echo(str(path))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from smri import api
-from smri.cli.common import OutputFile, api_defaults, handle_errors, setting
+from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_writes_option, setting
 
 SHOW = api_defaults(api.show)
 
@@ -52,6 +52,7 @@ SHOW = api_defaults(api.show)
     help="Replace an existing --out file that is not a PNG image (a PNG is always replaced; "
     "what SOURCE reads never is) [default: off].",
 )
+@quiet_writes_option("the line naming the PNG, the patient and its class")
 @handle_errors
 def show(
     source: Path,
@@ -62,6 +63,7 @@ def show(
     slices: int,
     contours: bool,
     overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Draw what preprocessing keeps of one patient as a PNG (middle slice of each modality).
 
@@ -74,4 +76,5 @@ def show(
     matplotlib.use("Agg")
     patient = api.show(source, patient_id, out=out, montage=montage, modalities=modalities,
                        slices=slices, contours=contours, overwrite=overwrite)  # fmt: skip
-    click.echo(f"wrote {out} ({patient.patient_id}, class {patient.label_text})")
+    if not quiet:
+        click.echo(f"wrote {out} ({patient.patient_id}, class {patient.label_text})")

@@ -33,6 +33,7 @@ from smri.evaluation.saliency import (
     share_by_modality,
     share_inside,
 )
+from smri.messages import python_log, warning
 from smri.metrics.calibration import undo_class_weight
 from smri.model_io import (
     calibration_of,
@@ -308,14 +309,14 @@ def explain_store(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = python_log,
 ) -> dict[str, Any]:
     """Explain `checkpoint` (or an exported model) on patients of `store`: one PNG per patient
     and ``explain.json`` in `out`; returns explain.json's content."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     ckpt = load_model(checkpoint)
     offset, threshold, _ = calibration_of(ckpt, str(checkpoint))
@@ -326,8 +327,9 @@ def explain_store(
         choice = choose_patients(reader, checkpoint, ids)
         log(f"explaining {choice.how}")
         if not reader.has_masks:
-            log(f"{store} is a schema v{reader.version} store: no masks to compare the saliency "
-                "with (re-run smri preprocess on folders with *_seg files)")  # fmt: skip
+            log(warning(f"{store} is a schema v{reader.version} store: no masks to compare "
+                        "the saliency with (re-run smri preprocess on folders with *_seg "
+                        "files)"))  # fmt: skip
         files = file_names([reader.patient_ids[i] for i in choice.rows])
         rows, skipped = [], []
         out.mkdir(parents=True, exist_ok=True)
@@ -340,7 +342,7 @@ def explain_store(
                 if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
                     raise
                 reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
-                log(f"skipped: patient {pid}: {reason}")
+                log(warning(f"skipped: patient {pid}: {reason}"))
                 skipped.append({"patient_id": pid, "reason": reason})
     if not rows:
         raise DataError(f"{store}: no patient could be explained (see the lines above)")

@@ -4,7 +4,6 @@ for raw folders (`smri predict`)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from smri.data import Batches, nonfinite_output_message, resolve_cache
 from smri.errors import ConfigError, DataError, PatientError
 from smri.evaluation.explanation import patient_saliency, rounded, run_validation_ids
 from smri.evaluation.saliency import DEFAULT_STEPS, METHOD, share_inside
+from smri.messages import python_log, warning
 from smri.metrics import binary_metrics
 from smri.metrics.calibration import brier, ece, undo_class_weight
 from smri.model_io import (
@@ -80,7 +80,7 @@ def evaluate_store(
     `progress` shows a bar over the batches. With `saliency_patients` and a store with masks,
     the metrics add the mean share of saliency inside the tumour over that many patients at
     most (`saliency_in_tumour`, below)."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     ckpt = load_model(checkpoint)
     offset, threshold, method = calibration_of(ckpt, str(checkpoint))
@@ -158,7 +158,7 @@ def saliency_in_tumour(
     """`smri evaluate`'s saliency number: the mean share inside the tumour over at most `limit`
     patients with tumour voxels in the slab (the run's validation patients when the store holds
     them, else all), in store order. None when the store has no such patient."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     if not reader.has_masks or limit < 1:
         return None
@@ -189,7 +189,7 @@ def predict_folders(
     device: str = "auto",
     batch_size: int = 4,
     amp: bool = True,
-    warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    warn: Callable[[str], None] = python_log,
     progress: bool = False,
 ) -> list[Prediction]:
     """Preprocess each raw patient folder exactly as the training store was made, then predict.
@@ -197,7 +197,7 @@ def predict_folders(
     A folder that cannot be used is reported through `warn` and skipped; none usable is an error.
     `progress` shows a bar over the folders (preprocessing them is most of the time).
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from smri.discovery import raw_patient
     from smri.preprocessing import PreprocessConfig, load_patient
@@ -219,7 +219,7 @@ def predict_folders(
     for folder in tqdm(folders, desc="predict", unit="patient", disable=not progress):
         key = Path(folder).resolve()
         if key in seen:
-            warn(f"skipped: {folder} is listed again; predicted once")
+            warn(warning(f"skipped: {folder} is listed again; predicted once"))
             continue
         seen.add(key)
         try:
@@ -231,7 +231,7 @@ def predict_folders(
                     f"preprocessed shape {images.shape} differs from the model's {expected}",
                 )
         except PatientError as exc:
-            warn(f"skipped: {exc}")
+            warn(warning(f"skipped: {exc}"))
             continue
         ids.append(patient.patient_id)
         given.append(str(folder))

@@ -1,7 +1,9 @@
 """`smri export`: a run's best model as a Hugging Face style folder, loadable without pickle.
 
     OUT_DIR/model.safetensors  the weights: tensors only, so loading runs no code
-    OUT_DIR/config.json        the model, the input it expects and the preprocessing to repeat
+    OUT_DIR/config.json        the model, the input it expects (``network_data_format``, as
+                               MONAI bundles describe it), the preprocessing to repeat, the
+                               calibration, and the metrics the card reports
     OUT_DIR/README.md          the model card: model, data, split, metrics, intended use, limits
 
 Reading such a folder back (for `smri evaluate`, `smri predict`, `smri explain`) is
@@ -24,6 +26,7 @@ from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
 from smri.jsonfiles import json_text
 from smri.model_io.checkpoint import load_checkpoint
+from smri.model_io.metadata import cohort_spacing, network_data_format, untouched_metrics
 from smri.model_io.model_card import model_card
 from smri.text import one_line
 
@@ -35,6 +38,7 @@ RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "split.json", "summary.json")
 # The keys of the summary.json `smri plot` writes (its comparison): that file is no run's.
 PLOT_SUMMARY_KEYS = ("models", "comparisons", "baselines", "bootstrap")
 _LICENSE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*\Z")
+_DATASET = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?\Z")  # a Hub dataset id
 
 
 def safetensors_torch() -> Any:
@@ -165,6 +169,7 @@ def export_run(
     *,
     fold: int | None = None,
     license: str | None = None,
+    dataset: str | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
     """Write `run`'s best model (fold `fold` of a K-fold run) into `out`; the files written.
@@ -176,27 +181,35 @@ def export_run(
     if license is not None and not _LICENSE.match(license):
         raise ConfigError(f"expected a license id such as mit or cc-by-4.0, got {license!r}",
                           option="--license")  # fmt: skip
+    if dataset is not None and not _DATASET.match(dataset):
+        raise ConfigError(f"expected a Hugging Face dataset id such as brats or org/name, got "
+                          f"{dataset!r}", option="--dataset")  # fmt: skip
     source = model_dir(Path(run), fold)
     check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):  # one export at a time writes a folder
         check_out_dir(out, overwrite)  # again: another may have written it meanwhile
-        return _export(st, source, Path(run), out, license)
+        return _export(st, source, Path(run), out, license, dataset)
 
 
-def _export(st: Any, source: Path, run: Path, out: Path, license: str | None) -> list[Path]:
+def _export(
+    st: Any, source: Path, run: Path, out: Path, license: str | None, dataset: str | None
+) -> list[Path]:
     """The three files of an export of `source` (run or fold folder) into `out`."""
     ckpt = load_checkpoint(source / "best.pt")
-    config = export_config(ckpt, source, run)
+    run_config = read_json(source / "config.json") or {}
+    config = export_config(ckpt, source, run, run_config, dataset)
     title = out.resolve().name
-    card = model_card(config, read_json(source / "config.json") or {}, title, license, WEIGHTS)
+    card = model_card(config, run_config, title, license, WEIGHTS)
     tensors = {k: v.detach().contiguous() for k, v in ckpt["model"].items()}
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as staged:  # all three are written before any takes its real name
         temps = {name: staged.enter_context(atomic_path(out / name)) for name in EXPORT_FILES}
+        # safetensors' own save_file creates its file 0600; written here, the weights get the
+        # mode of their siblings (the umask's)
         with _naming(out / WEIGHTS, temps[WEIGHTS]):
-            st.save_file(tensors, str(temps[WEIGHTS]), metadata={"format": "pt",
-                                                                 "smri": __version__})  # fmt: skip
+            weights = st.save(tensors, metadata={"format": "pt", "smri": __version__})
+            temps[WEIGHTS].write_bytes(weights)
         with _naming(out / CONFIG, temps[CONFIG]):
             temps[CONFIG].write_text(json_text(config) + "\n")  # NaN as null
         with _naming(out / CARD, temps[CARD]):
@@ -222,11 +235,19 @@ def _naming(path: Path, tmp: Path) -> Iterator[None]:
         raise DataError(f"{path}: cannot write the weights ({first})") from None
 
 
-def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, Any]:
-    """config.json of an export: what `load_model` needs, and the run's facts for the card.
+def export_config(
+    ckpt: dict[str, Any],
+    source: Path,
+    run: Path,
+    run_config: dict[str, Any] | None = None,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """config.json of an export: what `load_model` needs, the input it takes, and the run's
+    facts for the card (`run_config`: the run's config.json; `dataset`: a Hub dataset id).
 
     Paths on the training machine are left out (a folder's name is kept): the folder is meant
-    to be shared.
+    to be shared. The cohort's voxel spacing is read from the store the run recorded, when it
+    is still there.
     """
     from smri.preprocessing import PreprocessConfig
 
@@ -235,6 +256,8 @@ def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, An
     summary = read_json(source / "summary.json") or {}
     top = read_json(run / "summary.json") if source != run else None
     split = read_json(source / "split.json") or {}
+    names = {v: k for k, v in store["classes"].items()}
+    spacing = cohort_spacing((run_config or {}).get("store", {}).get("path"), store)
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -243,6 +266,8 @@ def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, An
         "model": ckpt["model_config"],
         "calibration": ckpt.get("calibration"),
         "store": {k: store[k] for k in ("modalities", "slices", "volume_shape", "classes")},
+        "network_data_format": network_data_format(store, pre, names, spacing),
+        "dataset": dataset,
         "preprocess": {
             **PreprocessConfig.from_dict(pre).to_dict(),
             "layout": pre.get("layout"),
@@ -263,5 +288,6 @@ def export_config(ckpt: dict[str, Any], source: Path, run: Path) -> dict[str, An
             "cross_validation": None
             if top is None
             else {k: top.get(k) for k in ("folds", "mean", "std", "ci95")},
+            "test": untouched_metrics(run, source),
         },
     }

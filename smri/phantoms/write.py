@@ -208,7 +208,7 @@ def synthesize(
 def _run(
     cfg: SynthConfig, specs: list[PatientSpec], root: Path, jobs: int, progress: bool
 ) -> Iterator[dict[str, Any]]:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     n_jobs = min(_effective_jobs(jobs), len(specs))
     bar = tqdm(total=len(specs), desc="synth", unit="patient", disable=not progress)

@@ -20,6 +20,7 @@ from smri import __version__
 from smri.atomic import OutputLock, remove_unique_partials
 from smri.discovery import BidsOptions
 from smri.errors import ConfigError, DataError, PatientError
+from smri.messages import python_log
 from smri.parallel import DEFAULT_BACKEND, check_backend
 from smri.preprocessing.patient import PatientResult, PreprocessConfig, common_inplane
 from smri.preprocessing.run import (
@@ -88,7 +89,7 @@ def append_preprocess(
     backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = python_log,
     bids: BidsOptions | None = None,
 ) -> PreprocessSummary:
     """Add the patients of `input_dir` that the store `output` lacks; keep rows sorted by id.

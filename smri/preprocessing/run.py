@@ -20,6 +20,7 @@ from typing import Any
 from smri.atomic import OutputLock, check_not_input, partial_path, remove_unique_partials
 from smri.discovery import BidsOptions, Discovery, Patient, discover
 from smri.errors import ConfigError, DataError, PatientError, plural
+from smri.messages import python_log, warning
 from smri.parallel import DEFAULT_BACKEND, DeferredInterrupt, check_backend, ordered_map, pool
 from smri.preprocessing.patient import (
     PatientResult,
@@ -101,7 +102,7 @@ def discover_for_store(
             f"first problem: {skipped[0]}"
         )
     for exc in skipped:
-        echo(f"skipping {exc}")
+        echo(warning(f"skipping {exc}"))
     config = {
         **cfg.to_dict(),
         "input": str(Path(input_dir).resolve()),
@@ -131,12 +132,13 @@ def _resume(
     except LockedError:
         raise
     except DataError as exc:
-        echo(f"not resuming: {exc}; starting over")
+        echo(warning(f"not resuming: {exc}; starting over"))
         partial.unlink()
         return None, {}
     if state.get("fingerprint") != fingerprint:
         writer.close_partial()
-        echo(f"not resuming: {partial} was made with other settings or patients; starting over")
+        echo(warning(f"not resuming: {partial} was made with other settings or patients; "
+                     "starting over"))  # fmt: skip
         partial.unlink()
         return None, {}
     echo(f"resuming after {state['done']} patients ({state['rows']} written) from {partial}")
@@ -242,7 +244,7 @@ def run_preprocess(
     backend: str = DEFAULT_BACKEND,
     scheduler: str | None = None,
     progress: bool | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = python_log,
     bids: BidsOptions | None = None,
 ) -> PreprocessSummary:
     """Preprocess every patient under `input_dir` into the store `output`.
@@ -339,7 +341,7 @@ def warn_orientations(run: Run) -> None:
     copied ones too)."""
     text = orientation_warning(orientation_counts(run.writer.written("axis_codes")))
     if text:
-        run.echo(f"warning: {text}")
+        run.echo(warning(f"warning: {text}"))
         run.notes.append(text)
 
 

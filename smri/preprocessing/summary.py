@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from smri.errors import DataError, PatientError, plural
+from smri.messages import warning
 from smri.preprocessing.patient import PatientResult
 
 
@@ -65,7 +66,7 @@ def orientation_warning(counts: dict[str, int]) -> str | None:
 
 def progress_bar(total: int, initial: int, desc: str, progress: bool | None) -> Any:
     """A tqdm bar on stderr; shown when `progress`, or (None) when stderr is a terminal."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
     return tqdm(total=total, initial=initial, unit="patient", desc=desc, disable=not show)
@@ -75,14 +76,14 @@ def skip(res: PatientError, strict: bool, skipped: list[PatientError], echo: Cal
     """Record a patient a worker could not use (or stop the run, with --strict)."""
     if strict:
         raise DataError(f"{res} (--strict)")
-    echo(f"skipping {res}")
+    echo(warning(f"skipping {res}"))
     skipped.append(res)
 
 
 def warn(res: PatientResult, echo: Callable[[str], None]) -> list[str]:
     """Print a result's warnings; return them for the summary."""
     for w in res.warnings:
-        echo(f"warning: {w}")
+        echo(warning(f"warning: {w}"))
     return res.warnings
 
 

@@ -33,6 +33,7 @@ from smri.data import (
 )
 from smri.errors import DataError
 from smri.jsonfiles import write_json
+from smri.messages import python_log, warning
 from smri.metrics.calibration import logit_offset
 from smri.model_io import (
     calibration_fields,
@@ -49,7 +50,7 @@ from smri.training.distributed import SINGLE, Dist
 from smri.training.loop import NonFiniteOutput, evaluate, train_one_epoch
 from smri.training.plan import Job
 from smri.training.runs import read_metrics, write_metrics, write_predictions
-from smri.training.tensorboard import Board
+from smri.training.tensorboard import Board, hparams_of
 
 Log = Callable[[str], None]
 
@@ -79,7 +80,7 @@ def fit(
     out: Path,
     split: Split,
     *,
-    log: Log = print,
+    log: Log = python_log,
     dist: Dist = SINGLE,
     progress: bool | None = None,
     tensorboard: bool = False,
@@ -170,9 +171,11 @@ def _networks(
     net, synced = dist.prepare_model(build_model(model_cfg))
     if dist.enabled and not synced:
         log(
-            f"note: {dist.world_size} processes on {device.type}: SyncBatchNorm needs CUDA, so "
-            f"each rank normalises its own {cfg.batch_size // dist.world_size} patients "
-            "(running statistics are rank 0's)"
+            warning(
+                f"note: {dist.world_size} processes on {device.type}: SyncBatchNorm needs CUDA, so "
+                f"each rank normalises its own {cfg.batch_size // dist.world_size} patients "
+                "(running statistics are rank 0's)"
+            )
         )
     net = net.to(device, memory_format=torch.channels_last_3d)
     if device.type == "cuda":
@@ -398,6 +401,7 @@ def _finish(
         ) from None  # fmt: skip
     if board is not None:
         board.roc(setup.labels[split.val], probs, int(ckpt["epoch"]), job.model_cfg.name)
+        board.hparams(hparams_of(job.model_cfg, job.cfg), metrics, int(ckpt["epoch"]))
     return dist.on_main(lambda: _write_results(job, out, split, rows, params, ckpt, metrics, probs))
 
 

@@ -13,6 +13,7 @@ import torch
 from smri.config import TrainConfig
 from smri.data import Split
 from smri.jsonfiles import write_json
+from smri.messages import python_log
 from smri.training.distributed import Dist
 from smri.training.fit import Log, fit, silent
 from smri.training.plan import Job, run_config
@@ -81,7 +82,9 @@ def train_folds(
         dist.on_main(lambda m=m: _start_member(job, out, m, dist))
         pending.append(m)
     if job.cfg.jobs > 1 and len(pending) > 1 and not dist.enabled:
-        fold_job = FoldJob(job, out, log is not silent, tensorboard)
+        # workers print their lines for the command line; a Python caller's default log
+        # (logging) cannot reach into them, so there they keep quiet
+        fold_job = FoldJob(job, out, log not in (silent, python_log), tensorboard)
         summaries.update(fit_folds_in_parallel(fold_job, pending, job.cfg.jobs, log))
     for m in pending:
         if m.folder not in summaries:
@@ -207,7 +210,7 @@ def _fold_worker_init(parent: int, threads: int) -> None:
     """A fold worker: Ctrl-C is the parent's to handle; end if the parent is gone."""
     import threading
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from smri.parallel import worker_init
 

@@ -42,7 +42,7 @@ def train_one_epoch(
     With several ranks the loss, accuracy and patient count are summed over all of them.
     `progress`: a bar on rank 0 (None: when stderr is a terminal).
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     model.train()
     device = batches.device

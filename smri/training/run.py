@@ -15,6 +15,7 @@ from smri.config import TrainConfig
 from smri.errors import ConfigError, DataError, plural
 from smri.files import check_regular
 from smri.jsonfiles import write_json
+from smri.messages import python_log, warning
 from smri.models import ModelConfig, check_config, field_note
 from smri.training.distributed import SINGLE, Dist
 from smri.training.fit import Log, fit, silent
@@ -32,7 +33,7 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    log: Log = print,
+    log: Log = python_log,
     dist: Dist = SINGLE,
     progress: bool | None = None,
     tensorboard: bool | None = None,
@@ -52,7 +53,7 @@ def train(
     setup, model_cfg, splits = plan(store, model_cfg, cfg, dist)
     split_dicts = [split_json(s, setup.patient_ids, setup.held_out) for s in splits]
     if note := field_note(model_cfg):
-        log(note)
+        log(warning(note))
     if setup.held_out:
         log(f"held out as the test set ({cfg.holdout}): {plural(len(setup.held_out), 'patient')}, "
             "never trained or validated on")  # fmt: skip

@@ -32,6 +32,8 @@ API = {name: getattr(api, name) for name in COMMANDS}  # every command is a func
 RENAMED = {"input_dir": "input", "labels_csv": "labels", "fmt": "format", "compile_": "compile",
            "checkpoint": "model", "csv_path": "csv", "license_": "license"}  # fmt: skip
 PRINTING = {"as_json"}  # options of how a command prints (--json): none of the function's
+# --quiet of commands whose functions print nothing: it drops only the command's own lines
+QUIET_COMMANDS = {"export", "plot", "show", "holdout"}
 
 
 def _command(name: str) -> click.Command:
@@ -75,6 +77,9 @@ def test_every_command_default_is_the_api_default(name):
     command, wrong = _command(name), []
     for param in command.params:
         if not isinstance(param, click.Option) or param.name in ("help", *PRINTING):
+            continue
+        if param.name == "quiet" and name in QUIET_COMMANDS:
+            assert "quiet" not in inspect.signature(API[name]).parameters
             continue
         key = RENAMED.get(param.name, param.name)
         keywords = inspect.signature(API[name]).parameters
@@ -166,6 +171,28 @@ def test_quiet_keeps_only_the_result(tmp_path):
     assert result.output.startswith("{") and result.output.endswith(f"written to {run}/eval-s\n")
 
 
+def test_quiet_commands_that_only_write_files_print_nothing(tmp_path):
+    store = make_store(tmp_path / "s.h5", labels=[0, 1] * 4)
+    run = smri.train(store, epochs=1, width=0.25, batch_size=2, cache="ram", workers=0,
+                     out=tmp_path / "run", quiet=True, log=lambda _: None)  # fmt: skip
+    commands = {  # each writes into a fresh place
+        "export": lambda where: ["export", str(run), str(where / "m")],
+        "plot": lambda where: ["plot", str(run), "--out", str(where / "fig")],
+        "show": lambda where: ["show", str(store), "P001", "--out", str(where / "p.png")],
+        "holdout": lambda where: ["holdout", str(store), str(where / "held.csv")],
+    }
+    assert set(commands) == QUIET_COMMANDS
+    for name, args in commands.items():
+        loud = CliRunner().invoke(main, args(tmp_path / "loud"))
+        assert loud.exit_code == 0 and loud.stdout, (name, loud.output)
+        result = CliRunner().invoke(main, [*args(tmp_path / "quiet"), "-q"])
+        assert (result.exit_code, result.output) == (0, ""), (name, result.output)
+    written = sorted(p.relative_to(tmp_path / "quiet") for p in (tmp_path / "quiet").rglob("*"))
+    assert written == sorted(
+        p.relative_to(tmp_path / "loud") for p in (tmp_path / "loud").rglob("*")
+    )
+
+
 # ---------------------------------------------------------------------------- docs/api.md
 def test_the_api_page_runs(tmp_path, monkeypatch, capsys):
     """Examples that run: docs/api.md's python blocks, in order, in one namespace."""
@@ -200,6 +227,27 @@ def test_progress_bars_on_every_long_step_and_none_when_quiet(tmp_path, capsys):
                     progress=True, quiet=True)  # fmt: skip
     smri.evaluate(run / "best.pt", store, progress=True, quiet=True, overwrite=True)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_bars_are_tqdm_auto_so_notebooks_get_the_widget(tmp_path, monkeypatch):
+    """tqdm.auto picks tqdm's notebook widget in Jupyter (plain text bars on a terminal)."""
+    import tqdm.auto
+
+    sources = {p: p.read_text() for p in (ROOT / "smri").rglob("*.py")}
+    plain = [p.name for p, text in sources.items()
+             if re.search(r"^\s*(from tqdm import|import tqdm\b)", text, re.M)]  # fmt: skip
+    assert plain == []
+    assert any("from tqdm.auto import tqdm" in text for text in sources.values())
+    shown: list[str] = []
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            shown.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    smri.synth(tmp_path / "c", patients=2, shape=(16, 16, 32), jobs=1, quiet=True)
+    assert shown == ["synth"]
 
 
 def test_numpy_numbers_as_settings_give_checkpoints_smri_loads(tmp_path):

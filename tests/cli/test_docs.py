@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from smri.cli import COMMANDS, main
 
@@ -130,6 +131,29 @@ def test_every_option_and_argument_is_documented(name):
             tokens = [param.human_readable_name]
         missing += [token for token in tokens if not _mentions(section, token)]
     assert not missing, f"the smri {name} section of docs/usage.md does not mention {missing}"
+
+
+def _complete(words: str) -> list[str]:
+    """What bash completion offers after `words` (the last one being typed)."""
+    env = {"_SMRI_COMPLETE": "bash_complete", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}  # fmt: skip
+    result = CliRunner().invoke(main, [], prog_name="smri", env=env)
+    assert result.exit_code == 0, result.output
+    return [line.split(",", 1)[1] for line in result.output.splitlines()]
+
+
+def test_shell_completion_works_as_documented():
+    section = USAGE.read_text(encoding="utf-8")
+    for shell in ("bash", "zsh", "fish"):
+        assert f"_SMRI_COMPLETE={shell}_source smri" in section
+    assert _complete("smri tr") == ["train"]
+    assert _complete("smri train --ca") == ["--cache"]
+    assert _complete("smri train --cache ") == ["auto", "device", "ram", "none"]
+    assert "--dataset" in _complete("smri export --")
+    for shell in ("bash", "zsh", "fish"):  # the script each documented line evaluates
+        env = {"_SMRI_COMPLETE": f"{shell}_source"}
+        script = CliRunner().invoke(main, [], prog_name="smri", env=env).output
+        assert "_SMRI_COMPLETE" in script and "smri" in script
 
 
 def _tour_commands() -> list[list[str]]:

@@ -7,8 +7,10 @@ damaged or hostile export is a one-line error (exit 1) that loads nothing it sho
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -233,6 +235,18 @@ def test_out_dir_may_not_be_the_run_folder(run):
     result = invoke("export", run, run / "export")  # a new subfolder of the run is fine
     assert result.exit_code == 0, result.output
     shutil.rmtree(run / "export")
+
+
+def test_export_files_share_one_mode(run, tmp_path):
+    """safetensors' save_file made model.safetensors 0600 beside 0644 siblings: every file of
+    an export now has the mode the umask gives a new file."""
+    old = os.umask(0o022)
+    try:
+        export_run(run, tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644, "README.md": 0o644}
 
 
 def test_safetensors_missing_says_how_to_install(run, tmp_path, monkeypatch):
