@@ -151,8 +151,9 @@ def preprocess(
         modalities: modality names in order, ``"flair,t1,t1ce,t2"`` or a sequence.
         slices: central slices kept along the third (depth) axis.
         labels: a CSV of patient_id,label (None: ``input/name_mapping.csv`` when present).
-        classes: class names and labels, ``"LGG=0,HGG=1"`` or a mapping (None: LGG=0,HGG=1,
-            or with `positive`, ``not VALUE``=0 and VALUE=1).
+        classes: class names and labels, ``"LGG=0,HGG=1"`` or a mapping (None: from the
+            data: LGG/HGG for class folders and grade columns named so, a 0/1 label column's
+            own values ``"0"``/``"1"``, or with `positive`, ``not VALUE``=0 and VALUE=1).
         label_column: BIDS: the participants.tsv column holding the labels.
         positive: BIDS: the `label_column` value that is class 1 (any other is 0).
         session: BIDS: read session ``ses-<session>`` of every subject.
@@ -185,7 +186,7 @@ def preprocess(
                    "file" if labels_csv.is_dir() else "no such file")  # fmt: skip
         raise ConfigError(f"{labels_csv}: {problem}", option="--labels")
     if classes is None:
-        class_names = {f"not {positive}": 0, positive: 1} if positive else dict(_PRE.classes)
+        class_names = None  # from the data: the layout's, or the label column's own names
     elif isinstance(classes, str):
         class_names = parse_classes(classes)
     else:

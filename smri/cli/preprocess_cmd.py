@@ -8,7 +8,6 @@ import click
 
 from smri import api
 from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option, setting
-from smri.discovery import DEFAULT_CLASSES
 
 PathArg = click.Path(path_type=Path)
 PREPROCESS = api_defaults(api.preprocess)
@@ -49,10 +48,12 @@ PREPROCESS = api_defaults(api.preprocess)
 )
 @click.option(
     "--classes",
-    default=",".join(f"{name}={value}" for name, value in DEFAULT_CLASSES.items()),
-    show_default=True,
+    metavar="NAME=0,NAME=1",
+    default=None,
     help="Class names and their labels: class folder names, or names in the labels CSV "
-    "(or participants.tsv column).",
+    "(or participants.tsv column) [default: from the data: class folders HGG/, LGG/ or a "
+    "grade column of HGG/LGG give those names (LGG=0,HGG=1); a 0/1 label column its own "
+    "values, 0 and 1; --positive VALUE gives 'not VALUE' and VALUE].",
 )
 @click.option(
     "--label-column",
@@ -155,7 +156,7 @@ def preprocess(
     modalities: str,
     slices: int,
     labels_csv: Path | None,
-    classes: str,
+    classes: str | None,
     label_column: str | None,
     positive: str | None,
     session: str | None,
@@ -180,10 +181,9 @@ def preprocess(
     other class folders (--classes), flat folders with --labels CSV, BraTS 2023 folders
     (BraTS-GLI-00000-000/, --labels CSV), or a BIDS dataset (sub-*/anat/, --label-column).
     """
-    given = click.get_current_context().get_parameter_source("classes")
     summary = api.preprocess(
         input_dir, output, jobs=jobs, modalities=modalities, slices=slices, labels=labels_csv,
-        classes=classes if given == click.core.ParameterSource.COMMANDLINE else None,
+        classes=classes,
         label_column=label_column, positive=positive, session=session, dtype=dtype,
         compression=compression, canonical=canonical, masks=masks, overwrite=overwrite,
         append=append,

@@ -13,6 +13,7 @@ from smri.discovery.patients import (
     DEFAULT_MODALITIES,
     Discovery,
     Patient,
+    class_counts_text,
     parse_classes,
     parse_modalities,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "BidsOptions",
     "Discovery",
     "Patient",
+    "class_counts_text",
     "discover",
     "modality_of",
     "parse_brats_name",

@@ -26,10 +26,12 @@ from pathlib import Path
 
 from smri.discovery.labels import read_labels_csv
 from smri.discovery.patients import (
+    NEUTRAL_CLASSES,
     UNLABELLED,
     Discovery,
     Patient,
     check_mapped_modalities,
+    column_classes,
     list_subfolders,
     printable,
     read_patient_folder,
@@ -150,8 +152,10 @@ def session_patient(session: Path, modalities: Sequence[str], label: int) -> Pat
 
 def read_participants(
     path: Path, column: str, positive: str | None, classes: dict[str, int]
-) -> tuple[dict[str, int], dict[str, str]]:
-    """participants.tsv -> (subject -> label, subject -> why it has none).
+) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
+    """participants.tsv -> (subject -> label, subject -> why it has none, class names: with
+    `positive`, ``not VALUE`` and VALUE; else those of `classes` when the column uses them,
+    else ``"0"`` and ``"1"``).
 
     With `positive`, a value equal to it (ignoring case) is 1 and any other value 0; without,
     values are 0, 1 or a class name. ``n/a`` or an empty cell leaves the subject unlabelled.
@@ -178,6 +182,7 @@ def read_participants(
     labels: dict[str, int] = {}
     missing: dict[str, str] = {}
     values: set[str] = set()
+    named = False
     for line, row in enumerate(rows[1:], start=2):
         cells = [c.strip() for c in row] + [""] * (len(header) - len(row))
         pid = cells[id_col]
@@ -191,8 +196,10 @@ def read_participants(
         values.add(raw)
         if positive is not None:
             value = int(raw.lower() == positive.lower())
-        elif raw in ("0", "1") or raw.lower() in by_name:
-            value = int(raw) if raw in ("0", "1") else by_name[raw.lower()]
+        elif raw in ("0", "1"):
+            value = int(raw)
+        elif raw.lower() in by_name:
+            value, named = by_name[raw.lower()], True
         else:
             raise DataError(
                 f"{path}, line {line}: {printable(pid)} has {column} {raw!r}; expected 0, 1 "
@@ -209,13 +216,16 @@ def read_participants(
             f"no participant has {column} {positive!r} in {path} (values: {shown})",
             option="--positive",
         )
-    return labels, missing
+    if positive is not None:
+        return labels, missing, {f"not {positive}": 0, positive: 1}
+    return labels, missing, column_classes(named, classes)
 
 
 def _labels(
     root: Path, classes: dict[str, int], labels_csv: Path | None, opts: BidsOptions
-) -> tuple[dict[str, int] | None, dict[str, str], str]:
-    """(labels, reasons for unlabelled subjects, the source's name); labels None: none asked."""
+) -> tuple[dict[str, int] | None, dict[str, str], str, dict[str, int]]:
+    """(labels, reasons for unlabelled subjects, the source's name, the class names); labels
+    None: none asked."""
     if opts.positive is not None and opts.label_column is None:
         raise ConfigError("needs --label-column, the column it is a value of", option="--positive")
     if labels_csv is not None:
@@ -224,17 +234,18 @@ def _labels(
                 "labels come from --labels CSV or from a participants.tsv column, not both",
                 option="--label-column",
             )
-        return read_labels_csv(labels_csv, classes), {}, labels_csv.name
+        labels, names = read_labels_csv(labels_csv, classes)
+        return labels, {}, labels_csv.name, names
     path = root / PARTICIPANTS
     if opts.label_column is None:
-        return None, {}, PARTICIPANTS
+        return None, {}, PARTICIPANTS, dict(NEUTRAL_CLASSES)
     if not path.is_file():
         raise DataError(
             f"{root}: BIDS dataset without {PARTICIPANTS}; --label-column reads that file "
             "(or give --labels CSV)"
         )
-    labels, missing = read_participants(path, opts.label_column, opts.positive, classes)
-    return labels, missing, PARTICIPANTS
+    labels, missing, names = read_participants(path, opts.label_column, opts.positive, classes)
+    return labels, missing, PARTICIPANTS, names
 
 
 def _columns(path: Path) -> str:
@@ -262,7 +273,7 @@ def discover_bids(
         modalities, {"FLAIR": "flair", "T1w": "t1", "ce-T1w": "t1ce", "T2w": "t2"}, "BIDS",
         "_FLAIR, _T1w, _ce-<label>_T1w, _T2w",
     )  # fmt: skip
-    labels, missing, source = _labels(root, classes, labels_csv, opts)
+    labels, missing, source, names = _labels(root, classes, labels_csv, opts)
     if labels is None and not allow_unlabelled:
         where = root / PARTICIPANTS
         found = f"its columns: {_columns(where)}" if where.is_file() else f"no {PARTICIPANTS}"
@@ -271,7 +282,7 @@ def discover_bids(
             f"with --label-column ({found}), or give --labels CSV",
             option="--label-column",
         )
-    result = Discovery(root, "bids")
+    result = Discovery(root, "bids", classes=names)
     subjects = [d for d in subfolders if SUBJECT.match(d.name)]
     for subject in subjects:
         pid = subject.name

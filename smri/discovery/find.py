@@ -46,9 +46,13 @@ def discover(
 ) -> Discovery:
     """Find every patient under `root`, in sorted id order, with the reasons for skipped ones.
 
+    `classes` names the classes; None: the layout's names (HGG/LGG class folders or grades),
+    else the label column's own values (``"0"``, ``"1"``), in ``Discovery.classes``. Names
+    in a label column are read with `classes` (None: ``DEFAULT_CLASSES``, BraTS grades).
     DataError when `root` is unusable or holds no patients at all.
     """
     root = Path(root)
+    named = dict(classes) if classes else None
     classes = dict(classes or DEFAULT_CLASSES)
     bids = bids or BidsOptions()
     if not root.exists():
@@ -69,6 +73,8 @@ def discover(
                 option=given[0],
             )
         result = discover_brats(root, subfolders, modalities, classes, labels_csv, allow_unlabelled)
+    if named is not None:
+        result.classes = named
     result.patients.sort(key=lambda p: p.patient_id)
     result.skipped.sort(key=lambda e: e.patient_id)
     if not result.patients and not result.skipped:

@@ -16,7 +16,8 @@ from pathlib import Path
 from smri.errors import ConfigError, DataError, PatientError
 
 DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
-DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}
+DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}  # BraTS grades: class folders and a Grade column
+NEUTRAL_CLASSES = {"0": 0, "1": 1}  # a 0/1 label column's own values
 UNLABELLED = -1
 SEG = "seg"  # the segmentation's name ending: `_seg.nii.gz`, BraTS 2023's `-seg.nii.gz`
 # Characters that break a one-line message (and can forge lines of output): controls such as
@@ -38,12 +39,26 @@ class Patient:
 
 @dataclass
 class Discovery:
-    """What was found under a root: usable patients (sorted by id) and the skipped ones."""
+    """What was found under a root: usable patients (sorted by id), the skipped ones, and the
+    class names: those given (``--classes``), else what the layout says (HGG/LGG folders or
+    grades), else the label column's own values (``"0"``, ``"1"``)."""
 
     root: Path
     layout: str
     patients: list[Patient] = field(default_factory=list)
     skipped: list[PatientError] = field(default_factory=list)
+    classes: dict[str, int] = field(default_factory=lambda: dict(NEUTRAL_CLASSES))
+
+
+def column_classes(by_name: bool, classes: dict[str, int]) -> dict[str, int]:
+    """The class names a label column gives: `classes` when its values are class names (BraTS
+    grades HGG/LGG, or ``--classes`` names), else its own values ``"0"`` and ``"1"``."""
+    return dict(classes) if by_name else dict(NEUTRAL_CLASSES)
+
+
+def class_counts_text(counts: dict[str, int]) -> str:
+    """``HGG 8, LGG 7``; a bare number as name reads ``class 1: 8, class 0: 7``."""
+    return ", ".join(f"class {k}: {n}" if k.isdigit() else f"{k} {n}" for k, n in counts.items())
 
 
 def parse_classes(text: str) -> dict[str, int]:

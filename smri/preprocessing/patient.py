@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Patient
+from smri.discovery import DEFAULT_MODALITIES, Patient
 from smri.errors import ConfigError, DataError, PatientError, plural
 from smri.store import COMPRESSIONS, DTYPES, NO_MASK, StoredMask, empty_images, encode_mask
 from smri.volume import axis_codes, header_shape, label_slab, load_volume, open_volume
@@ -32,7 +32,8 @@ class PreprocessConfig:
     dtype: str = "float16"
     compression: str = "none"
     canonical: bool = False
-    classes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+    # None until discovery names them (`smri.discovery.Discovery.classes`): a store records names
+    classes: dict[str, int] | None = None
     masks: bool = True  # store each patient's segmentation of the slab (never used in training)
 
     def __post_init__(self) -> None:
