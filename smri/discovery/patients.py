@@ -28,13 +28,18 @@ _LINE_BREAKING = ("Cc", "Zl", "Zp")
 @dataclass(frozen=True)
 class Patient:
     """One patient: id, label (0/1, or -1 when unknown), a file per modality in order, and the
-    folder's segmentation files (none, one, or several: preprocessing uses exactly one)."""
+    folder's segmentation files (none, one, or several: preprocessing uses exactly one).
+
+    `channels`, when given, is each modality's index on the fourth axis of its file (MSD's
+    4D images: one file, several modalities); empty: every file is one 3D volume.
+    """
 
     patient_id: str
     label: int
     files: tuple[Path, ...]
     folder: Path
     seg_files: tuple[Path, ...] = ()
+    channels: tuple[int, ...] = ()
 
 
 @dataclass
