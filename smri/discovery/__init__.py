@@ -1,8 +1,9 @@
 """Discovery: the patients, their modality files and their labels in every supported input
-layout (BIDS, BraTS 2018-2023, class folders, a labels CSV), found without reading an image.
+layout (BIDS, BraTS 2018-2023, class folders, a labels CSV, nnU-Net raw and the Medical
+Segmentation Decathlon), found without reading an image.
 
-`patients` holds the shared vocabulary and `labels` the labels CSV; `brats` and `bids` read
-their layouts; `find` dispatches (`discover`, `raw_patient`).
+`patients` holds the shared vocabulary and `labels` the labels CSV; `brats`, `bids` and
+`nnunet` read their layouts; `find` dispatches (`discover`, `raw_patient`).
 """
 
 from smri.discovery.bids import BidsOptions
