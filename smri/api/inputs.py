@@ -123,6 +123,8 @@ def preprocess(
     label_column: str | None = None,
     positive: str | None = None,
     session: str | None = None,
+    bids_filter: str | Sequence[str] = (),
+    bids_filter_file: PathLike | None = None,
     dtype: str = _PRE.dtype,
     compression: str = _PRE.compression,
     canonical: bool = _PRE.canonical,
@@ -157,6 +159,10 @@ def preprocess(
         label_column: BIDS: the participants.tsv column holding the labels.
         positive: BIDS: the `label_column` value that is class 1 (any other is 0).
         session: BIDS: read session ``ses-<session>`` of every subject.
+        bids_filter: BIDS: entity filters choosing among a modality's variants,
+            ``"acq=MPRAGE"`` or ``"t1:run=1"`` or a sequence of them (docs/usage.md#bids).
+        bids_filter_file: BIDS: a JSON filter file as BIDS apps take (fMRIPrep's format,
+            ``{"t1w": {"acquisition": "MPRAGE"}}``), read before `bids_filter`.
         dtype: the stored voxel type, ``"float16"`` or ``"float32"``.
         compression: the HDF5 filter for images: ``"none"``, ``"lzf"``, ``"gzip-1"`` to ``-9``.
         canonical: reorient every volume to the closest canonical (RAS+) orientation first.
@@ -171,7 +177,7 @@ def preprocess(
         quiet: no progress bar (preprocessing logs only warnings besides).
         log: receives each message line (default: print).
     """
-    from smri.discovery import BidsOptions, parse_classes, parse_modalities
+    from smri.discovery import BidsOptions, parse_bids_filters, parse_classes, parse_modalities
     from smri.files import special_kind
 
     if append and (overwrite or resume):
@@ -198,7 +204,9 @@ def preprocess(
     common = {
         "jobs": jobs, "labels_csv": labels_csv, "strict": strict, "backend": backend,
         "scheduler": scheduler, "progress": bars(progress, quiet), "echo": log,
-        "bids": BidsOptions(label_column, positive, session),
+        "bids": BidsOptions(label_column, positive, session, parse_bids_filters(
+            [bids_filter] if isinstance(bids_filter, str) else bids_filter,
+            None if bids_filter_file is None else Path(bids_filter_file))),
     }  # fmt: skip
     if append:
         from smri.preprocessing import append_preprocess

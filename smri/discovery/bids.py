@@ -10,7 +10,9 @@
 Only ``sub-*/[ses-*/]anat/`` is read: ``derivatives/``, ``sourcedata/``, ``code/``, JSON sidecars
 and other suffixes (``T2starw``, ``PDw``, ``defacemask``, ``ce-`` on anything but ``T1w``) are
 ignored. Two files for one modality (``run-1`` and ``run-2``, two ``acq-`` variants) make the
-subject unusable, with the files named: smri never picks one silently. A subject with several
+subject unusable, with the files named and the entities that tell them apart, unless an entity
+filter chooses one (``--bids-filter acq=MPRAGE``, `smri.discovery.bids_filter`): smri never
+picks one silently. A subject with several
 sessions needs ``--session``: sessions of one subject are not independent patients, and a
 patient-level split must not put them on both sides. The patient id is the subject
 (``sub-01``), as in participants.tsv.
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from smri.discovery.bids_filter import file_filter
 from smri.discovery.labels import read_labels_csv
 from smri.discovery.patients import (
     NEUTRAL_CLASSES,
@@ -56,11 +59,49 @@ MISSING_VALUES = ("", "n/a")
 @dataclass(frozen=True)
 class BidsOptions:
     """How a BIDS dataset is read: the participants.tsv column holding the labels, the value
-    meaning class 1 (others are 0; without it, 0/1 or class names), and the session to use."""
+    meaning class 1 (others are 0; without it, 0/1 or class names), the session to use, and
+    the entity filters that choose among a modality's variants (texts such as
+    ``t1:acq=MPRAGE``, from `smri.discovery.bids_filter.parse_filters`)."""
 
     label_column: str | None = None
     positive: str | None = None
     session: str | None = None
+    bids_filter: tuple[str, ...] = ()
+
+
+class EntityChooser:
+    """`smri.discovery.patients.Chooser` of BIDS files: the entity filters keep files, and a
+    message naming variants says which entities tell them apart."""
+
+    name = "--bids-filter"
+
+    def __init__(self, filters: Sequence[str] = ()):
+        self.filters = tuple(filters)
+        self._test = file_filter(self.filters)
+
+    def keeps(self, modality: str, file_name: str) -> bool:
+        return self._test is None or self._test(modality, bids_entities(file_name))
+
+    def hint(self, modality: str, file_names: list[str]) -> str:
+        variants = [bids_entities(n) for n in file_names]
+        keys = sorted({k for e in variants for k in e if len({v.get(k) for v in variants}) > 1})
+        after = " after --bids-filter " + " ".join(self.filters) if self.filters else ""
+        if not keys:
+            return after
+        return (
+            f"{after}; they differ in {', '.join(keys)}: choose one with --bids-filter "
+            f"{modality}:{keys[0]}=VALUE"
+        )
+
+
+def bids_entities(name: str) -> dict[str, str]:
+    """The entities of a BIDS file name after ``sub-``, keys in lower case:
+    ``sub-01_acq-MPRAGE_run-2_T1w.nii.gz`` -> ``{"acq": "MPRAGE", "run": "2"}``."""
+    match = _FILE.match(name)
+    if not match:
+        return {}
+    entities = dict(e.split("-", 1) for e in match.group(2).split("_")[1:])
+    return {k.lower(): v for k, v in entities.items()}
 
 
 def parse_bids_name(name: str) -> tuple[str | None, str | None]:
@@ -69,8 +110,7 @@ def parse_bids_name(name: str) -> tuple[str | None, str | None]:
     match = _FILE.match(name)
     if not match:
         return None, None
-    entities = dict(e.split("-", 1) for e in match.group(2).split("_")[1:])
-    entities = {k.lower(): v for k, v in entities.items()}
+    entities = bids_entities(name)
     modality = SUFFIXES.get((match.group(3).lower(), "ce" in entities))
     session = f"_ses-{entities['ses']}" if "ses" in entities else ""
     return modality, match.group(1) + session
@@ -102,10 +142,15 @@ def sessions(subject: Path) -> list[tuple[str | None, Path]]:
 
 
 def subject_patient(
-    subject: Path, modalities: Sequence[str], label: int, session: str | None = None
+    subject: Path,
+    modalities: Sequence[str],
+    label: int,
+    session: str | None = None,
+    bids_filter: Sequence[str] = (),
 ) -> Patient:
-    """The patient of one subject folder (its only session, or `session`); PatientError if
-    the subject has none, several without `session`, or its anat folder is incomplete."""
+    """The patient of one subject folder (its only session, or `session`), its files chosen
+    by `bids_filter`; PatientError if the subject has no session, several without `session`,
+    or its anat folder lacks a modality or holds several variants of one."""
     pid = subject.name
     found = sessions(subject)
     names = ", ".join(name or "anat/ without a session" for name, _ in found)
@@ -121,15 +166,21 @@ def subject_patient(
     elif not found:
         raise PatientError(pid, f"no anat folder in {subject}")
     name, anat = found[0]
-    return _anat_patient(anat, modalities, label, pid, pid if name is None else f"{pid}_{name}")
+    owner = pid if name is None else f"{pid}_{name}"
+    return _anat_patient(anat, modalities, label, pid, owner, bids_filter)
 
 
 def _anat_patient(
-    anat: Path, modalities: Sequence[str], label: int, pid: str, owner: str
+    anat: Path,
+    modalities: Sequence[str],
+    label: int,
+    pid: str,
+    owner: str,
+    bids_filter: Sequence[str] = (),
 ) -> Patient:
     return read_patient_folder(
         anat, modalities, label, pid, parse=parse_bids_name, owner=owner,
-        hint=lambda m: HINTS.get(m, f"_{m}.nii"),
+        hint=lambda m: HINTS.get(m, f"_{m}.nii"), choose=EntityChooser(bids_filter),
     )  # fmt: skip
 
 
@@ -299,7 +350,9 @@ def discover_bids(
             result.skipped.append(PatientError(pid, f"no row for this subject in {source}"))
             continue
         try:
-            result.patients.append(subject_patient(subject, modalities, label, opts.session))
+            result.patients.append(
+                subject_patient(subject, modalities, label, opts.session, opts.bids_filter)
+            )
         except PatientError as exc:
             result.skipped.append(exc)
     names = {d.name for d in subjects}

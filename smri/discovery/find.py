@@ -78,7 +78,7 @@ def discover(
             f"{root.parent} (the one holding {DATASET_JSON})"
         )
     else:
-        given = [f"--{k.replace('_', '-')}" for k, v in vars(bids).items() if v is not None]
+        given = [f"--{k.replace('_', '-')}" for k, v in vars(bids).items() if v not in (None, ())]
         if given:
             raise ConfigError(
                 f"{given[0]} reads a BIDS dataset (sub-*/anat/ folders and participants.tsv); "

@@ -21,12 +21,10 @@ a name not in MODALITY_NAMES is kept as it is, lower-cased (``ADC`` -> ``adc``),
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from smri.discovery.labels import read_labels_csv
 from smri.discovery.patients import (
@@ -35,13 +33,12 @@ from smri.discovery.patients import (
     Patient,
     name_problem,
     printable,
+    read_json,
 )
 from smri.errors import ConfigError, DataError, PatientError
-from smri.files import check_regular
 
 DATASET_JSON = "dataset.json"
 IMAGE_FOLDERS = {"imagesTr": "labelsTr", "imagesTs": "labelsTs"}  # images -> segmentations
-MAX_JSON_BYTES = 16 << 20  # MSD's largest dataset.json lists ~1,300 cases in ~200 KB
 # A channel name (lower case, letters and digits only) -> smri's modality name.
 MODALITY_NAMES = {
     "flair": "flair", "t2flair": "flair", "t2f": "flair",
@@ -99,24 +96,6 @@ def read_channels(root: Path) -> tuple[dict[str, int], dict[int, str], str]:
             )
         modalities[modality] = index
     return modalities, names, key  # type: ignore[return-value]
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a file of at most MAX_JSON_BYTES; DataError naming the file."""
-    try:
-        with open(check_regular(path), "rb") as fh:
-            raw = fh.read(MAX_JSON_BYTES + 1)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    if len(raw) > MAX_JSON_BYTES:
-        raise DataError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; not a dataset.json")
-    try:
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise DataError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _pick_channels(

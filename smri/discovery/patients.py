@@ -6,20 +6,24 @@ Nothing here knows a layout: how a file name is read (BraTS, BIDS) is given by t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from smri.errors import ConfigError, DataError, PatientError
+from smri.files import check_regular
 
 DEFAULT_MODALITIES = ("flair", "t1", "t1ce", "t2")
 DEFAULT_CLASSES = {"LGG": 0, "HGG": 1}  # BraTS grades: class folders and a Grade column
 NEUTRAL_CLASSES = {"0": 0, "1": 1}  # a 0/1 label column's own values
 UNLABELLED = -1
 SEG = "seg"  # the segmentation's name ending: `_seg.nii.gz`, BraTS 2023's `-seg.nii.gz`
+MAX_JSON_BYTES = 16 << 20  # dataset.json, filter files: MSD's largest lists ~1,300 cases in 200 KB
 # Characters that break a one-line message (and can forge lines of output): controls such as
 # newline, carriage return and escape, and the Unicode line and paragraph separators.
 _LINE_BREAKING = ("Cc", "Zl", "Zp")
@@ -141,6 +145,24 @@ def printable(name: str) -> str:
     return shown
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file of at most MAX_JSON_BYTES; DataError naming the file."""
+    try:
+        with open(check_regular(path), "rb") as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise DataError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; not a file smri reads")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def list_subfolders(path: Path) -> list[Path]:
     try:
         return sorted(
@@ -149,6 +171,18 @@ def list_subfolders(path: Path) -> list[Path]:
         )
     except OSError as exc:
         raise DataError(f"{path}: cannot list folder ({exc.strerror})") from None
+
+
+class Chooser(Protocol):
+    """How a layout chooses among several files of one modality (BIDS's entity filters)."""
+
+    name: str  # what does the choosing, for messages: "--bids-filter"
+
+    def keeps(self, modality: str, file_name: str) -> bool:
+        """Whether the file `file_name` of `modality` is kept."""
+
+    def hint(self, modality: str, file_names: list[str]) -> str:
+        """What to add to the message naming files still too many: how to choose one."""
 
 
 def read_patient_folder(
@@ -160,14 +194,16 @@ def read_patient_folder(
     parse: Callable[[str], tuple[str | None, str | None]],
     owner: str | None,
     hint: Callable[[str], str],
+    choose: Chooser | None = None,
 ) -> Patient:
     """The modality files of one patient folder; PatientError when one is missing or doubled.
 
     `parse` reads a file name as (modality, owner id or None); a file naming an owner other
     than `owner` is an error, never silently read as this patient's. `hint` gives the expected
-    name ending of a modality. A folder or modality file whose name holds control characters
-    (a newline, say) is refused: the id would break every one-line message and CSV row it
-    appears in.
+    name ending of a modality. `choose`, when given, keeps some files of a modality and says
+    how to choose among those left (BIDS's entity filters). A folder or modality file whose
+    name holds control characters (a newline, say) is refused: the id would break every
+    one-line message and CSV row it appears in.
     """
     folder = Path(folder)
     pid = patient_id
@@ -179,6 +215,7 @@ def read_patient_folder(
     if not folder.is_dir():
         raise PatientError(pid, f"{folder} is not a folder")
     found: dict[str, list[Path]] = {m: [] for m in modalities}
+    left_out: dict[str, list[str]] = {m: [] for m in modalities}  # by `choose`
     segs: list[Path] = []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -201,8 +238,17 @@ def read_patient_folder(
                 raise PatientError(
                     pid, f"file {entry.name} in {folder} is named for {named}, not {owner}"
                 )
+            if choose is not None and not choose.keeps(mod, entry.name):
+                left_out[mod].append(entry.name)
+                continue
             found[mod].append(Path(entry.path))
     missing = [m for m, files in found.items() if not files]
+    if missing and choose is not None and left_out[missing[0]]:
+        m = missing[0]
+        raise PatientError(
+            pid, f"no {m} file in {folder} passes {choose.name} (left out: "
+            f"{', '.join(left_out[m])})",
+        )  # fmt: skip
     if missing:
         raise PatientError(
             pid,
@@ -212,7 +258,9 @@ def read_patient_folder(
     doubled = {m: files for m, files in found.items() if len(files) > 1}
     if doubled:
         m, files = next(iter(doubled.items()))
+        how = "" if choose is None else choose.hint(m, [f.name for f in files])
         raise PatientError(
-            pid, f"modality {m} present {len(files)} times: " + ", ".join(f.name for f in files)
+            pid,
+            f"modality {m} present {len(files)} times: " + ", ".join(f.name for f in files) + how,
         )
     return Patient(pid, label, tuple(found[m][0] for m in modalities), folder, tuple(segs))
