@@ -124,6 +124,8 @@ def preprocess(
     label_column: str | None = None,
     positive: str | None = None,
     session: str | None = None,
+    bids_filter: str | Sequence[str] = (),
+    bids_filter_file: PathLike | None = None,
     dtype: str = _PRE.dtype,
     compression: str = _PRE.compression,
     canonical: bool = _PRE.canonical,
@@ -152,11 +154,16 @@ def preprocess(
         modalities: modality names in order, ``"flair,t1,t1ce,t2"`` or a sequence.
         slices: central slices kept along the third (depth) axis.
         labels: a CSV of patient_id,label (None: ``input/name_mapping.csv`` when present).
-        classes: class names and labels, ``"LGG=0,HGG=1"`` or a mapping (None: LGG=0,HGG=1,
-            or with `positive`, ``not VALUE``=0 and VALUE=1).
+        classes: class names and labels, ``"LGG=0,HGG=1"`` or a mapping (None: from the
+            data: LGG/HGG for class folders and grade columns named so, a 0/1 label column's
+            own values ``"0"``/``"1"``, or with `positive`, ``not VALUE``=0 and VALUE=1).
         label_column: BIDS: the participants.tsv column holding the labels.
         positive: BIDS: the `label_column` value that is class 1 (any other is 0).
         session: BIDS: read session ``ses-<session>`` of every subject.
+        bids_filter: BIDS: entity filters choosing among a modality's variants,
+            ``"acq=MPRAGE"`` or ``"t1:run=1"`` or a sequence of them (docs/usage.md#bids).
+        bids_filter_file: BIDS: a JSON filter file as BIDS apps take (fMRIPrep's format,
+            ``{"t1w": {"acquisition": "MPRAGE"}}``), read before `bids_filter`.
         dtype: the stored voxel type, ``"float16"`` or ``"float32"``.
         compression: the HDF5 filter for images: ``"none"``, ``"lzf"``, ``"gzip-1"`` to ``-9``.
         canonical: reorient every volume to the closest canonical (RAS+) orientation first.
@@ -173,7 +180,7 @@ def preprocess(
             warnings through ``warnings.warn`` as ``smri.SmriWarning``, info lines to the
             ``smri`` logger at INFO).
     """
-    from smri.discovery import BidsOptions, parse_classes, parse_modalities
+    from smri.discovery import BidsOptions, parse_bids_filters, parse_classes, parse_modalities
     from smri.files import special_kind
 
     if append and (overwrite or resume):
@@ -188,7 +195,7 @@ def preprocess(
                    "file" if labels_csv.is_dir() else "no such file")  # fmt: skip
         raise ConfigError(f"{labels_csv}: {problem}", option="--labels")
     if classes is None:
-        class_names = {f"not {positive}": 0, positive: 1} if positive else dict(_PRE.classes)
+        class_names = None  # from the data: the layout's, or the label column's own names
     elif isinstance(classes, str):
         class_names = parse_classes(classes)
     else:
@@ -200,7 +207,9 @@ def preprocess(
     common = {
         "jobs": jobs, "labels_csv": labels_csv, "strict": strict, "backend": backend,
         "scheduler": scheduler, "progress": bars(progress, quiet), "echo": log,
-        "bids": BidsOptions(label_column, positive, session),
+        "bids": BidsOptions(label_column, positive, session, parse_bids_filters(
+            [bids_filter] if isinstance(bids_filter, str) else bids_filter,
+            None if bids_filter_file is None else Path(bids_filter_file))),
     }  # fmt: skip
     if append:
         from smri.preprocessing import append_preprocess

@@ -60,7 +60,9 @@ def info(store: Path, as_json: bool) -> None:
 
         click.echo(json_text(meta.as_dict(), sort_keys=True))
         return
-    counts = ", ".join(f"{name} {n}" for name, n in meta.class_counts.items())
+    from smri.discovery import class_counts_text
+
+    counts = class_counts_text(meta.class_counts)
     m, s, h, w = meta.volume_shape
     cfg = meta.config
     lines = [

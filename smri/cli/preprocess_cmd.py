@@ -8,7 +8,6 @@ import click
 
 from smri import api
 from smri.cli.common import OutputFile, api_defaults, handle_errors, quiet_option, setting
-from smri.discovery import DEFAULT_CLASSES
 
 PathArg = click.Path(path_type=Path)
 PREPROCESS = api_defaults(api.preprocess)
@@ -30,7 +29,8 @@ PREPROCESS = api_defaults(api.preprocess)
     "--modalities",
     default=",".join(PREPROCESS["modalities"]),
     show_default=True,
-    help="Modality file suffixes to read, comma-separated; also the sequence order.",
+    help="Modalities to read, comma-separated, also the sequence order: file suffixes, or "
+    "smri's names for BIDS, BraTS 2023, nnU-Net and MSD channels (docs/usage.md).",
 )
 @click.option(
     "--slices",
@@ -44,15 +44,18 @@ PREPROCESS = api_defaults(api.preprocess)
     "labels_csv",
     type=PathArg,
     default=None,
-    help="CSV with patient_id,label columns (or BraTS 2020's name_mapping.csv) "
-    "[default: INPUT/name_mapping.csv when present, else none].",
+    help="CSV with patient_id,label columns (or BraTS 2020's name_mapping.csv); needed for "
+    "BraTS 2023, nnU-Net and MSD datasets [default: INPUT/name_mapping.csv when present, "
+    "else none].",
 )
 @click.option(
     "--classes",
-    default=",".join(f"{name}={value}" for name, value in DEFAULT_CLASSES.items()),
-    show_default=True,
+    metavar="NAME=0,NAME=1",
+    default=None,
     help="Class names and their labels: class folder names, or names in the labels CSV "
-    "(or participants.tsv column).",
+    "(or participants.tsv column) [default: from the data: class folders HGG/, LGG/ or a "
+    "grade column of HGG/LGG give those names (LGG=0,HGG=1); a 0/1 label column its own "
+    "values, 0 and 1; --positive VALUE gives 'not VALUE' and VALUE].",
 )
 @click.option(
     "--label-column",
@@ -76,6 +79,24 @@ PREPROCESS = api_defaults(api.preprocess)
     default=None,
     help="BIDS: read session ses-LABEL of every subject [default: none: each subject's only "
     "session; a subject with several is left out, with a reason].",
+)
+@click.option(
+    "--bids-filter",
+    metavar="[MODALITY:]ENTITY=VALUE",
+    multiple=True,
+    default=(),
+    help="BIDS: choose among a modality's variants (acq-, run-, rec-, ...); repeatable. "
+    "acq=MPRAGE keeps, of the files carrying acq-, those with acq-MPRAGE; t1:run=1 makes "
+    "the t1 file carry run-1 (t1:run= : no run-) [default: none: a subject with two files "
+    "for one modality is left out, with a reason naming them].",
+)
+@click.option(
+    "--bids-filter-file",
+    metavar="FILE",
+    type=PathArg,
+    default=None,
+    help='BIDS: a JSON filter file as BIDS apps take (fMRIPrep\'s), e.g. {"t1w": '
+    '{"acquisition": "MPRAGE"}}; queries t1w, t2w, flair (and t1, t1ce) [default: none].',
 )
 @click.option(
     "--dtype",
@@ -155,10 +176,12 @@ def preprocess(
     modalities: str,
     slices: int,
     labels_csv: Path | None,
-    classes: str,
+    classes: str | None,
     label_column: str | None,
     positive: str | None,
     session: str | None,
+    bids_filter: tuple[str, ...],
+    bids_filter_file: Path | None,
     dtype: str,
     compression: str,
     canonical: bool,
@@ -178,13 +201,15 @@ def preprocess(
     --slices slices; a patient becomes a (modality, slice, y, x) array. INPUT may be BraTS
     2018/2019 class folders (HGG/, LGG/), BraTS 2020 flat folders with name_mapping.csv,
     other class folders (--classes), flat folders with --labels CSV, BraTS 2023 folders
-    (BraTS-GLI-00000-000/, --labels CSV), or a BIDS dataset (sub-*/anat/, --label-column).
+    (BraTS-GLI-00000-000/, --labels CSV), a BIDS dataset (sub-*/anat/, --label-column), or
+    an nnU-Net raw or Medical Segmentation Decathlon dataset (dataset.json, imagesTr/,
+    --labels CSV).
     """
-    given = click.get_current_context().get_parameter_source("classes")
     summary = api.preprocess(
         input_dir, output, jobs=jobs, modalities=modalities, slices=slices, labels=labels_csv,
-        classes=classes if given == click.core.ParameterSource.COMMANDLINE else None,
-        label_column=label_column, positive=positive, session=session, dtype=dtype,
+        classes=classes,
+        label_column=label_column, positive=positive, session=session,
+        bids_filter=bids_filter, bids_filter_file=bids_filter_file, dtype=dtype,
         compression=compression, canonical=canonical, masks=masks, overwrite=overwrite,
         append=append,
         resume=resume, strict=strict, backend=backend, scheduler=scheduler, progress=progress,

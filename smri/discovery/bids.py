@@ -10,7 +10,9 @@
 Only ``sub-*/[ses-*/]anat/`` is read: ``derivatives/``, ``sourcedata/``, ``code/``, JSON sidecars
 and other suffixes (``T2starw``, ``PDw``, ``defacemask``, ``ce-`` on anything but ``T1w``) are
 ignored. Two files for one modality (``run-1`` and ``run-2``, two ``acq-`` variants) make the
-subject unusable, with the files named: smri never picks one silently. A subject with several
+subject unusable, with the files named and the entities that tell them apart, unless an entity
+filter chooses one (``--bids-filter acq=MPRAGE``, `smri.discovery.bids_filter`): smri never
+picks one silently. A subject with several
 sessions needs ``--session``: sessions of one subject are not independent patients, and a
 patient-level split must not put them on both sides. The patient id is the subject
 (``sub-01``), as in participants.tsv.
@@ -24,13 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from smri.discovery.bids_filter import file_filter
 from smri.discovery.labels import read_labels_csv
 from smri.discovery.patients import (
+    NEUTRAL_CLASSES,
     UNLABELLED,
     Discovery,
     Patient,
     check_followable,
     check_mapped_modalities,
+    column_classes,
     list_subfolders,
     printable,
     read_patient_folder,
@@ -55,11 +60,49 @@ MISSING_VALUES = ("", "n/a")
 @dataclass(frozen=True)
 class BidsOptions:
     """How a BIDS dataset is read: the participants.tsv column holding the labels, the value
-    meaning class 1 (others are 0; without it, 0/1 or class names), and the session to use."""
+    meaning class 1 (others are 0; without it, 0/1 or class names), the session to use, and
+    the entity filters that choose among a modality's variants (texts such as
+    ``t1:acq=MPRAGE``, from `smri.discovery.bids_filter.parse_filters`)."""
 
     label_column: str | None = None
     positive: str | None = None
     session: str | None = None
+    bids_filter: tuple[str, ...] = ()
+
+
+class EntityChooser:
+    """`smri.discovery.patients.Chooser` of BIDS files: the entity filters keep files, and a
+    message naming variants says which entities tell them apart."""
+
+    name = "--bids-filter"
+
+    def __init__(self, filters: Sequence[str] = ()):
+        self.filters = tuple(filters)
+        self._test = file_filter(self.filters)
+
+    def keeps(self, modality: str, file_name: str) -> bool:
+        return self._test is None or self._test(modality, bids_entities(file_name))
+
+    def hint(self, modality: str, file_names: list[str]) -> str:
+        variants = [bids_entities(n) for n in file_names]
+        keys = sorted({k for e in variants for k in e if len({v.get(k) for v in variants}) > 1})
+        after = " after --bids-filter " + " ".join(self.filters) if self.filters else ""
+        if not keys:
+            return after
+        return (
+            f"{after}; they differ in {', '.join(keys)}: choose one with --bids-filter "
+            f"{modality}:{keys[0]}=VALUE"
+        )
+
+
+def bids_entities(name: str) -> dict[str, str]:
+    """The entities of a BIDS file name after ``sub-``, keys in lower case:
+    ``sub-01_acq-MPRAGE_run-2_T1w.nii.gz`` -> ``{"acq": "MPRAGE", "run": "2"}``."""
+    match = _FILE.match(name)
+    if not match:
+        return {}
+    entities = dict(e.split("-", 1) for e in match.group(2).split("_")[1:])
+    return {k.lower(): v for k, v in entities.items()}
 
 
 def parse_bids_name(name: str) -> tuple[str | None, str | None]:
@@ -68,8 +111,7 @@ def parse_bids_name(name: str) -> tuple[str | None, str | None]:
     match = _FILE.match(name)
     if not match:
         return None, None
-    entities = dict(e.split("-", 1) for e in match.group(2).split("_")[1:])
-    entities = {k.lower(): v for k, v in entities.items()}
+    entities = bids_entities(name)
     modality = SUFFIXES.get((match.group(3).lower(), "ce" in entities))
     session = f"_ses-{entities['ses']}" if "ses" in entities else ""
     return modality, match.group(1) + session
@@ -110,10 +152,15 @@ def sessions(subject: Path) -> list[tuple[str | None, Path]]:
 
 
 def subject_patient(
-    subject: Path, modalities: Sequence[str], label: int, session: str | None = None
+    subject: Path,
+    modalities: Sequence[str],
+    label: int,
+    session: str | None = None,
+    bids_filter: Sequence[str] = (),
 ) -> Patient:
-    """The patient of one subject folder (its only session, or `session`); PatientError if
-    the subject has none, several without `session`, or its anat folder is incomplete."""
+    """The patient of one subject folder (its only session, or `session`), its files chosen
+    by `bids_filter`; PatientError if the subject has no session, several without `session`,
+    or its anat folder lacks a modality or holds several variants of one."""
     pid = subject.name
     check_followable(subject, pid)
     found = sessions(subject)
@@ -130,15 +177,21 @@ def subject_patient(
     elif not found:
         raise PatientError(pid, f"no anat folder in {subject}")
     name, anat = found[0]
-    return _anat_patient(anat, modalities, label, pid, pid if name is None else f"{pid}_{name}")
+    owner = pid if name is None else f"{pid}_{name}"
+    return _anat_patient(anat, modalities, label, pid, owner, bids_filter)
 
 
 def _anat_patient(
-    anat: Path, modalities: Sequence[str], label: int, pid: str, owner: str
+    anat: Path,
+    modalities: Sequence[str],
+    label: int,
+    pid: str,
+    owner: str,
+    bids_filter: Sequence[str] = (),
 ) -> Patient:
     return read_patient_folder(
         anat, modalities, label, pid, parse=parse_bids_name, owner=owner,
-        hint=lambda m: HINTS.get(m, f"_{m}.nii"),
+        hint=lambda m: HINTS.get(m, f"_{m}.nii"), choose=EntityChooser(bids_filter),
     )  # fmt: skip
 
 
@@ -161,8 +214,10 @@ def session_patient(session: Path, modalities: Sequence[str], label: int) -> Pat
 
 def read_participants(
     path: Path, column: str, positive: str | None, classes: dict[str, int]
-) -> tuple[dict[str, int], dict[str, str]]:
-    """participants.tsv -> (subject -> label, subject -> why it has none).
+) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
+    """participants.tsv -> (subject -> label, subject -> why it has none, class names: with
+    `positive`, ``not VALUE`` and VALUE; else those of `classes` when the column uses them,
+    else ``"0"`` and ``"1"``).
 
     With `positive`, a value equal to it (ignoring case) is 1 and any other value 0; without,
     values are 0, 1 or a class name. ``n/a`` or an empty cell leaves the subject unlabelled.
@@ -189,6 +244,7 @@ def read_participants(
     labels: dict[str, int] = {}
     missing: dict[str, str] = {}
     values: set[str] = set()
+    named = False
     for line, row in enumerate(rows[1:], start=2):
         cells = [c.strip() for c in row] + [""] * (len(header) - len(row))
         pid = cells[id_col]
@@ -202,8 +258,10 @@ def read_participants(
         values.add(raw)
         if positive is not None:
             value = int(raw.lower() == positive.lower())
-        elif raw in ("0", "1") or raw.lower() in by_name:
-            value = int(raw) if raw in ("0", "1") else by_name[raw.lower()]
+        elif raw in ("0", "1"):
+            value = int(raw)
+        elif raw.lower() in by_name:
+            value, named = by_name[raw.lower()], True
         else:
             raise DataError(
                 f"{path}, line {line}: {printable(pid)} has {column} {raw!r}; expected 0, 1 "
@@ -220,13 +278,16 @@ def read_participants(
             f"no participant has {column} {positive!r} in {path} (values: {shown})",
             option="--positive",
         )
-    return labels, missing
+    if positive is not None:
+        return labels, missing, {f"not {positive}": 0, positive: 1}
+    return labels, missing, column_classes(named, classes)
 
 
 def _labels(
     root: Path, classes: dict[str, int], labels_csv: Path | None, opts: BidsOptions
-) -> tuple[dict[str, int] | None, dict[str, str], str]:
-    """(labels, reasons for unlabelled subjects, the source's name); labels None: none asked."""
+) -> tuple[dict[str, int] | None, dict[str, str], str, dict[str, int]]:
+    """(labels, reasons for unlabelled subjects, the source's name, the class names); labels
+    None: none asked."""
     if opts.positive is not None and opts.label_column is None:
         raise ConfigError("needs --label-column, the column it is a value of", option="--positive")
     if labels_csv is not None:
@@ -235,17 +296,18 @@ def _labels(
                 "labels come from --labels CSV or from a participants.tsv column, not both",
                 option="--label-column",
             )
-        return read_labels_csv(labels_csv, classes), {}, labels_csv.name
+        labels, names = read_labels_csv(labels_csv, classes)
+        return labels, {}, labels_csv.name, names
     path = root / PARTICIPANTS
     if opts.label_column is None:
-        return None, {}, PARTICIPANTS
+        return None, {}, PARTICIPANTS, dict(NEUTRAL_CLASSES)
     if not path.is_file():
         raise DataError(
             f"{root}: BIDS dataset without {PARTICIPANTS}; --label-column reads that file "
             "(or give --labels CSV)"
         )
-    labels, missing = read_participants(path, opts.label_column, opts.positive, classes)
-    return labels, missing, PARTICIPANTS
+    labels, missing, names = read_participants(path, opts.label_column, opts.positive, classes)
+    return labels, missing, PARTICIPANTS, names
 
 
 def _columns(path: Path) -> str:
@@ -273,7 +335,7 @@ def discover_bids(
         modalities, {"FLAIR": "flair", "T1w": "t1", "ce-T1w": "t1ce", "T2w": "t2"}, "BIDS",
         "_FLAIR, _T1w, _ce-<label>_T1w, _T2w",
     )  # fmt: skip
-    labels, missing, source = _labels(root, classes, labels_csv, opts)
+    labels, missing, source, names = _labels(root, classes, labels_csv, opts)
     if labels is None and not allow_unlabelled:
         where = root / PARTICIPANTS
         found = f"its columns: {_columns(where)}" if where.is_file() else f"no {PARTICIPANTS}"
@@ -282,7 +344,7 @@ def discover_bids(
             f"with --label-column ({found}), or give --labels CSV",
             option="--label-column",
         )
-    result = Discovery(root, "bids")
+    result = Discovery(root, "bids", classes=names)
     subjects = [d for d in subfolders if SUBJECT.match(d.name)]
     for subject in subjects:
         pid = subject.name
@@ -299,7 +361,9 @@ def discover_bids(
             result.skipped.append(PatientError(pid, f"no row for this subject in {source}"))
             continue
         try:
-            result.patients.append(subject_patient(subject, modalities, label, opts.session))
+            result.patients.append(
+                subject_patient(subject, modalities, label, opts.session, opts.bids_filter)
+            )
         except PatientError as exc:
             result.skipped.append(exc)
     names = {d.name for d in subjects}

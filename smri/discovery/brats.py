@@ -133,7 +133,7 @@ def discover_brats(
             modalities, BRATS2023_NAMES, "BraTS 2023", "<id>-{t2f,t1n,t1c,t2w}.nii.gz"
         )
     if mapping is None and any(name.lower() in class_dirs for name in classes):
-        result = Discovery(root, "class-folders")
+        result = Discovery(root, "class-folders", classes=dict(classes))
         folders = [
             (pid_dir, label)
             for name, label in classes.items()
@@ -142,12 +142,12 @@ def discover_brats(
         ]
         _collect(folders, modalities, result)
     elif mapping is not None:
-        labels = read_labels_csv(mapping, classes)
+        labels, names = read_labels_csv(mapping, classes)
         if brats2023:
             layout = "brats2023"
         else:
             layout = "brats2020" if mapping.name == NAME_MAPPING else "labels-csv"
-        result = Discovery(root, layout)
+        result = Discovery(root, layout, classes=names)
         # Patient folders directly under root, or one level down (class folders with a CSV).
         candidates = {d.name: d for d in subfolders}
         for d in subfolders:

@@ -1,10 +1,12 @@
-"""Labels from a CSV (``--labels``, or BraTS 2020's ``name_mapping.csv``): patient id -> 0/1."""
+"""Labels from a CSV (``--labels``, or BraTS 2020's ``name_mapping.csv``): patient id -> 0/1,
+and the class names the label column gives (`smri.discovery.patients.column_classes`)."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+from smri.discovery.patients import column_classes
 from smri.errors import DataError
 from smri.files import check_regular
 
@@ -14,8 +16,9 @@ ID_COLUMNS = ("patient_id", "subject_id", "id", BRATS2020_ID_COLUMN)
 LABEL_COLUMNS = ("label", "class", "grade", BRATS2020_GRADE_COLUMN)
 
 
-def read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
-    """Patient id -> label from a CSV (label column: 0/1 or a class name)."""
+def read_labels_csv(path: Path, classes: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """(patient id -> label, class names) from a CSV whose label column holds 0/1 or names of
+    `classes`: the names are `classes` when the column uses them, else ``"0"`` and ``"1"``."""
     try:
         with open(check_regular(path), newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -34,6 +37,7 @@ def read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
         )
     by_name = {name.lower(): value for name, value in classes.items()}
     labels: dict[str, int] = {}
+    named = False
     for line, row in enumerate(rows, start=2):
         pid = (row.get(id_col) or "").strip()
         raw = (row.get(label_col) or "").strip()
@@ -42,7 +46,7 @@ def read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
         if raw in ("0", "1"):
             value = int(raw)
         elif raw.lower() in by_name:
-            value = by_name[raw.lower()]
+            value, named = by_name[raw.lower()], True
         else:
             raise DataError(
                 f"{path}, line {line}: patient {pid} has label {raw!r}; expected 0, 1 "
@@ -55,4 +59,4 @@ def read_labels_csv(path: Path, classes: dict[str, int]) -> dict[str, int]:
         labels[pid] = value
     if not labels:
         raise DataError(f"{path}: labels CSV has no rows")
-    return labels
+    return labels, column_classes(named, classes)

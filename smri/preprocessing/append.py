@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def _append(
     base = StoreReader(output)
     run: Run | None = None
     try:
+        if cfg.classes is None:  # not given: the store's names, and labels read with them
+            cfg = replace(cfg, classes=dict(base.info.classes))
         check_settings(base.info, cfg)
         found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
         present = set(base.patient_ids)

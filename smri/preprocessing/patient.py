@@ -15,16 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from smri.discovery import DEFAULT_CLASSES, DEFAULT_MODALITIES, Patient
+from smri.discovery import DEFAULT_MODALITIES, Patient
 from smri.errors import ConfigError, DataError, PatientError, plural
 from smri.store import COMPRESSIONS, DTYPES, NO_MASK, StoredMask, empty_images, encode_mask
 from smri.volume import (
+    SlabSource,
     axis_codes,
     flat_note,
     header_shape,
     label_slab,
     load_volume,
     open_volume,
+    open_volumes,
 )
 
 DEFAULT_SLICES = 32
@@ -39,7 +41,8 @@ class PreprocessConfig:
     dtype: str = "float16"
     compression: str = "none"
     canonical: bool = False
-    classes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_CLASSES))
+    # None until discovery names them (`smri.discovery.Discovery.classes`): a store records names
+    classes: dict[str, int] | None = None
     masks: bool = True  # store each patient's segmentation of the slab (never used in training)
 
     def __post_init__(self) -> None:
@@ -106,9 +109,10 @@ def load_patient(
     notes: list[str] = []
     first_file: Path | None = None
     first_shape: tuple[int, int, int] | None = None
+    held: dict[Path, list[SlabSource]] = {}  # 4D files, read once for all their modalities
     for m, path in enumerate(patient.files):
         try:
-            vol = open_volume(path, canonical=cfg.canonical)
+            vol = _source(patient, m, cfg.canonical, held)
         except DataError as exc:
             raise PatientError(pid, str(exc)) from None
         x, y, z = vol.shape
@@ -172,6 +176,26 @@ def load_patient(
     if mask is not None:
         mask = encode_mask(mask)  # compressed here where the writer stores the bytes
     return PatientResult(pid, patient.label, images, meta, notes, mask)
+
+
+def _source(
+    patient: Patient, m: int, canonical: bool, held: dict[Path, list[SlabSource]]
+) -> SlabSource:
+    """Modality `m` of `patient`: its 3D file, streamed; or, for a patient with `channels`
+    (MSD), volume ``channels[m]`` of its 4D file, which is read whole once (into `held`) for
+    all the modalities it holds. DataError naming the file when it has no such volume."""
+    path = patient.files[m]
+    if not patient.channels:
+        return open_volume(path, canonical=canonical)
+    if path not in held:
+        held[path] = open_volumes(path, canonical=canonical)
+    volumes, k = held[path], patient.channels[m]
+    if k >= len(volumes):
+        raise DataError(
+            f"{path}: holds {plural(len(volumes), 'volume')} along its fourth axis, no "
+            f"volume {k} (counted from 0) for its modality {m + 1}"
+        )
+    return volumes[k]
 
 
 def _load_mask(

@@ -13,7 +13,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ def discover_for_store(
     echo: Callable[[str], None],
     bids: BidsOptions | None = None,
 ) -> tuple[Discovery, list[PatientError], dict[str, Any]]:
-    """Find the patients, report the unusable ones, and build the config the store records."""
+    """Find the patients, report the unusable ones, and build the config the store records
+    (with the class names `cfg` gives, else those discovery found: ``found.classes``)."""
     found = discover(
         input_dir, modalities=cfg.modalities, classes=cfg.classes, labels_csv=labels_csv, bids=bids
     )
@@ -104,7 +105,7 @@ def discover_for_store(
     for exc in skipped:
         echo(warning(f"skipping {exc}"))
     config = {
-        **cfg.to_dict(),
+        **replace(cfg, classes=found.classes).to_dict(),
         "input": str(Path(input_dir).resolve()),
         "layout": found.layout,
         "labels_csv": str(labels_csv) if labels_csv else None,
@@ -262,6 +263,7 @@ def run_preprocess(
     with OutputLock(output):  # before any byte of OUTPUT or its partial file is touched
         remove_unique_partials(output)  # of appends killed before they could clean up
         found, skipped, config = discover_for_store(input_dir, cfg, labels_csv, strict, echo, bids)
+        cfg = replace(cfg, classes=found.classes)  # the store's names, from here on
         patients = found.patients
         fingerprint = _fingerprint(config, patients)
         partial = partial_path(output)

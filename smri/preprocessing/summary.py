@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from smri.discovery import class_counts_text
 from smri.errors import DataError, PatientError, plural
 from smri.messages import warning
 from smri.preprocessing.patient import PatientResult
@@ -33,7 +34,7 @@ class PreprocessSummary:
 
     def line(self) -> str:
         """The one-line summary printed at the end of `smri preprocess`."""
-        per_class = ", ".join(f"{name} {n}" for name, n in self.written.items())
+        per_class = class_counts_text(self.written)
         rate = self.n_written / self.seconds if self.seconds > 0 else float("inf")
         if self.total is not None:
             return (

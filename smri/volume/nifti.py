@@ -12,7 +12,7 @@ import io
 import math
 import zlib
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,7 +36,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 @dataclass(frozen=True)
 class Volume:
-    """One 3D volume as stored in its file (native dtype, NIfTI (i, j, k) axis order)."""
+    """One 3D volume as stored in its file (native dtype, NIfTI (i, j, k) axis order); while
+    `load_volumes` reads a 4D file, its ``(i, j, k, m)`` array."""
 
     data: np.ndarray
     spacing: tuple[float, float, float]
@@ -157,7 +158,19 @@ def load_volume(path: Path, *, canonical: bool = False) -> Volume:
         return _load_volume(path, canonical, notes)
 
 
-def _load_volume(path: Path, canonical: bool, notes: list[str]) -> Volume:
+def load_volumes(path: Path, *, canonical: bool = False) -> list[Volume]:
+    """The 3D volumes of one NIfTI file, read once: the volume of a 3D file, or one per index
+    of a 4D file's fourth axis, ``(X, Y, Z, M)`` -> M views ``(X, Y, Z)`` (the Medical
+    Segmentation Decathlon's modalities). Otherwise as `load_volume`."""
+    path = Path(path)
+    with nibabel_notes() as notes:
+        vol = _load_volume(path, canonical, notes, four_d=True)
+    if vol.data.ndim == 3:
+        return [vol]
+    return [replace(vol, data=vol.data[..., k]) for k in range(vol.data.shape[3])]
+
+
+def _load_volume(path: Path, canonical: bool, notes: list[str], four_d: bool = False) -> Volume:
     try:
         raw = read_nifti_bytes(path)
     except OSError as exc:
@@ -182,8 +195,9 @@ def _load_volume(path: Path, canonical: bool, notes: list[str]) -> Volume:
         ) from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got {data.ndim}D with shape {data.shape}")
+    if data.ndim != 3 and not (four_d and data.ndim == 4):
+        expected = "a 3D or 4D volume" if four_d else "a 3D volume"
+        raise DataError(f"{path}: expected {expected}, got {data.ndim}D with shape {data.shape}")
     if data.size == 0:  # a header dim of 0 reads as an empty array, which min-max cannot use
         raise DataError(f"{path}: empty volume (shape {data.shape}); its header has a 0 dimension")
     if data.dtype.kind not in "iuf":

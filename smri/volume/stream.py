@@ -30,6 +30,7 @@ from smri.volume.nifti import (
     header_from_bytes,
     is_scaled,
     load_volume,
+    load_volumes,
     short_reason,
     skip_bytes,
 )
@@ -137,6 +138,17 @@ def open_volume(path: Path, *, canonical: bool = False) -> SlabSource:
             return SlabSource(path, shape, zooms, header=header, notes=tuple(notes), state=state)  # type: ignore[arg-type]
     vol = load_volume(path, canonical=canonical)
     return SlabSource(path, vol.data.shape, vol.spacing, volume=vol, notes=vol.notes)
+
+
+def open_volumes(path: Path, *, canonical: bool = False) -> list[SlabSource]:
+    """Every 3D volume of a NIfTI file (`load_volumes`), for `SlabSource.normalized_slab_into`:
+    a 4D file (MSD's modalities on the fourth axis) is loaded whole, once, and gives one
+    source per volume. 3D files go through `open_volume`, which streams them."""
+    path = check_regular(Path(path))
+    return [
+        SlabSource(path, vol.data.shape, vol.spacing, volume=vol, notes=vol.notes)
+        for vol in load_volumes(path, canonical=canonical)
+    ]
 
 
 def header_shape(path: Path) -> tuple[int, ...] | None:

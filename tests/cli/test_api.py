@@ -17,7 +17,7 @@ import smri
 from smri import api
 from smri.cli import COMMANDS, main
 from smri.config import CACHE_MODES, CLASS_WEIGHTS, MODEL_NAMES, ModelConfig, TrainConfig
-from smri.discovery import parse_classes, parse_modalities
+from smri.discovery import parse_modalities
 from smri.errors import ConfigError, DataError
 from smri.parallel import BACKENDS
 from smri.phantoms import FORMATS, LAYOUTS, SynthConfig
@@ -90,8 +90,6 @@ def test_every_command_default_is_the_api_default(name):
         default = param.get_default(click.Context(command))
         if key == "modalities" and default is not None:
             default = parse_modalities(default)
-        if key == "classes":  # the API's None: the dataclass's classes (the CLI shows them)
-            default, expected[key] = parse_classes(default), PreprocessConfig().classes
         if key == "shape":
             default = (
                 tuple(int(v) for v in default.split("x")) if name == "models" else tuple(default)
@@ -108,9 +106,8 @@ def test_api_defaults_are_the_dataclass_defaults():
     assert (train["model"], train["width"], train["dropout"]) == (
         model.name, model.width, model.dropout)  # fmt: skip
     pre, cfg = _defaults(api.preprocess), PreprocessConfig()
-    assert {k: pre[k] for k in ("modalities", "slices", "dtype", "compression", "canonical")} == {
-        k: getattr(cfg, k) for k in ("modalities", "slices", "dtype", "compression", "canonical")
-    }
+    shared = ("modalities", "slices", "dtype", "compression", "canonical", "classes")
+    assert {k: pre[k] for k in shared} == {k: getattr(cfg, k) for k in shared}
     synth = {("fmt" if k == "format" else k): v for k, v in _defaults(api.synth).items()}
     assert {k: synth[k] for k in vars(SynthConfig())} == vars(SynthConfig())
 

@@ -325,9 +325,11 @@ def test_bids_file_quirks_are_reasons(tmp_path):
     assert [p.patient_id for p in found.patients] == ["sub-01"]
     anat = {i: root / f"sub-0{i}" / "anat" for i in range(1, 7)}
     assert [str(e) for e in found.skipped] == [
-        "patient sub-02: modality t1 present 2 times: sub-02_T1w.nii.gz, sub-02_run-2_T1w.nii.gz",
+        "patient sub-02: modality t1 present 2 times: sub-02_T1w.nii.gz, sub-02_run-2_T1w.nii.gz"
+        "; they differ in run: choose one with --bids-filter t1:run=VALUE",
         "patient sub-03: modality flair present 2 times: sub-03_acq-2d_FLAIR.nii.gz, "
-        "sub-03_acq-3d_FLAIR.nii.gz",
+        "sub-03_acq-3d_FLAIR.nii.gz; they differ in acq: choose one with --bids-filter "
+        "flair:acq=VALUE",
         f"patient sub-04: no t1ce file in {anat[4]} (expected names ending _ce-<label>_T1w.nii "
         "or .nii.gz)",
         f"patient sub-05: file sub-06_T2w.nii.gz in {anat[5]} is named for sub-06, not sub-05",
@@ -423,6 +425,7 @@ def test_preprocess_a_bids_dataset(tmp_path):
             "label_column": "group",
             "positive": "LGG",
             "session": None,
+            "bids_filter": [],
         }
     result = CliRunner().invoke(
         main,
