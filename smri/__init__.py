@@ -15,7 +15,6 @@ import importlib
 from typing import Any
 
 from smri.errors import ConfigError, DataError, PatientError, SmriError
-from smri.messages import SmriWarning
 
 __version__ = "0.1.0"
 
@@ -33,6 +32,7 @@ _LAZY = {
     "show": "smri.api",
     "load_model": "smri.api",
     "StoreDataset": "smri.data",
+    "SmriWarning": "smri.messages",
 }
 
 __all__ = [

@@ -132,7 +132,7 @@ def test_a_full_disk_while_writing_the_weights_is_one_line(made, tmp_path, monke
             'space left on device" })'
         )
 
-    monkeypatch.setattr(st, "save_file", full)
+    monkeypatch.setattr(st, "save", full)  # the weights are serialised, then written
     out = tmp_path / "m"
     line = one_error("export", run, out)
     assert line == f"Error: No space left on device: {out / 'model.safetensors'}"
