@@ -175,6 +175,7 @@ def explain(
     steps: int = SALIENCY_STEPS,
     batch_size: int = 8,
     device: str = "auto",
+    nifti: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
     quiet: bool = False,
@@ -184,7 +185,8 @@ def explain(
     patient, a PNG montage per patient with the tumour's contour, and the share of the
     positive saliency inside the tumour.
 
-    Writes ``<id>.png`` and explain.json to `out` and returns explain.json's content (method,
+    Writes ``<id>.png`` (with `nifti` also ``<id>_saliency.nii.gz``) and explain.json to `out`
+    and returns explain.json's content (method,
     the summary: ``share_in_tumour_mean``, ``mostly_outside``, ``verdict``; ``rows``, one per
     patient) plus ``"out"``, the folder (a `Path`).
 
@@ -198,6 +200,11 @@ def explain(
         steps: integrated-gradients steps: forward and backward passes per patient.
         batch_size: steps run at once.
         device: ``"auto"``, ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+        nifti: also write each patient's saliency (signed integrated gradients toward the
+            predicted class) as a 4-D NIfTI on its scan's voxel grid with the scan's affine:
+            the scan's three axes, then one volume per modality in the store's order, zero
+            outside the slab; it overlays the patient's own files in ITK-SNAP or 3D Slicer
+            (needs a store of schema version 3).
         overwrite: replace an earlier explain.json in `out`.
         progress: show a progress bar (None: when stderr is a terminal).
         quiet: no progress bar and no info lines (warnings still).
@@ -217,7 +224,7 @@ def explain(
     with OutputLock(where):  # one explain at a time writes a folder
         check_out(where, overwrite)  # again: another may have written it meanwhile
         report = explain_store(model, store, where, ids, steps=steps, batch_size=batch_size,
-                               device=device, progress=bars(progress, quiet),
+                               device=device, progress=bars(progress, quiet), nifti=nifti,
                                log=silent if quiet else log)  # fmt: skip
     return {**report, "out": where}
 

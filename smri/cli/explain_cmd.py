@@ -36,6 +36,12 @@ EXPLAIN = api_defaults(api.explain)
 @click.option("--device", default=EXPLAIN["device"], show_default=True,
               help="auto, cuda, cuda:N or cpu.")  # fmt: skip
 @click.option(
+    "--nifti", is_flag=True,
+    help="Also write <id>_saliency.nii.gz: the saliency on the patient's own scan grid (4-D: "
+         "the scan's axes, then one volume per modality; zero outside the slab), to overlay "
+         "the patient's files in ITK-SNAP or 3D Slicer [default: off].",
+)  # fmt: skip
+@click.option(
     "--json", "as_json", is_flag=True,
     help="Print every number as JSON (explain.json) instead of the table [default: off].",
 )  # fmt: skip
@@ -46,8 +52,8 @@ EXPLAIN = api_defaults(api.explain)
 @quiet_option("")
 @handle_errors
 def explain(checkpoint: Path, store: Path, patient_ids: tuple[str, ...], out: Path | None,
-            steps: int, batch_size: int, device: str, as_json: bool, overwrite: bool,
-            quiet: bool) -> None:  # fmt: skip
+            steps: int, batch_size: int, device: str, nifti: bool, as_json: bool,
+            overwrite: bool, quiet: bool) -> None:  # fmt: skip
     """Saliency maps of MODEL on patients of STORE, against their tumour.
 
     Integrated gradients of every modality of each patient: a PNG montage of the slab with the
@@ -57,7 +63,8 @@ def explain(checkpoint: Path, store: Path, patient_ids: tuple[str, ...], out: Pa
     the first 8 of STORE. MODEL is a checkpoint or a folder written by `smri export`.
     """
     report = api.explain(checkpoint, store, patient_ids, out=out, steps=steps,
-                         batch_size=batch_size, device=device, overwrite=overwrite, quiet=quiet,
+                         batch_size=batch_size, device=device, nifti=nifti, overwrite=overwrite,
+                         quiet=quiet,
                          log=lambda line: click.echo(line, err=True))  # fmt: skip
     where = report.pop("out")
     if as_json:

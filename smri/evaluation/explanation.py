@@ -33,6 +33,8 @@ from smri.evaluation.saliency import (
     share_by_modality,
     share_inside,
 )
+from smri.evaluation.scan_space import SUFFIX as SALIENCY_SUFFIX
+from smri.evaluation.scan_space import check_placements, write_saliency_nifti
 from smri.messages import python_log, warning
 from smri.metrics.calibration import undo_class_weight
 from smri.model_io import (
@@ -309,10 +311,12 @@ def explain_store(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = False,
+    nifti: bool = False,
     log: Callable[[str], None] = python_log,
 ) -> dict[str, Any]:
     """Explain `checkpoint` (or an exported model) on patients of `store`: one PNG per patient
-    and ``explain.json`` in `out`; returns explain.json's content."""
+    (and, with `nifti`, its saliency on the scan's grid: `scan_space`) and ``explain.json`` in
+    `out`; returns explain.json's content."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,6 +328,8 @@ def explain_store(
     with StoreReader(store) as reader:
         check_compatible(ckpt["store"], reader.info, str(checkpoint))
         model = model_from_checkpoint(ckpt, dev, str(checkpoint))
+        if nifti:
+            check_placements(reader)
         choice = choose_patients(reader, checkpoint, ids)
         log(f"explaining {choice.how}")
         if not reader.has_masks:
@@ -336,8 +342,9 @@ def explain_store(
         for i in tqdm(choice.rows, desc="explain", unit="patient", disable=not progress):
             pid = reader.patient_ids[i]
             try:
+                calibration = (offset, threshold)
                 rows.append(_explain_one(model, reader, i, dev, steps, batch_size,
-                                         out / files[pid], (offset, threshold)))  # fmt: skip
+                                         out / files[pid], calibration, nifti, log))  # fmt: skip
             except (DataError, OSError) as exc:  # this patient only; a full disk stops all
                 if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
                     raise
@@ -373,8 +380,12 @@ def _explain_one(
     batch_size: int,
     png: Path,
     calibration: tuple[float, float],
+    nifti: bool = False,
+    log: Callable[[str], None] = python_log,
 ) -> dict[str, Any]:
-    """One patient's row of explain.json, its montage saved as `png`."""
+    """One patient's row of explain.json, its montage saved as `png` (and with `nifti` its
+    saliency on the scan's grid beside it: a patient whose scan it cannot be placed on keeps
+    its row and montage, with a warning)."""
     info = reader.info
     names = {v: k for k, v in info.classes.items()}
     p = patient_saliency(model, reader, i, device, steps, batch_size, calibration)
@@ -382,6 +393,13 @@ def _explain_one(
     label_text = f"{names.get(p.label, p.label)} ({p.label})" if p.label >= 0 else "?"
     fig = saliency_figure(p, info.modalities, row, label_text)
     row["png"] = save_figure(fig, png, tight=False).name
+    if nifti:
+        row["nifti"] = None
+        try:
+            path = png.with_name(png.stem + SALIENCY_SUFFIX)
+            row["nifti"] = write_saliency_nifti(reader, i, p.attributions, path).name
+        except DataError as exc:
+            log(warning(f"no NIfTI: {exc}"))
     return row
 
 

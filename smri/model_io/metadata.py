@@ -90,7 +90,6 @@ def cohort_spacing(store_path: str | None, store: dict[str, Any]) -> dict[str, A
             ):
                 return None
             rows = np.array([reader.meta(i)["spacing"] for i in range(info.n_patients)], float)
-            version = reader.version
     except (SmriError, OSError, KeyError, ValueError):
         return None
     if rows.shape[-1:] != (3,):
@@ -99,8 +98,6 @@ def cohort_spacing(store_path: str | None, store: dict[str, Any]) -> dict[str, A
     rows = rows[np.isfinite(rows).all(axis=1) & (rows > 0).all(axis=1)]  # 0: not recorded
     if not len(rows):
         return None
-    if version <= 2:  # stores before version 3 record it in NIfTI order (x, y, z)
-        rows = rows[:, ::-1]
     return {
         "axes": ["slice", "y", "x"],
         "unit": "mm",

@@ -8,7 +8,6 @@ none; `--overwrite` deletes only what a marked synth folder holds.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import os
 import re
@@ -19,13 +18,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
-
 from smri.atomic import PARTIAL_SUFFIX, atomic_path, write_text
 from smri.errors import ConfigError
 from smri.phantoms.anatomy import MODALITIES, make_phantom
 from smri.phantoms.cohort import PatientSpec, SynthConfig, cohort
+from smri.volume.write import nifti_bytes
 
 NAME_MAPPING_COLUMNS = (
     "Grade",
@@ -58,26 +55,8 @@ TRUTH_COLUMNS = (
     "tumour_voxels_in_slab",
     "share_in_slab",
 )
+DESCRIPTION = "smri synth phantom"  # each file's header descrip
 MARKER = ".smri-synth"  # hidden file that marks a folder as a synth cohort (for --overwrite)
-
-
-def nifti_bytes(data: np.ndarray, affine: np.ndarray, compress: bool) -> bytes:
-    """A NIfTI-1 file's bytes; gzip (level 1, mtime 0, no name) when `compress`, so bytes repeat.
-
-    zlib, not ISA-L: ISA-L's deflate was 6x faster but not deterministic across processes (the
-    same volume compressed in a pytest process and in a joblib worker gave streams of 36,198
-    and 36,194 bytes with the same content), which broke "same seed, same bytes". zlib level 1
-    is also what nibabel and most tools write, so the demo's streams are like real BraTS files.
-    """
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header["descrip"] = b"smri synth phantom"
-    raw = img.to_bytes()
-    if not compress:
-        return raw
-    return gzip.compress(raw, compresslevel=1, mtime=0)
 
 
 def write_patient(
@@ -95,7 +74,7 @@ def write_patient(
     with ExitStack() as staged:  # all five are written before any takes its real name
         for name, data in parts:
             tmp = staged.enter_context(atomic_path(folder / f"{spec.patient_id}_{name}{ext}"))
-            tmp.write_bytes(nifti_bytes(data, ph.affine, compress=fmt == "nii.gz"))
+            tmp.write_bytes(nifti_bytes(data, ph.affine, fmt == "nii.gz", DESCRIPTION))
     return {"patient_id": spec.patient_id, **ph.truth}
 
 

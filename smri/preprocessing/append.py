@@ -143,7 +143,7 @@ def _append(
             echo(f"nothing to append: every usable patient of {input_dir} is already in {output}")
             return _summary(output, [], skipped, t0, [], cfg, len(base), len(already))
         h, w = base.info.volume_shape[2:]
-        inplane = common_inplane(patients)
+        inplane = common_inplane(patients, cfg.canonical)
         if inplane is not None and inplane != (h, w):
             raise DataError(
                 f"{input_dir}: in-plane shape {inplane[1]}x{inplane[0]} (the most common in this "

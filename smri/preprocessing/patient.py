@@ -27,6 +27,8 @@ from smri.volume import (
     load_volume,
     open_volume,
     open_volumes,
+    slab_start,
+    stored_affine,
 )
 
 DEFAULT_SLICES = 32
@@ -105,6 +107,8 @@ def load_patient(
         "intensity_max": [],
         "source_files": [],
         "axis_codes": [],
+        "affine": [],
+        "slab_start": [],
     }
     notes: list[str] = []
     first_file: Path | None = None
@@ -149,7 +153,7 @@ def load_patient(
             notes.append(f"patient {pid}: {path.name} {flat}")
         notes += [f"patient {pid}: {path.name}: {note}" for note in vol.notes]
         meta["original_shape"].append([x, y, z])
-        meta["spacing"].append(list(vol.spacing))
+        meta["spacing"].append(list(vol.spacing)[::-1])  # the images' axis order (slice, y, x)
         meta["intensity_min"].append(lo)
         meta["intensity_max"].append(hi)
         meta["source_files"].append(_relative(path, relative_to))
@@ -157,6 +161,9 @@ def load_patient(
             meta["axis_codes"].append(vol.axis_codes)
         except DataError as exc:
             raise PatientError(pid, str(exc)) from None
+        start = slab_start(z, cfg.slices)  # where the slab lies, to put results back on the scan
+        meta["slab_start"].append(start)
+        meta["affine"].append(stored_affine(vol.affine, start).tolist())
     assert images is not None  # a Patient always has at least one modality file
     if len(set(meta["axis_codes"])) > 1:
         codes = ", ".join(f"{p.name} {c}" for p, c in zip(patient.files, meta["axis_codes"],
@@ -248,13 +255,15 @@ def load_or_error(
         return PatientError(patient.patient_id, "out of memory while loading")
 
 
-def _inplane_of(patient: Patient) -> tuple[int, int] | None:
-    """The (y, x) shape of a patient's first volume from its header alone (no voxel data)."""
-    shape = header_shape(patient.files[0])  # None: the worker that loads it says why
+def _inplane_of(patient: Patient, canonical: bool) -> tuple[int, int] | None:
+    """The (y, x) shape of a patient's first volume from its header alone (no voxel data), as
+    it is stored (after reorienting to RAS with `canonical`)."""
+    shape = header_shape(patient.files[0], canonical=canonical)  # None: the worker says why
     return (int(shape[1]), int(shape[0])) if shape is not None and len(shape) >= 3 else None
 
 
-def common_inplane(patients: list[Patient]) -> tuple[int, int] | None:
-    """The most common in-plane shape among the patients' first volumes (header reads only)."""
-    shapes = Counter(s for s in map(_inplane_of, patients) if s is not None)
+def common_inplane(patients: list[Patient], canonical: bool = False) -> tuple[int, int] | None:
+    """The most common in-plane shape among the patients' first volumes as stored (header
+    reads only)."""
+    shapes = Counter(s for p in patients if (s := _inplane_of(p, canonical)) is not None)
     return shapes.most_common(1)[0][0] if shapes else None

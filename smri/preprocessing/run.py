@@ -297,7 +297,7 @@ def run_preprocess(
             )
 
         # The store's in-plane shape: the cohort's most common one (header reads only).
-        inplane = common_inplane(patients)
+        inplane = common_inplane(patients, cfg.canonical)
         try:
             root = Path(input_dir)
             write_patients(

@@ -1,7 +1,8 @@
 """The HDF5 store: the one file contract between `smri preprocess` and everything after it.
 
 `schema` names every key, the schema version, dtypes and compressions; `checks` validates a file
-against them; `reader` opens and describes a store (`StoreReader`, `read_info`); `writer` is the
+against them; `probe` reads a file's metadata in a child first (libhdf5 can loop or crash on
+damage); `reader` opens and describes a store (`StoreReader`, `read_info`); `writer` is the
 single writer (`StoreWriter`); `direct` the direct-write path it takes where it can (image
 chunks with O_DIRECT, masks compressed by the workers); `errors` the refusals and failed writes.
 No module outside this package spells a key.
@@ -17,6 +18,7 @@ from smri.store.errors import (
     write_error,
 )
 from smri.store.reader import (
+    Placement,
     StoreReader,
     coverage,
     orientation_counts,
@@ -36,6 +38,7 @@ from smri.store.schema import (
     META,
     META_FIELDS,
     META_FIELDS_V2,
+    META_FIELDS_V3,
     NO_MASK,
     PARTIAL_STATE,
     PATIENT_ID,
@@ -43,6 +46,7 @@ from smri.store.schema import (
     SCHEMA_VERSION,
     StoreIdentity,
     StoreInfo,
+    added_fields,
 )
 from smri.store.writer import StoreWriter
 
@@ -59,6 +63,7 @@ __all__ = [
     "META",
     "META_FIELDS",
     "META_FIELDS_V2",
+    "META_FIELDS_V3",
     "NO_MASK",
     "PARTIAL_STATE",
     "PATIENT_ID",
@@ -66,6 +71,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "LockedError",
     "MaskChunk",
+    "Placement",
     "StoreChanged",
     "StoreIdentity",
     "StoreInfo",
@@ -73,6 +79,7 @@ __all__ = [
     "StoreWriteError",
     "StoreWriter",
     "StoredMask",
+    "added_fields",
     "check_contents",
     "check_room",
     "coverage",

@@ -24,11 +24,11 @@ from smri.store.schema import (
     MASKS,
     META,
     META_FIELDS,
-    META_FIELDS_V2,
     PATIENT_ID,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     StoreInfo,
+    added_fields,
 )
 from smri.text import has_control_characters, printable
 
@@ -62,7 +62,7 @@ def check_layout(f: h5py.File, path: Path) -> dict[str, Any]:
     if version >= 2:
         expected = {MASKS: (n, *images.shape[2:])}
         expected.update({f"{META}/{k}": (n, *v[1](images.shape[1])) for k, v in
-                         META_FIELDS_V2.items()})  # fmt: skip
+                         added_fields(version).items()})  # fmt: skip
         for key, shape in expected.items():
             if key not in f or f[key].shape != shape:
                 got = f"shape {f[key].shape}" if key in f else "missing"
@@ -189,7 +189,7 @@ def _names(f: h5py.File, path: Path, version: int) -> list[str]:
         _check_link(f, META, path)
         if not isinstance(f[META], h5py.Group):
             raise DataError(f"{path}: damaged smri store: '{META}' is not a group")
-        fields = [*META_FIELDS, *(META_FIELDS_V2 if version >= 2 else ())]
+        fields = [*META_FIELDS, *added_fields(version)]
         names += [f"{META}/{k}" for k in fields if f[META].get(k, getlink=True) is not None]
     return names
 
@@ -242,7 +242,7 @@ def _check_dtypes(f: h5py.File, path: Path, version: int) -> None:
     if version >= 2 and f[MASKS].dtype != np.uint8:
         wrong.append(f"'{MASKS}' is {f[MASKS].dtype}, expected uint8")
     m = images.shape[1]
-    fields = {**META_FIELDS, **(META_FIELDS_V2 if version >= 2 else {})}
+    fields = {**META_FIELDS, **added_fields(version)}
     for name, (dtype, shape, *_) in fields.items():
         ds = f[META][name] if META in f and name in f[META] else None
         if ds is None:

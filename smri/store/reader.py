@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from smri.store.checks import (
     within_promise,
 )
 from smri.store.errors import StoreChanged, h5_reason
+from smri.store.probe import probe
 from smri.store.schema import (
     IMAGES,
     LABELS,
@@ -30,12 +32,12 @@ from smri.store.schema import (
     MASKS,
     META,
     META_FIELDS,
-    META_FIELDS_V2,
     NO_MASK,
     PATIENT_ID,
     READ_CACHE_BYTES,
     StoreIdentity,
     StoreInfo,
+    added_fields,
 )
 from smri.text import printable
 
@@ -56,9 +58,15 @@ def _open_h5(path: Path) -> h5py.File:
         raise DataError(f"{path}: is a folder, expected an .h5 store written by `smri preprocess`")
     check_regular(path)
     try:
-        return h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
+        f = h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
     except OSError as exc:
         raise DataError(f"{path}: not a readable HDF5 file ({h5_reason(exc)})") from None
+    try:
+        probe(path, f.id.get_vfd_handle())
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _info_from_file(f: h5py.File, path: Path, attrs: dict[str, Any]) -> StoreInfo:
@@ -157,6 +165,21 @@ def orientation_counts(codes: np.ndarray) -> dict[str, int]:
         key = patient_axis_codes(row)
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one patient's stored images lie in its scan (`StoreReader.placement`)."""
+
+    affine: np.ndarray  # (4, 4): voxel index (slice, y, x) of the images -> scanner mm
+    known: bool  # False: the store does not record it (the affine is the spacing alone)
+    slab_start: int  # first slice of the slab in the scan's third axis; -1 when unknown
+    original_shape: tuple[int, ...]  # the scan's shape (NIfTI x, y, z)
+
+
+def _usable(affine: np.ndarray) -> bool:
+    """A finite affine whose 3x3 part can be inverted (a file's values are not trusted)."""
+    return bool(np.isfinite(affine).all()) and abs(np.linalg.det(affine[:3, :3])) > 1e-12
 
 
 def read_info(path: Path) -> StoreInfo:
@@ -283,18 +306,37 @@ class StoreReader:
             )  # fmt: skip
 
     def meta(self, i: int) -> dict[str, Any]:
-        """Per-patient metadata (original shape, spacing, min/max, source files; v2: has_mask,
-        tumour voxel counts, axis codes)."""
+        """Per-patient metadata (original shape, spacing in the images' axis order (slice, y,
+        x) whatever the version, min/max, source files; v2: has_mask, tumour voxel counts, axis
+        codes; v3: affine and slab_start)."""
         group = self._file[META]
         out: dict[str, Any] = {}
-        names = [*META_FIELDS, *(META_FIELDS_V2 if self.has_masks else ())]
-        for name in names:
+        for name in (*META_FIELDS, *added_fields(self.version)):
             value = group[name][i]
             if name in ("source_files", "axis_codes"):
                 out[name] = [_text(v) for v in value]
             else:
                 out[name] = value.tolist()
+        if self.version < 3:  # stored in NIfTI order (x, y, z) before version 3
+            out["spacing"] = [row[::-1] for row in out["spacing"]]
         return out
+
+    def placement(self, i: int) -> Placement:
+        """Where patient `i`'s images lie in its scan: the affine of the images' voxel
+        indices (slice, y, x) to scanner millimetres, with the slab's start and the scan's
+        shape (of the first modality, which the MetaTensor of a sample carries; BraTS
+        modalities are co-registered). For a row without a usable one (a store before
+        version 3, a non-finite or singular affine) the affine is the spacing alone and
+        `known` is False."""
+        group = self._file[META]
+        spacing = np.asarray(self.meta(i)["spacing"][0], dtype=np.float64)
+        shape = tuple(int(v) for v in group["original_shape"][i][0])
+        if self.version >= 3:
+            affine = np.asarray(group["affine"][i][0], dtype=np.float64)
+            start = int(group["slab_start"][i][0])
+            if _usable(affine) and start >= 0:
+                return Placement(affine, True, start, shape)
+        return Placement(np.diag([*spacing, 1.0]), False, -1, shape)
 
     def index_of(self, patient_id: str) -> int:
         """Row of `patient_id`; DataError naming the id when absent."""

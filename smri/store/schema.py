@@ -3,21 +3,30 @@
 Dataset names, per-patient fields and the schema version are named here (root attributes by
 the writer and the reader beside it); no module outside `smri.store` spells a key.
 
-Schema version 2 (version 1 is the same without the items marked v2)
---------------------------------------------------------------------
+Schema version 3 (version 1 is the same without the items marked v2 and v3)
+---------------------------------------------------------------------------
 - ``images``     float16/float32 ``(N, M, S, H, W)``, chunk ``(1, 1, S, H, W)``
 - ``labels``     int8 ``(N,)``: 0/1, -1 where unlabelled
 - ``patient_id`` UTF-8 strings ``(N,)``, sorted
 - ``masks``      v2: uint8 ``(N, S, H, W)``, chunk ``(1, S, H, W)``, gzip-1: the segmentation
   labels of the same slab, in the images' axis order (0 where a patient has none)
-- ``meta/*``     per patient: original shape, voxel spacing, min and max used, source files;
+- ``meta/*``     per patient: original shape (NIfTI x, y, z), voxel spacing (mm; v3: in the
+  images' axis order slice, y, x; before v3 NIfTI's x, y, z), min and max used, source files;
   v2: ``has_mask``, ``tumour_voxels`` and ``tumour_voxels_in_slab`` (label > 0 in the whole
-  segmentation and in the slab; -1 without one), ``axis_codes`` (NIfTI axis codes per volume)
+  segmentation and in the slab; -1 without one), ``axis_codes`` (NIfTI axis codes per volume);
+  v3: ``affine`` float64 ``(M, 4, 4)``, each stored volume's own affine: voxel index
+  (slice, y, x) of the images to scanner millimetres (`smri.volume.stored_affine`: the scan's
+  affine with the slab's start and the axis order folded in; NaN where unknown), and
+  ``slab_start`` int32 ``(M,)``, the first slice of the slab in the scan (-1 where unknown)
+- every dataset carries ``dimension labels`` (h5py ``dims[i].label``: patient, modality,
+  slice, y, x, ...) and a ``description`` attribute (v3)
 - root attrs     ``format``, ``schema_version``, ``smri_version``, ``created``, ``modalities``,
   ``slices``, ``axis_order``, ``classes`` (JSON), ``config`` (JSON), ``skipped`` (JSON)
 
 Version 2 adds keys and changes none of version 1's, so v1 stores are read as v2 stores whose
-patients have no mask and unknown axis codes. Training never reads ``masks``.
+patients have no mask and unknown axis codes. Version 3 adds ``affine`` and ``slab_start`` and
+stores ``spacing`` in the images' axis order; `StoreReader.meta` gives every version's spacing in
+that order, and older rows an unknown affine. Training never reads ``masks``.
 Attributes are plain HDF5 strings and numbers (JSON text for structures): nothing is pickled.
 """
 
@@ -30,8 +39,12 @@ from typing import Any
 import h5py
 
 FORMAT = "smri-store"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+ROOT_ATTRS = (  # what `checks.read_attrs` reads, in its order
+    "format", "schema_version", "smri_version", "created", "axis_order", "slices",
+    "modalities", "classes", "config", "skipped",
+)  # fmt: skip
 AXIS_ORDER = "modality,slice,y,x"  # (M, S, H, W): NIfTI axes (k, j, i) after the central crop
 
 IMAGES = "images"
@@ -52,6 +65,55 @@ META_FIELDS_V2 = {
     "tumour_voxels": ("int64", lambda m: (), -1),
     "tumour_voxels_in_slab": ("int64", lambda m: (), -1),
     "axis_codes": (h5py.string_dtype("utf-8"), lambda m: (m,), ""),
+}
+# Version 3's: each volume's place in its scan, so results can be written back onto it.
+META_FIELDS_V3 = {
+    "affine": ("float64", lambda m: (m, 4, 4), float("nan")),
+    "slab_start": ("int32", lambda m: (m,), -1),
+}
+
+
+def added_fields(version: int) -> dict[str, tuple[Any, Any, Any]]:
+    """The per-patient fields a store of `version` holds beyond version 1's, with the value
+    each has when unknown (the rows of an older store copied into a newer one)."""
+    return {**(META_FIELDS_V2 if version >= 2 else {}), **(META_FIELDS_V3 if version >= 3 else {})}
+
+
+# Dimension labels of each dataset (h5py `dims[i].label`), and what it holds: for h5dump,
+# HDFView and readers in other languages, which see no docstring.
+DIMENSIONS = {
+    IMAGES: ("patient", "modality", "slice", "y", "x"),
+    LABELS: ("patient",),
+    PATIENT_ID: ("patient",),
+    MASKS: ("patient", "slice", "y", "x"),
+    "original_shape": ("patient", "modality", "nifti_axis"),
+    "spacing": ("patient", "modality", "axis"),
+    "intensity_min": ("patient", "modality"),
+    "intensity_max": ("patient", "modality"),
+    "source_files": ("patient", "modality"),
+    "has_mask": ("patient",),
+    "tumour_voxels": ("patient",),
+    "tumour_voxels_in_slab": ("patient",),
+    "axis_codes": ("patient", "modality"),
+    "affine": ("patient", "modality", "row", "column"),
+    "slab_start": ("patient", "modality"),
+}
+DESCRIPTIONS = {
+    IMAGES: "min-max normalised central slab of each modality, values in [0, 1]",
+    LABELS: "class of each patient: 0 or 1 (the classes attribute names them), -1 unlabelled",
+    PATIENT_ID: "patient ids, sorted",
+    MASKS: "segmentation labels of the same slab (0 where the patient has none)",
+    "original_shape": "shape of each scan as read (NIfTI x, y, z)",
+    "spacing": "voxel size in mm, in the images' axis order (slice, y, x)",
+    "intensity_min": "minimum of each scan, used by the min-max",
+    "intensity_max": "maximum of each scan, used by the min-max",
+    "source_files": "each modality's file, relative to the input folder",
+    "has_mask": "whether the patient has a segmentation in masks",
+    "tumour_voxels": "voxels with label > 0 in the whole segmentation (-1: none)",
+    "tumour_voxels_in_slab": "voxels with label > 0 in the slab (-1: none)",
+    "axis_codes": "NIfTI axis codes of each scan as stored (e.g. LPS, RAS)",
+    "affine": "voxel index (slice, y, x) of the images to scanner mm (NaN: unknown)",
+    "slab_start": "first slice of the slab in the scan's third axis (-1: unknown)",
 }
 NO_MASK = {"has_mask": False, "tumour_voxels": -1, "tumour_voxels_in_slab": -1}
 # Masks are mostly zeros: gzip keeps 1-1.5 % of the bytes. One chunk per patient, so the

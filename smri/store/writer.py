@@ -17,10 +17,13 @@ from smri.atomic import partial_path, publish
 from smri.errors import DataError
 from smri.store.direct import DirectChunks, MaskChunk, StoredMask
 from smri.store.errors import check_room, create_h5, open_error
+from smri.store.probe import probe
 from smri.store.reader import StoreReader
 from smri.store.schema import (
     AXIS_ORDER,
     COMPRESSIONS,
+    DESCRIPTIONS,
+    DIMENSIONS,
     DTYPES,
     FORMAT,
     IMAGES,
@@ -28,10 +31,10 @@ from smri.store.schema import (
     MASKS,
     META,
     META_FIELDS,
-    META_FIELDS_V2,
     PARTIAL_STATE,
     PATIENT_ID,
     SCHEMA_VERSION,
+    added_fields,
 )
 
 
@@ -121,6 +124,7 @@ class StoreWriter:
         )  # fmt: skip
         self.meta = _create_meta(f.create_group(META), n, m)
         self._datasets = [self.images, self.labels, self.ids, self.masks, *self.meta.values()]
+        _describe(self._datasets)
 
     def write(
         self,
@@ -267,6 +271,7 @@ class StoreWriter:
         self = cls.__new__(cls)
         self.path, self.overwrite, self.tmp_path = Path(path), overwrite, Path(tmp_path)
         self._direct = None
+        probe(self.tmp_path)  # a partial damaged so that libhdf5 loops: start over
         try:
             self._file = h5py.File(self.tmp_path, "r+")
         except OSError as exc:
@@ -276,7 +281,8 @@ class StoreWriter:
             state = json.loads(f.attrs[PARTIAL_STATE])
             self.images, self.labels, self.ids = f[IMAGES], f[LABELS], f[PATIENT_ID]
             self.masks = f[MASKS]
-            self.meta = {name: f[META][name] for name in (*META_FIELDS, *META_FIELDS_V2)}
+            names = (*META_FIELDS, *added_fields(SCHEMA_VERSION))
+            self.meta = {name: f[META][name] for name in names}
             self._datasets = [self.images, self.labels, self.ids, self.masks, *self.meta.values()]
             self.n_patients = self.images.shape[0]
             self._written = np.zeros(self.n_patients, dtype=bool)
@@ -375,15 +381,24 @@ def _write_attrs(
 
 
 def _create_meta(meta: h5py.Group, n: int, m: int) -> dict[str, h5py.Dataset]:
-    """The per-patient metadata datasets of `n` rows for `m` modalities; version 2's fields
-    filled with their value when unknown."""
+    """The per-patient metadata datasets of `n` rows for `m` modalities; the fields added
+    since version 1 filled with their value when unknown."""
     datasets = {
         name: meta.create_dataset(name, shape=(n, *shape(m)), maxshape=(None, *shape(m)), dtype=dt)
         for name, (dt, shape) in META_FIELDS.items()
     }
-    for name, (dt, shape, unknown) in META_FIELDS_V2.items():
+    for name, (dt, shape, unknown) in added_fields(SCHEMA_VERSION).items():
         datasets[name] = meta.create_dataset(
             name, shape=(n, *shape(m)), maxshape=(None, *shape(m)), dtype=dt,
             fillvalue=unknown if unknown != "" else None,
         )  # fmt: skip
     return datasets
+
+
+def _describe(datasets: Sequence[h5py.Dataset]) -> None:
+    """Label each dataset's dimensions and say what it holds (`schema.DIMENSIONS`)."""
+    for ds in datasets:
+        name = ds.name.rsplit("/", 1)[-1]
+        for dim, label in zip(ds.dims, DIMENSIONS[name], strict=True):
+            dim.label = label
+        ds.attrs["description"] = DESCRIPTIONS[name]

@@ -64,12 +64,16 @@ class SlabSource:
         return self.volume is None
 
     @property
+    def affine(self) -> np.ndarray:
+        """The volume's NIfTI affine (voxel (i, j, k) to scanner mm; after `canonical`, RAS's)."""
+        return self.volume.affine if self.volume is not None else self.header.get_best_affine()
+
+    @property
     def axis_codes(self) -> str:
         """The volume's NIfTI axis codes as stored (``"LPS"``; ``"RAS"`` after `canonical`).
         DataError naming the file when its affine gives none (singular, not finite)."""
-        affine = self.volume.affine if self.volume is not None else self.header.get_best_affine()
         try:
-            return axis_codes(affine)
+            return axis_codes(self.affine)
         except (np.linalg.LinAlgError, ValueError) as exc:  # found by the fuzz test
             raise DataError(
                 f"{self.path}: not a readable NIfTI volume (its affine has no orientation: "
@@ -151,15 +155,24 @@ def open_volumes(path: Path, *, canonical: bool = False) -> list[SlabSource]:
     ]
 
 
-def header_shape(path: Path) -> tuple[int, ...] | None:
-    """The data shape a NIfTI file's header declares (header only, nothing printed); None when
-    the file or its header is unusable (the loading reports why)."""
+def header_shape(path: Path, *, canonical: bool = False) -> tuple[int, ...] | None:
+    """The data shape a NIfTI file's header declares (header only, nothing printed); with
+    `canonical`, the shape after reorienting to RAS (its first three axes permuted as
+    `nib.as_closest_canonical` permutes them). None when the file or its header is unusable
+    (the loading reports why)."""
     try:
         if special_kind(path) is not None:
             return None
         with nibabel_notes():
             header, _, _ = _stream_header(Path(path))
-        return tuple(int(n) for n in header.get_data_shape())
+        shape = tuple(int(n) for n in header.get_data_shape())
+        if canonical and len(shape) >= 3:
+            axes = nib.orientations.io_orientation(header.get_best_affine())[:, 0]
+            permuted = list(shape)
+            for axis, target in enumerate(axes[:3]):
+                permuted[int(target)] = shape[axis]
+            shape = tuple(permuted)
+        return shape
     except Exception:
         return None
 

@@ -38,13 +38,15 @@ def write_patient(
     ext: str = ".nii.gz",
     shape: tuple[int, int, int] = SHAPE,
     seg: bool = True,
+    affine: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """A patient folder with the four modalities (and a segmentation); returns the arrays."""
+    """A patient folder with the four modalities (and a segmentation), all with `affine`
+    (default: identity); returns the arrays."""
     vols = patient_volumes(seed, shape)
     for m, data in vols.items():
-        write_nifti(folder / f"{pid}_{m}{ext}", data)
+        write_nifti(folder / f"{pid}_{m}{ext}", data, affine)
     if seg:
-        write_nifti(folder / f"{pid}_seg{ext}", np.zeros(shape, dtype=np.uint8))
+        write_nifti(folder / f"{pid}_seg{ext}", np.zeros(shape, dtype=np.uint8), affine)
     return vols
 
 

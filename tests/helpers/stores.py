@@ -81,8 +81,19 @@ def preprocessing_runner(cfg: PreprocessConfig, *, keep_lines: bool = False) -> 
     return run
 
 
+def to_version_2(path):
+    """Rewrite a store as smri wrote schema version 2: no affine or slab start, spacing in
+    NIfTI order (x, y, z)."""
+    with h5py.File(path, "a") as f:
+        del f["meta/affine"], f["meta/slab_start"]
+        f["meta/spacing"][...] = f["meta/spacing"][:][:, :, ::-1]
+        f.attrs["schema_version"] = 2
+    return path
+
+
 def to_version_1(path):
-    """Rewrite a store as smri wrote schema version 1: without the keys version 2 added."""
+    """Rewrite a store as smri wrote schema version 1: without the keys versions 2 and 3 added."""
+    to_version_2(path)
     with h5py.File(path, "a") as f:
         del f["masks"]
         for key in ("has_mask", "tumour_voxels", "tumour_voxels_in_slab", "axis_codes"):

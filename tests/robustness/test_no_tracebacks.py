@@ -1,8 +1,9 @@
-"""Where README promises one line, one line: cases that were tracebacks.
+"""Where README promises one line, one line: cases that were tracebacks (or hangs).
 
 A folder or file name that is not UTF-8 (the patient is skipped), an HDF5 store whose metadata
-or chunks are damaged (info, train, evaluate, in a DataLoader worker too), too little /dev/shm
-for streaming, a phantom shape that cannot fit in memory.
+or chunks are damaged (info, train, evaluate, in a DataLoader worker too; damage that sends
+libhdf5 into an endless loop or a crash), too little /dev/shm for streaming, a phantom shape
+that cannot fit in memory.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import smri.data.slots
+import smri.store.probe
 from smri.errors import DataError
 from smri.store import StoreReader, StoreWriter
 from tests.helpers.cli import error_line, invoke
@@ -68,7 +70,8 @@ def _flip_metadata(src: Path, dst: Path, seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_damaged_hdf5_metadata_is_one_line(store, tmp_path, seed):
+def test_damaged_hdf5_metadata_is_one_line(store, tmp_path, seed, monkeypatch):
+    monkeypatch.setattr(smri.store.probe, "PROBE_SECONDS", 10.0)  # seed 5 loops libhdf5 (h5py 3.15)
     bad = tmp_path / "bad.h5"
     _flip_metadata(store, bad, seed)
     for args in (["info", bad], ["train", bad, *TRAIN, "--out", tmp_path / "run"]):
@@ -76,6 +79,50 @@ def test_damaged_hdf5_metadata_is_one_line(store, tmp_path, seed):
         if res.exit_code == 0:  # the flips missed everything the command reads
             continue
         assert error_line(res).startswith(f"Error: {bad}: "), res.stderr
+
+
+def _fake_python(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [("sleep 30", "reading its HDF5 metadata did not finish in 2 s (libhdf5 loops on a "
+                  "damaged heap or index)"),
+     ("kill -SEGV $$", "reading its HDF5 metadata crashes libhdf5 (SIGSEGV)")],
+    ids=["hang", "crash"],
+)  # fmt: skip
+def test_metadata_that_hangs_or_crashes_libhdf5_is_refused(
+    store, tmp_path, monkeypatch, body, expected
+):
+    """The child that reads the metadata first stands in for libhdf5 looping or crashing."""
+    copy = tmp_path / "s.h5"
+    shutil.copy(store, copy)  # a file version no other test has probed in this process
+    monkeypatch.setattr(smri.store.probe, "PROBE_SECONDS", 2.0)
+    monkeypatch.setattr(smri.store.probe.sys, "executable", _fake_python(tmp_path, body))
+    line = error_line(invoke("info", copy))
+    assert line == f"Error: {copy}: {expected}; the store is damaged: make it again with " + (
+        "`smri preprocess`"
+    )
+
+
+def test_each_file_version_is_probed_once(store, tmp_path, monkeypatch):
+    copy = tmp_path / "s.h5"
+    shutil.copy(store, copy)
+    calls = []
+    run = smri.store.probe.subprocess.run
+    monkeypatch.setattr(
+        smri.store.probe.subprocess, "run", lambda *a, **k: calls.append(a) or run(*a, **k)
+    )
+    for _ in range(3):
+        StoreReader(copy).close()
+    assert len(calls) == 1
+    os.utime(copy, ns=(1, 1))  # replaced in place: probed again
+    StoreReader(copy).close()
+    assert len(calls) == 2
 
 
 def _compressed_with_a_bad_chunk(src: Path, dst: Path, row: int) -> None:

@@ -144,7 +144,8 @@ def test_reading_a_store_never_unpickles(store, tmp_path, no_unpickling):
         assert reader.read(0).shape == (4, 16, 32, 32)
         assert set(reader.meta(0)) == {
             "original_shape", "spacing", "intensity_min", "intensity_max", "source_files",
-            "has_mask", "tumour_voxels", "tumour_voxels_in_slab", "axis_codes",
+            "has_mask", "tumour_voxels", "tumour_voxels_in_slab", "axis_codes", "affine",
+            "slab_start",
         }  # fmt: skip
     for args in (
         ["info", path],

@@ -75,7 +75,7 @@ def test_masks_and_counts_equal_nibabel(tmp_path):
     summary, lines = run(root, out)
     assert summary.written == {"HGG": 5, "LGG": 0} and lines == []
     with StoreReader(out) as r:
-        assert r.info.schema_version == 2
+        assert r.info.schema_version == 3
         table = r.mask_table()
         for i, pid in enumerate(r.patient_ids):
             np.testing.assert_array_equal(r.read(i), expected_images(truth[pid], 16))
@@ -256,7 +256,7 @@ def test_version_1_stores_keep_working(tmp_path):
         assert "has_mask" not in r.meta(0)
     text = CliRunner().invoke(main, ["info", str(old)]).output
     assert "masks       none (a schema v1 store has no segmentations)" in text
-    # --append onto a v1 store: a v2 store whose old rows have no mask, new rows theirs
+    # --append onto a v1 store: a v3 store whose old rows have no mask, new rows theirs
     more = tmp_path / "more"
     (more / "HGG").mkdir(parents=True)
     (root / "HGG" / "P0").rename(more / "HGG" / "P0")
@@ -267,7 +267,7 @@ def test_version_1_stores_keep_working(tmp_path):
                                        "--slices", "16"])  # fmt: skip
     assert result.exit_code == 0, result.output
     with StoreReader(old) as r:
-        assert r.info.schema_version == 2 and r.patient_ids == ["P0", "P1", "P5"]
+        assert r.info.schema_version == 3 and r.patient_ids == ["P0", "P1", "P5"]
         assert r.mask_table()["has_mask"].tolist() == [False, False, True]
         assert r.info.orientations == {"RAS": 1, "unknown": 2}
         np.testing.assert_array_equal(

@@ -81,6 +81,9 @@ def test_round_trip(tmp_path):
     assert json.dumps(read_info(path).as_dict())
 
 
+LAST_ROW = [0.0, 0.0, 0.0, 1.0]
+
+
 def row_meta(i):
     return {
         "original_shape": [[240, 240, 155 + i]] * 2,
@@ -92,6 +95,8 @@ def row_meta(i):
         "has_mask": bool(i % 2),
         "tumour_voxels": 10 * i if i % 2 else -1,
         "tumour_voxels_in_slab": i if i % 2 else -1,
+        "affine": [[[0.0, 0.0, 1.0, i], [0.0, -1.0, 0.0, 2.0], [1.5, 0.0, 0.0, 3.0], LAST_ROW]] * 2,
+        "slab_start": [61 + i // 2] * 2,
     }
 
 
@@ -133,8 +138,8 @@ def test_rows_arriving_in_any_order_read_back_as_written_across_a_resume(tmp_pat
         for i in range(n):
             assert r.meta(i) == row_meta(i), i
     small = [name for name in writes if not name.startswith("/images")]
-    # 11 datasets; flushes: rows {0..4} (1 run), {6, 8} (2 runs), {5, 7} (2 runs)
-    assert len(small) == 11 * 5 < 11 * n
+    # 13 datasets; flushes: rows {0..4} (1 run), {6, 8} (2 runs), {5, 7} (2 runs)
+    assert len(small) == 13 * 5 < 13 * n
 
 
 def test_compression_is_recorded(tmp_path):
@@ -192,7 +197,8 @@ def test_refuses_newer_schema_and_truncation(tmp_path):
     write_small(path)
     with h5py.File(path, "a") as f:
         f.attrs["schema_version"] = store.SCHEMA_VERSION + 1
-    with pytest.raises(DataError, match="schema version 3 is newer than this smri"):
+    newer = store.SCHEMA_VERSION + 1
+    with pytest.raises(DataError, match=f"schema version {newer} is newer than this smri"):
         StoreReader(path)
     write_small(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -284,7 +290,9 @@ def same_datasets(a, b):
     """Every dataset of two stores holds the same bytes (the files differ in `created`)."""
     with h5py.File(a) as fa, h5py.File(b) as fb:
         keys = ["images", "labels", "patient_id", "masks", *(f"meta/{k}" for k in fa["meta"])]
-        assert len(keys) == 4 + len(store.META_FIELDS) + len(store.META_FIELDS_V2)
+        assert len(keys) == 4 + len(store.META_FIELDS) + len(store.META_FIELDS_V2) + len(
+            store.META_FIELDS_V3
+        )
         for key in keys:
             x, y = fa[key][:], fb[key][:]
             same = x.tolist() == y.tolist() if x.dtype.kind == "O" else x.tobytes() == y.tobytes()
