@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)  ## create .venv and install smri with its test tools
 
-test: $(STAMP)  ## the default test run (CPU, under 5 minutes on 2 cores)
+test: $(STAMP)  ## the default test run (CPU, about 7½ minutes on 2 cores)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 test-all: $(STAMP)  ## every test, slow ones included (GPU tests skip without a GPU)
@@ -105,7 +105,7 @@ else
   EPOCHS   := $(or $(EPOCHS),20)
   BATCH    := $(or $(BATCH),4)
   WIDTH    := $(or $(WIDTH),0.5)
-  SIZE_NOTE := no GPU: reduced demo geometry 40x40x155 (6 mm in-plane voxels), half-width CNNs, 20 epochs of batch 4, folds trained $(JOBS) at a time, so that 3 models x $(FOLDS) folds end in about 16 minutes on 2 cores (BraTS is 240x240x155, 1 mm)
+  SIZE_NOTE := no GPU: reduced demo geometry 40x40x155 (6 mm in-plane voxels), half-width CNNs, 20 epochs of batch 4, folds trained $(JOBS) at a time, so that 3 models x $(FOLDS) folds and the test cohort end in about 23 minutes on 2 cores, set-up included (BraTS is 240x240x155, 1 mm)
 endif
 # Without a GPU, cross-validation trains folds in parallel processes (smri train --jobs).
 FOLD_JOBS := $(if $(filter 1,$(HAS_GPU)),,$(if $(filter-out 1,$(FOLDS)),$(JOBS)))
