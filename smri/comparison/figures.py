@@ -48,7 +48,8 @@ class RunData:
 
 
 def load_run(run: Path) -> RunData:
-    """A run folder, or a K-fold folder whose fold*/ subfolders are runs."""
+    """A run folder, a K-fold folder whose fold*/ subfolders are runs, or a folder of repeated
+    trainings whose seed*/ subfolders are either (one entry per training, seed by seed)."""
     run = Path(run)
     config = run / "config.json"
     if not config.exists():
@@ -57,8 +58,11 @@ def load_run(run: Path) -> RunData:
         data = RunData(str(read_run_json(config)["model"]["name"]))
     except DAMAGED as exc:
         raise DataError(f"{config}: damaged run file ({type(exc).__name__}: {exc})") from None
-    folds = sorted(run.glob("fold*/metrics.csv"), key=lambda p: int(p.parent.name[4:]))
-    parts = [p.parent for p in folds] or [run]
+    seeds = sorted((p for p in run.glob("seed*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+    parts: list[Path] = []
+    for root in seeds or [run]:
+        folds = sorted(root.glob("fold*/metrics.csv"), key=lambda p: int(p.parent.name[4:]))
+        parts += [p.parent for p in folds] or [root]
     for part in parts:
         if not (part / "metrics.csv").exists():
             raise DataError(f"{part}: no metrics.csv (has the run trained an epoch?)")

@@ -287,3 +287,6 @@ def test_seeds_repeat_every_fold_with_its_own_initialisation(store, tmp_path):
     assert plain["mean"]["auc"] == pytest.approx(
         json.loads((run / "seed0/summary.json").read_text())["mean"]["auc"]
     )
+    from smri.comparison.figures import load_run  # what `smri plot` reads: every training
+
+    assert len(load_run(run).metrics) == 4 and len(load_run(run).predictions) == 4
