@@ -19,7 +19,7 @@ import numpy as np
 
 from smri import __version__
 from smri.atomic import OutputLock, remove_unique_partials
-from smri.discovery import BidsOptions
+from smri.discovery import BidsOptions, Patient
 from smri.errors import ConfigError, DataError, PatientError
 from smri.messages import python_log
 from smri.parallel import DEFAULT_BACKEND, check_backend
@@ -143,12 +143,7 @@ def _append(
             echo(f"nothing to append: every usable patient of {input_dir} is already in {output}")
             return _summary(output, [], skipped, t0, [], cfg, len(base), len(already))
         h, w = base.info.volume_shape[2:]
-        inplane = common_inplane(patients, cfg.canonical)
-        if inplane is not None and inplane != (h, w):
-            raise DataError(
-                f"{input_dir}: in-plane shape {inplane[1]}x{inplane[0]} (the most common in this "
-                f"cohort) differs from the store's {w}x{h}; --append needs volumes of that shape"
-            )
+        _check_inplane(input_dir, patients, cfg, (h, w))
 
         def open_writer(_first: PatientResult) -> StoreWriter:
             return StoreWriter(
@@ -176,17 +171,7 @@ def _append(
         skipped.sort(key=lambda e: e.patient_id)
         added = [pid for pid, _ in run.added]
         run.writer.set_skipped(_merged_skipped(base, skipped, added))
-        entry = {
-            "input": config["input"],
-            "layout": config["layout"],
-            "labels_csv": config["labels_csv"],
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "smri_version": __version__,
-            "added": len(added),
-            "already_in_store": len(already),
-            "skipped": len(skipped),
-            "masks": cfg.masks,
-        }
+        entry = _history_entry(config, cfg, len(added), len(already), len(skipped))
         history = [*base.info.config.get("appended", []), entry]
         run.writer.set_config({**base.info.config, "appended": history})
         total = int(run.writer.rows)
@@ -208,6 +193,36 @@ def _append(
             run.bar.close()
     labels = [label for _, label in run.added]
     return _summary(output, labels, skipped, t0, run.notes, cfg, total, len(already))
+
+
+def _check_inplane(
+    input_dir: Path, patients: list[Patient], cfg: PreprocessConfig, shape: tuple[int, int]
+) -> None:
+    """DataError unless the new cohort's common in-plane shape is the store's `shape`."""
+    inplane = common_inplane(patients, cfg.canonical)
+    if inplane is not None and inplane != shape:
+        raise DataError(
+            f"{input_dir}: in-plane shape {inplane[1]}x{inplane[0]} (the most common in this "
+            f"cohort) differs from the store's {shape[1]}x{shape[0]}; --append needs volumes "
+            "of that shape"
+        )
+
+
+def _history_entry(
+    config: dict[str, Any], cfg: PreprocessConfig, added: int, already: int, skipped: int
+) -> dict[str, Any]:
+    """The record of one append, kept in the store's config under ``appended``."""
+    return {
+        "input": config["input"],
+        "layout": config["layout"],
+        "labels_csv": config["labels_csv"],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "smri_version": __version__,
+        "added": added,
+        "already_in_store": already,
+        "skipped": skipped,
+        "masks": cfg.masks,
+    }
 
 
 def _merged_skipped(

@@ -100,16 +100,7 @@ def load_patient(
     """
     pid = patient.patient_id
     images: np.ndarray | None = None
-    meta: dict[str, Any] = {
-        "original_shape": [],
-        "spacing": [],
-        "intensity_min": [],
-        "intensity_max": [],
-        "source_files": [],
-        "axis_codes": [],
-        "affine": [],
-        "slab_start": [],
-    }
+    meta: dict[str, Any] = {key: [] for key in _PER_MODALITY}
     notes: list[str] = []
     first_file: Path | None = None
     first_shape: tuple[int, int, int] | None = None
@@ -164,25 +155,55 @@ def load_patient(
         start = slab_start(z, cfg.slices)  # where the slab lies, to put results back on the scan
         meta["slab_start"].append(start)
         meta["affine"].append(stored_affine(vol.affine, start).tolist())
-    assert images is not None  # a Patient always has at least one modality file
-    if len(set(meta["axis_codes"])) > 1:
-        codes = ", ".join(f"{p.name} {c}" for p, c in zip(patient.files, meta["axis_codes"],
-                                                          strict=True))  # fmt: skip
-        notes.append(
-            f"patient {pid}: its volumes have different orientations ({codes}) and are stored "
-            "flipped against each other; --canonical reorients every volume to RAS"
-        )
-    mask = None
-    meta.update(NO_MASK)
-    if cfg.masks and patient.seg_files:  # a bad segmentation costs the mask, never the images
-        try:
-            mask, counts = _load_mask(patient, cfg, first_shape, meta["axis_codes"][0])
-            meta.update(counts)
-        except ValueError as exc:
-            notes.append(f"patient {pid}: {exc}; stored without a mask")
-    if mask is not None:
-        mask = encode_mask(mask)  # compressed here where the writer stores the bytes
+    assert images is not None and first_shape is not None  # a Patient has at least one file
+    notes += _orientation_notes(patient, meta["axis_codes"])
+    mask = _stored_mask(patient, cfg, first_shape, meta, notes)
     return PatientResult(pid, patient.label, images, meta, notes, mask)
+
+
+# the metadata `load_patient` records per modality, in the order of the patient's files
+_PER_MODALITY = (
+    "original_shape",
+    "spacing",
+    "intensity_min",
+    "intensity_max",
+    "source_files",
+    "axis_codes",
+    "affine",
+    "slab_start",
+)
+
+
+def _orientation_notes(patient: Patient, codes: list[str]) -> list[str]:
+    """A warning when `patient`'s volumes differ in orientation (stored flipped otherwise)."""
+    if len(set(codes)) <= 1:
+        return []
+    named = ", ".join(f"{p.name} {c}" for p, c in zip(patient.files, codes, strict=True))
+    return [
+        f"patient {patient.patient_id}: its volumes have different orientations ({named}) and "
+        "are stored flipped against each other; --canonical reorients every volume to RAS"
+    ]
+
+
+def _stored_mask(
+    patient: Patient,
+    cfg: PreprocessConfig,
+    first_shape: tuple[int, int, int],
+    meta: dict[str, Any],
+    notes: list[str],
+) -> StoredMask | None:
+    """`patient`'s segmentation of the slab, encoded as the writer stores it, with its label
+    counts in `meta`; a bad segmentation costs the mask (a note), never the images."""
+    meta.update(NO_MASK)
+    if not (cfg.masks and patient.seg_files):
+        return None
+    try:
+        mask, counts = _load_mask(patient, cfg, first_shape, meta["axis_codes"][0])
+    except ValueError as exc:
+        notes.append(f"patient {patient.patient_id}: {exc}; stored without a mask")
+        return None
+    meta.update(counts)
+    return encode_mask(mask)  # compressed here where the writer stores the bytes
 
 
 def _source(
