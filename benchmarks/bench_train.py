@@ -5,7 +5,7 @@ speed does not depend on the pixel values), then times `train_one_epoch` after o
 epoch, median of 3 epochs. On CUDA each model is timed fp32 eager and with the default path
 (bf16 autocast + channels_last_3d), each with the whole store on the GPU (`device`) and
 streamed by DataLoader workers (`none`). `--paths ...,pad8` adds the default path with the
-first convolution run on 8 zero-padded input channels (`smri.models.pad_first_conv`), and
+first convolution run on 8 zero-padded input channels (`smri.networks.pad_first_conv`), and
 `--paths ...,compile` the default path under torch.compile on device-resident data. Peak GPU
 memory is recorded per row, and the activation traffic a training step must move at least
 (every activation written in the forward pass and read in the backward pass, its gradient
@@ -34,7 +34,7 @@ from torch import nn
 
 from benchmarks.common import CORES, machine, table
 from smri.data import Batches
-from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
+from smri.networks import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.store import StoreWriter
 from smri.training import train_one_epoch
 
@@ -91,7 +91,7 @@ def _rate(
     """Median training patients/s over 3 epochs after one warm-up epoch, and peak GiB.
 
     `pad`: run the first convolution on that many zero-padded input channels
-    (`smri.models.pad_first_conv`, the same function). `contiguous`: weights and inputs in
+    (`smri.networks.pad_first_conv`, the same function). `contiguous`: weights and inputs in
     the contiguous layout instead of smri's channels-last.
     """
     cuda = device.type == "cuda"

@@ -1,20 +1,39 @@
 """smri: CNN-LSTM classification of structural MRI, from NIfTI folders to a trained model.
 
 The Python API (docs/api.md) is the library the `smri` commands call, with their options as
-keyword arguments: `smri.synth`, `smri.preprocess`, `smri.info`, `smri.show`, `smri.train`,
-`smri.evaluate`, `smri.explain`, `smri.predict`, `smri.export`, `smri.plot` (and
-`smri.api.models`: `smri.models` is the models package), `smri.load_model` (a trained model
-as a torch module) and `smri.StoreDataset`, a torch Dataset of a store's patients. They are
-imported on first use, so `import smri` loads no torch. Their warnings are `SmriWarning`s
-(`warnings.warn`), their info lines go to the ``smri`` logger (`smri.messages`).
+keyword arguments: `smri.synth`, `smri.preprocess`, `smri.info`, `smri.show`, `smri.models`,
+`smri.train`, `smri.evaluate`, `smri.explain`, `smri.predict`, `smri.export`, `smri.plot`,
+`smri.load_model` (a trained model as a torch module; the architectures are `smri.networks`)
+and `smri.StoreDataset`, a torch Dataset of a store's patients. They are imported on first
+use, so `import smri` loads no torch. Their warnings are `SmriWarning`s (`warnings.warn`), their
+info lines go to the ``smri`` logger (`smri.messages`).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smri.errors import ConfigError, DataError, PatientError, SmriError
+
+if TYPE_CHECKING:  # what type checkers see of the names imported on first use below
+    from smri.api import (
+        evaluate,
+        explain,
+        export,
+        holdout,
+        info,
+        load_model,
+        models,
+        plot,
+        predict,
+        preprocess,
+        show,
+        synth,
+        train,
+    )
+    from smri.data import StoreDataset
+    from smri.messages import SmriWarning
 
 __version__ = "0.1.0"
 
@@ -29,6 +48,7 @@ _LAZY = {
     "holdout": "smri.api",
     "plot": "smri.api",
     "info": "smri.api",
+    "models": "smri.api",
     "show": "smri.api",
     "load_model": "smri.api",
     "StoreDataset": "smri.data",
@@ -48,6 +68,7 @@ __all__ = [
     "holdout",
     "info",
     "load_model",
+    "models",
     "plot",
     "predict",
     "preprocess",

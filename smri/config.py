@@ -1,7 +1,7 @@
 """The model and training settings: frozen dataclasses whose defaults are smri's only defaults.
 
 Light to import (no torch), so the CLI takes its option defaults and choices from here while
-`smri --help` stays instant; `smri.models` and `smri.training` re-export these classes. The
+`smri --help` stays instant; `smri.networks` and `smri.training` re-export these classes. The
 preprocessing settings live beside their code (`smri.preprocessing.PreprocessConfig`,
 `smri.phantoms.SynthConfig`), which is light as well.
 """

@@ -47,8 +47,8 @@ def models(
 
     Every model is built (or refused) first. Returns ``{"shape", "width", "input_pool",
     "models"}``, `models` one dict per architecture: ``name``, ``cnn``, ``lstm_head`` and
-    ``total`` parameters, ``embed`` (the CNN's embedding size) and ``design``. (This is
-    ``smri.api.models``: ``smri.models`` is the package of the architectures.)
+    ``total`` parameters, ``embed`` (the CNN's embedding size) and ``design``. (The
+    architectures themselves are `smri.networks`: ``smri.networks.build_model``.)
 
     Args:
         shape: the input geometry M x S x H x W (modalities, slices, height, width), a
@@ -56,7 +56,7 @@ def models(
         width: the channel multiplier of the conv blocks (16-32-64-128 at 1).
         input_pool: average each slice over K x K voxels before the first conv block (1: off).
     """
-    from smri.models import build_model, count_parameters
+    from smri.networks import build_model, count_parameters
 
     m, s, h, w = _parse_shape(shape)
     rows = []

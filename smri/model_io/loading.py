@@ -28,7 +28,7 @@ from smri.model_io.export import (
     read_json,
     safetensors_torch,
 )
-from smri.models import CNNLSTM, ModelConfig, build_model
+from smri.networks import CNNLSTM, ModelConfig, build_model
 from smri.text import printable
 
 # An export's config.json is a few KB (the model, the input, the preprocessing, the metrics):

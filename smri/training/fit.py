@@ -45,7 +45,7 @@ from smri.model_io import (
     set_rng_state,
     store_fields,
 )
-from smri.models import ModelConfig, build_model, count_parameters
+from smri.networks import ModelConfig, build_model, count_parameters
 from smri.training.distributed import SINGLE, Dist
 from smri.training.loop import NonFiniteOutput, evaluate, train_one_epoch
 from smri.training.plan import Job

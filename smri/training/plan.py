@@ -16,7 +16,7 @@ from smri.data import Split, resolve_cache, stratified_folds, stratified_split
 from smri.data.holdout import read_holdout
 from smri.errors import ConfigError, plural
 from smri.model_io import resolve_device
-from smri.models import ModelConfig, build_model, count_parameters, field_note
+from smri.networks import ModelConfig, build_model, count_parameters, field_note
 from smri.store import StoreInfo, StoreReader
 from smri.training.distributed import SINGLE, Dist
 from smri.training.distributed import describe as describe_dist

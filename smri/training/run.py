@@ -16,7 +16,7 @@ from smri.errors import ConfigError, DataError, plural
 from smri.files import check_regular
 from smri.jsonfiles import write_json
 from smri.messages import python_log, warning
-from smri.models import ModelConfig, check_config, field_note
+from smri.networks import ModelConfig, check_config, field_note
 from smri.training.distributed import SINGLE, Dist
 from smri.training.fit import Log, fit, silent
 from smri.training.folds import train_folds

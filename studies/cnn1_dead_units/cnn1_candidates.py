@@ -47,7 +47,7 @@ import smri.training.fit
 import smri.training.plan
 from smri.config import TrainConfig
 from smri.metrics import fold_interval
-from smri.models import ModelConfig, build_model
+from smri.networks import ModelConfig, build_model
 from smri.training.runs import read_metrics
 
 

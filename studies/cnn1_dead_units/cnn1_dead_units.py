@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from smri.data import stratified_split
-from smri.models import ModelConfig, build_model
+from smri.networks import ModelConfig, build_model
 from smri.store import StoreReader
 
 

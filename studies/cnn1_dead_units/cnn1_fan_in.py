@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from smri.data import stratified_split
-from smri.models import ModelConfig, build_model
+from smri.networks import ModelConfig, build_model
 from smri.store import StoreReader
 from studies.cnn1_dead_units.cnn1_candidates import CANDIDATES, cnn1_head
 

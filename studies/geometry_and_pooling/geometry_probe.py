@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from smri.config import ModelConfig
-from smri.models import build_model
+from smri.networks import build_model
 from smri.store import StoreReader
 
 BATCH = 8  # patients per forward pass (x 4 modalities), as the CPU demo's BatchNorm sees them

@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmarks.bench_train import BATCH, MODALITIES
 from benchmarks.common import table
-from smri.models import ModelConfig, build_model, pad_first_conv
+from smri.networks import ModelConfig, build_model, pad_first_conv
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -54,19 +54,41 @@ def test_import_smri_loads_neither_torch_nor_numpy():
 
 
 def test_the_api_names_stay_functions_after_their_modules_are_imported():
+    import smri.networks
     import smri.phantoms
     import smri.preprocessing
     import smri.training
 
-    assert {name: getattr(smri, name) for name in API if name != "models"} == {
-        name: func for name, func in API.items() if name != "models"
-    }
-    assert smri.models.__name__ == "smri.models"  # the models package; the listing is api.models
-    assert api.models.__module__ == "smri.api.runs"
+    # every command is smri.<command>, `models` too: the architectures are smri.networks
+    assert {name: getattr(smri, name) for name in API} == API
+    assert smri.models is api.models and smri.models.__module__ == "smri.api.runs"
+    assert smri.networks.__name__ == "smri.networks"
     assert smri.StoreDataset.__module__ == "smri.data.dataset"
     assert set(smri.__all__) <= set(dir(smri))
     with pytest.raises(AttributeError, match="has no attribute 'fit'"):
         smri.fit  # noqa: B018
+
+
+def test_type_checkers_see_every_lazy_name_from_the_module_that_serves_it():
+    """`smri.train` is imported on first use (module __getattr__, which type checkers read as
+    Any); the TYPE_CHECKING imports give mypy and pyright the real signatures: one per name."""
+    import ast
+
+    tree = ast.parse((ROOT / "smri" / "__init__.py").read_text())
+    guarded = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+    ]
+    assert len(guarded) == 1
+    seen = {
+        alias.name: imp.module
+        for imp in guarded[0].body
+        if isinstance(imp, ast.ImportFrom)
+        for alias in imp.names
+    }
+    assert seen == smri._LAZY
+    assert set(smri._LAZY) <= set(smri.__all__)
 
 
 # ------------------------------------------------------------------- one source for defaults

@@ -223,7 +223,7 @@ def test_store_dataset_refuses_negative_rows_as_it_refuses_rows_past_the_end(whe
 # ---------------------------------------------------------------------------- load_model
 def test_load_model_from_a_checkpoint_and_from_an_export(where, tmp_path):
     pytest.importorskip("safetensors")
-    from smri.models import ModelConfig
+    from smri.networks import ModelConfig
 
     images = torch.from_numpy(smri.StoreDataset(where["store"])[0][0].numpy())[None]
     outputs = []

@@ -244,7 +244,7 @@ def train_cnn1(store, out, *options: str) -> tuple[dict, torch.nn.Module]:
     """One epoch of CNN1 with `options` into `out`: its config.json's model part, and the model
     its best.pt rebuilds."""
     from smri.model_io import load_checkpoint
-    from smri.models import ModelConfig, build_model
+    from smri.networks import ModelConfig, build_model
 
     result = invoke("train", store, *FAST, "--epochs", "1", "--model", "cnn1", *options,
                     "--out", out)  # fmt: skip
@@ -286,7 +286,7 @@ def test_input_pool_is_a_run_setting_kept_by_every_checkpoint_reader(store, tmp_
 
 
 def test_a_checkpoint_saved_before_input_pool_existed_loads_unpooled():
-    from smri.models import ModelConfig
+    from smri.networks import ModelConfig
 
     saved = {k: v for k, v in vars(ModelConfig(width=0.25)).items() if k != "input_pool"}
     assert ModelConfig.from_dict(saved).input_pool == 1

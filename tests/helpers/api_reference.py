@@ -30,7 +30,7 @@ def public() -> list[tuple[str, Any]]:
 
     names = ["synth", "preprocess", "info", "show", "models", "train", "evaluate", "explain",
              "predict", "export", "plot", "load_model", "StoreDataset"]  # fmt: skip
-    return [(f"smri.api.{n}" if n == "models" else f"smri.{n}", getattr(api, n, None)
+    return [(f"smri.{n}", getattr(api, n, None)
              or getattr(smri, n)) for n in names]  # fmt: skip
 
 

@@ -41,7 +41,7 @@ def assert_same_batches(x, y, epochs, sizes: list[int]) -> None:
 
 def tiny_run(folder: Path) -> tuple[Path, Path]:
     """A 12-patient store in `folder` and a one-epoch quarter-width run trained on it."""
-    from smri.models import ModelConfig
+    from smri.networks import ModelConfig
     from smri.training import TrainConfig, train
 
     store = make_store(folder / "s.h5", labels=[0, 1] * 6)

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from smri.atomic import OutputLock
 from smri.cli import main
-from smri.models import ModelConfig, build_model
+from smri.networks import ModelConfig, build_model
 from smri.training import TrainConfig, train
 from tests.helpers.bad_values import cases
 from tests.helpers.cli import invoke, sole_error_line

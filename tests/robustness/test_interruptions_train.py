@@ -37,7 +37,7 @@ import smri.model_io
 from smri.cli import main
 from smri.errors import DataError
 from smri.model_io import load_checkpoint, save_checkpoint
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
 from tests.helpers.stores import direct_io_works, make_store

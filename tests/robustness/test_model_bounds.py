@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smri.models import MAX_PARAMETERS, ModelConfig, build_model, check_config
+from smri.networks import MAX_PARAMETERS, ModelConfig, build_model, check_config
 from tests.helpers.cli import ENV, error_line, invoke, run_smri
 from tests.helpers.training import one_torch_thread, tiny_run  # noqa: F401 (autouse fixture)
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from smri.data import Batches
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.training import NonFiniteOutput, TrainConfig, evaluate, train
 from tests.helpers.cli import error_line, invoke
 from tests.helpers.stores import make_store

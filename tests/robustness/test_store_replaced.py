@@ -22,7 +22,7 @@ import smri
 import smri.store.reader as store_reader
 from smri.data import Batches
 from smri.errors import DataError
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.store import StoreChanged, StoreReader
 from smri.training import TrainConfig, train
 from tests.helpers.stores import make_store

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from smri.cli import main
 from smri.errors import DataError
 from smri.model_io import load_checkpoint
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
 from tests.helpers.cli import invoke, sole_error_line

@@ -19,7 +19,7 @@ from smri.errors import DataError
 from smri.evaluation.members import evaluate_run, metrics_of, write_run_predictions
 from smri.jsonfiles import write_json
 from smri.metrics import baseline
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
 from tests.helpers.cli import quiet

@@ -20,7 +20,7 @@ from smri.evaluation.saliency import (
     share_by_modality,
     share_inside,
 )
-from smri.models import ModelConfig, build_model
+from smri.networks import ModelConfig, build_model
 from tests.helpers.cli import invoke
 from tests.helpers.stores import to_version_1
 from tests.helpers.training import one_torch_thread  # noqa: F401 (autouse fixture)

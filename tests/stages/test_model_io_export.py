@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from smri.errors import SmriError
 from smri.model_io import export_run, load_checkpoint, load_model, model_from_checkpoint
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.training import TrainConfig, train
 from tests.helpers.cli import invoke, sole_error_line
 from tests.helpers.hostile import Payload

@@ -159,7 +159,7 @@ def test_predict_never_reads_the_seg(tmp_path, monkeypatch):
     import smri.preprocessing.patient as pre
     from smri.discovery import patient_from_folder
     from smri.model_io import checkpoint_header
-    from smri.models import ModelConfig, build_model
+    from smri.networks import ModelConfig, build_model
 
     root, _ = cohort(tmp_path, {"P0": tumour(0)})
     cfg = ModelConfig(name="cnn2", volume_shape=(16, SHAPE[1], SHAPE[0]), width=0.25)

@@ -12,7 +12,7 @@ import torch
 
 from smri.errors import ConfigError, DataError
 from smri.model_io import check_compatible, load_checkpoint, resolve_device
-from smri.models import MODEL_NAMES, ModelConfig, build_model
+from smri.networks import MODEL_NAMES, ModelConfig, build_model
 from smri.training import TrainConfig, train
 from smri.training.runs import METRIC_COLUMNS
 from tests.helpers.cli import quiet

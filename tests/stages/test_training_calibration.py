@@ -14,7 +14,7 @@ import torch
 
 from smri.metrics import binary_metrics
 from smri.model_io import calibration_of, load_checkpoint, model_from_checkpoint
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.store import StoreReader
 from smri.training import TrainConfig, train
 from tests.helpers.cli import quiet

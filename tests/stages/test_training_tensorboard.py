@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from smri.errors import ConfigError
-from smri.models import ModelConfig
+from smri.networks import ModelConfig
 from smri.training import TrainConfig, train
 from smri.training import tensorboard as tensorboard_log
 from smri.training.runs import METRIC_COLUMNS

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from smri.cli import main
 from smri.data import Batches, resolve_cache
 from smri.model_io import load_checkpoint
-from smri.models import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
+from smri.networks import MODEL_NAMES, ModelConfig, build_model, pad_first_conv
 from smri.training import TrainConfig, train
 from tests.helpers.cli import quiet
 from tests.helpers.training import assert_same_batches, metric_rows

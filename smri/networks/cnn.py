@@ -9,7 +9,7 @@ from torch import nn
 
 from smri.config import ModelConfig
 from smri.errors import ConfigError
-from smri.models.blocks import ConvBlock
+from smri.networks.blocks import ConvBlock
 
 BASE_CHANNELS = (16, 32, 64, 128)
 N_POOL = len(BASE_CHANNELS)

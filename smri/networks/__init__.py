@@ -1,4 +1,4 @@
-"""Models: conv/SE blocks, the three CNNs, the CNN-LSTM and the `cnn1/cnn2/cnn3` registry."""
+"""The architectures: conv/SE blocks, the three CNNs, the CNN-LSTM, the cnn1/2/3 registry."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 
 from smri.config import MODEL_NAMES, ModelConfig
 from smri.errors import ConfigError
-from smri.models.blocks import ConvBlock, SEBlock, pad_first_conv
-from smri.models.cnn import (
+from smri.networks.blocks import ConvBlock, SEBlock, pad_first_conv
+from smri.networks.cnn import (
     CNN1,
     CNN2,
     CNN3,
@@ -21,7 +21,7 @@ from smri.models.cnn import (
     pooled_shape,
     receptive_field,
 )
-from smri.models.lstm import CNNLSTM
+from smri.networks.lstm import CNNLSTM
 
 __all__ = [
     "CNN1",

@@ -1,4 +1,5 @@
-"""Models: output shapes, the SE gates, parameter counts, and shape errors."""
+"""The architectures (smri.networks): output shapes, the SE gates, parameter counts, shape
+errors."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from smri.errors import ConfigError
-from smri.models import (
+from smri.networks import (
     CNN1,
     CNN2,
     CNN3,
@@ -200,7 +201,7 @@ def test_the_receptive_field_is_where_one_unit_of_the_last_block_gets_a_gradient
     """46 voxels: measured as the in-plane extent of the input gradient of one central unit
     (max pooling swapped for average pooling of the same geometry, every ReLU kept active,
     so the gradient reaches every voxel the unit depends on)."""
-    from smri.models import receptive_field
+    from smri.networks import receptive_field
 
     torch.manual_seed(0)
     backbone = CNN2((16, 128, 128), width=0.25).backbone.eval()
@@ -231,7 +232,7 @@ def test_the_receptive_field_is_where_one_unit_of_the_last_block_gets_a_gradient
     ],
 )
 def test_the_run_log_notes_a_field_too_small_for_global_pooling(name, shape, k, advice):
-    from smri.models import field_note
+    from smri.networks import field_note
 
     note = field_note(ModelConfig(name=name, volume_shape=shape, input_pool=k))
     if advice is False:
