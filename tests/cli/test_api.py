@@ -91,6 +91,20 @@ def test_type_checkers_see_every_lazy_name_from_the_module_that_serves_it():
     assert set(smri._LAZY) <= set(smri.__all__)
 
 
+def test_mypy_checks_a_user_call_against_the_real_signature(tmp_path):
+    """What py.typed promises, run: a user's `smri.train(..., epochs="two")` is a type error."""
+    pytest.importorskip("mypy")
+    user = tmp_path / "user.py"
+    user.write_text('import smri\nreveal_type(smri.models)\nsmri.train("s.h5", epochs="two")\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--ignore-missing-imports",
+         "--cache-dir", str(tmp_path / "cache"), str(user)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert 'Argument "epochs" to "train" has incompatible type "str"' in done.stdout, done.stdout
+    assert "def (*, shape: " in done.stdout  # smri.models, not Any
+
+
 # ------------------------------------------------------------------- one source for defaults
 @pytest.mark.parametrize("name", list(API))
 def test_every_command_default_is_the_api_default(name):
