@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from smri.errors import ConfigError, DataError, PatientError, SmriError
+from smri.version import __version__ as __version__  # re-exported: smri.__version__
 
 if TYPE_CHECKING:  # what type checkers see of the names imported on first use below
     from smri.api import (
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # what type checkers see of the names imported on first use b
     from smri.data import StoreDataset
     from smri.messages import SmriWarning
 
-__version__ = "0.1.0"
 
 _LAZY = {
     "synth": "smri.api",

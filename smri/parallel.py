@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from smri import __version__
+from smri.version import __version__
 from smri.errors import ConfigError, DataError, plural
 from smri.messages import python_log, warning
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from smri import __version__
 from smri.cli.common import UNRECOVERABLE
+from smri.version import __version__
 
 # command name -> "module:function"; one line per command, kept in the order `--help` shows.
 COMMANDS: dict[str, str] = {

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from smri import __version__
 from smri.atomic import atomic_open
 from smri.errors import ConfigError, DataError
 from smri.files import check_regular
 from smri.store import StoreInfo
 from smri.text import has_control_characters, printable
+from smri.version import __version__
 
 CHECKPOINT_FORMAT = "smri-checkpoint"
 CHECKPOINT_VERSION = 1

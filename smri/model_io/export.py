@@ -20,7 +20,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from smri import __version__
 from smri.atomic import OutputLock, atomic_path, naming
 from smri.errors import ConfigError, DataError, SmriError
 from smri.files import check_regular
@@ -29,6 +28,7 @@ from smri.model_io.checkpoint import load_checkpoint
 from smri.model_io.metadata import cohort_spacing, network_data_format, untouched_metrics
 from smri.model_io.model_card import model_card
 from smri.text import one_line
+from smri.version import __version__
 
 EXPORT_FORMAT = "smri-model"
 EXPORT_VERSION = 1

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from smri import __version__
 from smri.atomic import OutputLock, remove_unique_partials
 from smri.discovery import BidsOptions, Patient
 from smri.errors import ConfigError, DataError, PatientError
@@ -33,6 +32,7 @@ from smri.preprocessing.run import (
 )
 from smri.preprocessing.summary import PreprocessSummary, per_class, progress_bar, skip_rows
 from smri.store import StoreInfo, StoreReader, StoreWriter, write_error
+from smri.version import __version__
 
 # Settings a store and an --append run must share: (PreprocessConfig field, CLI option).
 SETTINGS = (

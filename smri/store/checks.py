@@ -12,7 +12,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from smri import __version__
 from smri.errors import DataError
 from smri.store.schema import (
     AXIS_ORDER,
@@ -31,6 +30,7 @@ from smri.store.schema import (
     added_fields,
 )
 from smri.text import has_control_characters, printable
+from smri.version import __version__
 
 
 def check_layout(f: h5py.File, path: Path) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import h5py
 import numpy as np
 
 import smri.store.schema as schema  # schema.MASK_COMPRESSION, read at each creation
-from smri import __version__
 from smri.atomic import partial_path, publish
 from smri.errors import DataError
 from smri.store.direct import DirectChunks, MaskChunk, StoredMask
@@ -36,6 +35,7 @@ from smri.store.schema import (
     SCHEMA_VERSION,
     added_fields,
 )
+from smri.version import __version__
 
 
 class StoreWriter:

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from smri import __version__
 from smri.atomic import atomic_open, write_text
 from smri.data import Split
 from smri.errors import ConfigError, DataError
 from smri.files import check_regular
+from smri.version import __version__
 
 METRIC_COLUMNS = (
     "epoch",

@@ -71,6 +71,18 @@ def test_packages_form_floors_no_import_goes_up():
     assert _cycle(graph) is None, f"packages import each other: {_cycle(graph)}"
 
 
+def test_the_package_face_stands_on_top_no_module_imports_from_it():
+    """`smri/__init__.py` hands on the API (and names it for type checkers): a stage that took
+    `__version__` from it would import upward (the version lives in `smri.version`)."""
+    takers = sorted(
+        f"{m} takes {name or 'the module'} from smri"
+        for m, pairs in _imports().items()
+        for t, name in pairs
+        if t == "smri" and m != "smri"
+    )
+    assert not takers, takers
+
+
 def test_no_private_name_crosses_a_package():
     crossings = [
         f"{m} takes {name} from {t}"
