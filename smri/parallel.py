@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from smri.version import __version__
 from smri.errors import ConfigError, DataError, plural
 from smri.messages import python_log, warning
+from smri.version import __version__
 
 # --backend's choices, in the order `smri preprocess --help` lists them; the first is the default.
 BACKENDS = ("threading", "loky", "dask")
