@@ -88,6 +88,19 @@ class PatientResult:
     mask: StoredMask | None = None  # as the writer stores it (`smri.store.encode_mask`)
 
 
+# the metadata `load_patient` records per modality, in the order of the patient's files
+_PER_MODALITY = (
+    "original_shape",
+    "spacing",
+    "intensity_min",
+    "intensity_max",
+    "source_files",
+    "axis_codes",
+    "affine",
+    "slab_start",
+)
+
+
 def load_patient(
     patient: Patient,
     cfg: PreprocessConfig,
@@ -159,19 +172,6 @@ def load_patient(
     notes += _orientation_notes(patient, meta["axis_codes"])
     mask = _stored_mask(patient, cfg, first_shape, meta, notes)
     return PatientResult(pid, patient.label, images, meta, notes, mask)
-
-
-# the metadata `load_patient` records per modality, in the order of the patient's files
-_PER_MODALITY = (
-    "original_shape",
-    "spacing",
-    "intensity_min",
-    "intensity_max",
-    "source_files",
-    "axis_codes",
-    "affine",
-    "slab_start",
-)
 
 
 def _orientation_notes(patient: Patient, codes: list[str]) -> list[str]:
