@@ -113,7 +113,7 @@ class CNN1(nn.Module):
     step moves a unit's pre-activation by about fan_in x lr at once, and a unit pushed below
     zero for every patient never gets a gradient again (84 % dead by epoch 8 at width 0.5; the
     model then stayed at chance). Cross-validated against the other fixes tried:
-    benchmarks/cnn1_candidates.py and docs/results.md.
+    studies/cnn1_dead_units/cnn1_candidates.py and docs/results.md.
     """
 
     def __init__(
